@@ -1,0 +1,258 @@
+"""Causal softmax attention with RoPE, GQA, a sliding window and attention sinks.
+
+Papers: "Attention Is All You Need" (1706.03762); RoPE (2104.09864); GQA (2305.13245);
+StreamingLLM, "Efficient Streaming Language Models with Attention Sinks" (2309.17453).
+
+For query position i (absolute, 0-based) the visible keys are
+
+    V(i) = { j : i - W < j <= i }  U  { j : j < S }         (window W, S sinks)
+    o_i  = sum_{j in V(i)} softmax_j( <rope(q_i, p_q(i, j)), rope(k_j, p_k(j))> / sqrt(D) ) v_j
+
+with ``window=None`` meaning W = infinity (full causal attention; sinks then need no mention).
+Positions, ``sink_positions``:
+
+* ``"absolute"``: p_q = i, p_k = j: every token keeps its absolute RoPE position.
+* ``"cache"`` (StreamingLLM): positions are slots in a cache that holds the S sinks and the
+  W most recent tokens (the current one included). Window keys keep the relative distance
+  i - j; a sink j sits in slot j and is scored by the query in slot min(i, S + W - 1).
+  RoPE scores depend on p_q - p_k only, so we cache keys rotated at their absolute
+  position and rotate a second copy of the queries at min(i, S + W - 1) for the sinks:
+  identical scores to StreamingLLM's "cache un-rotated keys, rotate by slot", and the
+  parallel (training) pass and token-by-token decode compute the same function.
+
+``learned_sink=True`` adds one learned key/value pair per KV head that every query sees
+(the paper's dedicated sink token for pre-training). We make it position-free: it is scored
+with the un-rotated query, so it needs no slot and never leaves the cache.
+
+State. Full attention: a KV cache that grows by one entry per token. Window: the S sink
+entries plus the W-1 most recent entries (the current token comes from the input), a
+constant size. Every parallel pass over T > 1 tokens goes through the banded path in
+query blocks (memory O(T (W + block)), never a T x T mask); decode is the T = 1 case.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from memarch.mixers.base import Mixer, MixerOutput
+from memarch.modules.rotary import Rotary, apply_rotary
+
+__all__ = ["Attention", "KVCacheState", "SinkWindowState"]
+
+
+class KVCacheState(NamedTuple):
+    """Full attention: the growing KV cache (keys rotated at their absolute positions)."""
+    k: torch.Tensor    # [B, Hkv, L, Dh]
+    v: torch.Tensor    # [B, Hkv, L, Dh]
+    pos: torch.Tensor  # [B] int64 tokens seen
+
+
+class SinkWindowState(NamedTuple):
+    """Windowed attention: constant size S + W - 1 entries (zeros where no token was yet)."""
+    sink_k: torch.Tensor  # [B, Hkv, S, Dh] keys of positions 0..S-1 (rotated at j = their slot)
+    sink_v: torch.Tensor  # [B, Hkv, S, Dh]
+    k: torch.Tensor       # [B, Hkv, W-1, Dh] keys of positions pos-W+1 .. pos-1, oldest first
+    v: torch.Tensor       # [B, Hkv, W-1, Dh]
+    pos: torch.Tensor     # [B] int64 tokens seen
+
+
+class Attention(Mixer):
+    """Multi-head causal attention; see the module docstring for the exact semantics.
+
+    Args:
+        d_model: model width.
+        n_heads: query heads (default: d_model // 64, at least 1).
+        n_kv_heads: key/value heads for GQA (default: n_heads); must divide n_heads.
+        window: sliding window W (key j visible to query i iff i-W < j <= i); None = full.
+        n_sinks: S attention sinks (first S tokens stay visible); requires a window.
+        sink_positions: "absolute" or "cache" (StreamingLLM's slot positions).
+        learned_sink: add one learned, position-free key/value pair per KV head.
+        rope_base: RoPE base.
+        block_size: query block of the banded path (memory/speed knob, not semantics).
+    """
+
+    def __init__(self, d_model: int, *, layer_idx: int | None = None,
+                 n_heads: int | None = None, n_kv_heads: int | None = None,
+                 window: int | None = None, n_sinks: int = 0,
+                 sink_positions: str = "absolute", learned_sink: bool = False,
+                 rope_base: float = 10000.0, bias: bool = False, block_size: int = 128):
+        super().__init__(d_model, layer_idx=layer_idx)
+        n_heads = n_heads or max(1, d_model // 64)
+        n_kv_heads = n_kv_heads or n_heads
+        if d_model % n_heads:
+            raise ValueError(f"Attention: n_heads={n_heads} must divide d_model={d_model}")
+        if n_heads % n_kv_heads:
+            raise ValueError(
+                f"Attention: n_kv_heads={n_kv_heads} must divide n_heads={n_heads} (GQA)")
+        if window is not None and (not isinstance(window, int) or window < 1):
+            raise ValueError(f"Attention: window must be a positive int or None, got {window!r}")
+        if n_sinks < 0:
+            raise ValueError(f"Attention: n_sinks must be >= 0, got {n_sinks}")
+        if n_sinks and window is None:
+            raise ValueError(
+                "Attention: n_sinks > 0 needs a window (full attention sees every token anyway)")
+        if sink_positions not in ("absolute", "cache"):
+            raise ValueError(
+                f"Attention: sink_positions must be 'absolute' or 'cache', got {sink_positions!r}")
+        if block_size < 1:
+            raise ValueError(f"Attention: block_size must be >= 1, got {block_size}")
+        self.n_heads, self.n_kv_heads = n_heads, n_kv_heads
+        self.head_dim = d_model // n_heads
+        self.window, self.n_sinks = window, n_sinks
+        self.sink_positions = sink_positions
+        self.block_size = block_size
+        self.scale = self.head_dim ** -0.5
+        Dh = self.head_dim
+        self.q_proj = nn.Linear(d_model, n_heads * Dh, bias=bias)
+        self.kv_proj = nn.Linear(d_model, 2 * n_kv_heads * Dh, bias=bias)
+        self.o_proj = nn.Linear(n_heads * Dh, d_model, bias=bias)
+        self.rotary = Rotary(Dh, base=rope_base)
+        if learned_sink:
+            self.sink_kv = nn.Parameter(torch.randn(2, n_kv_heads, Dh) * 0.02)  # [2, Hkv, Dh]
+        else:
+            self.register_parameter("sink_kv", None)
+
+    @property
+    def learned_sink(self) -> bool:
+        return self.sink_kv is not None
+
+    # -- state -------------------------------------------------------------------------
+    def init_state(self, batch_size, *, device=None, dtype=None):
+        dtype = dtype or torch.get_default_dtype()
+        pos = torch.zeros(batch_size, dtype=torch.long, device=device)
+
+        def z(n):
+            return torch.zeros(batch_size, self.n_kv_heads, n, self.head_dim, device=device,
+                               dtype=dtype)
+        if self.window is None:
+            return KVCacheState(z(0), z(0), pos)
+        return SinkWindowState(z(self.n_sinks), z(self.n_sinks), z(self.window - 1),
+                               z(self.window - 1), pos)
+
+    def state_size(self, seq_len: int) -> int:
+        entries = seq_len if self.window is None else self.n_sinks + self.window - 1
+        return 2 * self.n_kv_heads * self.head_dim * entries
+
+    # -- forward -----------------------------------------------------------------------
+    def _forward(self, x: torch.Tensor, state) -> MixerOutput:
+        B, T, _ = x.shape
+        H, Hkv, Dh = self.n_heads, self.n_kv_heads, self.head_dim
+        q = self.q_proj(x).view(B, T, H, Dh)
+        k, v = self.kv_proj(x).view(B, T, 2, Hkv, Dh).unbind(2)      # [B, T, Hkv, Dh]
+        pos = state.pos[:, None] + torch.arange(T, device=x.device)   # [B, T] absolute
+        cos, sin = self.rotary.cos_sin(pos, x.dtype)                  # [B, T, Dh/2]
+        cos, sin = cos[:, :, None], sin[:, :, None]
+        qr = apply_rotary(q, cos, sin).transpose(1, 2)                # [B, H, T, Dh]
+        kr = apply_rotary(k, cos, sin).transpose(1, 2)                # [B, Hkv, T, Dh]
+        v = v.transpose(1, 2)                                         # [B, Hkv, T, Dh]
+        if self.window is None:
+            o, new = self._full(q.transpose(1, 2), qr, kr, v, state)
+        else:
+            if self.n_sinks and self.sink_positions == "cache":
+                slot = pos.clamp(max=self.n_sinks + self.window - 1)  # query's cache slot
+                c2, s2 = self.rotary.cos_sin(slot, x.dtype)
+                q_sink = apply_rotary(q, c2[:, :, None], s2[:, :, None]).transpose(1, 2)
+            else:
+                q_sink = qr
+            o, new = self._banded(q.transpose(1, 2), qr, q_sink, kr, v, state)
+        y = self.o_proj(o.transpose(1, 2).reshape(B, T, H * Dh))
+        return MixerOutput(y, new, None)
+
+    def _full(self, q, qr, kr, v, state: KVCacheState):
+        """Full causal attention over [cache, new] with SDPA."""
+        T, L0 = qr.shape[2], state.k.shape[2]
+        K = torch.cat([state.k, kr], dim=2)                            # [B, Hkv, L0+T, Dh]
+        V = torch.cat([state.v, v], dim=2)
+        new = KVCacheState(K, V, state.pos + T)
+        if L0 == 0 and not self.learned_sink:
+            o = F.scaled_dot_product_attention(qr, K, V, is_causal=True, scale=self.scale,
+                                               enable_gqa=True)
+            return o, new
+        # bottom-right aligned causal mask: new token t sees cache entries 0 .. L0 + t
+        u = torch.arange(L0 + T, device=qr.device)
+        mask = u[None, :] <= (L0 + torch.arange(T, device=qr.device))[:, None]  # [T, L0+T]
+        if self.learned_sink:
+            o = self._attend_with_learned_sink(q, qr, K, V, mask)
+            return o, new
+        o = F.scaled_dot_product_attention(qr, K, V, attn_mask=mask, scale=self.scale,
+                                           enable_gqa=True)
+        return o, new
+
+    def _attend_with_learned_sink(self, q, qr, K, V, mask):
+        """Softmax over [learned sink, K] (the sink scored with un-rotated queries)."""
+        B, H, T, Dh = qr.shape
+        Hkv, G = self.n_kv_heads, H // self.n_kv_heads
+        ct = _compute_dtype(qr.dtype)
+        qg = qr.reshape(B, Hkv, G, T, Dh).to(ct)
+        s = torch.einsum("bhgtd,bhud->bhgtu", qg, K.to(ct)) * self.scale
+        s = s.masked_fill(~mask, float("-inf"))
+        sk, sv = self.sink_kv.to(ct)                                     # [Hkv, Dh] each
+        s0 = torch.einsum("bhgtd,hd->bhgt", q.reshape(B, Hkv, G, T, Dh).to(ct), sk) * self.scale
+        p = torch.softmax(torch.cat([s0[..., None], s], dim=-1), dim=-1)
+        o = torch.einsum("bhgtu,bhud->bhgtd", p[..., 1:], V.to(ct)) + p[..., :1] * sv[:, None, None]
+        return o.reshape(B, H, T, Dh).to(qr.dtype)
+
+    def _banded(self, q, qr, q_sink, kr, v, state: SinkWindowState):
+        """Sliding window + sinks, in query blocks over [window cache, new keys]."""
+        B, H, T, Dh = qr.shape
+        Hkv, G, W, S = self.n_kv_heads, H // self.n_kv_heads, self.window, self.n_sinks
+        dev, ct = qr.device, _compute_dtype(qr.dtype)
+        p0 = state.pos                                                   # [B]
+        K = torch.cat([state.k, kr], dim=2)                              # [B, Hkv, W-1+T, Dh]
+        V = torch.cat([state.v, v], dim=2)
+        kpos = p0[:, None] - (W - 1) + torch.arange(W - 1 + T, device=dev)  # [B, W-1+T]
+        if S:
+            # sinks: slot j takes the new token at position j when it arrives in this call
+            j = torch.arange(S, device=dev)
+            arrives = (j[None] >= p0[:, None]) & (j[None] < p0[:, None] + T)  # [B, S]
+            idx = (j[None] - p0[:, None]).clamp(0, T - 1)[:, None, :, None].expand(B, Hkv, S, Dh)
+            sink_k = torch.where(arrives[:, None, :, None], kr.gather(2, idx), state.sink_k)
+            sink_v = torch.where(arrives[:, None, :, None], v.gather(2, idx), state.sink_v)
+        else:
+            sink_k, sink_v = state.sink_k, state.sink_v
+        out = []
+        for a in range(0, T, self.block_size):
+            n = min(self.block_size, T - a)
+            qb = qr[:, :, a:a + n].reshape(B, Hkv, G, n, Dh).to(ct)
+            kb, vb = K[:, :, a:a + n + W - 1].to(ct), V[:, :, a:a + n + W - 1].to(ct)
+            s = torch.einsum("bhgtd,bhud->bhgtu", qb, kb) * self.scale      # [B,Hkv,G,n,n+W-1]
+            r = torch.arange(n, device=dev)[:, None]
+            c = torch.arange(n + W - 1, device=dev)[None, :]
+            band = (c >= r) & (c <= r + W - 1)                               # [n, n+W-1]
+            valid = kpos[:, a:a + n + W - 1] >= 0                            # [B, n+W-1]
+            mask = band[None] & valid[:, None, :]                            # [B, n, n+W-1]
+            parts = [s.masked_fill(~mask[:, None, None], float("-inf"))]
+            if S:
+                qs = q_sink[:, :, a:a + n].reshape(B, Hkv, G, n, Dh).to(ct)
+                ss = torch.einsum("bhgtd,bhsd->bhgts", qs, sink_k.to(ct)) * self.scale
+                qpos = p0[:, None] + a + torch.arange(n, device=dev)         # [B, n]
+                smask = torch.arange(S, device=dev)[None, None, :] <= qpos[..., None] - W
+                parts.append(ss.masked_fill(~smask[:, None, None], float("-inf")))
+            if self.learned_sink:
+                sk = self.sink_kv[0].to(ct)
+                q0 = q[:, :, a:a + n].reshape(B, Hkv, G, n, Dh).to(ct)
+                parts.append(torch.einsum("bhgtd,hd->bhgt", q0, sk)[..., None] * self.scale)
+            p = torch.softmax(torch.cat(parts, dim=-1), dim=-1)
+            ob = torch.einsum("bhgtu,bhud->bhgtd", p[..., :n + W - 1], vb)
+            if S:
+                ob = ob + torch.einsum("bhgts,bhsd->bhgtd", p[..., n + W - 1:n + W - 1 + S],
+                                       sink_v.to(ct))
+            if self.learned_sink:
+                ob = ob + p[..., -1:] * self.sink_kv[1].to(ct)[:, None, None]
+            out.append(ob.reshape(B, H, n, Dh))
+        o = torch.cat(out, dim=2).to(qr.dtype)                           # [B, H, T, Dh]
+        keep = K.shape[2] - (W - 1)
+        # clone: the state must not keep the whole [W-1+T] prefill buffer alive
+        new = SinkWindowState(sink_k, sink_v, K[:, :, keep:].clone(), V[:, :, keep:].clone(),
+                              p0 + T)
+        return o, new
+
+
+def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    """Scores and softmax in at least fp32 (fp64 stays fp64)."""
+    return torch.promote_types(dtype, torch.float32)
+

@@ -1,0 +1,143 @@
+"""MemLM: a language-model backbone over a heterogeneous stack of mixers.
+
+    h_0 = E[ids]
+    h_l = h_{l-1} + mixer_l(norm(h_{l-1}))      # mixer_l built from mixers[layer_pattern[l]]
+    h_l = h_l + mlp_l(norm(h_l))                 # SwiGLU (skipped when d_hidden == 0)
+    logits = head(norm(h_L))                     # head tied to E by default
+
+Heterogeneous stacks are data: ``mixers`` maps slot names to factories called as
+``factory(d_model=..., layer_idx=...)`` (a class, a ``functools.partial`` or a Hydra
+``_partial_: true`` object) and ``layer_pattern`` lists one slot name per layer.
+The state is a tuple with one mixer state per layer.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Mapping, NamedTuple, Sequence
+
+import torch
+from torch import nn
+
+from memarch.mixers.base import Mixer
+from memarch.modules.mlp import SwiGLU
+from memarch.modules.norm import RMSNorm
+
+__all__ = ["MemLM", "Block", "LMOutput"]
+
+
+class LMOutput(NamedTuple):
+    logits: torch.Tensor               # [B, T, vocab]
+    state: tuple                       # one entry per layer
+    aux_loss: torch.Tensor | None      # sum of the mixers' aux losses, or None
+
+
+class Block(nn.Module):
+    """Pre-norm residual block: mixer then (optional) SwiGLU MLP."""
+
+    def __init__(self, mixer: Mixer, d_model: int, *, d_hidden: int | None, norm_eps: float):
+        super().__init__()
+        self.norm1 = RMSNorm(d_model, eps=norm_eps)
+        self.mixer = mixer
+        if d_hidden == 0:
+            self.norm2, self.mlp = None, None
+        else:
+            self.norm2 = RMSNorm(d_model, eps=norm_eps)
+            self.mlp = SwiGLU(d_model, d_hidden=d_hidden)
+
+    def forward(self, h: torch.Tensor, state: Any):  # h [B, T, D]
+        out = self.mixer(self.norm1(h), state)
+        h = h + out.y
+        if self.mlp is not None:
+            h = h + self.mlp(self.norm2(h))
+        return h, out.state, out.aux_loss
+
+
+class MemLM(nn.Module):
+    """Args:
+        vocab_size: vocabulary size (256 for the byte-level tokenizer).
+        d_model: width.
+        mixers: slot name -> factory(d_model=..., layer_idx=...) returning a ``Mixer``.
+        layer_pattern: one slot name per layer, e.g. ``["conv", "attn", "conv", "attn"]``.
+        d_hidden: SwiGLU hidden width (None: 8/3 d_model rounded; 0: no MLP).
+        tie_embeddings: share the input embedding and the output head.
+        norm_eps: RMSNorm epsilon.
+    """
+
+    def __init__(self, *, vocab_size: int, d_model: int,
+                 mixers: Mapping[str, Callable[..., Mixer]], layer_pattern: Sequence[str],
+                 d_hidden: int | None = None, tie_embeddings: bool = True,
+                 norm_eps: float = 1e-6, init_std: float = 0.02):
+        super().__init__()
+        if not isinstance(mixers, Mapping) or not mixers:
+            raise ValueError("MemLM: mixers must be a non-empty mapping of slot name -> factory")
+        if isinstance(layer_pattern, str) or not layer_pattern:
+            raise ValueError(
+                "MemLM: layer_pattern must be a non-empty list of slot names from "
+                f"mixers={sorted(mixers)}, got {layer_pattern!r}")
+        unknown = [n for n in layer_pattern if n not in mixers]
+        if unknown:
+            raise ValueError(
+                f"MemLM: layer_pattern names unknown mixer slots {unknown}; "
+                f"known slots (keys of mixers): {sorted(mixers)}")
+        self.vocab_size, self.d_model = vocab_size, d_model
+        self.layer_pattern = list(layer_pattern)
+        self.embed = nn.Embedding(vocab_size, d_model)
+        blocks = []
+        for i, name in enumerate(self.layer_pattern):
+            mixer = mixers[name](d_model=d_model, layer_idx=i)
+            if not isinstance(mixer, Mixer):
+                raise TypeError(
+                    f"MemLM: mixers[{name!r}] must build a memarch Mixer, got {type(mixer).__name__}")
+            blocks.append(Block(mixer, d_model, d_hidden=d_hidden, norm_eps=norm_eps))
+        self.blocks = nn.ModuleList(blocks)
+        self.norm = RMSNorm(d_model, eps=norm_eps)
+        self.head = nn.Linear(d_model, vocab_size, bias=False)
+        self.apply(lambda m: _init(m, init_std))
+        if tie_embeddings:
+            self.head.weight = self.embed.weight
+
+    # -- state -------------------------------------------------------------------------
+    def init_state(self, batch_size: int, *, device=None, dtype=None) -> tuple:
+        dtype = dtype or self.embed.weight.dtype
+        return tuple(b.mixer.init_state(batch_size, device=device,
+                                        dtype=b.mixer.state_dtype(dtype)) for b in self.blocks)
+
+    def state_size(self, seq_len: int) -> int:
+        return sum(b.mixer.state_size(seq_len) for b in self.blocks)
+
+    # -- forward -----------------------------------------------------------------------
+    def forward(self, ids: torch.Tensor, state: tuple | None = None) -> LMOutput:
+        if not isinstance(ids, torch.Tensor) or ids.dim() != 2 or ids.dtype not in (
+                torch.long, torch.int32, torch.int16, torch.uint8):
+            raise ValueError(
+                "MemLM: ids must be an integer tensor [B, T], got "
+                f"{getattr(ids, 'dtype', type(ids).__name__)} "
+                f"with shape {tuple(getattr(ids, 'shape', ()))}")
+        if ids.numel() and not ids.is_cuda and (ids.min() < 0 or ids.max() >= self.vocab_size):
+            raise ValueError(
+                f"MemLM: ids must lie in [0, vocab_size={self.vocab_size}), got values in "
+                f"[{int(ids.min())}, {int(ids.max())}]")
+        if state is None:
+            state = (None,) * len(self.blocks)
+        elif not isinstance(state, tuple) or len(state) != len(self.blocks):
+            raise ValueError(
+                f"MemLM: state must be a tuple with one entry per layer ({len(self.blocks)}), "
+                f"got {type(state).__name__} of length {len(state) if hasattr(state, '__len__') else '?'}")
+        h = self.embed(ids)                                             # [B, T, D]
+        new_states, aux = [], None
+        for block, s in zip(self.blocks, state):
+            h, s, a = block(h, s)
+            new_states.append(s)
+            if a is not None:
+                aux = a if aux is None else aux + a
+        logits = self.head(self.norm(h))                                # [B, T, V]
+        return LMOutput(logits, tuple(new_states), aux)
+
+
+def _init(m: nn.Module, std: float) -> None:
+    if isinstance(m, nn.Linear):
+        nn.init.normal_(m.weight, std=std)
+        if m.bias is not None:
+            nn.init.zeros_(m.bias)
+    elif isinstance(m, nn.Embedding):
+        nn.init.normal_(m.weight, std=std)

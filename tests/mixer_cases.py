@@ -1,0 +1,46 @@
+"""Example configurations of every exported mixer, with the internal boundaries that
+contract tests must split across (window, sinks, query block, conv width)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from memarch import mixers as mx
+
+D_MODEL = 32
+
+
+@dataclass
+class Case:
+    cls: type
+    kwargs: dict
+    boundaries: list[int] = field(default_factory=list)
+
+    def build(self, **over):
+        return self.cls(D_MODEL, layer_idx=0, **{**self.kwargs, **over})
+
+    @property
+    def horizon(self) -> int:
+        """A length past every boundary: at least 3 x (window + sinks)."""
+        return 3 * max(self.boundaries or [4]) + 5
+
+
+CASES: dict[str, Case] = {
+    "attn_full": Case(mx.Attention, dict(n_heads=4), [1]),
+    "attn_full_gqa_learned_sink": Case(mx.Attention, dict(n_heads=4, n_kv_heads=2,
+                                                          learned_sink=True), [1]),
+    "attn_window": Case(mx.Attention, dict(n_heads=4, window=8, block_size=5), [5, 8]),
+    "attn_window1_sinks": Case(mx.Attention, dict(n_heads=4, window=1, n_sinks=2,
+                                                  block_size=3), [1, 2, 3]),
+    "attn_window_sinks_absolute": Case(
+        mx.Attention, dict(n_heads=4, window=8, n_sinks=3, block_size=5), [3, 5, 8, 11]),
+    "attn_window_sinks_cache": Case(
+        mx.Attention, dict(n_heads=4, window=8, n_sinks=3, sink_positions="cache",
+                           block_size=5), [3, 5, 8, 11]),
+    "attn_window_sinks_cache_gqa_learned": Case(
+        mx.Attention, dict(n_heads=4, n_kv_heads=2, window=6, n_sinks=2,
+                           sink_positions="cache", learned_sink=True, block_size=4),
+        [2, 4, 6, 8]),
+    "short_conv": Case(mx.ShortConv, dict(kernel_size=4), [3, 4]),
+    "short_conv_k1_linear": Case(mx.ShortConv, dict(kernel_size=1, activation=None), [1]),
+}

@@ -1,0 +1,67 @@
+"""Bad input raises a clear error that names the parameter and what was expected."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from memarch.mixers import Attention, ShortConv
+from memarch.models import MemLM
+from lm_helpers import hybrid_lm
+from mixer_cases import CASES, D_MODEL
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_mixer_input_validation(name, checks):
+    m = CASES[name].build()
+    x = torch.randn(2, 5, D_MODEL)
+    with pytest.raises(ValueError, match=r"x must have rank 3 \[B, T, D\].*got rank 2"):
+        m(x[0])
+    with pytest.raises(ValueError, match=rf"last dimension must equal d_model={D_MODEL}, got 7"):
+        m(torch.randn(2, 5, 7))
+    with pytest.raises(ValueError, match="T >= 1"):
+        m(x[:, :0])
+    with pytest.raises(TypeError, match="x must be a torch.Tensor"):
+        m(x.numpy())
+    with pytest.raises(ValueError, match="batch size mismatch: x has batch size 2 but the "
+                                         "state has batch size 3"):
+        m(x, m.init_state(3))
+    with pytest.raises(TypeError, match=r"dtype mismatch: x has dtype torch.float32.*must have "
+                                        r"dtype torch.float32, got torch.float64"):
+        m(x, m.init_state(2, dtype=torch.float64))
+    checks.true(m(x, m.init_state(2)).y.shape == x.shape, "valid input still works")
+
+
+def test_constructor_validation(checks):
+    for kwargs, pat in [
+        (dict(n_heads=5), "n_heads=5 must divide d_model=32"),
+        (dict(n_heads=4, n_kv_heads=3), "n_kv_heads=3 must divide n_heads=4"),
+        (dict(window=0), "window must be a positive int or None, got 0"),
+        (dict(n_sinks=2), "n_sinks > 0 needs a window"),
+        (dict(window=4, sink_positions="slot"), "sink_positions must be 'absolute' or 'cache'"),
+    ]:
+        with pytest.raises(ValueError, match=pat):
+            Attention(D_MODEL, **kwargs)
+        checks.n += 1
+    with pytest.raises(ValueError, match="kernel_size must be >= 1"):
+        ShortConv(D_MODEL, kernel_size=0)
+    with pytest.raises(ValueError, match="activation must be one of"):
+        ShortConv(D_MODEL, activation="gelu")
+
+
+def test_model_input_validation(checks):
+    m = hybrid_lm()
+    ids = torch.randint(0, 61, (2, 6))
+    with pytest.raises(ValueError, match=r"ids must be an integer tensor \[B, T\]"):
+        m(ids[0])
+    with pytest.raises(ValueError, match=r"ids must be an integer tensor \[B, T\]"):
+        m(ids.float())
+    with pytest.raises(ValueError, match=r"ids must lie in \[0, vocab_size=61\), got values in"):
+        m(ids + 60)
+    with pytest.raises(ValueError, match=r"state must be a tuple with one entry per layer \(4\)"):
+        m(ids, m.init_state(2)[:2])
+    with pytest.raises(ValueError, match="batch size mismatch"):
+        m(ids, m.init_state(3))
+    checks.true(isinstance(m(ids).state, tuple), "valid input works")
+    with pytest.raises(ValueError, match="mixers must be a non-empty mapping"):
+        MemLM(vocab_size=4, d_model=8, mixers={}, layer_pattern=["a"])
