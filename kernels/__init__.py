@@ -2,6 +2,19 @@
 
 Each op lives in ``kernels/<op>/`` (installed as ``memarch.kernels.<op>``): ``naive.py`` (the
 executable spec, fp32 loops), ``torch_chunk.py`` (chunked PyTorch, the CPU path) and
-``triton_*.py`` (GPU). This package imports nothing from the rest of ``memarch``; the ops
-arrive with the kernels issue (#4).
+``triton_*.py`` (GPU, imported lazily: ``import memarch.kernels`` does not import triton).
+This package imports nothing from the rest of ``memarch``.
+
+Ops:
+    linear_attn(q, k, v, *, g, scale, normalize, eps, initial_state, output_final_state, impl)
+        -> (o, LinearAttnState | None)
+    sliding_window_attn(q, k, v, *, window, q_offset, sink_k, sink_v, sink_q, scale, impl) -> o
+
+``impl="auto"`` picks $MEMARCH_KERNEL_IMPL when set (naive | torch | triton), else "triton"
+for CUDA tensors and "torch" elsewhere.
 """
+
+from .linear_attn import LinearAttnState, linear_attn
+from .sliding_window import sliding_window_attn
+
+__all__ = ["linear_attn", "LinearAttnState", "sliding_window_attn"]

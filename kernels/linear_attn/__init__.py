@@ -1,0 +1,115 @@
+"""``linear_attn``: (gated, optionally normalised) linear attention with a recurrent state.
+
+    S_t = exp(g_t) S_{t-1} + k_t v_t^T,   z_t = exp(g_t) z_{t-1} + k_t
+    o_t = (scale q_t) S_t  [ / ((scale q_t) . z_t + eps)  when normalize ]
+
+Layout [B, T, H, D]: q, k [B, T, H, K] (already feature-mapped), v [B, T, H, V], g [B, T, H]
+(log-space decay, <= 0 for a decay; None = no decay). State ``LinearAttnState(S, z)``:
+S [B, H, K, V] and z [B, H, K] (None unless ``normalize``), fp32 (fp64 for fp64 inputs on
+the naive/torch paths). ``initial_state`` takes the same structure: a LinearAttnState, a
+tuple (S, z), or a bare S tensor when not normalising.
+
+``eps`` (default 1e-6) is added to the denominator (scale q_t) . z_t; with non-negative
+feature maps the denominator is >= 0 and eps only guards the all-zero case.
+
+Implementations: "naive" (token loop, the spec), "torch" (chunked matmul, autograd
+backward), "triton" (chunked forward/backward kernels; a fused kernel for one-token decode
+without grad). "auto" = $MEMARCH_KERNEL_IMPL if set, else triton on CUDA, torch elsewhere.
+The triton path supports K, V <= 256.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple, Optional
+
+import torch
+
+from .._common import check, check_float, check_triton, pick_impl
+from .naive import linear_attn_naive
+from .torch_chunk import chunk_linear_attn
+
+__all__ = ["linear_attn", "LinearAttnState", "MAX_TRITON_DIM"]
+
+MAX_TRITON_DIM = 256
+OP = "linear_attn"
+
+
+class LinearAttnState(NamedTuple):
+    S: torch.Tensor                    # [B, H, K, V] fp32
+    z: Optional[torch.Tensor] = None   # [B, H, K] fp32, only when normalize
+
+
+def _unpack_state(initial_state, normalize: bool, B: int, H: int, K: int, V: int):
+    if initial_state is None:
+        return None, None
+    if isinstance(initial_state, torch.Tensor):
+        S0, z0 = initial_state, None
+    else:
+        check(isinstance(initial_state, (tuple, list)) and len(initial_state) == 2, OP,
+              "initial_state must be a LinearAttnState, a tuple (S, z) or a tensor S")
+        S0, z0 = initial_state
+    check(isinstance(S0, torch.Tensor) and tuple(S0.shape) == (B, H, K, V), OP,
+          f"initial_state.S must have shape [B, H, K, V] = {[B, H, K, V]}, got "
+          f"{list(S0.shape) if isinstance(S0, torch.Tensor) else type(S0).__name__}")
+    check_float(OP, **{"initial_state.S": S0})
+    if normalize:
+        check(z0 is not None, OP, "initial_state.z [B, H, K] is required when normalize=True")
+        check(tuple(z0.shape) == (B, H, K), OP,
+              f"initial_state.z must have shape [B, H, K] = {[B, H, K]}, got {list(z0.shape)}")
+        check_float(OP, **{"initial_state.z": z0})
+    else:
+        check(z0 is None, OP, "initial_state.z must be None when normalize=False")
+    return S0, z0
+
+
+def linear_attn(q, k, v, *, g=None, scale=None, normalize: bool = False, eps: float = 1e-6,
+                initial_state=None, output_final_state: bool = False, impl: str = "auto"):
+    """Returns ``(o [B, T, H, V] in v's dtype, LinearAttnState | None)``. See the module doc."""
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        check(isinstance(t, torch.Tensor) and t.dim() == 4, OP,
+              f"{name} must be a 4-d tensor [B, T, H, D], got "
+              f"{tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__}")
+    check_float(OP, q=q, k=k, v=v, g=g)
+    B, T, H, K = q.shape
+    V = v.shape[-1]
+    check(tuple(k.shape) == (B, T, H, K), OP, f"k must have q's shape {list(q.shape)}, got "
+          f"{list(k.shape)}")
+    check(tuple(v.shape[:3]) == (B, T, H), OP, f"v must have shape [B, T, H, V] with [B, T, H] "
+          f"= {[B, T, H]}, got {list(v.shape)}")
+    check(q.dtype == k.dtype == v.dtype, OP, f"q, k, v must share a dtype, got {q.dtype}, "
+          f"{k.dtype}, {v.dtype}")
+    check(K >= 1 and V >= 1, OP, f"K and V must be >= 1, got K={K}, V={V}")
+    if g is not None:
+        check(tuple(g.shape) == (B, T, H), OP, f"g must have shape [B, T, H] = {[B, T, H]}, got "
+              f"{list(g.shape)}")
+    check(eps >= 0, OP, f"eps must be >= 0, got {eps}")
+    for name, t in (("k", k), ("v", v), ("g", g)):
+        check(t is None or t.device == q.device, OP, f"{name} must be on q's device {q.device}")
+    S0, z0 = _unpack_state(initial_state, normalize, B, H, K, V)
+    scale = K ** -0.5 if scale is None else float(scale)
+    impl = pick_impl(OP, impl, q)
+
+    if impl == "naive":
+        o, S, z = linear_attn_naive(q, k, v, g, scale, normalize, eps, S0, z0)
+    elif impl == "torch":
+        o, S, z = _torch_path(q, k, v, g, scale, normalize, eps, S0, z0)
+    else:
+        check_triton(OP, q)
+        check(K <= MAX_TRITON_DIM and V <= MAX_TRITON_DIM, OP,
+              f"impl='triton' supports K, V <= {MAX_TRITON_DIM}, got K={K}, V={V}")
+        from .triton_chunk import linear_attn_triton  # lazy: importing memarch.kernels stays triton-free
+        o, S, z = linear_attn_triton(q, k, v, g, scale, normalize, eps, S0, z0)
+    return o, (LinearAttnState(S, z) if output_final_state else None)
+
+
+def _torch_path(q, k, v, g, scale, normalize, eps, S0, z0):
+    if normalize:  # z is the state of a column of ones appended to v
+        v = torch.cat([v, v.new_ones(v.shape[:-1] + (1,))], -1)
+        if S0 is not None:
+            S0 = torch.cat([S0, z0[..., None].to(S0.dtype)], -1)
+    o, S = chunk_linear_attn(q, k, v, g, scale, S0)
+    z = None
+    if normalize:
+        o = o[..., :-1] / (o[..., -1:] + eps)
+        S, z = S[..., :-1], S[..., -1]
+    return o.to(v.dtype), S, z

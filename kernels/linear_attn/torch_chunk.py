@@ -1,0 +1,61 @@
+"""Linear attention in chunked matmul form (PyTorch; the CPU path, autograd gives the backward).
+
+Tokens are grouped in chunks of C. Inside chunk n, with b_t = sum_{s<=t in chunk} g_s and
+H_n the state before the chunk (fp32 throughout):
+
+    o_t     = scale q_t [ exp(b_t) H_n + sum_{s<=t} exp(b_t - b_s) k_s v_s^T ]
+    H_{n+1} = exp(b_C) H_n + sum_s exp(b_C - b_s) k_s v_s^T
+
+The intra-chunk terms of all chunks are one batched matmul; only the [K, V] chunk states
+are a loop over chunks. Normalisation appends a column of ones to v: that column of the
+state is z and that column of the output is the denominator (scale q_t) . z_t.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def _causal_decay(b: torch.Tensor) -> torch.Tensor:
+    """b [..., C] chunk-local cumulative log decay -> exp(b_t - b_s) for s <= t else 0: [..., C, C]."""
+    C = b.shape[-1]
+    tri = torch.ones(C, C, dtype=torch.bool, device=b.device).tril()
+    diff = (b[..., :, None] - b[..., None, :]).masked_fill(~tri, float("-inf"))
+    return diff.exp()
+
+
+def chunk_linear_attn(q, k, v, g, scale: float, S0, chunk_size: int = 64):
+    """Un-normalised chunked linear attention. q, k [B,T,H,K]; v [B,T,H,V]; g [B,T,H] | None;
+    S0 [B,H,K,V] | None. Returns o [B,T,H,V] and the final state [B,H,K,V], both fp32 (fp64 for fp64 inputs)."""
+    B, T, H, K = q.shape
+    V = v.shape[-1]
+    C = chunk_size
+    N = max(1, -(-T // C))
+    pad = N * C - T
+    ct = torch.float64 if q.dtype == torch.float64 else torch.float32
+    # [B, H, N, C, D] fp32; zero padding adds nothing to the state (g = 0: no decay)
+    def prep(x):
+        x = x.to(ct).transpose(1, 2)
+        return F.pad(x, (0, 0, 0, pad)).unflatten(2, (N, C))
+    qc, kc, vc = prep(q) * scale, prep(k), prep(v)
+    if g is not None:
+        gc = F.pad(g.to(ct).transpose(1, 2), (0, pad)).unflatten(2, (N, C))   # [B, H, N, C]
+        b = gc.cumsum(-1)
+        A = torch.einsum("bhntk,bhnsk->bhnts", qc, kc) * _causal_decay(b)
+        q_in = qc * b.exp()[..., None]                                   # exp(b_t) q_t
+        k_out = kc * (b[..., -1:] - b).exp()[..., None]                  # exp(b_C - b_s) k_s
+        chunk_decay = b[..., -1].exp()                                   # [B, H, N]
+    else:
+        A = torch.einsum("bhntk,bhnsk->bhnts", qc, kc).tril()
+        q_in, k_out, chunk_decay = qc, kc, None
+    o = A @ vc                                                           # [B, H, N, C, V]
+    dS = k_out.transpose(-1, -2) @ vc                                    # [B, H, N, K, V]
+    Hs = []
+    h = S0.to(ct) if S0 is not None else q.new_zeros(B, H, K, V, dtype=ct)
+    for n in range(N):
+        Hs.append(h)
+        h = (h * chunk_decay[:, :, n, None, None] if chunk_decay is not None else h) + dS[:, :, n]
+    o = o + q_in @ torch.stack(Hs, 2)                                    # inter-chunk term
+    o = o.flatten(2, 3)[:, :, :T].transpose(1, 2)                        # [B, T, H, V]
+    return o, h

@@ -1,0 +1,106 @@
+"""Synthetic recall tasks generated on the fly, deterministic per (seed, index).
+The splits differ by seed (``split`` is accepted for a uniform dataset interface).
+
+MQAR (multi-query associative recall; Arora et al., "Zoology", 2312.04927), zoology's
+layout: ``k_1 v_1 k_2 v_2 ... k_N v_N`` then a query region where every key appears once
+at an even offset 2 g (g drawn without replacement from a power law p(g) ~ g^(a-1),
+zoology's ``power_a``), other slots filler 0. The loss is taken only at query keys, whose
+label is the key's value. Vocabulary: 0 filler, keys 1..K, values K+1..K+V.
+
+Passkey retrieval (Mohtashami & Jaggi, 2305.16300), byte level: a 5-digit pass key hidden
+at a random depth in repeated filler sentences; the sequence ends with the question and the
+loss is taken on the key's digits only.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch.utils.data import Dataset
+
+IGNORE_INDEX = -100
+
+
+def _generator(seed: int, index: int) -> torch.Generator:
+    return torch.Generator().manual_seed((seed * 0x9E3779B1 + index) % (2 ** 63))
+
+
+class MQAR(Dataset):
+    """Args: seq_len T, num_kv_pairs N (T >= 4N), num_keys K >= N, num_values V >= N,
+    power_a (zoology's gap power law; 1.0 = uniform), seed, size (virtual length)."""
+
+    def __init__(self, *, seq_len: int = 64, num_kv_pairs: int = 8, num_keys: int = 32,
+                 num_values: int = 32, power_a: float = 0.01, seed: int = 0,
+                 split: str = "train", size: int = 2 ** 40):
+        if seq_len < 4 * num_kv_pairs:
+            raise ValueError(f"MQAR: seq_len must be >= 4 * num_kv_pairs = {4 * num_kv_pairs}, "
+                             f"got {seq_len}")
+        if num_keys < num_kv_pairs or num_values < num_kv_pairs:
+            raise ValueError(f"MQAR: num_keys ({num_keys}) and num_values ({num_values}) must be "
+                             f">= num_kv_pairs ({num_kv_pairs})")
+        self.seq_len, self.n = seq_len, num_kv_pairs
+        self.num_keys, self.num_values = num_keys, num_values
+        self.seed, self.size = seed, size
+        space = (seq_len - 2 * num_kv_pairs) // 2
+        x = torch.arange(1, space + 1, dtype=torch.float64)
+        self.gap_p = power_a * x.pow(power_a - 1)                      # zoology's power law
+        self.vocab_size = 1 + num_keys + num_values
+        self.chance = 1.0 / num_values                     # accuracy of a uniform guess
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __getitem__(self, i: int) -> dict:
+        g = _generator(self.seed, i)
+        N, T = self.n, self.seq_len
+        keys = torch.randperm(self.num_keys, generator=g)[:N] + 1
+        vals = torch.randperm(self.num_values, generator=g)[:N] + 1 + self.num_keys
+        ids = torch.zeros(T, dtype=torch.long)
+        ids[0:2 * N:2], ids[1:2 * N:2] = keys, vals
+        gaps = torch.multinomial(self.gap_p, N, replacement=False, generator=g)  # 0-based
+        qpos = 2 * N + 2 * gaps
+        ids[qpos] = keys
+        labels = torch.full((T,), IGNORE_INDEX, dtype=torch.long)
+        labels[qpos] = vals
+        return {"input_ids": ids, "labels": labels}
+
+
+_FILLER = ("The grass is green. The sky is blue. The sun is yellow. "
+           "Here we go. There and back again. ")
+
+
+class Passkey(Dataset):
+    """Byte-level passkey retrieval of exactly ``seq_len`` tokens (vocabulary 256)."""
+
+    vocab_size = 256
+
+    chance = 0.1                                            # per digit
+
+    def __init__(self, *, seq_len: int = 256, n_digits: int = 5, seed: int = 0,
+                 split: str = "train", size: int = 2 ** 40):
+        self.seq_len, self.n_digits, self.seed, self.size = seq_len, n_digits, seed, size
+        q = "What is the pass key? The pass key is "
+        need = len(self._needle("0" * n_digits)) + len(q) + n_digits
+        if seq_len < need + 1:
+            raise ValueError(f"Passkey: seq_len must be > {need} for {n_digits} digits, "
+                             f"got {seq_len}")
+        self.question = q
+
+    @staticmethod
+    def _needle(key: str) -> str:
+        return f" The pass key is {key}. Remember it. {key} is the pass key. "
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __getitem__(self, i: int) -> dict:
+        g = _generator(self.seed, i)
+        key = "".join(str(int(d)) for d in torch.randint(0, 10, (self.n_digits,), generator=g))
+        needle, tail = self._needle(key), self.question + key
+        n_fill = self.seq_len + 1 - len(needle) - len(tail)               # +1: shifted labels
+        filler = (_FILLER * (n_fill // len(_FILLER) + 1))[:n_fill]
+        depth = int(torch.randint(0, n_fill + 1, (1,), generator=g))
+        text = filler[:depth] + needle + filler[depth:] + tail
+        b = torch.tensor(list(text.encode("ascii")), dtype=torch.long)    # [T + 1]
+        labels = torch.full((self.seq_len,), IGNORE_INDEX, dtype=torch.long)
+        labels[-self.n_digits:] = b[-self.n_digits:]
+        return {"input_ids": b[:-1], "labels": labels}

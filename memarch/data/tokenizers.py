@@ -1,0 +1,54 @@
+"""Tokenizers: byte level by default, or any local ``tokenizer.json`` / HF tokenizer folder."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+
+class ByteTokenizer:
+    """UTF-8 bytes 0..255, plus an end-of-document token 256 (vocab_size 257)."""
+
+    vocab_size = 257
+    eos_id = 256
+
+    def encode(self, text: str) -> list[int]:
+        return list(text.encode("utf-8"))
+
+    def decode(self, ids) -> str:
+        return bytes(int(i) for i in ids if 0 <= int(i) < 256).decode("utf-8", errors="replace")
+
+
+class _HFTokenizer:
+    def __init__(self, tok, eos_id: int | None, vocab_size: int):
+        self._tok, self.eos_id, self.vocab_size = tok, eos_id, vocab_size
+
+    def encode(self, text: str) -> list[int]:
+        out = self._tok.encode(text)
+        return list(out.ids if hasattr(out, "ids") else out)
+
+    def decode(self, ids) -> str:
+        return self._tok.decode([int(i) for i in ids])
+
+
+def load_tokenizer(name: str | None = "byte"):
+    """``"byte"``/None: ByteTokenizer; a ``tokenizer.json`` file or a folder holding one:
+    the ``tokenizers`` library; any other folder or hub name: ``transformers.AutoTokenizer``
+    (offline it must be a local folder)."""
+    if name in (None, "byte"):
+        return ByteTokenizer()
+    p = Path(os.path.expanduser(str(name)))
+    file = p if p.is_file() else p / "tokenizer.json"
+    if file.is_file() and file.suffix == ".json":
+        from tokenizers import Tokenizer
+        tok = Tokenizer.from_file(str(file))
+        eos = next((tok.token_to_id(t) for t in ("</s>", "<|endoftext|>", "<eos>", "[SEP]")
+                    if tok.token_to_id(t) is not None), None)
+        return _HFTokenizer(tok, eos, tok.get_vocab_size())
+    if not p.exists() and os.environ.get("HF_HUB_OFFLINE") == "1":
+        raise FileNotFoundError(
+            f"tokenizer: {name!r} is neither a local tokenizer.json nor a folder, and the hub is "
+            "offline (HF_HUB_OFFLINE=1); pass data.tokenizer=byte or a local path")
+    from transformers import AutoTokenizer
+    tok = AutoTokenizer.from_pretrained(str(name))
+    return _HFTokenizer(tok, tok.eos_token_id, len(tok))

@@ -1,0 +1,7 @@
+"""Lightning glue (the only package besides train.py that imports Lightning)."""
+
+from memarch.lit.data import LMDataModule, StepBatchSampler
+from memarch.lit.module import LitLM, NonFiniteLossError
+from memarch.lit.schedules import warmup_cosine
+
+__all__ = ["LitLM", "NonFiniteLossError", "LMDataModule", "StepBatchSampler", "warmup_cosine"]

@@ -1,0 +1,134 @@
+"""LitLM: the LightningModule around a memarch network (injected, built by Hydra).
+
+Loss = next-token cross-entropy over labels != -100 (+ aux_loss_weight * the mixers'
+aux_loss). AdamW with a weight-decay split (no decay for norms, biases, embeddings), a
+warmup + cosine schedule, optional ``torch.compile``. With ``stateful=True`` the detached
+model state is carried from one step to the next (truncated BPTT over the segments served
+by ``memarch.data.StreamSegments``) and saved in checkpoints, so resume is exact.
+A non-finite loss or gradient stops training with ``NonFiniteLossError`` before the
+optimizer step, so no checkpoint ever holds the damaged weights.
+"""
+
+from __future__ import annotations
+
+import random
+from typing import Any, Callable
+
+import lightning.pytorch as pl
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from memarch import state as st
+from memarch.checkpoint import CONFIG_KEY
+from memarch.data.synthetic import IGNORE_INDEX
+
+
+class NonFiniteLossError(RuntimeError):
+    pass
+
+
+class LitLM(pl.LightningModule):
+    def __init__(self, *, net: nn.Module, optimizer: Callable[..., torch.optim.Optimizer],
+                 scheduler: Callable[..., Any] | None = None, model_config: dict | None = None,
+                 aux_loss_weight: float = 0.01, stateful: bool = False, compile: bool = False):
+        super().__init__()
+        self.net = net
+        self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
+        self.model_config = model_config
+        self.aux_loss_weight, self.stateful = aux_loss_weight, stateful
+        self._fwd = torch.compile(net) if compile else net
+        self._carry = None                                   # stateful training: model state
+
+    # -- steps -------------------------------------------------------------------------
+    def _loss(self, batch, state=None):
+        ids, labels = batch["input_ids"], batch["labels"]
+        logits, new_state, aux = self._fwd(ids, state)
+        mask = labels != IGNORE_INDEX
+        if mask.any():
+            loss = F.cross_entropy(logits.float().flatten(0, 1), labels.flatten(),
+                                   ignore_index=IGNORE_INDEX)
+        else:
+            loss = logits.sum() * 0.0
+        correct = ((logits.argmax(-1) == labels) & mask).sum()
+        return loss, aux, correct, mask.sum(), new_state
+
+    def training_step(self, batch, batch_idx):
+        state = None
+        if self.stateful and self._carry is not None and int(batch["segment"][0]) != 0:
+            state = self._carry
+        loss, aux, correct, n, new_state = self._loss(batch, state)
+        if self.stateful:
+            self._carry = st.detach(new_state)
+        total = loss if aux is None else loss + self.aux_loss_weight * aux
+        if not torch.isfinite(total):
+            raise NonFiniteLossError(
+                f"non-finite training loss ({total.item()}) at step {self.global_step}; "
+                "training stopped before the optimizer step, so the last checkpoint is "
+                "intact. Lower optim.lr, raise sched.warmup_steps or check the data.")
+        self.log("train/loss", loss, prog_bar=True)
+        if aux is not None:
+            self.log("train/aux_loss", aux)
+        self.log("train/acc", correct / n.clamp(min=1))
+        return total
+
+    def on_before_optimizer_step(self, optimizer):
+        norms = [p.grad.detach().norm() for p in self.parameters() if p.grad is not None]
+        if norms and not torch.isfinite(torch.stack(norms).sum()):
+            raise NonFiniteLossError(
+                f"non-finite gradient at step {self.global_step}; training stopped before the "
+                "optimizer step, so the last checkpoint is intact.")
+
+    def validation_step(self, batch, batch_idx):
+        loss, _, correct, n, _ = self._loss(batch)
+        self.log("val/loss", loss, prog_bar=True, sync_dist=True)
+        self.log("val/acc", correct.float() / n.clamp(min=1), prog_bar=True, sync_dist=True,
+                 reduce_fx="mean")
+
+    # -- optimisation ------------------------------------------------------------------
+    def param_groups(self, weight_decay: float):
+        decay, no_decay, seen = [], [], set()
+        for module in self.net.modules():
+            for p in module.parameters(recurse=False):
+                if id(p) in seen or not p.requires_grad:
+                    continue
+                seen.add(id(p))
+                if isinstance(module, nn.Embedding) or p.ndim < 2:
+                    no_decay.append(p)
+                else:
+                    decay.append(p)
+        # tied head weight == embedding weight: seen first as the embedding (no decay)
+        return [{"params": decay, "weight_decay": weight_decay},
+                {"params": no_decay, "weight_decay": 0.0}]
+
+    def configure_optimizers(self):
+        wd = getattr(self.optimizer_factory, "keywords", {}).get("weight_decay", 0.0)
+        opt = self.optimizer_factory(self.param_groups(wd))
+        if self.scheduler_factory is None:
+            return opt
+        kw = {}
+        if "total_steps" not in getattr(self.scheduler_factory, "keywords", {}):
+            # default horizon: the run's max_steps (set sched.total_steps to decouple them)
+            kw["total_steps"] = (int(self.trainer.max_steps) if self.trainer.max_steps > 0
+                                 else int(self.trainer.estimated_stepping_batches))
+        sched = self.scheduler_factory(opt, **kw)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    # -- checkpoints -------------------------------------------------------------------
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint[CONFIG_KEY] = self.model_config
+        checkpoint["memarch_carry_state"] = self._carry
+        checkpoint["memarch_rng"] = {
+            "torch": torch.get_rng_state(), "python": random.getstate(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self._carry = checkpoint.get("memarch_carry_state")
+        if self._carry is not None:
+            self._carry = st.to(self._carry, self.device)
+        rng = checkpoint.get("memarch_rng")
+        if rng is not None:
+            torch.set_rng_state(rng["torch"])
+            random.setstate(rng["python"])
+            if rng["cuda"] is not None and torch.cuda.is_available():
+                torch.cuda.set_rng_state_all(rng["cuda"])
