@@ -28,8 +28,10 @@ test-slow: setup
 test-all: setup
 	$(ENVVARS) $(PY) -m pytest -q -m "" $(PYTEST_ARGS)
 
+# extra Hydra overrides: make train ARGS="experiment=transformer_tiny trainer.max_steps=200"
+ARGS ?=
 train: setup
-	@echo "make train arrives with the training issue (#3)"; exit 1
+	$(PY) train.py $(ARGS)
 
 lint: setup
 	$(PY) -m ruff check memarch kernels eval tests

@@ -23,7 +23,8 @@ def _modules_after(code: str) -> list[str]:
 
 def test_core_imports_no_training_or_triton(checks):
     mods = _modules_after("import memarch, memarch.mixers, memarch.models, memarch.modules, "
-                          "memarch.state, memarch.generation")
+                          "memarch.data, memarch.checkpoint, memarch.config, memarch.state, "
+                          "memarch.generation")
     checks.true("memarch.mixers" in mods and "memarch.models" in mods, "modules were imported")
     bad = [m for m in mods if m.split(".")[0] in HEAVY]
     checks.true(not bad, f"core import pulled in {bad}")
