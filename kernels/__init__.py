@@ -17,4 +17,4 @@ for CUDA tensors and "torch" elsewhere.
 from .linear_attn import LinearAttnState, linear_attn
 from .sliding_window import sliding_window_attn
 
-__all__ = ["linear_attn", "LinearAttnState", "sliding_window_attn"]
+__all__ = ["LinearAttnState", "linear_attn", "sliding_window_attn"]

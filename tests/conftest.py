@@ -15,6 +15,10 @@ os.environ.setdefault("WANDB_MODE", "disabled")
 
 from memarch import state as st  # noqa: E402
 
+# The tests run tiny tensors: one intra-op thread avoids OpenMP spin-wait overhead (and
+# the 10x slowdowns it causes when the 2 cores are shared).
+torch.set_num_threads(1)
+
 
 class Checks:
     def __init__(self):

@@ -41,6 +41,16 @@ CASES: dict[str, Case] = {
         mx.Attention, dict(n_heads=4, n_kv_heads=2, window=6, n_sinks=2,
                            sink_positions="cache", learned_sink=True, block_size=4),
         [2, 4, 6, 8]),
+    # linear attention: T > 3 x 64 straddles the chunked kernel's 64-token chunks
+    "linear_attn_elu": Case(mx.LinearAttention, dict(n_heads=4, feature_map="elu"), [64]),
+    "linear_attn_gated_relu": Case(mx.LinearAttention, dict(n_heads=2, feature_map="relu",
+                                                            gated=True), [64]),
+    "linear_attn_identity_unnormalized": Case(
+        mx.LinearAttention, dict(n_heads=4, feature_map="identity", normalize=False), [64]),
+    "based_linear_unique": Case(mx.BasedLinearAttention, dict(n_heads=4, feature_dim=8), [64]),
+    "based_linear_full": Case(mx.BasedLinearAttention, dict(n_heads=2, feature_dim=4,
+                                                            taylor_form="full"), [64]),
+    "base_conv": Case(mx.BaseConv, dict(kernel_size=3), [2, 3]),
     "short_conv": Case(mx.ShortConv, dict(kernel_size=4), [3, 4]),
     "short_conv_k1_linear": Case(mx.ShortConv, dict(kernel_size=1, activation=None), [1]),
 }

@@ -8,7 +8,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import memarch
 
 ROOT = Path(__file__).resolve().parents[1]
 HEAVY = ["lightning", "pytorch_lightning", "hydra", "omegaconf", "wandb", "triton"]

@@ -20,7 +20,7 @@ The triton path supports K, V <= 256.
 
 from __future__ import annotations
 
-from typing import NamedTuple, Optional
+from typing import NamedTuple
 
 import torch
 
@@ -28,7 +28,7 @@ from .._common import check, check_float, check_triton, pick_impl
 from .naive import linear_attn_naive
 from .torch_chunk import chunk_linear_attn
 
-__all__ = ["linear_attn", "LinearAttnState", "MAX_TRITON_DIM"]
+__all__ = ["MAX_TRITON_DIM", "LinearAttnState", "linear_attn"]
 
 MAX_TRITON_DIM = 256
 OP = "linear_attn"
@@ -36,7 +36,7 @@ OP = "linear_attn"
 
 class LinearAttnState(NamedTuple):
     S: torch.Tensor                    # [B, H, K, V] fp32
-    z: Optional[torch.Tensor] = None   # [B, H, K] fp32, only when normalize
+    z: torch.Tensor | None = None   # [B, H, K] fp32, only when normalize
 
 
 def _unpack_state(initial_state, normalize: bool, B: int, H: int, K: int, V: int):
@@ -97,7 +97,9 @@ def linear_attn(q, k, v, *, g=None, scale=None, normalize: bool = False, eps: fl
         check_triton(OP, q)
         check(K <= MAX_TRITON_DIM and V <= MAX_TRITON_DIM, OP,
               f"impl='triton' supports K, V <= {MAX_TRITON_DIM}, got K={K}, V={V}")
-        from .triton_chunk import linear_attn_triton  # lazy: importing memarch.kernels stays triton-free
+        from .triton_chunk import (
+            linear_attn_triton,  # lazy: importing memarch.kernels stays triton-free
+        )
         o, S, z = linear_attn_triton(q, k, v, g, scale, normalize, eps, S0, z0)
     return o, (LinearAttnState(S, z) if output_final_state else None)
 

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 
 
 def _causal_decay(b: torch.Tensor) -> torch.Tensor:
-    """b [..., C] chunk-local cumulative log decay -> exp(b_t - b_s) for s <= t else 0: [..., C, C]."""
+    """b [..., C] chunk-local cumsum of log decay -> [..., C, C]: exp(b_t-b_s) if s <= t else 0."""
     C = b.shape[-1]
     tri = torch.ones(C, C, dtype=torch.bool, device=b.device).tril()
     diff = (b[..., :, None] - b[..., None, :]).masked_fill(~tri, float("-inf"))
@@ -27,7 +27,8 @@ def _causal_decay(b: torch.Tensor) -> torch.Tensor:
 
 def chunk_linear_attn(q, k, v, g, scale: float, S0, chunk_size: int = 64):
     """Un-normalised chunked linear attention. q, k [B,T,H,K]; v [B,T,H,V]; g [B,T,H] | None;
-    S0 [B,H,K,V] | None. Returns o [B,T,H,V] and the final state [B,H,K,V], both fp32 (fp64 for fp64 inputs)."""
+    S0 [B,H,K,V] | None. Returns o [B,T,H,V] and the final state [B,H,K,V], both fp32
+    (fp64 for fp64 inputs)."""
     B, T, H, K = q.shape
     V = v.shape[-1]
     C = chunk_size

@@ -10,10 +10,15 @@ Import a layer into your own model without Hydra, Lightning or Triton::
 
 from memarch.mixers.attention import Attention, KVCacheState, SinkWindowState
 from memarch.mixers.base import Mixer, MixerOutput
+from memarch.mixers.based import BaseConv, BasedLinearAttention
+from memarch.mixers.feature_maps import TaylorFeatureMap, make_feature_map
+from memarch.mixers.linear_attention import LinearAttention, LinearAttentionState
 from memarch.mixers.short_conv import ShortConv, ShortConvState
 
 __all__ = [
     "Mixer", "MixerOutput",
     "Attention", "KVCacheState", "SinkWindowState",
     "ShortConv", "ShortConvState",
+    "LinearAttention", "LinearAttentionState", "BasedLinearAttention", "BaseConv",
+    "TaylorFeatureMap", "make_feature_map",
 ]

@@ -26,8 +26,10 @@ with the un-rotated query, so it needs no slot and never leaves the cache.
 
 State. Full attention: a KV cache that grows by one entry per token. Window: the S sink
 entries plus the W-1 most recent entries (the current token comes from the input), a
-constant size. Every parallel pass over T > 1 tokens goes through the banded path in
-query blocks (memory O(T (W + block)), never a T x T mask); decode is the T = 1 case.
+constant size. Every pass over the window goes through the banded op
+``memarch.kernels.sliding_window_attn`` (memory O(T (W + block)), never a T x T mask; Triton
+on CUDA); decode is the T = 1 case. A learned sink, or a batch whose sequences sit at
+different positions, takes an equivalent blocked PyTorch path in this module.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from memarch.kernels.sliding_window import sliding_window_attn
 from memarch.mixers.base import Mixer, MixerOutput
 from memarch.modules.rotary import Rotary, apply_rotary
 
@@ -72,14 +75,17 @@ class Attention(Mixer):
         sink_positions: "absolute" or "cache" (StreamingLLM's slot positions).
         learned_sink: add one learned, position-free key/value pair per KV head.
         rope_base: RoPE base.
-        block_size: query block of the banded path (memory/speed knob, not semantics).
+        block_size: query block of the banded fallback path (memory/speed, not semantics).
+        impl: implementation of ``memarch.kernels.sliding_window_attn`` for the windowed
+            path ("auto": Triton on CUDA, chunked PyTorch elsewhere).
     """
 
     def __init__(self, d_model: int, *, layer_idx: int | None = None,
                  n_heads: int | None = None, n_kv_heads: int | None = None,
                  window: int | None = None, n_sinks: int = 0,
                  sink_positions: str = "absolute", learned_sink: bool = False,
-                 rope_base: float = 10000.0, bias: bool = False, block_size: int = 128):
+                 rope_base: float = 10000.0, bias: bool = False, block_size: int = 128,
+                 impl: str = "auto"):
         super().__init__(d_model, layer_idx=layer_idx)
         n_heads = n_heads or max(1, d_model // 64)
         n_kv_heads = n_kv_heads or n_heads
@@ -104,7 +110,7 @@ class Attention(Mixer):
         self.head_dim = d_model // n_heads
         self.window, self.n_sinks = window, n_sinks
         self.sink_positions = sink_positions
-        self.block_size = block_size
+        self.block_size, self.impl = block_size, impl
         self.scale = self.head_dim ** -0.5
         Dh = self.head_dim
         self.q_proj = nn.Linear(d_model, n_heads * Dh, bias=bias)
@@ -214,6 +220,21 @@ class Attention(Mixer):
             sink_v = torch.where(arrives[:, None, :, None], v.gather(2, idx), state.sink_v)
         else:
             sink_k, sink_v = state.sink_k, state.sink_v
+        keep = K.shape[2] - (W - 1)
+        # clone: the state must not keep the whole [W-1+T] prefill buffer alive
+        new = SinkWindowState(sink_k, sink_v, K[:, :, keep:].clone(), V[:, :, keep:].clone(),
+                              p0 + T)
+        if not self.learned_sink and bool((p0 == p0[0]).all()):
+            # the kernel: one position for the whole batch; drop cache slots before token 0
+            p = int(p0[0])
+            u0 = max(0, W - 1 - p)
+            sk = dict(sink_k=sink_k.transpose(1, 2), sink_v=sink_v.transpose(1, 2),
+                      sink_q=q_sink.transpose(1, 2)) if S else {}
+            o = sliding_window_attn(qr.transpose(1, 2), K[:, :, u0:].transpose(1, 2),
+                                    V[:, :, u0:].transpose(1, 2), window=W, q_offset=p,
+                                    scale=self.scale, impl=self.impl, **sk)
+            return o.transpose(1, 2), new
+        # general path (learned sink, or sequences at different positions): query blocks
         out = []
         for a in range(0, T, self.block_size):
             n = min(self.block_size, T - a)
@@ -245,10 +266,6 @@ class Attention(Mixer):
                 ob = ob + p[..., -1:] * self.sink_kv[1].to(ct)[:, None, None]
             out.append(ob.reshape(B, H, n, Dh))
         o = torch.cat(out, dim=2).to(qr.dtype)                           # [B, H, T, Dh]
-        keep = K.shape[2] - (W - 1)
-        # clone: the state must not keep the whole [W-1+T] prefill buffer alive
-        new = SinkWindowState(sink_k, sink_v, K[:, :, keep:].clone(), V[:, :, keep:].clone(),
-                              p0 + T)
         return o, new
 
 

@@ -1,0 +1,79 @@
+"""``sliding_window_attn``: causal banded softmax attention with optional attention sinks.
+
+Positions are absolute: queries are q_offset .. q_offset+Tq-1; keys/values are the Tk most
+recent positions ending at the last query (bottom-right aligned, so chunked prefill over a
+cached window works: pass the cached W-1 keys followed by the new ones). Key j is visible to
+query i iff i - W < j <= i. Sink keys/values are absolute positions 0..S-1, scored with
+``sink_q`` (default q) in the same softmax, only where they lie outside the band (j <= i-W).
+
+Shapes: q [B, Tq, H, D]; k, v [B, Tk, Hkv, D] with Tq <= Tk <= q_offset + Tq and H % Hkv == 0
+(GQA); sink_k, sink_v [B, S, Hkv, D]; sink_q [B, Tq, H, D]. ``scale`` defaults to D^-0.5.
+Implementations: "naive" (masked, fp32), "torch" (blocked banded, memory O(T W)),
+"triton" (flash-style forward and backward, D <= 256).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .._common import check, check_float, check_triton, pick_impl
+from .naive import sliding_window_naive
+from .torch_chunk import sliding_window_torch
+
+__all__ = ["MAX_TRITON_DIM", "sliding_window_attn"]
+
+MAX_TRITON_DIM = 256
+OP = "sliding_window_attn"
+
+
+def sliding_window_attn(q, k, v, *, window: int, q_offset: int = 0, sink_k=None, sink_v=None,
+                        sink_q=None, scale=None, impl: str = "auto"):
+    """Returns o [B, Tq, H, D] in q's dtype. See the module doc."""
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        check(isinstance(t, torch.Tensor) and t.dim() == 4, OP,
+              f"{name} must be a 4-d tensor [B, T, H, D], got "
+              f"{tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__}")
+    check_float(OP, q=q, k=k, v=v, sink_k=sink_k, sink_v=sink_v, sink_q=sink_q)
+    check(isinstance(window, int) and not isinstance(window, bool) and window >= 1, OP,
+          f"window must be an int >= 1, got {window!r}")
+    check(isinstance(q_offset, int) and q_offset >= 0, OP, f"q_offset must be an int >= 0, got "
+          f"{q_offset!r}")
+    B, Tq, H, D = q.shape
+    Tk, Hkv = k.shape[1], k.shape[2]
+    check(tuple(k.shape) == (B, Tk, Hkv, D), OP, f"k must have shape [B, Tk, Hkv, D] with B={B}, "
+          f"D={D}, got {list(k.shape)}")
+    check(tuple(v.shape) == tuple(k.shape), OP, f"v must have k's shape {list(k.shape)}, got "
+          f"{list(v.shape)}")
+    check(Hkv >= 1 and H % Hkv == 0, OP, f"q heads ({H}) must be a multiple of k/v heads ({Hkv})")
+    check(Tq <= Tk <= q_offset + Tq, OP, f"need Tq <= Tk <= q_offset + Tq (keys end at the last "
+          f"query and start at position >= 0), got Tq={Tq}, Tk={Tk}, q_offset={q_offset}")
+    check(Tq >= 1, OP, "q must have at least one token")
+    check((sink_k is None) == (sink_v is None), OP, "sink_k and sink_v must be given together")
+    check(sink_q is None or sink_k is not None, OP, "sink_q given without sink_k / sink_v")
+    dtypes = {t.dtype for t in (q, k, v, sink_k, sink_v, sink_q) if t is not None}
+    check(len(dtypes) == 1, OP, f"all inputs must share a dtype, got {sorted(map(str, dtypes))}")
+    if sink_k is not None:
+        S = sink_k.shape[1] if sink_k.dim() == 4 else -1
+        check(sink_k.dim() == 4 and tuple(sink_k.shape) == (B, S, Hkv, D) and S >= 1, OP,
+              f"sink_k must have shape [B, S, Hkv, D] = [{B}, S, {Hkv}, {D}], got "
+              f"{list(sink_k.shape)}")
+        check(tuple(sink_v.shape) == tuple(sink_k.shape), OP, f"sink_v must have sink_k's shape "
+              f"{list(sink_k.shape)}, got {list(sink_v.shape)}")
+        if sink_q is None:
+            sink_q = q
+        check(tuple(sink_q.shape) == tuple(q.shape), OP, f"sink_q must have q's shape "
+              f"{list(q.shape)}, got {list(sink_q.shape)}")
+    for name, t in (("k", k), ("v", v), ("sink_k", sink_k), ("sink_v", sink_v), ("sink_q", sink_q)):
+        check(t is None or t.device == q.device, OP, f"{name} must be on q's device {q.device}")
+    scale = D ** -0.5 if scale is None else float(scale)
+    impl = pick_impl(OP, impl, q)
+    args = (q, k, v, window, q_offset, sink_k, sink_v, sink_q, scale)
+    if impl == "naive":
+        return sliding_window_naive(*args)
+    if impl == "torch":
+        return sliding_window_torch(*args)
+    check_triton(OP, q)
+    check(D <= MAX_TRITON_DIM, OP, f"impl='triton' supports head dim D <= {MAX_TRITON_DIM}, "
+          f"got {D}")
+    from .triton_swa import sliding_window_triton  # lazy: memarch.kernels stays triton-free
+    return sliding_window_triton(*args)

@@ -1,0 +1,55 @@
+"""Sliding-window attention in blocked banded form (PyTorch; the CPU path, autograd backward).
+
+Queries are cut in blocks of Bq; block [i0, i0+Bq) needs only the L = Bq + W - 1 keys ending
+at its last query, so the keys are padded in front by W - 1 and unfolded into overlapping
+windows: scores are [.., n_blocks, Bq, S + L] and memory is O(T (W + Bq)) instead of O(T^2).
+Sink scores join the same softmax, masked to s <= p_i - W. Same semantics as naive.py.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def sliding_window_torch(q, k, v, window: int, q_offset: int, sink_k, sink_v, sink_q, scale,
+                         block: int = 64):
+    B, Tq, H, D = q.shape
+    Tk, Hkv = k.shape[1], k.shape[2]
+    G, W = H // Hkv, window
+    ct = torch.float64 if q.dtype == torch.float64 else torch.float32
+    Bq = min(block, Tq)
+    n = -(-Tq // Bq)
+    L = Bq + W - 1
+    e = Tk - Tq                                     # key index of query i's own key is i + e
+    # padded key u = t + W - 1; block m uses u in [m Bq + e, m Bq + e + L)
+    need = (n - 1) * Bq + e + L
+    def win(x):
+        x = F.pad(x.to(ct), (0, 0, 0, 0, W - 1, max(0, need - (Tk + W - 1))))
+        return x[:, e:e + (n - 1) * Bq + L].unfold(1, L, Bq).permute(0, 1, 4, 2, 3)
+    kw, vw = win(k), win(v)
+    qb = F.pad(q.to(ct), (0, 0, 0, 0, 0, n * Bq - Tq)).unflatten(1, (n, Bq))   # [B, n, Bq, H, D]
+    qb = qb.unflatten(3, (Hkv, G))                                      # [B, n, Bq, Hkv, G, D]
+    s = torch.einsum("bnrhgd,bnlhd->bnhgrl", qb, kw) * scale            # [B, n, Hkv, G, Bq, L]
+    r = torch.arange(Bq, device=q.device)
+    c = torch.arange(L, device=q.device)
+    m0 = torch.arange(n, device=q.device) * Bq
+    band = (c[None, :] >= r[:, None]) & (c[None, :] <= r[:, None] + W - 1)       # [Bq, L]
+    t = m0[:, None] + e + c[None, :] - (W - 1)                                  # key index [n, L]
+    mask = band[None] & (t >= 0)[:, None, :]                                    # [n, Bq, L]
+    s = s.masked_fill(~mask[None, :, None, None], float("-inf"))
+    if sink_k is not None:
+        S = sink_k.shape[1]
+        sq = F.pad(sink_q.to(ct), (0, 0, 0, 0, 0, n * Bq - Tq)).unflatten(1, (n, Bq))
+        sq = sq.unflatten(3, (Hkv, G))
+        ss = torch.einsum("bnrhgd,bshd->bnhgrs", sq, sink_k.to(ct)) * scale  # [B,n,Hkv,G,Bq,S]
+        pq = (m0[:, None] + r[None, :] + q_offset)                              # [n, Bq]
+        smask = torch.arange(S, device=q.device) <= pq[..., None] - W           # [n, Bq, S]
+        ss = ss.masked_fill(~smask[None, :, None, None], float("-inf"))
+        p = torch.cat([ss, s], -1).softmax(-1)
+        o = torch.einsum("bnhgrs,bshd->bnrhgd", p[..., :S], sink_v.to(ct))
+        o = o + torch.einsum("bnhgrl,bnlhd->bnrhgd", p[..., S:], vw)
+    else:
+        o = torch.einsum("bnhgrl,bnlhd->bnrhgd", s.softmax(-1), vw)
+    o = o.flatten(3, 4).flatten(1, 2)[:, :Tq]                                   # [B, Tq, H, D]
+    return o.to(q.dtype)

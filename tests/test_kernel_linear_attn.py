@@ -1,0 +1,265 @@
+"""linear_attn: every implementation against the naive fp32 token loop (outputs, final state,
+gradients of q, k, v, g and the initial state), split-and-resume, the decode kernel, and the
+argument checks. Triton runs under TRITON_INTERPRET=1 (set in conftest) on the same grid."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+import torch
+import torch.nn.functional as F
+from memarch.kernels import LinearAttnState, linear_attn
+
+TS, KS, VS = (1, 63, 64, 65, 200), (16, 60, 153), (16, 64)
+GRID = list(itertools.product(TS, KS, VS, (False, True), (False, True), (False, True)))
+EPS = 1e-6
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Small ops on a shared 2-core machine: intra-op threads only add contention."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def make(B, T, H, K, V, dtype, use_g, normalize, init, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    r = lambda *s: torch.randn(*s, generator=gen)
+    q, k = r(B, T, H, K), r(B, T, H, K)
+    if normalize:                                                      # positive feature maps
+        q, k = F.elu(q) + 1, F.elu(k) + 1
+    v = r(B, T, H, V)
+    g = F.logsigmoid(r(B, T, H) + 3.0) if use_g else None              # log decay in (-inf, 0)
+    st = None
+    if init:
+        S0 = r(B, H, K, V)
+        st = LinearAttnState(S0, torch.rand(B, H, K, generator=gen) * T) if normalize else S0
+    cast = lambda x: None if x is None else x.to(dtype)
+    q, k, v = cast(q), cast(k), cast(v)
+    return q, k, v, g, st
+
+
+def leaves(st):
+    if st is None:
+        return []
+    return [st] if isinstance(st, torch.Tensor) else [x for x in st if x is not None]
+
+
+def run(impl, q, k, v, g, st, normalize, cot):
+    """Forward + backward with fixed cotangents; returns outputs and input gradients."""
+    ins = [x.detach().clone().requires_grad_() for x in [q, k, v] + ([g] if g is not None else [])]
+    s_in = [x.detach().clone().requires_grad_() for x in leaves(st)]
+    gi = ins[3] if g is not None else None
+    st_in = None if st is None else (s_in[0] if isinstance(st, torch.Tensor)
+                                      else LinearAttnState(*s_in))
+    o, fs = linear_attn(*ins[:3], g=gi, normalize=normalize, eps=EPS, initial_state=st_in,
+                        output_final_state=True, impl=impl)
+    outs = [o, fs.S] + ([fs.z] if normalize else [])
+    loss = sum((x.float() * c).sum() for x, c in zip(outs, cot))
+    grads = torch.autograd.grad(loss, ins + s_in)
+    return outs, list(grads)
+
+
+def cotangents(outs, seed=1):
+    gen = torch.Generator().manual_seed(seed)
+    return [torch.randn(x.shape, generator=gen) for x in outs]
+
+
+def plain(q, k, v, g, st, normalize, scale):
+    """Plain PyTorch quadratic form in the inputs' dtype (the low-precision baseline)."""
+    dt = q.dtype
+    T = q.shape[1]
+    qs = q * scale
+    b = g.to(dt).cumsum(1) if g is not None else q.new_zeros(q.shape[:3])       # [B, T, H]
+    diff = b[:, :, None] - b[:, None, :]                                        # [B, t, s, H]
+    tri = torch.ones(T, T, dtype=torch.bool).tril()[None, :, :, None]
+    D = diff.masked_fill(~tri, float("-inf")).exp()
+    A = torch.einsum("bthk,bshk->btsh", qs, k) * D
+    o = torch.einsum("btsh,bshv->bthv", A, v)
+    dec_end = (b[:, -1:] - b).exp()                                             # [B, T, H]
+    S = torch.einsum("bthk,bthv->bhkv", k * dec_end[..., None], v)
+    z = (k * dec_end[..., None]).sum(1) if normalize else None
+    den = A.sum(2) if normalize else None
+    if st is not None:
+        S0 = st if isinstance(st, torch.Tensor) else st[0]
+        qe = qs * b.exp()[..., None]
+        o = o + torch.einsum("bthk,bhkv->bthv", qe, S0.to(dt))
+        S = S + b[:, -1].exp()[..., None, None] * S0.to(dt)
+        if normalize:
+            den = den + torch.einsum("bthk,bhk->bth", qe, st[1].to(dt))
+            z = z + b[:, -1].exp()[..., None] * st[1].to(dt)
+    if normalize:
+        o = o / (den[..., None] + EPS)
+    return [o, S] + ([z] if normalize else [])
+
+
+def compare(checks, got, ref, tol, msg):
+    for i, (a, e) in enumerate(zip(got, ref)):
+        m = e.abs().max().clamp(min=1.0).item()
+        checks.close(a.float(), e.float(), atol=tol * m, rtol=tol, msg=f"{msg} #{i}")
+
+
+def check_impl(checks, impl, T, K, V, use_g, normalize, init, B=1, H=2, tol=2e-4):
+    q, k, v, g, st = make(B, T, H, K, V, torch.float32, use_g, normalize, init)
+    with torch.no_grad():
+        probe, fs = linear_attn(q, k, v, g=g, normalize=normalize, eps=EPS, initial_state=st,
+                                output_final_state=True, impl="naive")
+    cot = cotangents([probe] + leaves(fs))
+    ref_out, ref_grad = run("naive", q, k, v, g, st, normalize, cot)
+    out, grad = run(impl, q, k, v, g, st, normalize, cot)
+    tag = f"{impl} T={T} K={K} V={V} g={use_g} norm={normalize} init={init}"
+    compare(checks, out, ref_out, tol, f"{tag} out")
+    compare(checks, grad, ref_grad, tol * 5, f"{tag} grad")
+
+
+def test_naive_matches_plain_quadratic_form_fp64(checks):
+    """The spec itself against an independent closed form, in fp64."""
+    for use_g, normalize, init in itertools.product((False, True), repeat=3):
+        q, k, v, g, st = make(2, 37, 3, 12, 7, torch.float64, use_g, normalize, init)
+        g = None if g is None else g.double()
+        st = None if st is None else (st.double() if isinstance(st, torch.Tensor)
+                                      else LinearAttnState(st.S.double(), st.z.double()))
+        o, fs = linear_attn(q, k, v, g=g, normalize=normalize, eps=EPS, initial_state=st,
+                            output_final_state=True, impl="naive")
+        ref = plain(q, k, v, g, st, normalize, 12 ** -0.5)
+        compare(checks, [o, fs.S] + ([fs.z] if normalize else []), ref, 1e-10, "naive vs plain")
+
+
+@pytest.mark.parametrize("T,K,V,use_g,normalize,init", GRID)
+def test_torch_vs_naive_fp32(T, K, V, use_g, normalize, init, checks):
+    check_impl(checks, "torch", T, K, V, use_g, normalize, init)
+
+
+@pytest.mark.parametrize("T,K,V,use_g,normalize,init", GRID)
+def test_triton_vs_naive_fp32(T, K, V, use_g, normalize, init, checks):
+    """The whole grid under the interpreter (about a minute on 2 cores)."""
+    check_impl(checks, "triton", T, K, V, use_g, normalize, init)
+
+
+def low_precision_case(checks, impl, T, K, V, use_g, normalize, init, dtype=torch.float16):
+    """Error vs the fp32 naive reference <= 2x plain PyTorch's error in the same dtype."""
+    q, k, v, g, st = make(1, T, 2, K, V, dtype, use_g, normalize, init)
+    up = lambda x: x.float()
+    with torch.no_grad():
+        probe, fs = linear_attn(up(q), up(k), up(v), g=g, normalize=normalize, eps=EPS,
+                                initial_state=st, output_final_state=True, impl="naive")
+    cot = cotangents([probe] + leaves(fs))
+    ref_out, ref_grad = run("naive", up(q), up(k), up(v), g, st, normalize, cot)
+    out, grad = run(impl, q, k, v, g, st, normalize, cot)
+    # the plain baseline: quadratic form in `dtype`, gradients by autograd in `dtype`
+    ins = [x.detach().clone().requires_grad_() for x in (q, k, v)]
+    gl = None if g is None else g.detach().to(dtype).requires_grad_()
+    sl = [x.detach().to(dtype).requires_grad_() for x in leaves(st)]
+    stl = None if st is None else (sl[0] if isinstance(st, torch.Tensor) else tuple(sl))
+    pout = plain(*ins, gl, stl, normalize, K ** -0.5)
+    loss = sum((x.float() * c).sum() for x, c in zip(pout, cot))
+    pgrad = torch.autograd.grad(loss, ins + ([gl] if gl is not None else []) + sl)
+    tag = f"{impl} {dtype} T={T} K={K} V={V} g={use_g} norm={normalize} init={init}"
+    for kind, mine, base, ref in (("out", out, pout, ref_out), ("grad", grad, pgrad, ref_grad)):
+        for i, (a, p, e) in enumerate(zip(mine, base, ref)):
+            err = (a.float() - e).abs().max().item()
+            base_err = (p.float() - e).abs().max().item()
+            floor = 2e-3 * e.abs().max().clamp(min=1.0).item()
+            checks.true(err <= 2 * base_err + floor,
+                        f"{tag} {kind} #{i}: err {err:.3g} > 2 x plain {base_err:.3g} "
+                        f"+ {floor:.3g}")
+
+
+FP16_CASES = [(63, 60, 64, True, False, True), (65, 16, 16, False, True, True),
+              (200, 153, 16, True, True, False)]
+
+
+@pytest.mark.parametrize("case", FP16_CASES)
+@pytest.mark.parametrize("impl", ["torch", "triton"])
+def test_fp16_vs_naive(impl, case, checks):
+    low_precision_case(checks, impl, *case)
+
+
+SPLITS = [(1,), (63, 1), (64,), (65, 70), (30, 64, 1, 40)]
+
+
+@pytest.mark.parametrize("impl", ["naive", "torch", "triton"])
+@pytest.mark.parametrize("use_g,normalize", [(False, False), (True, True), (True, False)])
+def test_split_and_resume_equals_one_call(impl, use_g, normalize, checks):
+    T = 150
+    q, k, v, g, st = make(1, T, 2, 20, 16, torch.float32, use_g, normalize, True)
+    kw = dict(normalize=normalize, eps=EPS, output_final_state=True, impl=impl)
+    o_all, s_all = linear_attn(q, k, v, g=g, initial_state=st, **kw)
+    for split in SPLITS:
+        cuts = list(itertools.accumulate(split)) + [T]
+        state, outs, a = st, [], 0
+        for b in cuts:
+            sl = slice(a, b)
+            o, state = linear_attn(q[:, sl], k[:, sl], v[:, sl], g=None if g is None else g[:, sl],
+                                   initial_state=state, **kw)
+            outs.append(o)
+            a = b
+        checks.close(torch.cat(outs, 1), o_all, atol=2e-4, rtol=1e-4, msg=f"{impl} {split} o")
+        checks.close(state, s_all, atol=2e-4, rtol=1e-4, msg=f"{impl} {split} state")
+
+
+@pytest.mark.parametrize("K,V,use_g,normalize", [(16, 16, False, False), (153, 64, True, True),
+                                                 (60, 16, True, False)])
+def test_triton_decode_kernel_matches_naive(K, V, use_g, normalize, checks):
+    """T == 1 without grad goes through the fused one-token decode kernel."""
+    from memarch.kernels.linear_attn import triton_chunk
+    q, k, v, g, st = make(2, 1, 3, K, V, torch.float32, use_g, normalize, True)
+    calls = triton_chunk.DECODE_CALLS
+    with torch.no_grad():
+        o, fs = linear_attn(q, k, v, g=g, normalize=normalize, eps=EPS, initial_state=st,
+                            output_final_state=True, impl="triton")
+        ro, rs = linear_attn(q, k, v, g=g, normalize=normalize, eps=EPS, initial_state=st,
+                             output_final_state=True, impl="naive")
+    checks.true(triton_chunk.DECODE_CALLS == calls + 1, "decode kernel was used")
+    checks.close(o, ro, atol=1e-5, rtol=1e-5, msg="decode o")
+    checks.close(fs, rs, atol=1e-5, rtol=1e-5, msg="decode state")
+    S_in = st if isinstance(st, torch.Tensor) else st.S
+    checks.true(fs.S.data_ptr() != S_in.data_ptr(), "the input state is not updated in place")
+
+
+def test_default_scale_and_no_final_state(checks):
+    q, k, v, _, _ = make(1, 10, 1, 9, 4, torch.float32, False, False, False)
+    o1, fs = linear_attn(q, k, v, impl="torch")
+    o2, _ = linear_attn(q, k, v, scale=1 / 3, impl="naive")
+    checks.true(fs is None, "no final state unless asked")
+    checks.close(o1, o2, atol=1e-5, msg="default scale is K^-0.5")
+
+
+def test_auto_and_env_override(monkeypatch, checks):
+    from memarch.kernels import _common
+    q = torch.zeros(1, 2, 1, 4)
+    monkeypatch.delenv(_common.ENV_VAR, raising=False)
+    checks.true(_common.pick_impl("op", "auto", q) == "torch", "CPU auto -> torch")
+    monkeypatch.setenv(_common.ENV_VAR, "naive")
+    checks.true(_common.pick_impl("op", "auto", q) == "naive", "env var forces naive")
+    checks.true(_common.pick_impl("op", "torch", q) == "torch", "explicit impl wins")
+    monkeypatch.setenv(_common.ENV_VAR, "bogus")
+    with pytest.raises(ValueError, match="MEMARCH_KERNEL_IMPL"):
+        _common.pick_impl("op", "auto", q)
+    checks.true(True, "raised")
+
+
+@pytest.mark.parametrize("bad,match", [
+    (dict(k=torch.zeros(1, 5, 2, 7)), "k must have q's shape"),
+    (dict(v=torch.zeros(1, 4, 2, 3)), r"v must have shape \[B, T, H, V\]"),
+    (dict(g=torch.zeros(1, 5, 3)), r"g must have shape \[B, T, H\]"),
+    (dict(v=torch.zeros(1, 5, 2, 3, dtype=torch.float64)), "share a dtype"),
+    (dict(q=torch.zeros(1, 5, 2, 8, dtype=torch.long)), "floating-point"),
+    (dict(initial_state=torch.zeros(1, 2, 8, 4)), r"initial_state.S must have shape"),
+    (dict(initial_state=torch.zeros(1, 2, 8, 3), normalize=True), "initial_state.z"),
+    (dict(initial_state=(torch.zeros(1, 2, 8, 3), torch.zeros(1, 2, 7)), normalize=True),
+     r"initial_state.z must have shape \[B, H, K\]"),
+    (dict(impl="cuda"), "impl must be one of"),
+    (dict(q=torch.zeros(1, 5, 2, 300), k=torch.zeros(1, 5, 2, 300), impl="triton"),
+     "K, V <= 256"),
+])
+def test_argument_errors(bad, match, checks):
+    args = dict(q=torch.zeros(1, 5, 2, 8), k=torch.zeros(1, 5, 2, 8), v=torch.zeros(1, 5, 2, 3))
+    args.update(bad)
+    q, k, v = args.pop("q"), args.pop("k"), args.pop("v")
+    with pytest.raises((ValueError, TypeError), match=match):
+        linear_attn(q, k, v, **args)
+    checks.true(True, "raised")
