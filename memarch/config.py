@@ -18,8 +18,10 @@ def locate(path: str) -> Any:
         raise ValueError(f"_target_ must be a dotted path, got {path!r}")
     try:
         obj = importlib.import_module(mod)
-    except ImportError:                     # a nested attribute: a.b.Class.method
-        obj = locate(mod)
+    except ModuleNotFoundError as e:
+        if e.name != mod:                   # a real missing dependency inside the module
+            raise
+        obj = locate(mod)                   # a nested attribute: a.b.Class.method
     try:
         return getattr(obj, name)
     except AttributeError:

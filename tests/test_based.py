@@ -55,6 +55,21 @@ def test_linear_attention_feature_maps_against_quadratic_form(checks):
                      msg=f"{fm} linear attention")
 
 
+def test_gated_linear_attention_against_quadratic_form(checks):
+    """y_t = sum_j exp(G_t - G_j) phi(q_t).phi(k_j) v_j / (same without v), G = cumsum g."""
+    m = LinearAttention(16, n_heads=2, feature_map="relu", gated=True, eps=1e-6).double()
+    x = torch.randn(1, 40, 16, dtype=torch.float64)
+    q = m.phi(m.q_proj(x).view(1, 40, 2, 8)).transpose(1, 2)
+    k = m.phi(m.k_proj(x).view(1, 40, 2, 8)).transpose(1, 2)
+    v = m.v_proj(x).view(1, 40, 2, 8).transpose(1, 2)
+    G = (torch.nn.functional.logsigmoid(m.g_proj(x)) / 16).cumsum(1).transpose(1, 2)  # [1,2,T]
+    a = torch.tril((q @ k.transpose(-1, -2)) * (G[..., :, None] - G[..., None, :]).exp())
+    a = a * m.scale                                       # eps is added to the scaled normaliser
+    y = (a @ v) / (a.sum(-1, keepdim=True) + 1e-6)
+    checks.close(m(x).y, m.o_proj(y.transpose(1, 2).reshape(1, 40, 16)), atol=1e-10,
+                 rtol=1e-10, msg="gated linear attention")
+
+
 def based_lm(vocab=50, d_model=32, window=8):
     """BASED's pattern: BaseConv, Taylor linear attention, sliding window, BaseConv."""
     return MemLM(vocab_size=vocab, d_model=d_model,

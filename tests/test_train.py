@@ -49,7 +49,7 @@ def test_exact_resume(tmp_path, checks):
     first = run(compose_cfg([*common, "trainer.max_steps=3"], tmp_path / "b"))
     ckpt = tmp_path / "b" / "checkpoints" / "step_000003.ckpt"
     checks.true(ckpt.is_file(), "checkpoint at step 3")
-    resumed = run(compose_cfg([*common, f"ckpt_path={ckpt}"], tmp_path / "c"))
+    resumed = run(compose_cfg([*common, f"ckpt_path='{ckpt}'"], tmp_path / "c"))
     checks.true(first["global_step"] == 3 and resumed["global_step"] == 6, "steps")
     wa, wc = _weights(straight["module"]), _weights(resumed["module"])
     for k in wa:
@@ -62,6 +62,21 @@ def test_exact_resume(tmp_path, checks):
     with torch.no_grad():
         checks.close(model(ids).logits, resumed["module"].net.eval()(ids).logits, atol=0,
                      msg="memarch.checkpoint.load rebuilds the same network")
+
+
+def test_exact_resume_of_stateful_training(tmp_path, checks):
+    """The carried model state goes into the checkpoint (as plain tensors) and comes back."""
+    common = [*TINY, "data.stateful=true", "data.segment_len=16", "checkpoint.every_n_steps=3",
+              "validate_at_end=false", "+sched.total_steps=6", "trainer.max_steps=6"]
+    straight = run(compose_cfg(common, tmp_path / "a"))
+    run(compose_cfg([*common, "trainer.max_steps=3"], tmp_path / "b"))
+    ckpt = tmp_path / "b" / "checkpoints" / "step_000003.ckpt"
+    torch.load(ckpt, weights_only=True)                  # loads without unpickling classes
+    resumed = run(compose_cfg([*common, f"ckpt_path='{ckpt}'"], tmp_path / "c"))
+    wa, wc = _weights(straight["module"]), _weights(resumed["module"])
+    for k in wa:
+        checks.equal(wc[k], wa[k], f"weight {k}")
+    checks.close(resumed["module"]._carry, straight["module"]._carry, atol=0, msg="carry")
 
 
 def test_sigkill_mid_run_then_resume(tmp_path, checks):

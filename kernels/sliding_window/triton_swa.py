@@ -23,11 +23,14 @@ import triton.language as tl
 BS = 16                       # sinks per block
 
 
-def config(D: int):
-    """(BM, BN, BD, num_warps) the dispatcher launches for head dim D (checked AOT in tests)."""
+def config(D: int, fp32: bool = False):
+    """(BM, BN, BD, num_warps) the dispatcher launches for head dim D (checked AOT in tests).
+    fp32 inputs take half-size tiles for D > 64 so shared memory fits sm_80 (164 KB)."""
     BD = max(16, triton.next_power_of_2(D))
     if BD <= 64:
         return 64, 64, BD, 4
+    if fp32:
+        return (32, 32, BD, 4) if BD <= 128 else (16, 16, BD, 4)
     if BD <= 128:
         return 64, 32, BD, 4
     return 32, 32, BD, 8
@@ -215,7 +218,7 @@ class _SWA(torch.autograd.Function):
         if has_sink:
             sq, sk, sv = sq.contiguous(), sk.contiguous(), sv.contiguous()
         S = sk.shape[1] if has_sink else 0
-        BM, BN, BD, nw = config(D)
+        BM, BN, BD, nw = config(D, q.dtype == torch.float32)
         o = torch.empty_like(q)
         lse = q.new_empty(B, H, Tq, dtype=torch.float32)
         _fwd[(triton.cdiv(Tq, BM), B * H)](
@@ -233,7 +236,7 @@ class _SWA(torch.autograd.Function):
         B, Tq, H, D = q.shape
         Tk, Hkv = k.shape[1], k.shape[2]
         S = sk.shape[1] if has_sink else 0
-        BM, BN, BD, nw = config(D)
+        BM, BN, BD, nw = config(D, q.dtype == torch.float32)
         do = do.contiguous()
         delta = (do.float() * o.float()).sum(-1).transpose(1, 2).contiguous()   # [B, H, Tq]
         f32 = dict(dtype=torch.float32, device=q.device)
@@ -271,7 +274,7 @@ def aot_configs(full: bool = False):
     for dt in ("fp16", "bf16", "fp32"):
         for D in ([16, 32, 64, 128, 256] if full else [64, 128, 256]):
             for sink in ((True, False) if full else (True,)):
-                BM, BN, BD, nw = config(D)
+                BM, BN, BD, nw = config(D, dt == "fp32")
                 x = f"*{dt}"
                 types = dict(q=x, k=x, v=x, sq=x, sk=x, sv=x, o=x, do=x, lse="*fp32",
                              delta="*fp32", dq="*fp32", dsq="*fp32", dk="*fp32", dv="*fp32",

@@ -18,6 +18,7 @@ import lightning.pytorch as pl
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils import _pytree as pytree
 
 from memarch import state as st
 from memarch.checkpoint import CONFIG_KEY
@@ -37,8 +38,10 @@ class LitLM(pl.LightningModule):
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
         self.model_config = model_config
         self.aux_loss_weight, self.stateful = aux_loss_weight, stateful
-        self._fwd = torch.compile(net) if compile else net
+        # not registered as a submodule: the checkpoint holds the weights once, as net.*
+        object.__setattr__(self, "_fwd", torch.compile(net) if compile else net)
         self._carry = None                                   # stateful training: model state
+        self._resume_total_steps: int | None = None          # the schedule horizon, on resume
 
     # -- steps -------------------------------------------------------------------------
     def _loss(self, batch, state=None):
@@ -56,7 +59,7 @@ class LitLM(pl.LightningModule):
     def training_step(self, batch, batch_idx):
         state = None
         if self.stateful and self._carry is not None and int(batch["segment"][0]) != 0:
-            state = self._carry
+            state = st.to(self._carry, batch["input_ids"].device)
         loss, aux, correct, n, new_state = self._loss(batch, state)
         if self.stateful:
             self._carry = st.detach(new_state)
@@ -108,24 +111,57 @@ class LitLM(pl.LightningModule):
             return opt
         kw = {}
         if "total_steps" not in getattr(self.scheduler_factory, "keywords", {}):
-            # default horizon: the run's max_steps (set sched.total_steps to decouple them)
-            kw["total_steps"] = (int(self.trainer.max_steps) if self.trainer.max_steps > 0
-                                 else int(self.trainer.estimated_stepping_batches))
+            # default horizon: the run's max_steps; a resumed run keeps the horizon it was
+            # started with (extending max_steps then continues at the final LR)
+            kw["total_steps"] = self._resume_total_steps or (
+                int(self.trainer.max_steps) if self.trainer.max_steps > 0
+                else int(self.trainer.estimated_stepping_batches))
+        self._total_steps = kw.get("total_steps")
         sched = self.scheduler_factory(opt, **kw)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
     # -- checkpoints -------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint[CONFIG_KEY] = self.model_config
-        checkpoint["memarch_carry_state"] = self._carry
+        checkpoint["memarch_total_steps"] = getattr(self, "_total_steps", None)
+        checkpoint["memarch_carry_state"] = self._gather_carry()
         checkpoint["memarch_rng"] = {
             "torch": torch.get_rng_state(), "python": random.getstate(),
             "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
 
+    def _gather_carry(self):
+        """The carried state of every rank as plain tensors ([world, B, ...] per leaf), so
+        the checkpoint loads with ``weights_only=True`` and each rank resumes its own streams."""
+        if self._carry is None:
+            return None
+        leaves, _ = pytree.tree_flatten(self._carry)
+        world = self.trainer.world_size if self._trainer is not None else 1
+        out = []
+        for t in leaves:
+            if t is None:
+                out.append(None)
+            else:
+                g = self.all_gather(t) if world > 1 else t[None]
+                out.append(g.detach().cpu())
+        return {"world_size": world, "leaves": out}
+
+    def _scatter_carry(self, saved):
+        if saved is None:
+            return None
+        world = self.trainer.world_size if self._trainer is not None else 1
+        if saved["world_size"] != world:
+            raise ValueError(
+                f"checkpoint carries stateful-training state of {saved['world_size']} ranks; "
+                f"resume it with the same number of devices (now {world})")
+        rank = self.trainer.global_rank if self._trainer is not None else 0
+        leaves = [None if t is None else t[rank] for t in saved["leaves"]]
+        B = next(t.shape[0] for t in leaves if t is not None)
+        _, spec = pytree.tree_flatten(self.net.init_state(B, device="meta"))
+        return pytree.tree_unflatten(leaves, spec)
+
     def on_load_checkpoint(self, checkpoint: dict) -> None:
-        self._carry = checkpoint.get("memarch_carry_state")
-        if self._carry is not None:
-            self._carry = st.to(self._carry, self.device)
+        self._resume_total_steps = checkpoint.get("memarch_total_steps")
+        self._carry = self._scatter_carry(checkpoint.get("memarch_carry_state"))
         rng = checkpoint.get("memarch_rng")
         if rng is not None:
             torch.set_rng_state(rng["torch"])

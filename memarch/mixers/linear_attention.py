@@ -95,7 +95,8 @@ class LinearAttention(Mixer):
         q = self.phi(self.q_proj(x).view(B, T, H, self.feature_dim))    # [B, T, H, F]
         k = self.phi(self.k_proj(x).view(B, T, H, self.feature_dim))    # [B, T, H, F]
         v = self.v_proj(x).view(B, T, H, self.head_dim)                 # [B, T, H, Dv]
-        g = F.logsigmoid(self.g_proj(x).float()) / 16.0 if self.gated else None  # [B, T, H]
+        g = (F.logsigmoid(self.g_proj(x).to(self.state_dtype(x.dtype))) / 16.0
+             if self.gated else None)                                     # [B, T, H]
         init = (state.S, state.z) if self.normalize else state.S
         o, (S, z) = linear_attn(q, k, v, g=g, scale=self.scale, normalize=self.normalize,
                                 eps=self.eps, initial_state=init, output_final_state=True,

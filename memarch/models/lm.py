@@ -123,7 +123,7 @@ class MemLM(nn.Module):
             raise ValueError(
                 f"MemLM: state must be a tuple with one entry per layer ({len(self.blocks)}), "
                 f"got {type(state).__name__} of length {len(state) if hasattr(state, '__len__') else '?'}")
-        h = self.embed(ids)                                             # [B, T, D]
+        h = self.embed(ids if ids.dtype in (torch.long, torch.int32) else ids.long())  # [B, T, D]
         new_states, aux = [], None
         for block, s in zip(self.blocks, state):
             h, s, a = block(h, s)

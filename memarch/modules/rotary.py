@@ -21,12 +21,14 @@ class Rotary(nn.Module):
             raise ValueError(f"Rotary: head_dim must be even, got {head_dim}")
         self.head_dim = head_dim
         self.base = float(base)
-        inv_freq = self.base ** (-torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim)
-        self.register_buffer("inv_freq", inv_freq, persistent=False)  # [D/2] fp64
 
     def cos_sin(self, pos: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-        """pos: integer positions of any shape [...]; returns cos, sin of shape [..., D/2]."""
-        ang = pos.to(torch.float64)[..., None] * self.inv_freq.to(pos.device)
+        """pos: integer positions of any shape [...]; returns cos, sin of shape [..., D/2].
+        The frequencies are made here in fp64 (not a buffer: ``model.to(bf16)`` would round
+        them and move every position)."""
+        inv_freq = self.base ** (-torch.arange(0, self.head_dim, 2, dtype=torch.float64,
+                                               device=pos.device) / self.head_dim)  # [D/2]
+        ang = pos.to(torch.float64)[..., None] * inv_freq
         return ang.cos().to(dtype), ang.sin().to(dtype)
 
 
