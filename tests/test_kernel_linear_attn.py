@@ -16,14 +16,6 @@ GRID = list(itertools.product(TS, KS, VS, (False, True), (False, True), (False, 
 EPS = 1e-6
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Small ops on a shared 2-core machine: intra-op threads only add contention."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 def make(B, T, H, K, V, dtype, use_g, normalize, init, seed=0):
     gen = torch.Generator().manual_seed(seed)

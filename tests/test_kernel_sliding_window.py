@@ -9,14 +9,6 @@ import torch
 from memarch.kernels import sliding_window_attn
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Small ops on a shared 2-core machine: intra-op threads only add contention."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 def make(B, Tq, Tk, H, Hkv, D, S, dtype, sink_q=True, seed=0):
     gen = torch.Generator().manual_seed(seed)
