@@ -134,22 +134,23 @@ def _text_cfg(tmp_path, paths, extra=()):
                         "data.dataset.seq_len=32", *extra], tmp_path)
 
 
-def test_data_errors(tmp_path, monkeypatch, checks):
-    missing = tmp_path / "nope.txt"
-    with pytest.raises(FileNotFoundError, match=r"data.paths: data file not found: .*nope.txt"):
-        instantiate(_text_cfg(tmp_path, [missing]).data).setup()
-    empty = tmp_path / "empty.txt"
-    empty.write_text("")
-    with pytest.raises(ValueError, match=r"data file is empty .*empty.txt"):
-        instantiate(_text_cfg(tmp_path, [empty]).data).setup()
-    bad = tmp_path / "bad.jsonl"
-    bad.write_text('{"text": "fine"}\n{"text": "also fine"}\n{"text": broken\n')
-    with pytest.raises(ValueError, match=r"bad.jsonl: line 3: malformed JSON"):
-        instantiate(_text_cfg(tmp_path, [bad]).data).setup()
-    nofield = tmp_path / "nofield.jsonl"
-    nofield.write_text('{"body": "x"}\n')
-    with pytest.raises(ValueError, match=r"line 1: no field 'text'"):
-        instantiate(_text_cfg(tmp_path, [nofield]).data).setup()
+@pytest.mark.parametrize("name,content,exc,pattern", [
+    ("nope.txt", None, FileNotFoundError, r"data.paths: data file not found: .*nope.txt"),
+    ("empty.txt", "", ValueError, r"data file is empty .*empty.txt"),
+    ("bad.jsonl", '{"text": "fine"}\n{"text": "also fine"}\n{"text": broken\n', ValueError,
+     r"bad.jsonl: line 3: malformed JSON"),
+    ("nofield.jsonl", '{"body": "x"}\n', ValueError, r"line 1: no field 'text'"),
+])
+def test_data_file_errors(name, content, exc, pattern, tmp_path, checks):
+    path = tmp_path / name
+    if content is not None:
+        path.write_text(content)
+    with pytest.raises(exc, match=pattern):
+        instantiate(_text_cfg(tmp_path, [path]).data).setup()
+    checks.n += 1
+
+
+def test_hf_offline_points_to_local_files(tmp_path, monkeypatch, checks):
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
     with pytest.raises(RuntimeError, match=r"offline.*data=text data.dataset.paths="):
         instantiate(compose_cfg([*TINY, "data=hf"], tmp_path).data).setup()

@@ -224,9 +224,10 @@ class Attention(Mixer):
         # clone: the state must not keep the whole [W-1+T] prefill buffer alive
         new = SinkWindowState(sink_k, sink_v, K[:, :, keep:].clone(), V[:, :, keep:].clone(),
                               p0 + T)
-        if not self.learned_sink and bool((p0 == p0[0]).all()):
+        lo, hi = torch.stack(p0.aminmax()).tolist()                      # one host sync
+        if not self.learned_sink and lo == hi:
             # the kernel: one position for the whole batch; drop cache slots before token 0
-            p = int(p0[0])
+            p = lo
             u0 = max(0, W - 1 - p)
             sk = dict(sink_k=sink_k.transpose(1, 2), sink_v=sink_v.transpose(1, 2),
                       sink_q=q_sink.transpose(1, 2)) if S else {}
