@@ -1,7 +1,7 @@
 """Load a trained network from a training checkpoint without Lightning or Hydra.
 
 Training checkpoints (Lightning's) carry the resolved model config under
-``"memarch_model_config"``; ``load`` rebuilds the network from it with
+``"memarch_model_config"`` and the training data's tokenizer under ``"memarch_tokenizer"``; ``load`` rebuilds the network from it with
 ``memarch.config.instantiate`` and loads the weights (the LightningModule stores the network
 as ``net``, so its keys start with ``"net."``).
 """
@@ -16,6 +16,7 @@ import torch
 from memarch.config import instantiate
 
 CONFIG_KEY = "memarch_model_config"
+TOKENIZER_KEY = "memarch_tokenizer"   # the training data's tokenizer name/path (None: token task)
 
 
 class Loaded(NamedTuple):

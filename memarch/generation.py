@@ -74,11 +74,14 @@ def sample_next(logits: torch.Tensor, *, temperature: float = 0.0, top_k: int | 
 def stream(model, ids: torch.Tensor, *, state: Any = None, max_new_tokens: int | None = None,
            chunk_size: int | None = 2048, temperature: float = 0.0, top_k: int | None = None,
            top_p: float | None = None, stop_tokens: Sequence[int] = (), pad_id: int | None = None,
+           min_new_tokens: int = 0,
            generator: torch.Generator | None = None) -> Iterator[DecodeStep]:
     """Yield one ``DecodeStep`` per generated token; unbounded when ``max_new_tokens`` is None.
 
     Stops early once every row has emitted one of ``stop_tokens``; rows that finished
-    earlier get ``pad_id`` (default: the first stop token) from then on.
+    earlier get ``pad_id`` (default: the first stop token) from then on. The first
+    ``min_new_tokens`` tokens are never stop tokens (their logits are set to -inf, as
+    ``transformers``' ``min_length``).
     """
     stop = torch.tensor(list(stop_tokens), dtype=torch.long, device=ids.device)
     if pad_id is None:
@@ -87,6 +90,8 @@ def stream(model, ids: torch.Tensor, *, state: Any = None, max_new_tokens: int |
     finished = torch.zeros(ids.shape[0], dtype=torch.bool, device=ids.device)
     n = 0
     while max_new_tokens is None or n < max_new_tokens:
+        if n < min_new_tokens and len(stop):
+            logits = logits.index_fill(-1, stop, float("-inf"))
         tok = sample_next(logits, temperature=temperature, top_k=top_k, top_p=top_p,
                           generator=generator)
         tok = torch.where(finished, torch.full_like(tok, pad_id), tok)

@@ -21,7 +21,7 @@ from torch import nn
 from torch.utils import _pytree as pytree
 
 from memarch import state as st
-from memarch.checkpoint import CONFIG_KEY
+from memarch.checkpoint import CONFIG_KEY, TOKENIZER_KEY
 from memarch.data.synthetic import IGNORE_INDEX
 
 
@@ -32,8 +32,10 @@ class NonFiniteLossError(RuntimeError):
 class LitLM(pl.LightningModule):
     def __init__(self, *, net: nn.Module, optimizer: Callable[..., torch.optim.Optimizer],
                  scheduler: Callable[..., Any] | None = None, model_config: dict | None = None,
-                 aux_loss_weight: float = 0.01, stateful: bool = False, compile: bool = False):
+                 aux_loss_weight: float = 0.01, stateful: bool = False, compile: bool = False,
+                 tokenizer: str | None = None):
         super().__init__()
+        self.tokenizer_name = tokenizer                      # saved for evaluation
         self.net = net
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
         self.model_config = model_config
@@ -123,6 +125,7 @@ class LitLM(pl.LightningModule):
     # -- checkpoints -------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint[CONFIG_KEY] = self.model_config
+        checkpoint[TOKENIZER_KEY] = self.tokenizer_name
         checkpoint["memarch_total_steps"] = getattr(self, "_total_steps", None)
         checkpoint["memarch_carry_state"] = self._gather_carry()
         checkpoint["memarch_rng"] = {

@@ -22,7 +22,9 @@ def build(cfg: DictConfig, *, extra_callbacks=()):
     datamodule = instantiate(cfg.data)
     net = instantiate(cfg.model)
     module = LitLM(net=net, optimizer=instantiate(cfg.optim), scheduler=instantiate(cfg.sched),
-                   model_config=model_config, stateful=cfg.data.stateful, **cfg.module)
+                   model_config=model_config, stateful=cfg.data.stateful,
+                   tokenizer=OmegaConf.select(cfg, "data.dataset.tokenizer", default=None),
+                   **cfg.module)
     ckpt = ModelCheckpoint(dirpath=out / "checkpoints", filename="step_{step:06d}",
                            auto_insert_metric_name=False, save_last=True, save_top_k=-1,
                            every_n_train_steps=cfg.checkpoint.every_n_steps)

@@ -1,0 +1,115 @@
+"""Result files and progress bars shared by the evaluation suites.
+
+Every suite writes into its output folder ``<task>.json`` (the summary: scores, settings,
+versions) and ``<task>.jsonl`` (one line per example), plus its plots (PNG).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import sys
+from pathlib import Path
+from typing import Any, Iterable, Iterator
+
+import torch
+
+__all__ = ["read_jsonl", "write_json", "JsonlWriter", "progress", "environment", "mean"]
+
+
+def read_jsonl(path: str | Path, *, required: Iterable[str] = (), what: str = "data") -> list[dict]:
+    """Read a JSONL file; a malformed line or a missing field raises naming the line."""
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"{what}: file not found: {p}")
+    rows = []
+    with p.open(encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{p}: line {n}: malformed JSON ({e.msg} at column {e.colno})"
+                                 ) from None
+            if not isinstance(obj, dict):
+                raise ValueError(f"{p}: line {n}: expected a JSON object, got "
+                                 f"{type(obj).__name__}")
+            missing = [k for k in required if k not in obj]
+            if missing:
+                raise ValueError(f"{p}: line {n}: missing field(s) {missing} (expected "
+                                 f"{sorted(required)})")
+            rows.append(obj)
+    return rows
+
+
+def _clean(x: Any) -> Any:
+    """JSON-safe: NaN/inf become None, tensors become numbers or lists, tuples become lists."""
+    if isinstance(x, float):
+        return x if math.isfinite(x) else None
+    if isinstance(x, torch.Tensor):
+        return _clean(x.tolist())
+    if isinstance(x, dict):
+        return {str(k): _clean(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_clean(v) for v in x]
+    if isinstance(x, Path):
+        return str(x)
+    return x
+
+
+def write_json(path: str | Path, obj: Any) -> Path:
+    """Write ``obj`` as indented JSON, atomically (a crash leaves the old file or none)."""
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    tmp = p.with_name(p.name + ".tmp")
+    tmp.write_text(json.dumps(_clean(obj), indent=2, ensure_ascii=False) + "\n",
+                   encoding="utf-8")
+    os.replace(tmp, p)
+    return p
+
+
+class JsonlWriter:
+    """``with JsonlWriter(path) as w: w.write({...})``: one JSON object per line, flushed."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._f = None
+
+    def __enter__(self) -> "JsonlWriter":
+        self._f = self.path.open("w", encoding="utf-8")
+        return self
+
+    def write(self, obj: dict) -> None:
+        self._f.write(json.dumps(_clean(obj), ensure_ascii=False) + "\n")
+        self._f.flush()
+
+    def __exit__(self, *exc) -> None:
+        self._f.close()
+
+
+def progress(it: Iterable, *, desc: str, total: int | None = None,
+             enabled: bool | None = None) -> Iterator:
+    """A tqdm bar on stderr (off when stderr is not a terminal, unless ``enabled``)."""
+    from tqdm.auto import tqdm
+    if enabled is None:
+        enabled = sys.stderr.isatty()
+    return iter(tqdm(it, desc=desc, total=total, disable=not enabled, leave=False,
+                     dynamic_ncols=True))
+
+
+def environment(device: str | torch.device = "cpu") -> dict:
+    """Device and versions, recorded in every summary."""
+    dev = torch.device(device)
+    name = (torch.cuda.get_device_name(dev) if dev.type == "cuda" else
+            platform.processor() or platform.machine())
+    return {"device": f"{dev.type}: {name}", "torch": torch.__version__,
+            "python": platform.python_version(), "threads": torch.get_num_threads()}
+
+
+def mean(xs: Iterable[float]) -> float | None:
+    xs = list(xs)
+    return sum(xs) / len(xs) if xs else None

@@ -1,0 +1,176 @@
+"""EvalModel: the small interface every evaluation suite uses.
+
+Any network with ``forward(ids [B, T], state) -> (logits [B, T, V], state, aux)`` (``MemLM``
+and later models) plus a tokenizer with ``encode(str) -> list[int]``, ``decode(ids) -> str``,
+``vocab_size`` and ``eos_id``. Every pass over a long input goes chunk by chunk through the
+model state (``chunk_size`` tokens at a time), so a constant-state model evaluates contexts
+far longer than fit in memory; attention models grow their KV cache as usual.
+
+    m = EvalModel.from_checkpoint("outputs/.../last.ckpt")        # or EvalModel(net, "byte")
+    m.generate(m.encode("The pass key is"), max_new_tokens=8)     # greedy token ids
+    m.token_logprobs(ids)                                         # log p(ids[t] | ids[:t])
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import torch
+import torch.nn.functional as F
+
+from memarch import generation
+from memarch.data.tokenizers import load_tokenizer
+
+__all__ = ["EvalModel", "load_model"]
+
+
+class EvalModel:
+    """A network + tokenizer on one device, evaluated chunk by chunk with its state.
+
+    Args:
+        net: the network (put in eval mode).
+        tokenizer: a tokenizer object, or a name/path for ``load_tokenizer`` ("byte", a
+            ``tokenizer.json``, a tokenizer folder), or None for token-level suites only.
+        device, dtype: where and in which dtype to run (dtype None keeps the weights').
+        chunk_size: tokens per forward call during prefill and scoring.
+        name: shown in result files.
+    """
+
+    def __init__(self, net: torch.nn.Module, tokenizer: Any = "byte", *, device: str = "cpu",
+                 dtype: str | torch.dtype | None = None, chunk_size: int = 2048,
+                 name: str = "model"):
+        if chunk_size < 1:
+            raise ValueError(f"EvalModel: chunk_size must be >= 1, got {chunk_size}")
+        if isinstance(dtype, str):
+            if not isinstance(getattr(torch, dtype, None), torch.dtype):
+                raise ValueError(f"EvalModel: dtype must be a torch dtype name such as "
+                                 f"'float32' or 'bfloat16', got {dtype!r}")
+            dtype = getattr(torch, dtype)
+        self.net = net.to(device=device, dtype=dtype).eval()
+        self.device, self.chunk_size, self.name = torch.device(device), chunk_size, name
+        self.tokenizer_name = tokenizer if isinstance(tokenizer, (str, type(None))) else None
+        self.tokenizer = (load_tokenizer(tokenizer) if isinstance(tokenizer, (str, Path))
+                          else tokenizer)
+        self.vocab_size = int(getattr(net, "vocab_size", 0) or net.head.out_features)
+
+    @classmethod
+    def from_checkpoint(cls, path: str | Path, *, tokenizer: str | None = None,
+                        device: str = "cpu", dtype: str | torch.dtype | None = None,
+                        chunk_size: int = 2048) -> "EvalModel":
+        """Rebuild a training checkpoint (``memarch.checkpoint.load``). The tokenizer is
+        ``tokenizer`` if given, else the one the training data used, else bytes."""
+        from memarch.checkpoint import TOKENIZER_KEY, load
+        loaded = load(path)
+        tok = tokenizer or loaded.checkpoint.get(TOKENIZER_KEY) or "byte"
+        return cls(loaded.model, tok, device=device, dtype=dtype, chunk_size=chunk_size,
+                   name=Path(path).stem)
+
+    # -- text --------------------------------------------------------------------------
+    def _tok(self):
+        if self.tokenizer is None:
+            raise ValueError("EvalModel: this suite needs text, but no tokenizer was given "
+                             "(pass tokenizer='byte' or a tokenizer path)")
+        tv = int(self.tokenizer.vocab_size)
+        if getattr(self.tokenizer, "eos_id", None) == tv - 1:
+            tv -= 1                         # an end-of-text id above the text ids may be absent
+        if tv > self.vocab_size:
+            raise ValueError(
+                f"EvalModel: the tokenizer {self.tokenizer_name or type(self.tokenizer).__name__}"
+                f" has {tv} text token ids but the model's vocab_size is {self.vocab_size}; the "
+                "model was trained on a token-level task (e.g. MQAR): run only token-level "
+                "suites (mqar), or pass the tokenizer it was trained with (tokenizer=...)")
+        return self.tokenizer
+
+    def encode(self, text: str) -> list[int]:
+        return list(self._tok().encode(text))
+
+    def decode(self, ids: Sequence[int]) -> str:
+        eos = self.eos_id
+        return self._tok().decode([int(i) for i in ids if eos is None or int(i) != eos])
+
+    @property
+    def eos_id(self) -> int | None:
+        """The tokenizer's end-of-text id, or None when the model cannot emit it."""
+        eos = getattr(self.tokenizer, "eos_id", None) if self.tokenizer is not None else None
+        return eos if eos is not None and eos < self.vocab_size else None
+
+    def token_id(self, text: str) -> int:
+        """The id of the last token of ``text`` (LongBench's newline stop token)."""
+        return self.encode(text)[-1]
+
+    # -- passes over tokens ------------------------------------------------------------
+    def _ids(self, ids) -> torch.Tensor:
+        t = torch.as_tensor(ids, dtype=torch.long, device=self.device)
+        return t[None] if t.dim() == 1 else t
+
+    @torch.no_grad()
+    def chunks(self, ids, state: Any = None) -> Iterator[tuple[int, torch.Tensor, Any]]:
+        """Yield ``(start, logits [B, c, V] fp32, state after the chunk)`` over ``ids [B, T]``."""
+        ids = self._ids(ids)
+        for a in range(0, ids.shape[1], self.chunk_size):
+            logits, state, _ = self.net(ids[:, a:a + self.chunk_size], state)
+            yield a, logits.float(), state
+
+    @torch.no_grad()
+    def prefill(self, ids, state: Any = None) -> tuple[torch.Tensor, Any]:
+        """Last-position logits [B, V] and the state after ``ids [B, T]`` (or [T])."""
+        return generation.prefill(self.net, self._ids(ids), state, chunk_size=self.chunk_size)
+
+    @torch.no_grad()
+    def token_logprobs(self, ids, state: Any = None, *, start: int = 1
+                       ) -> tuple[torch.Tensor, torch.Tensor]:
+        """For ``ids [T]`` (or [B, T]): ``log p(ids[t] | ids[:t])`` and whether ``ids[t]`` is
+        the argmax, for t in [start, T) -> two [B, T - start] tensors (fp32, bool)."""
+        ids = self._ids(ids)
+        if not 1 <= start <= ids.shape[1]:
+            raise ValueError(f"token_logprobs: start must be in [1, T={ids.shape[1]}], "
+                             f"got {start}")
+        lps, greedy = [], []
+        for a, logits, state in self.chunks(ids[:, :-1], state):
+            c = logits.shape[1]
+            lo = max(start - 1 - a, 0)                    # positions predicting ids[start:]
+            if lo >= c:
+                continue
+            tgt = ids[:, a + 1 + lo:a + 1 + c]            # [B, c - lo]
+            lp = F.log_softmax(logits[:, lo:], dim=-1)     # [B, c - lo, V]
+            lps.append(lp.gather(-1, tgt[..., None])[..., 0])
+            greedy.append(lp.argmax(-1) == tgt)
+        if not lps:
+            return (torch.zeros(ids.shape[0], 0, device=self.device),
+                    torch.zeros(ids.shape[0], 0, dtype=torch.bool, device=self.device))
+        return torch.cat(lps, 1), torch.cat(greedy, 1)
+
+    def generate(self, ids: Sequence[int], max_new_tokens: int, *,
+                 stop_tokens: Sequence[int] = (), min_new_tokens: int = 0) -> list[int]:
+        """Greedy continuation of one prompt; the stop token that ended it is not returned."""
+        if max_new_tokens < 1:
+            raise ValueError(f"generate: max_new_tokens must be >= 1, got {max_new_tokens}")
+        stops = [int(s) for s in stop_tokens if s is not None]
+        out = []
+        for step in generation.stream(self.net, self._ids(ids), max_new_tokens=max_new_tokens,
+                                      chunk_size=self.chunk_size, stop_tokens=stops,
+                                      min_new_tokens=min_new_tokens):
+            tok = int(step.token[0])
+            if tok in stops:
+                break
+            out.append(tok)
+        return out
+
+    def generate_text(self, prompt_ids: Sequence[int], max_new_tokens: int, *,
+                      stop_at_newline: bool = False, min_new_tokens: int = 0) -> str:
+        stops = [self.eos_id] + ([self.token_id("\n")] if stop_at_newline else [])
+        return self.decode(self.generate(prompt_ids, max_new_tokens, stop_tokens=stops,
+                                         min_new_tokens=min_new_tokens))
+
+
+def load_model(checkpoint: str | Path | None = None, *, net: torch.nn.Module | None = None,
+               tokenizer: str | None = None, device: str = "cpu",
+               dtype: str | None = None, chunk_size: int = 2048) -> EvalModel:
+    """An EvalModel from a checkpoint path, or from a network object (exactly one)."""
+    if (checkpoint is None) == (net is None):
+        raise ValueError("load_model: give exactly one of checkpoint=<path> or net=<module>")
+    if checkpoint is not None:
+        return EvalModel.from_checkpoint(checkpoint, tokenizer=tokenizer, device=device,
+                                         dtype=dtype, chunk_size=chunk_size)
+    return EvalModel(net, tokenizer or "byte", device=device, dtype=dtype, chunk_size=chunk_size)
