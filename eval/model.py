@@ -64,7 +64,7 @@ class EvalModel:
         loaded = load(path)
         tok = tokenizer or loaded.checkpoint.get(TOKENIZER_KEY) or "byte"
         return cls(loaded.model, tok, device=device, dtype=dtype, chunk_size=chunk_size,
-                   name=Path(path).stem)
+                   name=str(path))
 
     # -- text --------------------------------------------------------------------------
     def _tok(self):

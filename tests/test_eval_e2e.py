@@ -1,0 +1,134 @@
+"""End to end on CPU: a checkpoint trained by the training pipeline (train.py's ``run``),
+evaluated by ``python -m memarch.eval`` on passkey + needle + MQAR + a 4-example
+LongBench-format JSONL written here; every JSON, JSONL and PNG output is checked. Also the
+command line's errors (unknown task, no prompts, unknown config key)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from memarch.eval.longbench.data import FIELDS
+from train_helpers import ROOT, TINY, compose_cfg
+
+PNG = b"\x89PNG\r\n\x1a\n"
+PROMPTS = {"triviaqa": "Answer the question based on the given passage.\n\n{context}\n\n{input}",
+           "passage_count": "There are some paragraphs.\n\n{context}\n\nHow many? {input}\n"}
+
+
+def _train(tmp, overrides):
+    from memarch.lit.train import run
+    out = run(compose_cfg([*TINY, "trainer.max_steps=4", "validate_at_end=false",
+                           "checkpoint.every_n_steps=4", *overrides], tmp))
+    return out["checkpoint"]
+
+
+@pytest.fixture(scope="module")
+def byte_ckpt(tmp_path_factory):
+    """The passkey experiment: a byte-level model (it can read text and MQAR tokens)."""
+    return _train(tmp_path_factory.mktemp("train_pk"), ["experiment=passkey_tiny",
+                                                          "data.dataset.seq_len=128"])
+
+
+def _cli(*args, timeout=300):
+    env = {**os.environ, "TRITON_INTERPRET": "1", "HF_HUB_OFFLINE": "1",
+           "HF_DATASETS_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    return subprocess.run([sys.executable, "-m", "memarch.eval", *args], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def _longbench_files(tmp):
+    (tmp / "dataset2prompt.json").write_text(json.dumps(PROMPTS))
+    data = tmp / "lb"
+    data.mkdir()
+    for ds, answers in (("triviaqa", [["Paris"], ["London", "london city"]]),
+                        ("passage_count", [["3"], ["4"]])):
+        rows = [{"input": f"Question {i}?", "context": "Paragraph 1: some text. " * (10 + 40 * i),
+                 "answers": a, "length": 100 + 400 * i, "dataset": ds, "language": "en",
+                 "all_classes": None, "_id": f"{ds}{i}"} for i, a in enumerate(answers)]
+        (data / f"{ds}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return tmp / "dataset2prompt.json", data
+
+
+def _png(path):
+    return path.is_file() and path.read_bytes()[:8] == PNG
+
+
+def test_trained_checkpoint_evaluated_from_the_command_line(byte_ckpt, tmp_path, checks):
+    prompts, data = _longbench_files(tmp_path)
+    out = tmp_path / "eval"
+    r = _cli(f"checkpoint={byte_ckpt}", "preset=smoke",
+             "tasks=[passkey,needle,mqar,longbench:triviaqa,longbench:passage_count]",
+             "settings.passkey.lengths=[256,512]", "settings.passkey.n_per_length=2",
+             "settings.needle.lengths=[256,512]", f"longbench.prompts={prompts}",
+             f"longbench.data_dir={data}", "longbench.max_length=600", f"out_dir={out}")
+    assert r.returncode == 0, r.stderr[-3000:]
+    for line in ("passkey", "needle", "mqar", "longbench:triviaqa", "longbench:passage_count"):
+        checks.true(line in r.stdout, f"summary table lists {line}")
+    summary = json.loads((out / "summary.json").read_text())
+    checks.true(summary["model"] == str(byte_ckpt), "model named by its checkpoint")
+    res = summary["results"]
+    expected_lengths = {"passkey": ["256", "512"], "needle": ["256", "512"],
+                        "mqar": ["64", "128"]}
+    for task, lengths in expected_lengths.items():
+        s = json.loads((out / f"{task}.json").read_text())
+        checks.true(s == res[task], f"{task}.json == summary entry")
+        checks.true(list(s["by_length"]) == lengths, f"{task}: by_length {s['by_length']}")
+        checks.true(0 <= s["score"] <= 100 and s["max_length_run"] >= int(lengths[-1]) - 2,
+                    f"{task}: score and longest length")
+        rows = [json.loads(x) for x in (out / f"{task}.jsonl").read_text().splitlines()]
+        checks.true(len(rows) == s["n_examples"] and rows, f"{task}.jsonl: one line an example")
+        checks.true(_png(out / f"{task}_by_length.png"), f"{task}_by_length.png")
+    grid = res["needle"]["by_depth_length"]
+    checks.true(list(grid) == ["0", "50", "100"] and all(list(v) == ["256", "512"]
+                                                         for v in grid.values()), "needle grid")
+    checks.true(_png(out / "needle_heatmap.png"), "needle_heatmap.png")
+    lb = json.loads((out / "longbench.json").read_text())
+    checks.true(lb == res["longbench"], "longbench.json == summary entry")
+    for ds in ("triviaqa", "passage_count"):
+        t = lb["tasks"][f"longbench:{ds}"]
+        checks.true(t["n_examples"] == 2 and 0 <= t["score"] <= 100, f"{ds}: {t}")
+        rows = [json.loads(x) for x in (out / "longbench" / f"{ds}.jsonl").read_text()
+                .splitlines()]
+        checks.true([r["_id"] for r in rows] == [f"{ds}0", f"{ds}1"], f"{ds}: rows in order")
+        checks.true(rows[1]["prompt_tokens"] > 600 and rows[1]["input_tokens"] == 600,
+                    f"{ds}: the long prompt is truncated to the budget")
+        checks.true(rows[0]["input_tokens"] == rows[0]["prompt_tokens"] < 600, "short: kept")
+
+
+def test_default_training_checkpoint_runs_mqar_and_refuses_text(tmp_path, checks):
+    """``make train``'s experiment (hybrid_tiny) is an MQAR model over 65 token ids: MQAR
+    runs; a text suite stops with a message that says why."""
+    ckpt = _train(tmp_path / "train", [])
+    r = _cli(f"checkpoint={ckpt}", "tasks=[mqar]", "settings.mqar.lengths=[64]",
+             "settings.mqar.n_per_length=32", f"out_dir={tmp_path / 'a'}")
+    assert r.returncode == 0, r.stderr[-3000:]
+    checks.true(json.loads((tmp_path / "a" / "mqar.json").read_text())["by_length"].keys()
+                == {"64"}, "mqar ran")
+    r = _cli(f"checkpoint={ckpt}", "tasks=[passkey]", "settings.passkey.lengths=[128]",
+             f"out_dir={tmp_path / 'b'}")
+    checks.true(r.returncode != 0 and "vocab_size is 65" in r.stderr
+                and "Traceback" not in r.stderr, r.stderr[-2000:])
+
+
+def test_command_line_errors_are_one_clear_line(byte_ckpt, tmp_path, checks):
+    r = _cli(f"checkpoint={byte_ckpt}", "tasks=[passky]", f"out_dir={tmp_path}")
+    checks.true(r.returncode != 0 and "unknown task(s) ['passky']; known tasks:" in r.stderr
+                and "passkey" in r.stderr and "Traceback" not in r.stderr, r.stderr[-2000:])
+    r = _cli(f"checkpoint={byte_ckpt}", "tasks=[longbench:qasper]", f"out_dir={tmp_path}")
+    checks.true(r.returncode != 0 and "longbench.prompts is not set" in r.stderr
+                and "dataset2prompt.json" in r.stderr, r.stderr[-2000:])
+    r = _cli(f"checkpoint={tmp_path / 'none.ckpt'}", "tasks=[mqar]", f"out_dir={tmp_path}")
+    checks.true(r.returncode != 0 and "checkpoint: file not found" in r.stderr, r.stderr[-2000:])
+    r = _cli(f"checkpoint={byte_ckpt}", "tasks=[mqar]", "+batchsize=3", f"out_dir={tmp_path}")
+    checks.true(r.returncode != 0 and "unknown key(s) ['batchsize']" in r.stderr,
+                r.stderr[-2000:])
+
+
+def test_longbench_fields_are_the_official_ones(checks):
+    checks.true(set(FIELDS) == {"input", "context", "answers", "length", "dataset", "language",
+                                "all_classes", "_id"}, "LongBench's JSONL fields")
