@@ -11,12 +11,13 @@ import math
 import os
 import platform
 import sys
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any
 
 import torch
 
-__all__ = ["read_jsonl", "write_json", "JsonlWriter", "progress", "environment", "mean"]
+__all__ = ["JsonlWriter", "environment", "mean", "progress", "read_jsonl", "write_json"]
 
 
 def read_jsonl(path: str | Path, *, required: Iterable[str] = (), what: str = "data") -> list[dict]:
@@ -79,7 +80,7 @@ class JsonlWriter:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._f = None
 
-    def __enter__(self) -> "JsonlWriter":
+    def __enter__(self) -> JsonlWriter:
         self._f = self.path.open("w", encoding="utf-8")
         return self
 

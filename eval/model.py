@@ -13,8 +13,9 @@ far longer than fit in memory; attention models grow their KV cache as usual.
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -57,7 +58,7 @@ class EvalModel:
     @classmethod
     def from_checkpoint(cls, path: str | Path, *, tokenizer: str | None = None,
                         device: str = "cpu", dtype: str | torch.dtype | None = None,
-                        chunk_size: int = 2048) -> "EvalModel":
+                        chunk_size: int = 2048) -> EvalModel:
         """Rebuild a training checkpoint (``memarch.checkpoint.load``). The tokenizer is
         ``tokenizer`` if given, else the one the training data used, else bytes."""
         from memarch.checkpoint import TOKENIZER_KEY, load
@@ -127,7 +128,7 @@ class EvalModel:
             raise ValueError(f"token_logprobs: start must be in [1, T={ids.shape[1]}], "
                              f"got {start}")
         lps, greedy = [], []
-        for a, logits, state in self.chunks(ids[:, :-1], state):
+        for a, logits, _ in self.chunks(ids[:, :-1], state):
             c = logits.shape[1]
             lo = max(start - 1 - a, 0)                    # positions predicting ids[start:]
             if lo >= c:

@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import inspect
 import time
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Callable, Mapping, Sequence
 
 from memarch.eval.io import environment, write_json
 from memarch.eval.longbench import tasks as lb_tasks
 
-__all__ = ["suites", "known_tasks", "evaluate", "format_table"]
+__all__ = ["evaluate", "format_table", "known_tasks", "suites"]
 
 
 def suites() -> dict[str, Callable]:
@@ -31,10 +31,10 @@ def known_tasks() -> list[str]:
     return sorted(suites()) + lb_tasks.known_names()
 
 
-def check_settings(fn: Callable, settings: Mapping, where: str) -> dict:
+def check_settings(fn: Callable, settings: Mapping, where: str, exclude=()) -> dict:
     """``settings`` as kwargs of ``fn``; an unknown key raises naming it and the known ones."""
     params = inspect.signature(fn).parameters
-    known = [k for k, p in params.items() if p.kind == p.KEYWORD_ONLY]
+    known = [k for k, p in params.items() if p.kind == p.KEYWORD_ONLY and k not in exclude]
     unknown = [k for k in settings if k not in known]
     if unknown:
         raise ValueError(f"{where}: unknown key(s) {unknown}; expected some of {known}")
@@ -68,7 +68,7 @@ def evaluate(model, tasks: Sequence[str], out_dir: str | Path, *,
     runs = {t: check_settings(table[t], settings.get(t) or {}, f"settings.{t}")
             for t in tasks if t in table}
     lb = [t for t in tasks if lb_tasks.is_longbench(t)]
-    lb_kw = check_settings(run_longbench, longbench or {}, "longbench")
+    lb_kw = check_settings(run_longbench, longbench or {}, "longbench", exclude=("tasks",))
     if lb:
         from memarch.eval.longbench.data import load_prompts
         load_prompts(lb_kw.get("prompts"), [])            # fail now, not after other suites

@@ -11,7 +11,6 @@ import subprocess
 import sys
 
 import pytest
-
 from memarch.eval.longbench.data import FIELDS
 from train_helpers import ROOT, TINY, compose_cfg
 

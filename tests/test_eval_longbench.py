@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from lm_helpers import hybrid_lm
 from memarch.eval.longbench import tasks as lb
 from memarch.eval.longbench.run import build_prompt_ids, run_longbench, truncate_middle

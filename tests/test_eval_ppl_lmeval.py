@@ -225,7 +225,8 @@ def test_registry_and_construction(adapter, tmp_path, checks):
         {"device": "cuda:0", "batch_size": 1, "max_batch_size": None})
     checks.true((lm.model.chunk_size, lm.max_length, str(lm.device)) == (5, None, "cpu"),
                 "parsed model_args")
-    checks.true(lm.model.tokenizer_name == "byte" and lm.model.name == "tiny", "checkpoint")
+    checks.true(lm.model.tokenizer_name == "byte"
+                and lm.model.name == str(tmp_path / "tiny.ckpt"), "checkpoint")
     with pytest.raises(ValueError, match="exactly one of"):
         adapter.MemarchLM()
     with pytest.raises(ValueError, match="chunk_size"):

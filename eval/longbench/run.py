@@ -16,15 +16,15 @@ and re-encodes, which can merge tokens at the seam); the chat template is a form
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from memarch.eval.io import JsonlWriter, environment, progress, write_json
 from memarch.eval.longbench import metrics
 from memarch.eval.longbench.data import load_examples, load_prompts
 from memarch.eval.longbench.tasks import TaskSpec, resolve
 
-__all__ = ["truncate_middle", "build_prompt_ids", "run_longbench"]
+__all__ = ["build_prompt_ids", "run_longbench", "truncate_middle"]
 
 
 def truncate_middle(ids: Sequence[int], max_length: int | None) -> list[int]:

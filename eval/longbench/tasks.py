@@ -7,7 +7,7 @@ Names: ``longbench`` (the 21 v1 tasks), ``longbench_e`` (the 13 LongBench-E task
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 
 import yaml
@@ -39,7 +39,7 @@ class TaskSpec:
         return f"longbench_e:{self.name}" if self.e else f"longbench:{self.name}"
 
 
-@lru_cache(maxsize=None)
+@cache
 def task_table() -> dict[str, dict]:
     with TASKS_YAML.open(encoding="utf-8") as f:
         table = yaml.safe_load(f)
