@@ -17,6 +17,8 @@ from typing import Any
 
 import torch
 
+from memarch.data.text import iter_jsonl
+
 __all__ = ["JsonlWriter", "environment", "mean", "progress", "read_jsonl", "write_json"]
 
 
@@ -26,23 +28,12 @@ def read_jsonl(path: str | Path, *, required: Iterable[str] = (), what: str = "d
     if not p.is_file():
         raise FileNotFoundError(f"{what}: file not found: {p}")
     rows = []
-    with p.open(encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{p}: line {n}: malformed JSON ({e.msg} at column {e.colno})"
-                                 ) from None
-            if not isinstance(obj, dict):
-                raise ValueError(f"{p}: line {n}: expected a JSON object, got "
-                                 f"{type(obj).__name__}")
-            missing = [k for k in required if k not in obj]
-            if missing:
-                raise ValueError(f"{p}: line {n}: missing field(s) {missing} (expected "
-                                 f"{sorted(required)})")
-            rows.append(obj)
+    for n, obj in iter_jsonl(p):
+        missing = [k for k in required if k not in obj]
+        if missing:
+            raise ValueError(f"{p}: line {n}: missing field(s) {missing} (expected "
+                             f"{sorted(required)})")
+        rows.append(obj)
     return rows
 
 

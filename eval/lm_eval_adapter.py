@@ -59,8 +59,6 @@ from lm_eval.api.registry import register_model
 from memarch.eval.io import progress
 from memarch.eval.model import EvalModel
 
-from memarch import generation
-
 __all__ = ["MemarchLM", "main"]
 
 log = logging.getLogger(__name__)
@@ -250,18 +248,8 @@ class MemarchLM(LM):
                 raise ValueError(f"memarch: max_gen_toks={max_gen} leaves no room for the "
                                  f"prompt in max_length={self.max_length}")
             ids = ids[-room:]
-        eos = self.model.eos_id
-        prompt = torch.tensor([ids], dtype=torch.long, device=self.model.device)
-        toks: list[int] = []
-        for step in generation.stream(self.model.net, prompt, max_new_tokens=max_gen,
-                                      chunk_size=self.model.chunk_size,
-                                      stop_tokens=[] if eos is None else [eos]):
-            tok = int(step.token[0])
-            if tok == eos:
-                break
-            toks.append(tok)
-            if stops and any(s in self.model.decode(toks) for s in stops):
-                break
+        toks = self.model.generate(ids, max_gen, stop_tokens=[self.model.eos_id],
+                                   stop_strings=stops)
         text = self.model.decode(toks)
         for s in stops:
             text = text.split(s)[0]

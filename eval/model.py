@@ -19,6 +19,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from memarch.eval.io import progress
 
 from memarch import generation
 from memarch.data.tokenizers import load_tokenizer
@@ -119,16 +120,20 @@ class EvalModel:
         return generation.prefill(self.net, self._ids(ids), state, chunk_size=self.chunk_size)
 
     @torch.no_grad()
-    def token_logprobs(self, ids, state: Any = None, *, start: int = 1
+    def token_logprobs(self, ids, state: Any = None, *, start: int = 1, desc: str | None = None
                        ) -> tuple[torch.Tensor, torch.Tensor]:
         """For ``ids [T]`` (or [B, T]): ``log p(ids[t] | ids[:t])`` and whether ``ids[t]`` is
-        the argmax, for t in [start, T) -> two [B, T - start] tensors (fp32, bool)."""
+        the argmax, for t in [start, T) -> two [B, T - start] tensors (fp32, bool).
+        ``desc``: show a progress bar over the chunks."""
         ids = self._ids(ids)
         if not 1 <= start <= ids.shape[1]:
             raise ValueError(f"token_logprobs: start must be in [1, T={ids.shape[1]}], "
                              f"got {start}")
         lps, greedy = [], []
-        for a, logits, _ in self.chunks(ids[:, :-1], state):
+        chunks = self.chunks(ids[:, :-1], state)
+        if desc is not None:
+            chunks = progress(chunks, desc=desc, total=-(-(ids.shape[1] - 1) // self.chunk_size))
+        for a, logits, _ in chunks:
             c = logits.shape[1]
             lo = max(start - 1 - a, 0)                    # positions predicting ids[start:]
             if lo >= c:
@@ -143,8 +148,11 @@ class EvalModel:
         return torch.cat(lps, 1), torch.cat(greedy, 1)
 
     def generate(self, ids: Sequence[int], max_new_tokens: int, *,
-                 stop_tokens: Sequence[int] = (), min_new_tokens: int = 0) -> list[int]:
-        """Greedy continuation of one prompt; the stop token that ended it is not returned."""
+                 stop_tokens: Sequence[int] = (), min_new_tokens: int = 0,
+                 stop_strings: Sequence[str] = ()) -> list[int]:
+        """Greedy continuation of one prompt; the stop token that ended it is not returned.
+        ``stop_strings``: also stop once the decoded text contains one (the tokens that
+        complete it are returned; callers cut the text)."""
         if max_new_tokens < 1:
             raise ValueError(f"generate: max_new_tokens must be >= 1, got {max_new_tokens}")
         stops = [int(s) for s in stop_tokens if s is not None]
@@ -156,6 +164,8 @@ class EvalModel:
             if tok in stops:
                 break
             out.append(tok)
+            if stop_strings and any(s in self.decode(out) for s in stop_strings):
+                break
         return out
 
     def generate_text(self, prompt_ids: Sequence[int], max_new_tokens: int, *,

@@ -26,8 +26,7 @@ from itertools import pairwise
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
-from memarch.eval.io import JsonlWriter, environment, progress, write_json
+from memarch.eval.io import JsonlWriter, environment, write_json
 
 __all__ = ["bucket_edges", "plot_by_position", "run_perplexity", "stream_nll"]
 
@@ -57,16 +56,10 @@ def bucket_edges(bucket: int | Sequence[int], max_tokens: int) -> list[int]:
 def stream_nll(model, ids: Sequence[int], *, desc: str = "perplexity") -> torch.Tensor:
     """Per-position NLL (fp64, ``[len(ids) - 1]``) of one stream: position t is
     ``-log p(ids[t + 1] | ids[:t + 1])``, computed chunk by chunk through the model state."""
-    t = torch.as_tensor(list(ids), dtype=torch.long, device=model.device)
-    if t.numel() < 2:
-        raise ValueError(f"stream_nll: a stream needs at least 2 tokens, got {t.numel()}")
-    inp, tgt = t[None, :-1], t[1:]
-    out = []
-    n_chunks = -(-inp.shape[1] // model.chunk_size)
-    for a, logits, _ in progress(model.chunks(inp), desc=desc, total=n_chunks):
-        c = logits.shape[1]
-        out.append(F.cross_entropy(logits[0], tgt[a:a + c], reduction="none").double().cpu())
-    return torch.cat(out)
+    if len(ids) < 2:
+        raise ValueError(f"stream_nll: a stream needs at least 2 tokens, got {len(ids)}")
+    lp, _ = model.token_logprobs(list(ids), start=1, desc=desc)
+    return (-lp[0]).double().cpu()
 
 
 def _labels(edges: list[int]) -> list[str]:

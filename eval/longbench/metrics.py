@@ -230,22 +230,38 @@ def _classes(all_classes, n: int) -> list:
     return [all_classes] * n
 
 
+def task_score(scores: Sequence[float]) -> float:
+    """eval.py's task score of per-example scores: 100 * mean, rounded to 2 decimals."""
+    total = 0.0  # summed in order (not sum(), which compensates on Python >= 3.12)
+    for x in scores:
+        total += x
+    return round(100 * total / len(scores), 2)
+
+
+def bucket_scores(scores: Sequence[float], lengths: Sequence[int]) -> dict[str, float | None]:
+    """LongBench-E score per length bucket (``length`` < 4000, < 8000, else); None if empty."""
+    buckets: dict[str, list[float]] = {"0-4k": [], "4-8k": [], "8k+": []}
+    for x, length in zip(scores, lengths):
+        buckets["0-4k" if length < 4000 else "4-8k" if length < 8000 else "8k+"].append(x)
+    return {k: float(round(100 * np.mean(v), 2)) if v else None for k, v in buckets.items()}
+
+
+def _example_scores(task_metric, predictions, answers, all_classes, first_line) -> list[float]:
+    classes = _classes(all_classes, len(predictions))
+    return [score_example(task_metric, p, g, c, first_line)
+            for p, g, c in zip(predictions, answers, classes)]
+
+
 def scorer(task_metric: Metric, predictions: Sequence[str], answers: Sequence[Sequence[str]],
            all_classes=None, first_line: bool = False) -> float:
     """Task score of eval.py: 100 * mean of :func:`score_example`, rounded to 2 decimals."""
-    total = 0.0  # summed in order (not sum(), which compensates on Python >= 3.12)
-    for pred, golds, classes in zip(predictions, answers, _classes(all_classes, len(predictions))):
-        total += score_example(task_metric, pred, golds, classes, first_line)
-    return round(100 * total / len(predictions), 2)
+    return task_score(_example_scores(task_metric, predictions, answers, all_classes,
+                                      first_line))
 
 
 def scorer_e(task_metric: Metric, predictions: Sequence[str], answers: Sequence[Sequence[str]],
              lengths: Sequence[int], all_classes=None,
              first_line: bool = False) -> dict[str, float | None]:
-    """LongBench-E score per length bucket (``length`` < 4000, < 8000, else); None if empty."""
-    buckets: dict[str, list[float]] = {"0-4k": [], "4-8k": [], "8k+": []}
-    per_example = _classes(all_classes, len(predictions))
-    for pred, golds, length, classes in zip(predictions, answers, lengths, per_example):
-        key = "0-4k" if length < 4000 else "4-8k" if length < 8000 else "8k+"
-        buckets[key].append(score_example(task_metric, pred, golds, classes, first_line))
-    return {k: float(round(100 * np.mean(v), 2)) if v else None for k, v in buckets.items()}
+    """eval.py's ``scorer_e``: :func:`bucket_scores` of :func:`score_example`."""
+    return bucket_scores(_example_scores(task_metric, predictions, answers, all_classes,
+                                         first_line), lengths)

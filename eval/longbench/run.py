@@ -57,16 +57,11 @@ def build_prompt_ids(model, spec: TaskSpec, template: str, example: dict, *,
 
 
 def _score_task(spec: TaskSpec, rows: list[dict]) -> dict:
-    """The official task score (eval.py's ``scorer`` / ``scorer_e``) of scored rows."""
-    preds, answers = [r["pred"] for r in rows], [r["answers"] for r in rows]
-    classes = [r["all_classes"] for r in rows]
-    out = {"score": metrics.scorer(spec.metric, preds, answers, classes,
-                                   first_line=spec.first_line),
-           "n_examples": len(rows), "metric": spec.metric}
+    """The official task score (eval.py's ``scorer`` / ``scorer_e``) of the rows' scores."""
+    scores = [r["score"] for r in rows]
+    out = {"score": metrics.task_score(scores), "n_examples": len(rows), "metric": spec.metric}
     if spec.e:
-        out["by_length"] = metrics.scorer_e(spec.metric, preds, answers,
-                                            [r["length"] for r in rows], classes,
-                                            first_line=spec.first_line)
+        out["by_length"] = metrics.bucket_scores(scores, [r["length"] for r in rows])
     return out
 
 

@@ -17,6 +17,8 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from memarch.data.synthetic import FILLER
+
 from ..io import JsonlWriter, environment, progress, write_json
 
 __all__ = [
@@ -32,9 +34,8 @@ __all__ = [
     "run_text_suite",
 ]
 
-# Mohtashami & Jaggi (2023) / RULER's "noise" haystack sentence.
-NOISE = ("The grass is green. The sky is blue. The sun is yellow. Here we go. "
-         "There and back again.")
+# Mohtashami & Jaggi (2023) / RULER's "noise" haystack sentences (the training Passkey's).
+NOISE = FILLER.strip()
 
 
 @dataclass

@@ -64,7 +64,8 @@ class MQAR(Dataset):
         return {"input_ids": ids, "labels": labels}
 
 
-_FILLER = ("The grass is green. The sky is blue. The sun is yellow. "
+# The passkey filler of Mohtashami & Jaggi (2023) (also RULER's "noise" haystack).
+FILLER = ("The grass is green. The sky is blue. The sun is yellow. "
            "Here we go. There and back again. ")
 
 
@@ -97,7 +98,7 @@ class Passkey(Dataset):
         key = "".join(str(int(d)) for d in torch.randint(0, 10, (self.n_digits,), generator=g))
         needle, tail = self._needle(key), self.question + key
         n_fill = self.seq_len + 1 - len(needle) - len(tail)               # +1: shifted labels
-        filler = (_FILLER * (n_fill // len(_FILLER) + 1))[:n_fill]
+        filler = (FILLER * (n_fill // len(FILLER) + 1))[:n_fill]
         depth = int(torch.randint(0, n_fill + 1, (1,), generator=g))
         text = filler[:depth] + needle + filler[depth:] + tail
         b = torch.tensor(list(text.encode("ascii")), dtype=torch.long)    # [T + 1]

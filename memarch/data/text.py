@@ -11,13 +11,31 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Sequence
 
 import torch
 from torch.utils.data import Dataset
 
 from memarch.data.tokenizers import load_tokenizer
+
+
+def iter_jsonl(path: Path) -> Iterator[tuple[int, dict]]:
+    """``(line number, object)`` for each non-blank line of a JSONL file; a malformed line or
+    one that is not a JSON object raises naming the file and the line."""
+    with Path(path).open(encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{path}: line {n}: malformed JSON ({e.msg} at column "
+                                 f"{e.colno})") from None
+            if not isinstance(obj, dict):
+                raise ValueError(f"{path}: line {n}: expected a JSON object, got "
+                                 f"{type(obj).__name__}")
+            yield n, obj
 
 
 def read_documents(paths: Sequence[str], field: str = "text") -> list[str]:
@@ -32,18 +50,11 @@ def read_documents(paths: Sequence[str], field: str = "text") -> list[str]:
             raise FileNotFoundError(f"data.paths: data file not found: {p}")
         start = len(docs)
         if p.suffix == ".jsonl":
-            with p.open(encoding="utf-8") as f:
-                for n, line in enumerate(f, 1):
-                    if not line.strip():
-                        continue
-                    try:
-                        obj = json.loads(line)
-                    except json.JSONDecodeError as e:
-                        raise ValueError(f"{p}: line {n}: malformed JSON ({e.msg})") from None
-                    if not isinstance(obj, dict) or field not in obj:
-                        raise ValueError(f"{p}: line {n}: no field {field!r} (set data.field to "
-                                         f"the name of the text field)")
-                    docs.append(str(obj[field]))
+            for n, obj in iter_jsonl(p):
+                if field not in obj:
+                    raise ValueError(f"{p}: line {n}: no field {field!r} (set data.field to "
+                                     f"the name of the text field)")
+                docs.append(str(obj[field]))
         else:
             docs.append(p.read_text(encoding="utf-8"))
         if not any(d.strip() for d in docs[start:]):
