@@ -103,3 +103,27 @@ def test_batch_rows_are_independent_and_selectable(checks):
     checks.close(y, m(x)[0][[2, 0], 17:], atol=1e-10, msg="selected rows continue exactly")
     det = st.detach(st.to(out.state, "cpu"))
     checks.true(all(not t.requires_grad for t in st.tensors(det)), "detach")
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")], ids=["nan", "inf"])
+@pytest.mark.parametrize("name", list(CASES))
+def test_non_finite_input_is_causal(name, bad, checks):
+    """Issue 10 §3 probe: a non-finite value at token t changes no output before t (masks
+    select, never multiply by zero), and leaves the other batch rows untouched. For NaN,
+    one call and token-by-token streaming also agree after t (NaN where NaN)."""
+    case = CASES[name]
+    m = case.build().double()
+    T = case.horizon
+    x = torch.randn(2, T, D_MODEL, dtype=torch.float64)
+    clean = m(x).y
+    for t in sorted({0, 1, T // 2, T - 1} | {b for b in case.boundaries if b < T}):
+        xb = x.clone()
+        xb[0, t, 3] = bad
+        y = m(xb).y
+        checks.true(bool(y[0, :t].isfinite().all()), f"{name}: outputs before t={t} finite")
+        checks.close(y[0, :t], clean[0, :t], atol=0, msg=f"{name}: outputs before t={t}")
+        checks.close(y[1], clean[1], atol=0, msg=f"{name}: other rows")
+        if bad != bad and t == T // 2:                                   # NaN: streaming
+            ys, _ = _run_chunks(m, xb, [1] * T)
+            torch.testing.assert_close(ys, y, atol=1e-10, rtol=1e-10, equal_nan=True)
+            checks.n += 1

@@ -87,8 +87,10 @@ class Attention(Mixer):
                  rope_base: float = 10000.0, bias: bool = False, block_size: int = 128,
                  impl: str = "auto"):
         super().__init__(d_model, layer_idx=layer_idx)
-        n_heads = n_heads or max(1, d_model // 64)
-        n_kv_heads = n_kv_heads or n_heads
+        n_heads = max(1, d_model // 64) if n_heads is None else n_heads
+        n_kv_heads = n_heads if n_kv_heads is None else n_kv_heads
+        _positive_int("Attention", "n_heads", n_heads)
+        _positive_int("Attention", "n_kv_heads", n_kv_heads)
         if d_model % n_heads:
             raise ValueError(f"Attention: n_heads={n_heads} must divide d_model={d_model}")
         if n_heads % n_kv_heads:
@@ -96,16 +98,15 @@ class Attention(Mixer):
                 f"Attention: n_kv_heads={n_kv_heads} must divide n_heads={n_heads} (GQA)")
         if window is not None and (not isinstance(window, int) or window < 1):
             raise ValueError(f"Attention: window must be a positive int or None, got {window!r}")
-        if n_sinks < 0:
-            raise ValueError(f"Attention: n_sinks must be >= 0, got {n_sinks}")
+        if not isinstance(n_sinks, int) or isinstance(n_sinks, bool) or n_sinks < 0:
+            raise ValueError(f"Attention: n_sinks must be an int >= 0, got {n_sinks!r}")
         if n_sinks and window is None:
             raise ValueError(
                 "Attention: n_sinks > 0 needs a window (full attention sees every token anyway)")
         if sink_positions not in ("absolute", "cache"):
             raise ValueError(
                 f"Attention: sink_positions must be 'absolute' or 'cache', got {sink_positions!r}")
-        if block_size < 1:
-            raise ValueError(f"Attention: block_size must be >= 1, got {block_size}")
+        _positive_int("Attention", "block_size", block_size)
         self.n_heads, self.n_kv_heads = n_heads, n_kv_heads
         self.head_dim = d_model // n_heads
         self.window, self.n_sinks = window, n_sinks
@@ -139,6 +140,9 @@ class Attention(Mixer):
         return SinkWindowState(z(self.n_sinks), z(self.n_sinks), z(self.window - 1),
                                z(self.window - 1), pos)
 
+    def state_growing_dims(self):
+        return {"k": {2: "L"}, "v": {2: "L"}} if self.window is None else {}
+
     def state_size(self, seq_len: int) -> int:
         entries = seq_len if self.window is None else self.n_sinks + self.window - 1
         return 2 * self.n_kv_heads * self.head_dim * entries
@@ -169,23 +173,37 @@ class Attention(Mixer):
         return MixerOutput(y, new, None)
 
     def _full(self, q, qr, kr, v, state: KVCacheState):
-        """Full causal attention over [cache, new] with SDPA."""
+        """Full causal attention over [cache, new] with SDPA.
+
+        The cache grows by ``_append_kv``: in place (amortised O(1) per token) when that
+        is safe, by copy otherwise. With T > 1 new tokens some pairs are masked, so the
+        keys/values are made finite first (a NaN times a zero weight is NaN) and every
+        query that sees a non-finite key or value gets a NaN output: causality holds for
+        any input."""
         T, L0 = qr.shape[2], state.k.shape[2]
-        K = torch.cat([state.k, kr], dim=2)                            # [B, Hkv, L0+T, Dh]
-        V = torch.cat([state.v, v], dim=2)
+        K, V = _append_kv(state.k, state.v, kr, v)                     # [B, Hkv, L0+T, Dh]
         new = KVCacheState(K, V, state.pos + T)
-        if L0 == 0 and not self.learned_sink:
+        bad = None
+        if T > 1:
+            K, V, bad = _finite_kv(K, V)                               # bad [B, Hkv, L0+T]
+        if self.learned_sink:
+            u = torch.arange(L0 + T, device=qr.device)
+            mask = u[None, :] <= (L0 + torch.arange(T, device=qr.device))[:, None]  # [T, L0+T]
+            o = self._attend_with_learned_sink(q, qr, K, V, mask)
+        elif T == 1:                                                   # decode: sees all
+            o = F.scaled_dot_product_attention(qr, K, V, scale=self.scale, enable_gqa=True)
+        elif L0 == 0:
             o = F.scaled_dot_product_attention(qr, K, V, is_causal=True, scale=self.scale,
                                                enable_gqa=True)
-            return o, new
-        # bottom-right aligned causal mask: new token t sees cache entries 0 .. L0 + t
-        u = torch.arange(L0 + T, device=qr.device)
-        mask = u[None, :] <= (L0 + torch.arange(T, device=qr.device))[:, None]  # [T, L0+T]
-        if self.learned_sink:
-            o = self._attend_with_learned_sink(q, qr, K, V, mask)
-            return o, new
-        o = F.scaled_dot_product_attention(qr, K, V, attn_mask=mask, scale=self.scale,
-                                           enable_gqa=True)
+        else:   # bottom-right aligned causal mask: new token t sees cache entries 0 .. L0 + t
+            u = torch.arange(L0 + T, device=qr.device)
+            mask = u[None, :] <= (L0 + torch.arange(T, device=qr.device))[:, None]
+            o = F.scaled_dot_product_attention(qr, K, V, attn_mask=mask, scale=self.scale,
+                                               enable_gqa=True)
+        if bad is not None:   # query t sees keys 0 .. L0 + t: a prefix
+            seen = bad.cumsum(-1)[..., L0:] > 0                          # [B, Hkv, T]
+            seen = seen.repeat_interleave(self.n_heads // self.n_kv_heads, dim=1)
+            o = o.masked_fill(seen[..., None], float("nan"))
         return o, new
 
     def _attend_with_learned_sink(self, q, qr, K, V, mask):
@@ -235,13 +253,18 @@ class Attention(Mixer):
                                     V[:, :, u0:].transpose(1, 2), window=W, q_offset=p,
                                     scale=self.scale, impl=self.impl, **sk)
             return o.transpose(1, 2), new
-        # general path (learned sink, or sequences at different positions): query blocks
+        # general path (learned sink, or sequences at different positions): query blocks.
+        # Finite copies for the matmuls; a visible non-finite key/value poisons its score.
+        K, V, bad = _finite_kv(K, V)                                     # bad [B, Hkv, W-1+T]
+        if S:
+            sink_k, sink_v, sink_bad = _finite_kv(sink_k, sink_v)       # [B, Hkv, S]
         out = []
         for a in range(0, T, self.block_size):
             n = min(self.block_size, T - a)
             qb = qr[:, :, a:a + n].reshape(B, Hkv, G, n, Dh).to(ct)
             kb, vb = K[:, :, a:a + n + W - 1].to(ct), V[:, :, a:a + n + W - 1].to(ct)
             s = torch.einsum("bhgtd,bhud->bhgtu", qb, kb) * self.scale      # [B,Hkv,G,n,n+W-1]
+            s = s.masked_fill(bad[:, :, None, None, a:a + n + W - 1], float("nan"))
             r = torch.arange(n, device=dev)[:, None]
             c = torch.arange(n + W - 1, device=dev)[None, :]
             band = (c >= r) & (c <= r + W - 1)                               # [n, n+W-1]
@@ -251,6 +274,7 @@ class Attention(Mixer):
             if S:
                 qs = q_sink[:, :, a:a + n].reshape(B, Hkv, G, n, Dh).to(ct)
                 ss = torch.einsum("bhgtd,bhsd->bhgts", qs, sink_k.to(ct)) * self.scale
+                ss = ss.masked_fill(sink_bad[:, :, None, None], float("nan"))
                 qpos = p0[:, None] + a + torch.arange(n, device=dev)         # [B, n]
                 smask = torch.arange(S, device=dev)[None, None, :] <= qpos[..., None] - W
                 parts.append(ss.masked_fill(~smask[:, None, None], float("-inf")))
@@ -268,6 +292,59 @@ class Attention(Mixer):
             out.append(ob.reshape(B, H, n, Dh))
         o = torch.cat(out, dim=2).to(qr.dtype)                           # [B, H, T, Dh]
         return o, new
+
+
+def _positive_int(owner: str, name: str, value) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ValueError(f"{owner}: {name} must be a positive int, got {value!r}")
+
+
+def _finite_kv(k: torch.Tensor, v: torch.Tensor):
+    """(k, v) with non-finite entries zeroed, and ``bad [B, H, L]``: entry j had a
+    non-finite key or value. Masks then select instead of multiplying by zero."""
+    fk, fv = k.isfinite(), v.isfinite()
+    bad = ~(fk.all(-1) & fv.all(-1))
+    return torch.where(fk, k, 0), torch.where(fv, v, 0), bad
+
+
+class _KVBuffer:
+    """Storage with spare capacity behind a full-attention KV cache. A state's ``k``/``v``
+    are views ``buf[:, :, :L]``; ``fill`` is the number of slots some state already claims.
+    Appending to a state with ``L == fill`` writes the free slots in place; any other
+    state (an older one: a branch) copies, so no state ever sees its entries change."""
+    __slots__ = ("k", "v", "fill")
+
+    def __init__(self, k: torch.Tensor, v: torch.Tensor, fill: int):
+        self.k, self.v, self.fill = k, v, fill
+
+
+_BUF = "_memarch_kv_buffer"
+
+
+def _append_kv(ck: torch.Tensor, cv: torch.Tensor, k: torch.Tensor, v: torch.Tensor):
+    """[cache, new] along dim 2, as a new state's (K, V); never mutates what ``ck``/``cv``
+    show. With autograd recording, a plain concatenation (in-place writes would break
+    the backward of earlier calls); otherwise in place into spare capacity when safe,
+    else a copy into a buffer grown geometrically (x1.5): amortised O(1) per token."""
+    if torch.is_grad_enabled():
+        return torch.cat([ck, k], dim=2), torch.cat([cv, v], dim=2)
+    L0, T = ck.shape[2], k.shape[2]
+    buf = getattr(ck, _BUF, None)
+    if not (buf is not None and getattr(cv, _BUF, None) is buf and buf.fill == L0
+            and L0 + T <= buf.k.shape[2] and ck.data_ptr() == buf.k.data_ptr()
+            and cv.data_ptr() == buf.v.data_ptr() and k.dtype == buf.k.dtype):
+        cap = max(64, L0 + T + (L0 + T) // 2)
+        B, H, _, D = k.shape
+        buf = _KVBuffer(k.new_empty(B, H, cap, D), v.new_empty(B, H, cap, D), L0)
+        buf.k[:, :, :L0] = ck
+        buf.v[:, :, :L0] = cv
+    buf.k[:, :, L0:L0 + T] = k
+    buf.v[:, :, L0:L0 + T] = v
+    buf.fill = L0 + T
+    K, V = buf.k[:, :, :L0 + T], buf.v[:, :, :L0 + T]
+    setattr(K, _BUF, buf)
+    setattr(V, _BUF, buf)
+    return K, V
 
 
 def _compute_dtype(dtype: torch.dtype) -> torch.dtype:

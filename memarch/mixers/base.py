@@ -83,7 +83,7 @@ class Mixer(nn.Module, abc.ABC):
 
     # -- validation ----------------------------------------------------------------
     def _check_input(self, x: Any) -> None:
-        name = type(self).__name__
+        name = self._owner()
         if not isinstance(x, torch.Tensor):
             raise TypeError(f"{name}: x must be a torch.Tensor [B, T, D], got {type(x).__name__}")
         if x.dim() != 3:
@@ -96,11 +96,26 @@ class Mixer(nn.Module, abc.ABC):
                 f"got {x.shape[-1]} (shape {tuple(x.shape)})")
         if x.shape[1] < 1:
             raise ValueError(f"{name}: x must hold at least one token (T >= 1), got T=0")
+        if x.shape[0] < 1:
+            raise ValueError(f"{name}: x must hold at least one sequence (B >= 1), got B=0")
         if not x.is_floating_point():
             raise TypeError(f"{name}: x must be floating point, got dtype {x.dtype}")
 
+    def state_growing_dims(self) -> dict[str, dict[int, str]]:
+        """The state dimensions that grow with the tokens seen, e.g. a KV cache's length:
+        ``{"k": {2: "L"}, "v": {2: "L"}}`` (field -> {dim: size name}; sizes with the same
+        name must agree). Every other dimension must equal what ``init_state`` gives."""
+        return {}
+
+    def _owner(self) -> str:
+        layer = "" if self.layer_idx is None else f" (layer {self.layer_idx})"
+        return f"{type(self).__name__}{layer}"
+
     def _check_state(self, x: torch.Tensor, state: Any) -> None:
-        name = type(self).__name__
+        """One generic check: the state must be what ``init_state`` would have made for
+        this mixer's configuration (type, fields, shapes but declared growing dims, dtypes),
+        on x's device, with non-negative integer positions."""
+        name = self._owner()
         try:
             b = st.batch_size(state)
         except ValueError as e:
@@ -109,13 +124,14 @@ class Mixer(nn.Module, abc.ABC):
             raise ValueError(
                 f"{name}: batch size mismatch: x has batch size {x.shape[0]} but the state "
                 f"has batch size {b}")
-        want = self.state_dtype(x.dtype)
-        for t in st.tensors(state):
-            if t.is_floating_point() and t.dtype != want:
+        spec = self.init_state(x.shape[0], device="meta", dtype=self.state_dtype(x.dtype))
+        st.check_like(state, spec, owner=name, growing=self.state_growing_dims())
+        for t, e in zip(st.tensors(state), st.tensors(spec)):
+            if t.dtype != e.dtype:
                 raise TypeError(
                     f"{name}: dtype mismatch: x has dtype {x.dtype}, so the state's tensors "
-                    f"must have dtype {want}, got {t.dtype} (build the state with "
-                    f"init_state(..., dtype={want}) or convert x)")
+                    f"must have dtype {e.dtype}, got {t.dtype} (build the state with "
+                    f"init_state(..., dtype={e.dtype}) or convert x)")
             if t.device != x.device:
                 raise ValueError(
                     f"{name}: device mismatch: x is on {x.device} but the state is on {t.device}")

@@ -52,7 +52,13 @@ class LinearAttention(Mixer):
                  gated: bool = False, eps: float = 1e-6, taylor_form: str = "unique",
                  impl: str = "auto"):
         super().__init__(d_model, layer_idx=layer_idx)
-        n_heads = n_heads or max(1, d_model // 64)
+        name = type(self).__name__
+        n_heads = max(1, d_model // 64) if n_heads is None else n_heads
+        for key, val in (("n_heads", n_heads), ("feature_dim", feature_dim)):
+            if val is not None and (not isinstance(val, int) or isinstance(val, bool) or val < 1):
+                raise ValueError(f"{name}: {key} must be a positive int, got {val!r}")
+        if not eps >= 0:
+            raise ValueError(f"{name}: eps must be >= 0, got {eps!r}")
         if d_model % n_heads:
             raise ValueError(f"{type(self).__name__}: n_heads={n_heads} must divide "
                              f"d_model={d_model}")
@@ -63,7 +69,7 @@ class LinearAttention(Mixer):
             raise ValueError(f"{type(self).__name__}: normalize=True needs a non-negative "
                              "feature map (elu, relu, taylor), got 'identity'")
         self.n_heads, self.head_dim = n_heads, d_model // n_heads
-        self.feature_dim = feature_dim or self.head_dim
+        self.feature_dim = self.head_dim if feature_dim is None else feature_dim
         self.normalize, self.gated, self.eps, self.impl = normalize, gated, eps, impl
         self.phi = make_feature_map(feature_map, self.feature_dim, taylor_form=taylor_form)
         self.n_features = self.phi.out_dim

@@ -68,6 +68,11 @@ class MemLM(nn.Module):
                  d_hidden: int | None = None, tie_embeddings: bool = True,
                  norm_eps: float = 1e-6, init_std: float = 0.02):
         super().__init__()
+        for key, val in (("vocab_size", vocab_size), ("d_model", d_model)):
+            if not isinstance(val, int) or isinstance(val, bool) or val < 1:
+                raise ValueError(f"MemLM: {key} must be a positive int, got {val!r}")
+        if d_hidden is not None and (not isinstance(d_hidden, int) or d_hidden < 0):
+            raise ValueError(f"MemLM: d_hidden must be an int >= 0 or None, got {d_hidden!r}")
         if not isinstance(mixers, Mapping) or not mixers:
             raise ValueError("MemLM: mixers must be a non-empty mapping of slot name -> factory")
         if isinstance(layer_pattern, str) or not layer_pattern:
