@@ -24,12 +24,20 @@ Positions, ``sink_positions``:
 (the paper's dedicated sink token for pre-training). We make it position-free: it is scored
 with the un-rotated query, so it needs no slot and never leaves the cache.
 
-State. Full attention: a KV cache that grows by one entry per token. Window: the S sink
+State. Full attention: a KV cache that grows by one entry per token; under ``no_grad``
+(generation, evaluation) it appends in place into spare capacity (amortised O(1) per token,
+see ``_KVBuffer``), and states stay functional: an older state that is continued again (a
+branch) copies first, so no state ever sees its entries change. Window: the S sink
 entries plus the W-1 most recent entries (the current token comes from the input), a
-constant size. Every pass over the window goes through the banded op
+constant size. A state is checked against what ``init_state`` makes for this configuration
+(the KV cache's length is the declared growing dimension). Every pass over the window goes through the banded op
 ``memarch.kernels.sliding_window_attn`` (memory O(T (W + block)), never a T x T mask; Triton
 on CUDA); decode is the T = 1 case. A learned sink, or a batch whose sequences sit at
 different positions, takes an equivalent blocked PyTorch path in this module.
+
+Causality holds for any input: a NaN/inf at token t changes no output before t. Masks
+select (masked scores), values are made finite before a matmul whose weights can be zero,
+and every query that sees a non-finite key or value gets a NaN output.
 """
 
 from __future__ import annotations
