@@ -13,27 +13,33 @@ import platform
 import sys
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from memarch.data.text import iter_jsonl
 
+if TYPE_CHECKING:
+    from typing_extensions import Self
+
 __all__ = ["JsonlWriter", "environment", "mean", "progress", "read_jsonl", "write_json"]
 
 
-def read_jsonl(path: str | Path, *, required: Iterable[str] = (), what: str = "data") -> list[dict]:
-    """Read a JSONL file; a malformed line or a missing field raises naming the line."""
+def read_jsonl(path: str | Path, *, required: Iterable[str] = (), what: str = "data",
+               line_numbers: bool = False) -> list[dict] | list[tuple[int, dict]]:
+    """Read a JSONL file; a malformed line or a missing field raises naming the line.
+    ``line_numbers``: ``(line number, object)`` pairs (blank lines are skipped)."""
     p = Path(path)
     if not p.is_file():
         raise FileNotFoundError(f"{what}: file not found: {p}")
+    required = list(required)
     rows = []
     for n, obj in iter_jsonl(p):
         missing = [k for k in required if k not in obj]
         if missing:
             raise ValueError(f"{p}: line {n}: missing field(s) {missing} (expected "
                              f"{sorted(required)})")
-        rows.append(obj)
+        rows.append((n, obj) if line_numbers else obj)
     return rows
 
 
@@ -71,7 +77,7 @@ class JsonlWriter:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._f = None
 
-    def __enter__(self) -> JsonlWriter:
+    def __enter__(self) -> Self:
         self._f = self.path.open("w", encoding="utf-8")
         return self
 

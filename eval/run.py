@@ -4,7 +4,8 @@ Task names: the synthetic suites (``memarch.eval.synthetic.SUITES``: passkey, ne
 mqar, ruler_*), ``perplexity``, and the LongBench names (``longbench``, ``longbench_e``,
 ``longbench:<dataset>``, ``longbench_e:<dataset>``). Each suite's settings are the keyword
 arguments of its function (``settings[<name>]``); LongBench's are ``run_longbench``'s.
-Results: ``<out_dir>/<task>.json`` (+ ``.jsonl``, PNGs) and ``<out_dir>/summary.json``.
+Results: ``<out_dir>/<task>.json`` (+ ``.jsonl``, PNGs) and ``<out_dir>/summary.json`` (also
+when a suite fails: the suites that finished, and ``failed``; the error is then re-raised).
 """
 
 from __future__ import annotations
@@ -56,8 +57,11 @@ def evaluate(model, tasks: Sequence[str], out_dir: str | Path, *,
              settings: Mapping[str, Mapping] | None = None,
              longbench: Mapping | None = None, verbose: bool = True) -> dict:
     """Run ``tasks`` on ``model`` (an EvalModel); returns {task: summary} and writes
-    ``summary.json``. All names and settings are checked before anything runs."""
-    from memarch.eval.longbench.run import run_longbench
+    ``summary.json``. All names and settings (and LongBench's prompts and data) are checked
+    before anything runs. If a suite fails, ``summary.json`` is still written with the suites
+    (and LongBench tasks) that finished and ``failed`` (task and error), and the error is
+    re-raised."""
+    from memarch.eval.longbench.run import prepare_longbench, run_longbench, run_prepared
     tasks = [tasks] if isinstance(tasks, str) else list(tasks)
     validate_tasks(tasks)
     settings = dict(settings or {})
@@ -69,23 +73,38 @@ def evaluate(model, tasks: Sequence[str], out_dir: str | Path, *,
             for t in tasks if t in table}
     lb = [t for t in tasks if lb_tasks.is_longbench(t)]
     lb_kw = check_settings(run_longbench, longbench or {}, "longbench", exclude=("tasks",))
-    if lb:
-        from memarch.eval.longbench.data import load_prompts
-        load_prompts(lb_kw.get("prompts"), [])            # fail now, not after other suites
+    plan = prepare_longbench(model, tasks=lb, **lb_kw) if lb else None   # fail now, not later
     out_dir = Path(out_dir)
     results, t0 = {}, time.time()
-    for t in tasks:
-        if t in runs:
-            results[t] = table[t](model, out_dir, **runs[t])
-    if lb:
-        results["longbench"] = run_longbench(model, out_dir, tasks=lb, **lb_kw)
-    summary = {"model": model.name, "tasks": tasks, "results": results,
+
+    def summary(failed=None) -> dict:
+        out = {"model": model.name, "tasks": tasks, "results": results,
                "environment": environment(model.device), "seconds": time.time() - t0}
-    write_json(out_dir / "summary.json", summary)
+        if failed is not None:
+            out["failed"] = failed
+        return out
+
+    current, lb_out = None, {}
+    try:
+        for t in tasks:
+            if t in runs:
+                current = t
+                results[t] = table[t](model, out_dir, **runs[t])
+        if plan is not None:
+            current = "longbench"
+            results["longbench"] = run_prepared(model, out_dir, plan, into=lb_out)
+    except BaseException as e:
+        if lb_out.get("tasks"):                       # the LongBench tasks that finished
+            results["longbench"] = lb_out
+        failed = lb_out.get("failed") or {"task": current, "error": f"{type(e).__name__}: {e}"}
+        write_json(out_dir / "summary.json", summary(failed))
+        raise
+    out = summary()
+    write_json(out_dir / "summary.json", out)
     if verbose:
         print(format_table(results))
         print(f"results: {out_dir}")
-    return summary
+    return out
 
 
 def _rows(results: Mapping[str, dict]):

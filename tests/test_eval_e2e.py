@@ -37,7 +37,7 @@ def _cli(*args, timeout=300):
     env = {**os.environ, "TRITON_INTERPRET": "1", "HF_HUB_OFFLINE": "1",
            "HF_DATASETS_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
     return subprocess.run([sys.executable, "-m", "memarch.eval", *args], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=timeout)
+                          capture_output=True, text=True, timeout=timeout, check=False)
 
 
 def _longbench_files(tmp):
@@ -126,6 +126,42 @@ def test_command_line_errors_are_one_clear_line(byte_ckpt, tmp_path, checks):
     r = _cli(f"checkpoint={byte_ckpt}", "tasks=[mqar]", "+batchsize=3", f"out_dir={tmp_path}")
     checks.true(r.returncode != 0 and "unknown key(s) ['batchsize']" in r.stderr,
                 r.stderr[-2000:])
+
+
+def test_longbench_data_and_setting_errors_from_the_command_line(byte_ckpt, tmp_path, checks):
+    """Probe (command line): ``longbench.limit=0`` and a trec row with ``all_classes: null``
+    are one clear line each (naming ``longbench.limit``; the file, line and task), before any
+    suite runs; empty ``answers`` and a ``longbench.max_length`` too small for the
+    template give warnings (task, count / lengths) and the run goes on."""
+    prompts, data = _longbench_files(tmp_path)
+    lb = [f"longbench.prompts={prompts}", f"longbench.data_dir={data}"]
+    r = _cli(f"checkpoint={byte_ckpt}", "tasks=[longbench:triviaqa]", *lb, "longbench.limit=0",
+             f"out_dir={tmp_path / 'a'}")
+    checks.true(r.returncode != 0 and "longbench.limit must be a positive int or null" in r.stderr
+                and "Traceback" not in r.stderr, r.stderr[-2000:])
+    trec = {"input": "What is it?", "context": "Type: Location", "answers": ["Location"],
+            "length": 10, "dataset": "trec", "language": "en", "all_classes": None, "_id": "t0"}
+    (data / "trec.jsonl").write_text(json.dumps(trec) + "\n")
+    (tmp_path / "dataset2prompt.json").write_text(json.dumps({**PROMPTS,
+                                                               "trec": "{context}\n{input}"}))
+    r = _cli(f"checkpoint={byte_ckpt}", "tasks=[passkey,longbench:trec]", *lb,
+             f"out_dir={tmp_path / 'b'}")
+    checks.true(r.returncode != 0 and "trec.jsonl: line 1" in r.stderr
+                and "'trec'" in r.stderr and "all_classes" in r.stderr
+                and "Traceback" not in r.stderr, r.stderr[-2000:])
+    checks.true(not list((tmp_path / "b").glob("*.json*")), "checked before passkey ran")
+    rows = [json.loads(x) for x in (data / "triviaqa.jsonl").read_text().splitlines()]
+    rows[1]["answers"] = []
+    (data / "triviaqa.jsonl").write_text("".join(json.dumps(x) + "\n" for x in rows))
+    r = _cli(f"checkpoint={byte_ckpt}", "tasks=[longbench:triviaqa]", *lb,
+             "longbench.max_length=60", f"out_dir={tmp_path / 'c'}")
+    assert r.returncode == 0, r.stderr[-3000:]
+    checks.true("longbench:triviaqa: 1 of 2 examples have empty 'answers'" in r.stderr,
+                r.stderr[-2000:])
+    checks.true("longbench:triviaqa: the prompt template without the context" in r.stderr
+                and "longbench.max_length=60" in r.stderr, r.stderr[-2000:])
+    lbs = json.loads((tmp_path / "c" / "longbench.json").read_text())
+    checks.true(lbs["tasks"]["longbench:triviaqa"]["n_examples"] == 2, f"{lbs['tasks']}")
 
 
 def test_longbench_fields_are_the_official_ones(checks):

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 from lm_helpers import hybrid_lm
+from memarch.eval.longbench import metrics
 from memarch.eval.longbench import tasks as lb
 from memarch.eval.longbench.run import build_prompt_ids, run_longbench, truncate_middle
 from memarch.eval.model import EvalModel
@@ -268,3 +269,182 @@ def test_text_suite_on_a_token_level_model_says_so(tmp_path):
     passkey_model = EvalModel(hybrid_lm(vocab=256), "byte")     # bytes only, no end-of-text id
     passkey_model.encode("text")
     assert passkey_model.eos_id is None
+
+
+# -- issue 10 part 5: bad data and settings ------------------------------------------------
+TREC = "Classify.\n\n{context}\n{input}"
+
+
+@pytest.mark.parametrize("task", ["trec", "lsht"])
+@pytest.mark.parametrize("bad_row", [{"all_classes": None}, "drop"])
+def test_classification_row_without_all_classes_fails_before_generation(task, bad_row,
+                                                                        tmp_path, checks):
+    """Probe: a trec / lsht row with ``all_classes: null`` (or no ``all_classes`` key) on
+    line 2 of the file of the second task; the error names the file, task and line, and
+    comes before the first task generates anything."""
+    prompts = tmp_path / "p.json"
+    prompts.write_text(json.dumps({**PROMPTS, task: TREC}))
+    data = tmp_path / "data"
+    _write(data / "triviaqa.jsonl", [_example(0, answers=["Paris"], length=1,
+                                              dataset="triviaqa")])
+    classes = ["Location", "Person"]
+    bad = _example(2, answers=["Person"], length=1, dataset=task, all_classes=classes)
+    if bad_row == "drop":
+        del bad["all_classes"]
+    else:
+        bad.update(bad_row)
+    _write(data / f"{task}.jsonl", [_example(1, answers=["Person"], length=1, dataset=task,
+                                             all_classes=classes), bad])
+    m = Scripted({"question": "Person"})
+    what = "all_classes" if bad_row != "drop" else r"missing field\(s\) \['all_classes'\]"
+    with pytest.raises(ValueError, match=rf"{task}.jsonl: line 2.*{what}") as e:
+        evaluate(m, ["longbench:triviaqa", f"longbench:{task}"], tmp_path / "out",
+                 longbench={"prompts": str(prompts), "data_dir": str(data)}, verbose=False)
+    if bad_row != "drop":
+        checks.true(f"LongBench task '{task}'" in str(e.value) and "id2" in str(e.value),
+                    f"task and _id named: {e.value}")
+    checks.true(m.calls == [], "no generation before the error")
+    checks.true(not (tmp_path / "out").exists(), "nothing written")
+    # with a valid class list the task runs
+    _write(data / f"{task}.jsonl", [_example(1, answers=["Person"], length=1, dataset=task,
+                                             all_classes=classes)])
+    out = run_longbench(m, tmp_path / "ok", tasks=[f"longbench:{task}"], prompts=str(prompts),
+                        data_dir=str(data))
+    checks.true(out["tasks"][f"longbench:{task}"]["score"] == 100.0, f"{out['tasks']}")
+
+
+@pytest.mark.parametrize("limit", [0, -1, 1.5, True, "3"])
+def test_longbench_limit_must_be_positive(limit, lb_files, tmp_path, checks):
+    """Probe: ``longbench.limit=0`` (and -1, 1.5, true, "3") is an error naming
+    ``longbench.limit``, not a ZeroDivisionError (0) or a silently dropped last row (-1)."""
+    prompts, data = lb_files
+    msg = r"longbench.limit must be a positive int or null"
+    with pytest.raises(ValueError, match=msg):
+        evaluate(_model(), ["longbench:triviaqa"], tmp_path,
+                 longbench={"prompts": str(prompts), "data_dir": str(data), "limit": limit},
+                 verbose=False)
+    with pytest.raises(ValueError, match=msg):
+        run_longbench(_model(), tmp_path, tasks=["longbench:triviaqa"], prompts=str(prompts),
+                      data_dir=str(data), limit=limit)
+    m = Scripted({"question": "Paris"})
+    out = run_longbench(m, tmp_path / "one", tasks=["longbench:triviaqa"], prompts=str(prompts),
+                        data_dir=str(data), limit=1)
+    checks.true(out["tasks"]["longbench:triviaqa"]["n_examples"] == 1 and len(m.calls) == 1,
+                "limit=1: the first example")
+
+
+@pytest.mark.parametrize("max_length", [1, 0, 2.5])
+def test_longbench_max_length_below_two_names_the_key(max_length, lb_files, tmp_path):
+    """Probe: ``longbench.max_length=1`` (0, 2.5) is an error naming ``longbench.max_length``
+    before any generation (it used to fail only on the first prompt that needed cutting)."""
+    prompts, data = lb_files
+    with pytest.raises(ValueError, match=r"longbench.max_length must be an int >= 2"):
+        run_longbench(Scripted({}), tmp_path, tasks=["longbench:triviaqa"],
+                      prompts=str(prompts), data_dir=str(data), max_length=max_length)
+
+
+def test_empty_answers_warn_with_the_count_and_score_zero(tmp_path, checks):
+    """Probe: 2 of 3 triviaqa rows with ``answers: []``: a warning names the task and the
+    count; those rows score 0 and count in the mean, as the official eval.py (its max over
+    gold answers starts at 0) -- the same number as ``metrics.scorer``."""
+    prompts = tmp_path / "p.json"
+    prompts.write_text(json.dumps(PROMPTS))
+    rows = [_example(0, answers=["Paris"], length=1, dataset="triviaqa"),
+            _example(1, answers=[], length=1, dataset="triviaqa"),
+            _example(2, answers=[], length=1, dataset="triviaqa")]
+    _write(tmp_path / "triviaqa.jsonl", rows)
+    m = Scripted({"question": "Paris"})
+    with pytest.warns(UserWarning, match=r"longbench:triviaqa: 2 of 3 examples have empty "
+                                         r"'answers' \(_id 'id1', 'id2'\); they score 0"):
+        out = run_longbench(m, tmp_path / "o", tasks=["longbench:triviaqa"],
+                            prompts=str(prompts), data_dir=str(tmp_path))
+    t = out["tasks"]["longbench:triviaqa"]
+    official = metrics.scorer("qa_f1_score", ["Paris"] * 3, [r["answers"] for r in rows],
+                              first_line=True)
+    checks.true(t["score"] == 33.33 == official and t["n_examples"] == 3, f"{t}, {official}")
+
+
+def test_max_length_too_small_for_the_template_warns(lb_files, tmp_path, checks, recwarn):
+    """Probe: ``longbench.max_length=40`` for qasper, whose template around the context
+    ("Read.\\n\\n" before, "\\n\\nQuestion: question 0\\nAnswer:" after: 7 + 30 byte tokens)
+    does not fit in the 20 tokens each side that middle truncation keeps: a warning names
+    the task, the template's length and max_length; the run goes on. 3500: no warning."""
+    prompts, data = lb_files
+    _write(data / "qasper.jsonl", [_example(0, answers=["x"], length=1, dataset="qasper")])
+    m = Scripted({"": "x"})
+    with pytest.warns(UserWarning, match=r"longbench:qasper: the prompt template without the "
+                                         r"context is up to 37 tokens \(7 before the context, "
+                                         r"30 after.*longbench.max_length=40 keeps only the "
+                                         r"first and last 20 tokens"):
+        out = run_longbench(m, tmp_path / "o", tasks=["longbench:qasper"], prompts=str(prompts),
+                            data_dir=str(data), max_length=40)
+    checks.true(out["tasks"]["longbench:qasper"]["n_examples"] == 1, "the run goes on")
+    recwarn.clear()
+    run_longbench(m, tmp_path / "o2", tasks=["longbench:qasper"], prompts=str(prompts),
+                  data_dir=str(data), max_length=3500)
+    checks.true(not [w for w in recwarn if "template" in str(w.message)], "3500: no warning")
+
+
+class FailsOn(Scripted):
+    """A Scripted model that raises when the prompt holds ``marker``."""
+
+    def __init__(self, script, marker):
+        super().__init__(script)
+        self.marker = marker
+
+    def generate_text(self, prompt_ids, max_new_tokens, **kw):
+        if self.marker in self.decode(prompt_ids):
+            raise RuntimeError("out of memory (simulated)")
+        return super().generate_text(prompt_ids, max_new_tokens, **kw)
+
+
+def test_longbench_json_keeps_finished_tasks_when_a_later_task_fails(lb_files, tmp_path,
+                                                                       checks):
+    """Probe: the second LongBench task raises mid-way: ``longbench.json`` holds the first
+    task's score and ``failed`` (task and error), and the error is re-raised."""
+    prompts, data = lb_files
+    m = FailsOn({"question": "Paris"}, marker="question 3")
+    with pytest.raises(RuntimeError, match="simulated"):
+        run_longbench(m, tmp_path, tasks=["longbench:triviaqa", "longbench_e:passage_count"],
+                      prompts=str(prompts), data_dir=str(data))
+    s = json.loads((tmp_path / "longbench.json").read_text())
+    checks.true(list(s["tasks"]) == ["longbench:triviaqa"], f"{s['tasks']}")
+    checks.true(s["failed"] == {"task": "longbench_e:passage_count",
+                                "error": "RuntimeError: out of memory (simulated)"}, f"{s}")
+    checks.true("longbench_avg" in s and "longbench_e_avg" not in s, "averages of finished")
+
+
+@pytest.mark.parametrize("fail_in", ["needle", "longbench_e:passage_count"])
+def test_summary_json_keeps_finished_suites_when_a_later_one_fails(fail_in, lb_files, tmp_path,
+                                                                   monkeypatch, checks):
+    """Probe: evaluate(passkey, needle, longbench:triviaqa, longbench_e:passage_count) where
+    needle (a suite) or passage_count (a LongBench task, after triviaqa) raises:
+    ``summary.json`` holds what finished and ``failed``; the error is re-raised."""
+    import memarch.eval.run as run_mod
+    prompts, data = lb_files
+
+    def passkey(model, out_dir):
+        return {"score": 50.0, "n_examples": 2}
+
+    def needle(model, out_dir):
+        if fail_in == "needle":
+            raise RuntimeError("needle broke")
+        return {"score": 10.0}
+
+    monkeypatch.setattr(run_mod, "suites", lambda: {"passkey": passkey, "needle": needle})
+    m = FailsOn({"question": "Paris"}, marker="question 3")
+    tasks = ["passkey", "needle", "longbench:triviaqa", "longbench_e:passage_count"]
+    with pytest.raises(RuntimeError):
+        evaluate(m, tasks, tmp_path, longbench={"prompts": str(prompts), "data_dir": str(data)},
+                 verbose=False)
+    s = json.loads((tmp_path / "summary.json").read_text())
+    checks.true(s["tasks"] == tasks and s["results"]["passkey"]["score"] == 50.0, f"{s}")
+    checks.true(s["failed"]["task"] == fail_in, f"{s['failed']}")
+    if fail_in == "needle":
+        checks.true(list(s["results"]) == ["passkey"] and m.calls == [], "LongBench not run")
+        checks.true(s["failed"]["error"] == "RuntimeError: needle broke", f"{s['failed']}")
+    else:
+        checks.true(list(s["results"]) == ["passkey", "needle", "longbench"], f"{s}")
+        checks.true(list(s["results"]["longbench"]["tasks"]) == ["longbench:triviaqa"], f"{s}")
+        checks.true(s["results"]["longbench"] == json.loads(
+            (tmp_path / "longbench.json").read_text()), "longbench.json == summary entry")

@@ -72,16 +72,40 @@ def data_file(data_name: str, data_dir: str | Path | None) -> Path:
     return p
 
 
+def check_limit(limit) -> None:
+    """``longbench.limit``: None (every example) or a positive int."""
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+        raise ValueError(f"longbench.limit must be a positive int or null (all examples), got "
+                         f"{limit!r}")
+
+
+def _is_class_list(c) -> bool:
+    return isinstance(c, list) and bool(c) and all(isinstance(x, str) for x in c)
+
+
 def load_examples(data_name: str, data_dir: str | Path | None = None, *,
-                  limit: int | None = None) -> list[dict]:
-    """The examples of one dataset (``limit``: the first n), checked field by field."""
+                  limit: int | None = None, metric: str | None = None) -> list[dict]:
+    """The examples of one dataset (``limit``: the first n), checked field by field.
+
+    ``metric``: the task's metric; ``classification_score`` (trec, lsht) needs every used
+    example's ``all_classes`` to be a non-empty list of class labels (the official scorer
+    iterates over it), else this raises naming the file and the line."""
+    check_limit(limit)
     p = data_file(data_name, data_dir)
-    rows = read_jsonl(p, required=FIELDS, what=f"LongBench {data_name}")
-    for n, r in enumerate(rows, 1):
+    rows = read_jsonl(p, required=FIELDS, what=f"LongBench {data_name}", line_numbers=True)
+    for n, r in rows:
         if not isinstance(r["answers"], list) or not all(isinstance(a, str)
                                                          for a in r["answers"]):
-            raise ValueError(f"{p}: example {n} (_id {r['_id']!r}): 'answers' must be a list "
+            raise ValueError(f"{p}: line {n} (_id {r['_id']!r}): 'answers' must be a list "
                              f"of strings, got {r['answers']!r}")
     if not rows:
         raise ValueError(f"{p}: no examples")
-    return rows[:limit] if limit is not None else rows
+    rows = rows[:limit] if limit is not None else rows
+    if metric == "classification_score":
+        for n, r in rows:
+            if not _is_class_list(r["all_classes"]):
+                raise ValueError(
+                    f"{p}: line {n} (_id {r['_id']!r}): LongBench task {data_name!r} is scored "
+                    f"by classification_score, which needs 'all_classes' (a non-empty list of "
+                    f"the class labels, as in the official data), got {r['all_classes']!r}")
+    return [r for _, r in rows]
