@@ -27,7 +27,9 @@ def main(cfg: DictConfig) -> None:
                                           chunk_size=c["chunk_size"])
         evaluate(model, c["tasks"], c["out_dir"], settings=c["settings"],
                  longbench=c["longbench"])
-    except (ValueError, FileNotFoundError) as e:
+    # ValueError includes memarch.checkpoint.CheckpointError (corrupt, truncated or unsafe
+    # file) and memarch.config.TargetNotAllowedError; OSError an unreadable file
+    except (ValueError, OSError) as e:
         raise SystemExit(f"memarch.eval: {e}") from None
 
 

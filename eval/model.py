@@ -61,7 +61,10 @@ class EvalModel:
                         device: str = "cpu", dtype: str | torch.dtype | None = None,
                         chunk_size: int = 2048) -> EvalModel:
         """Rebuild a training checkpoint (``memarch.checkpoint.load``). The tokenizer is
-        ``tokenizer`` if given, else the one the training data used, else bytes."""
+        ``tokenizer`` if given, else the one the training data used, else bytes. Loading runs
+        no code from the file: a corrupt, truncated or unsafe file raises
+        ``memarch.checkpoint.CheckpointError`` and a config naming a target outside the
+        allow-list ``memarch.config.TargetNotAllowedError`` (both ValueErrors)."""
         from memarch.checkpoint import TOKENIZER_KEY, load
         loaded = load(path)
         tok = tokenizer or loaded.checkpoint.get(TOKENIZER_KEY) or "byte"

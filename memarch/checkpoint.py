@@ -4,19 +4,31 @@ Training checkpoints (Lightning's) carry the resolved model config under
 ``"memarch_model_config"`` and the training data's tokenizer under ``"memarch_tokenizer"``; ``load`` rebuilds the network from it with
 ``memarch.config.instantiate`` and loads the weights (the LightningModule stores the network
 as ``net``, so its keys start with ``"net."``).
+
+Loading never runs code from the file: ``read`` unpickles with ``torch.load(weights_only=True)``
+(tensors, numbers, strings, containers: all a memarch training checkpoint holds, RNG and
+optimizer states included, so no extra safe globals are needed), and the
+config builds only allow-listed ``_target_``s (see ``memarch.config``). A file that is not a
+checkpoint, is truncated, or holds other Python objects raises ``CheckpointError`` (a
+ValueError) naming the path.
 """
 
 from __future__ import annotations
 
+import pickle
 from pathlib import Path
 from typing import Any, NamedTuple
 
 import torch
 
-from memarch.config import instantiate
+from memarch.config import TargetNotAllowedError, instantiate
 
 CONFIG_KEY = "memarch_model_config"
 TOKENIZER_KEY = "memarch_tokenizer"   # the training data's tokenizer name/path (None: token task)
+
+
+class CheckpointError(ValueError):
+    """The file cannot be read as a memarch checkpoint (corrupt, truncated or unsafe)."""
 
 
 class Loaded(NamedTuple):
@@ -26,12 +38,41 @@ class Loaded(NamedTuple):
 
 
 def read(path: str | Path, *, map_location: Any = "cpu") -> dict:
+    """The checkpoint dict in ``path``, unpickled with ``weights_only=True``."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint: file not found: {path}")
-    # weights_only=False: Lightning checkpoints hold optimizer/loop states; only load
-    # checkpoints you trust.
-    return torch.load(path, map_location=map_location, weights_only=False)
+    with open(path, "rb") as f:                 # a permission error is reported as such
+        try:
+            ckpt = torch.load(f, map_location=map_location, weights_only=True)
+        except pickle.UnpicklingError as e:
+            # torch's weights-only unpickler names a refused class/function as
+            # "GLOBAL mod.name"; any other unpickling error means bytes that are not a pickle
+            why = next((ln.strip() for ln in str(e).splitlines() if "GLOBAL" in ln), None)
+            if why is None:
+                raise _corrupt(path, e) from None
+            raise CheckpointError(
+                f"checkpoint {path}: refused: it holds Python objects other than tensors and "
+                f"plain data, which could run code when loaded ({why}); memarch loads "
+                "checkpoints with torch.load(weights_only=True) only") from None
+        except (RuntimeError, EOFError, OSError, ValueError, KeyError, IndexError, TypeError,
+                AttributeError) as e:           # what torch's zip/pickle readers raise
+            raise _corrupt(path, e) from None
+    if not isinstance(ckpt, dict):
+        raise CheckpointError(f"checkpoint {path}: not a memarch checkpoint (it holds a "
+                              f"{type(ckpt).__name__}, not a dict)")
+    return ckpt
+
+
+def _corrupt(path: Path, e: Exception) -> CheckpointError:
+    """One short line: torch's messages run on with advice that does not apply here."""
+    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+    detail = next((ln for ln in lines if "Unsupported operand" in ln), lines[0] if lines else "")
+    detail = detail.split(". ")[0][:160]
+    if path.stat().st_size == 0:
+        detail = "the file is empty"
+    return CheckpointError(f"checkpoint {path}: not a memarch checkpoint or truncated "
+                           f"({type(e).__name__}: {detail})")
 
 
 def load(path: str | Path, *, map_location: Any = "cpu", strict: bool = True) -> Loaded:
@@ -43,7 +84,9 @@ def load(path: str | Path, *, map_location: Any = "cpu", strict: bool = True) ->
     cfg = ckpt[CONFIG_KEY]
     try:
         model = instantiate(cfg)
-    except Exception as e:  # noqa: BLE001 - re-raised with the config for context
+    except TargetNotAllowedError as e:
+        raise TargetNotAllowedError(f"checkpoint {path}: {e}") from None
+    except Exception as e:  # re-raised with the config for context
         raise ValueError(f"checkpoint {path}: cannot rebuild the model from its config "
                          f"{cfg!r}: {type(e).__name__}: {e}") from e
     sd = {k[len("net."):]: v for k, v in ckpt["state_dict"].items() if k.startswith("net.")}

@@ -1,5 +1,9 @@
 """Checkpoint I/O that never leaves a half-written file: write to ``<path>.tmp``, then
-``os.replace`` (atomic on POSIX), so a crash or SIGKILL mid-save keeps the previous file."""
+``os.replace`` (atomic on POSIX), so a crash or SIGKILL mid-save keeps the previous file.
+
+If the save fails (disk full, quota, I/O error), the partial ``.tmp`` is removed, the
+previous checkpoint at ``path`` is left untouched, and an ``OSError`` naming the path is
+raised (same errno); any other failure also removes the ``.tmp`` and propagates as is."""
 
 from __future__ import annotations
 
@@ -15,5 +19,12 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(path.name + ".tmp")
-        torch.save(checkpoint, tmp)
-        os.replace(tmp, path)
+        try:
+            torch.save(checkpoint, tmp)
+            os.replace(tmp, path)
+        except BaseException as e:
+            tmp.unlink(missing_ok=True)
+            if isinstance(e, OSError):
+                raise OSError(e.errno, f"cannot save checkpoint {path}: {e.strerror or e}; "
+                                       "the previous file (if any) is kept") from e
+            raise
