@@ -61,3 +61,39 @@ def test_text_packing_and_segments(tmp_path, checks):
             doc, k = (s // 4) * 3 + b, s % 4
             checks.equal(it["input_ids"], base[doc]["input_ids"][16 * k:16 * k + 16],
                          f"step {s} row {b}")
+
+
+def test_text_files_check_settings_and_documents(tmp_path, checks):
+    """Probe: TextFiles with seq_len <= 0 or val_fraction outside (0, 1), a non-UTF-8 .txt
+    (file + byte offset), JSONL text fields that are null / numbers (file + line); valid
+    multi-byte UTF-8 in .txt and .jsonl still reads exactly."""
+    import pytest
+
+    from memarch.data.text import DataError, iter_jsonl, read_documents
+    f = tmp_path / "t.txt"
+    f.write_text("abcdefghij" * 50)
+    for kw, pat in [(dict(seq_len=0), r"data\.dataset\.seq_len must be an int >= 1"),
+                    (dict(seq_len=-3), r"data\.dataset\.seq_len must be an int >= 1"),
+                    (dict(seq_len=16, val_fraction=1.0), r"val_fraction must lie in \(0, 1\)"),
+                    (dict(seq_len=16, val_fraction=0.0), r"val_fraction must lie in \(0, 1\)"),
+                    (dict(seq_len=10 ** 6), r"fewer than 2 chunks of data\.dataset\.seq_len")]:
+        with pytest.raises(DataError, match=pat):
+            TextFiles(paths=[f], **kw)
+        checks.n += 1
+    good = tmp_path / "u.jsonl"
+    good.write_bytes('{"text": "naïve café"}\r\n\n{"text": "日本"}\n'.encode())
+    checks.true([n for n, _ in iter_jsonl(good)] == [1, 3], "line numbers skip blank lines")
+    checks.true(read_documents([good]) == ["naïve café", "日本"], "UTF-8 JSONL text")
+    (tmp_path / "u.txt").write_text("ünïcode ✓")
+    checks.true(read_documents([tmp_path / "u.txt"]) == ["ünïcode ✓"], "UTF-8 text")
+    bad = tmp_path / "bad.txt"
+    bad.write_bytes("ok ✓\n".encode() + b"\x80 rest")
+    with pytest.raises(DataError, match=r"bad\.txt: byte offset 7: not UTF-8 text \(byte 0x80"):
+        read_documents([bad])
+    for value, kind in [("null", "null"), ("42", r"a number \(42\)"), ("1.5", r"a number"),
+                        ("true", r"a boolean"), ('["a"]', "a list")]:
+        j = tmp_path / "v.jsonl"
+        j.write_text(f'{{"text": "x"}}\n{{"text": {value}}}\n')
+        with pytest.raises(DataError, match=rf"v\.jsonl: line 2: field 'text' is {kind}"):
+            read_documents([j])
+        checks.n += 1

@@ -135,7 +135,7 @@ def _text_cfg(tmp_path, paths, extra=()):
 
 
 @pytest.mark.parametrize("name,content,exc,pattern", [
-    ("nope.txt", None, FileNotFoundError, r"data.paths: data file not found: .*nope.txt"),
+    ("nope.txt", None, FileNotFoundError, r"data\.dataset\.paths: data file not found: .*nope.txt"),
     ("empty.txt", "", ValueError, r"data file is empty .*empty.txt"),
     ("bad.jsonl", '{"text": "fine"}\n{"text": "also fine"}\n{"text": broken\n', ValueError,
      r"bad.jsonl: line 3: malformed JSON"),

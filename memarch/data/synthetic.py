@@ -31,12 +31,15 @@ class MQAR(Dataset):
     def __init__(self, *, seq_len: int = 64, num_kv_pairs: int = 8, num_keys: int = 32,
                  num_values: int = 32, power_a: float = 0.01, seed: int = 0,
                  split: str = "train", size: int = 2 ** 40):
+        if num_kv_pairs < 1:
+            raise ValueError(f"MQAR: data.dataset.num_kv_pairs must be >= 1, got {num_kv_pairs}")
         if seq_len < 4 * num_kv_pairs:
-            raise ValueError(f"MQAR: seq_len must be >= 4 * num_kv_pairs = {4 * num_kv_pairs}, "
-                             f"got {seq_len}")
+            raise ValueError(f"MQAR: data.dataset.seq_len must be >= 4 * "
+                             f"data.dataset.num_kv_pairs = {4 * num_kv_pairs}, got {seq_len}")
         if num_keys < num_kv_pairs or num_values < num_kv_pairs:
-            raise ValueError(f"MQAR: num_keys ({num_keys}) and num_values ({num_values}) must be "
-                             f">= num_kv_pairs ({num_kv_pairs})")
+            raise ValueError(f"MQAR: data.dataset.num_keys ({num_keys}) and "
+                             f"data.dataset.num_values ({num_values}) must be >= "
+                             f"data.dataset.num_kv_pairs ({num_kv_pairs})")
         self.seq_len, self.n = seq_len, num_kv_pairs
         self.num_keys, self.num_values = num_keys, num_values
         self.seed, self.size = seed, size
@@ -82,8 +85,8 @@ class Passkey(Dataset):
         q = "What is the pass key? The pass key is "
         need = len(self._needle("0" * n_digits)) + len(q) + n_digits
         if seq_len < need + 1:
-            raise ValueError(f"Passkey: seq_len must be > {need} for {n_digits} digits, "
-                             f"got {seq_len}")
+            raise ValueError(f"Passkey: data.dataset.seq_len must be > {need} for "
+                             f"data.dataset.n_digits={n_digits}, got {seq_len}")
         self.question = q
 
     @staticmethod

@@ -5,6 +5,9 @@ chunks of ``seq_len + 1`` tokens (stride ``seq_len``); item = (chunk[:-1], chunk
 The last ``val_fraction`` of the chunks (at least one) is the validation split. Training
 indices run over epochs: index i is chunk perm_e[i mod n] with e = i // n and perm_e a
 permutation seeded by (seed, e), so a run is deterministic and resumable by index.
+
+Bad data raises ``DataError`` naming the file and line (or byte offset, for text that is
+not UTF-8) and, for settings, the config key as typed (``data.dataset.seq_len``).
 """
 
 from __future__ import annotations
@@ -20,22 +23,61 @@ from torch.utils.data import Dataset
 from memarch.data.tokenizers import load_tokenizer
 
 
+class DataError(ValueError):
+    """Unusable data or data settings; the message names the file (and line or byte
+    offset) or the config key."""
+
+
+def decode_utf8(data: bytes, path, *, offset: int = 0, line: int | None = None) -> str:
+    """``data`` as UTF-8 text; otherwise ``DataError`` naming the file, the line and the
+    byte offset (in the file: ``offset`` is where ``data`` starts) of the first bad byte."""
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        where = f"line {line}, " if line is not None else ""
+        raise DataError(f"{path}: {where}byte offset {offset + e.start}: not UTF-8 text "
+                        f"(byte 0x{data[e.start]:02x}: {e.reason}); convert the file to UTF-8, "
+                        "e.g. iconv -f latin1 -t utf-8") from None
+
+
 def iter_jsonl(path: Path) -> Iterator[tuple[int, dict]]:
-    """``(line number, object)`` for each non-blank line of a JSONL file; a malformed line or
-    one that is not a JSON object raises naming the file and the line."""
-    with Path(path).open(encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
+    """``(line number, object)`` for each non-blank line of a JSONL file; a malformed line,
+    one that is not a JSON object or not UTF-8 raises naming the file and the line."""
+    with Path(path).open("rb") as f:
+        offset = 0
+        for n, raw in enumerate(f, 1):
+            line = decode_utf8(raw, path, offset=offset, line=n)
+            offset += len(raw)
             if not line.strip():
                 continue
             try:
                 obj = json.loads(line)
             except json.JSONDecodeError as e:
-                raise ValueError(f"{path}: line {n}: malformed JSON ({e.msg} at column "
-                                 f"{e.colno})") from None
+                raise DataError(f"{path}: line {n}: malformed JSON ({e.msg} at column "
+                                f"{e.colno})") from None
             if not isinstance(obj, dict):
-                raise ValueError(f"{path}: line {n}: expected a JSON object, got "
-                                 f"{type(obj).__name__}")
+                raise DataError(f"{path}: line {n}: expected a JSON object, got "
+                                f"{type(obj).__name__}")
             yield n, obj
+
+
+def _kind(v) -> str:
+    if v is None:
+        return "null"
+    if isinstance(v, bool):
+        return f"a boolean ({str(v).lower()})"
+    if isinstance(v, (int, float)):
+        return f"a number ({v!r})"
+    return {list: "a list", dict: "an object"}.get(type(v), type(v).__name__)
+
+
+def document_text(value, where: str, field: str) -> str:
+    """The text of a document's ``field``; anything but a string raises (never ``"None"``)."""
+    if not isinstance(value, str):
+        raise DataError(f"{where}: field {field!r} is {_kind(value)}, expected a string (the "
+                        "document's text); fix the data or set data.dataset.field to the "
+                        "text field")
+    return value
 
 
 def read_documents(paths: Sequence[str], field: str = "text") -> list[str]:
@@ -43,23 +85,36 @@ def read_documents(paths: Sequence[str], field: str = "text") -> list[str]:
     if isinstance(paths, (str, os.PathLike)):
         paths = [paths]
     if not paths:
-        raise ValueError("data.paths: no data files given (expected a list of .txt/.jsonl paths)")
+        raise DataError("data.dataset.paths: no data files given (expected a list of "
+                        ".txt/.jsonl paths)")
     docs = []
     for p in map(Path, paths):
         if not p.is_file():
-            raise FileNotFoundError(f"data.paths: data file not found: {p}")
+            raise FileNotFoundError(f"data.dataset.paths: data file not found: {p}")
         start = len(docs)
         if p.suffix == ".jsonl":
             for n, obj in iter_jsonl(p):
                 if field not in obj:
-                    raise ValueError(f"{p}: line {n}: no field {field!r} (set data.field to "
-                                     f"the name of the text field)")
-                docs.append(str(obj[field]))
+                    raise DataError(f"{p}: line {n}: no field {field!r} (it has "
+                                    f"{sorted(obj)[:10]}); set data.dataset.field to the "
+                                    "name of the text field")
+                docs.append(document_text(obj[field], f"{p}: line {n}", field))
         else:
-            docs.append(p.read_text(encoding="utf-8"))
+            docs.append(decode_utf8(p.read_bytes(), p))
         if not any(d.strip() for d in docs[start:]):
-            raise ValueError(f"data.paths: data file is empty (no text): {p}")
+            raise DataError(f"data.dataset.paths: data file is empty (no text): {p}")
     return docs
+
+
+def check_packing(seq_len, val_fraction) -> None:
+    """``data.dataset.seq_len`` >= 1 and ``data.dataset.val_fraction`` in (0, 1)."""
+    if isinstance(seq_len, bool) or not isinstance(seq_len, int) or seq_len < 1:
+        raise DataError(f"data.dataset.seq_len must be an int >= 1 (tokens per training "
+                        f"sequence), got {seq_len!r}")
+    if (isinstance(val_fraction, bool) or not isinstance(val_fraction, (int, float))
+            or not 0 < val_fraction < 1):
+        raise DataError(f"data.dataset.val_fraction must lie in (0, 1) (the share of the "
+                        f"chunks held out for validation, e.g. 0.01), got {val_fraction!r}")
 
 
 class PackedTokens(Dataset):
@@ -70,10 +125,12 @@ class PackedTokens(Dataset):
                  vocab_size: int | None = None):
         if split not in ("train", "val"):
             raise ValueError(f"split must be 'train' or 'val', got {split!r}")
+        check_packing(seq_len, val_fraction)
         n = (len(tokens) - 1) // seq_len
         if n < 2:
-            raise ValueError(f"data: {len(tokens)} tokens make fewer than 2 chunks of "
-                             f"seq_len={seq_len} + 1; use more text or a smaller seq_len")
+            raise DataError(f"data: {len(tokens)} tokens make fewer than 2 chunks of "
+                            f"data.dataset.seq_len={seq_len} + 1 tokens; use more text or a "
+                            "smaller data.dataset.seq_len")
         n_val = max(1, int(n * val_fraction))
         lo, hi = (0, n - n_val) if split == "train" else (n - n_val, n)
         self.tokens, self.seq_len, self.split, self.seed = tokens, seq_len, split, seed
@@ -113,6 +170,7 @@ def TextFiles(*, paths: Sequence[str], seq_len: int = 512, field: str = "text",
               tokenizer: str = "byte", split: str = "train", val_fraction: float = 0.01,
               seed: int = 0, size: int | None = None) -> PackedTokens:
     """Local .txt / .jsonl files (``field`` names the JSONL text field)."""
+    check_packing(seq_len, val_fraction)
     tok = load_tokenizer(tokenizer)
     return PackedTokens(_tokenize(read_documents(paths, field), tok), seq_len=seq_len,
                         split=split, val_fraction=val_fraction, seed=seed, size=size,
@@ -124,6 +182,7 @@ def HFText(*, name: str, config: str | None = None, hf_split: str = "train",
            split: str = "train", val_fraction: float = 0.01, seed: int = 0,
            size: int | None = None, max_documents: int | None = None) -> PackedTokens:
     """A Hugging Face dataset by name (online only)."""
+    check_packing(seq_len, val_fraction)
     if os.environ.get("HF_DATASETS_OFFLINE") == "1" or os.environ.get("HF_HUB_OFFLINE") == "1":
         raise RuntimeError(
             f"data=hf: cannot load the Hugging Face dataset {name!r}: offline "
@@ -134,7 +193,12 @@ def HFText(*, name: str, config: str | None = None, hf_split: str = "train",
     ds = datasets.load_dataset(name, config, split=hf_split)
     if max_documents is not None:
         ds = ds.select(range(min(max_documents, len(ds))))
+    if field not in ds.column_names:
+        raise DataError(f"data.dataset.field: the dataset {name!r} has no field {field!r} "
+                        f"(it has {ds.column_names})")
     tok = load_tokenizer(tokenizer)
-    return PackedTokens(_tokenize([str(r[field]) for r in ds], tok), seq_len=seq_len,
+    docs = [document_text(r[field], f"dataset {name!r} ({hf_split}): row {i}", field)
+            for i, r in enumerate(ds)]
+    return PackedTokens(_tokenize(docs, tok), seq_len=seq_len,
                         split=split, val_fraction=val_fraction, seed=seed, size=size,
                         vocab_size=tok.vocab_size)

@@ -48,7 +48,7 @@ def load_tokenizer(name: str | None = "byte"):
     if not p.exists() and os.environ.get("HF_HUB_OFFLINE") == "1":
         raise FileNotFoundError(
             f"tokenizer: {name!r} is neither a local tokenizer.json nor a folder, and the hub is "
-            "offline (HF_HUB_OFFLINE=1); pass data.tokenizer=byte or a local path")
+            "offline (HF_HUB_OFFLINE=1); pass data.dataset.tokenizer=byte or a local path")
     from transformers import AutoTokenizer
     tok = AutoTokenizer.from_pretrained(str(name))
     return _HFTokenizer(tok, tok.eos_token_id, len(tok))

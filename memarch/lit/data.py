@@ -50,6 +50,9 @@ class LMDataModule(pl.LightningDataModule):
         self.val_batch_size = val_batch_size or batch_size
         self.seed, self.val_seed, self.num_workers = seed, val_seed, num_workers
         self.stateful, self.segment_len = stateful, segment_len
+        for key, v in (("batch_size", batch_size), ("val_size", val_size)):
+            if v < 1:
+                raise ValueError(f"data.{key} must be >= 1, got {v}")
         if stateful and not segment_len:
             raise ValueError("data.stateful=true needs data.segment_len (tokens per step)")
         self.train_ds = self.val_ds = None
@@ -72,7 +75,10 @@ class LMDataModule(pl.LightningDataModule):
         if self.stateful:
             ds = StreamSegments(ds, global_batch=self.batch_size * world,
                                 segment_len=self.segment_len)
-        max_steps = t.max_steps if t is not None and t.max_steps > 0 else 10 ** 9
+        max_steps = t.max_steps if t is not None else 1
+        if max_steps < 1:
+            raise ValueError(f"trainer.max_steps must be >= 1 (training runs by steps), got "
+                             f"{max_steps}")
         sampler = StepBatchSampler(
             batch_size=self.batch_size, total=max_steps * accum, world_size=world, rank=rank,
             start=lambda: (t.global_step * accum) if t is not None else 0)

@@ -7,11 +7,21 @@ model state is carried from one step to the next (truncated BPTT over the segmen
 by ``memarch.data.StreamSegments``) and saved in checkpoints, so resume is exact.
 A non-finite loss or gradient stops training with ``NonFiniteLossError`` before the
 optimizer step, so no checkpoint ever holds the damaged weights.
+
+Divergence guard (a finite blow-up): once ``divergence_window`` training losses have been
+seen (the warm-up), a loss above ``divergence_factor`` x the median of the last
+``divergence_window`` normal losses (the median floored at 0.1, so noise around a loss near
+zero is no blow-up) for ``divergence_patience`` consecutive training steps stops training
+with ``LossBlowUpError``, naming the last checkpoint saved before the blow-up began. Losses
+over the threshold do not enter the window. ``divergence_factor=None`` turns the guard off.
+Under DDP the guard follows the loss averaged over ranks, so all ranks stop together.
 """
 
 from __future__ import annotations
 
 import random
+import statistics
+from collections import deque
 from typing import Any, Callable
 
 import lightning.pytorch as pl
@@ -25,16 +35,40 @@ from memarch.checkpoint import CONFIG_KEY, TOKENIZER_KEY
 from memarch.data.synthetic import IGNORE_INDEX
 
 
-class NonFiniteLossError(RuntimeError):
+class TrainingStopped(RuntimeError):
+    """Training was stopped to protect the run; train.py prints the message."""
+
+
+class NonFiniteLossError(TrainingStopped):
     pass
+
+
+class LossBlowUpError(TrainingStopped):
+    """A finite loss far above its running median for too many steps (see the docstring)."""
+
+
+_MEDIAN_FLOOR = 0.1       # nats: below it a relative jump is noise, not a blow-up
 
 
 class LitLM(pl.LightningModule):
     def __init__(self, *, net: nn.Module, optimizer: Callable[..., torch.optim.Optimizer],
                  scheduler: Callable[..., Any] | None = None, model_config: dict | None = None,
                  aux_loss_weight: float = 0.01, stateful: bool = False, compile: bool = False,
-                 tokenizer: str | None = None):
+                 tokenizer: str | None = None, divergence_factor: float | None = 10.0,
+                 divergence_window: int = 100, divergence_patience: int = 20):
         super().__init__()
+        if divergence_factor is not None and not divergence_factor > 1:
+            raise ValueError(f"module.divergence_factor must be > 1 (or null: no guard), got "
+                             f"{divergence_factor}")
+        for key, v in (("divergence_window", divergence_window),
+                       ("divergence_patience", divergence_patience)):
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ValueError(f"module.{key} must be an int >= 1, got {v!r}")
+        self.divergence_factor, self.divergence_patience = divergence_factor, divergence_patience
+        self._loss_window: deque[float] = deque(maxlen=divergence_window)  # normal losses
+        self._blowup_steps = 0                               # consecutive steps over it
+        self._blowup_since: int | None = None                # step the blow-up began
+        self._good_ckpt: str | None = None                   # last checkpoint before it
         self.tokenizer_name = tokenizer                      # saved for evaluation
         self.net = net
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
@@ -71,11 +105,53 @@ class LitLM(pl.LightningModule):
                 f"non-finite training loss ({total.item()}) at step {self.global_step}; "
                 "training stopped before the optimizer step, so the last checkpoint is "
                 "intact. Lower optim.lr, raise sched.warmup_steps or check the data.")
+        self._check_blowup(total)
         self.log("train/loss", loss, prog_bar=True)
         if aux is not None:
             self.log("train/aux_loss", aux)
         self.log("train/acc", correct / n.clamp(min=1))
         return total
+
+    def _latest_checkpoint(self) -> str | None:
+        """The newest step checkpoint saved so far (or the one this run resumed from)."""
+        if self._trainer is None:
+            return None
+        for cb in self.trainer.checkpoint_callbacks:
+            if getattr(cb, "best_model_path", ""):
+                return str(cb.best_model_path)
+        return self.trainer.ckpt_path
+
+    def _check_blowup(self, total: torch.Tensor) -> None:
+        if self.divergence_factor is None:
+            return
+        value = total.detach()
+        if self._trainer is not None and self.trainer.world_size > 1:
+            value = self.trainer.strategy.reduce(value, reduce_op="mean")
+        value, window = float(value), self._loss_window
+        if len(window) < window.maxlen:                      # warm-up: fill the window
+            window.append(value)
+            self._good_ckpt = self._latest_checkpoint()
+            return
+        median = statistics.median(window)
+        if value <= self.divergence_factor * max(median, _MEDIAN_FLOOR):
+            window.append(value)
+            self._blowup_steps, self._blowup_since = 0, None
+            self._good_ckpt = self._latest_checkpoint()
+            return
+        if self._blowup_steps == 0:
+            self._blowup_since = self.global_step
+        self._blowup_steps += 1
+        if self._blowup_steps < self.divergence_patience:
+            return
+        good = (f"the last checkpoint saved before it began is {self._good_ckpt}"
+                if self._good_ckpt else "no checkpoint was saved before it began")
+        raise LossBlowUpError(
+            f"training loss blew up: {value:.4g} at step {self.global_step} is above "
+            f"{self.divergence_factor:g} x its running median {median:.4g} (last "
+            f"{window.maxlen} normal steps), for {self._blowup_steps} consecutive steps since "
+            f"step {self._blowup_since}; training stopped before the optimizer step. {good}. "
+            "Lower optim.lr, raise sched.warmup_steps or check the data "
+            "(module.divergence_factor/_window/_patience tune this guard).")
 
     def on_before_optimizer_step(self, optimizer):
         norms = [p.grad.detach().norm() for p in self.parameters() if p.grad is not None]
@@ -108,7 +184,11 @@ class LitLM(pl.LightningModule):
 
     def configure_optimizers(self):
         wd = getattr(self.optimizer_factory, "keywords", {}).get("weight_decay", 0.0)
-        opt = self.optimizer_factory(self.param_groups(wd))
+        try:
+            opt = self.optimizer_factory(self.param_groups(wd))
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"optim: cannot build the optimizer: {type(e).__name__}: "
+                             f"{e}") from e
         if self.scheduler_factory is None:
             return opt
         kw = {}
@@ -119,7 +199,11 @@ class LitLM(pl.LightningModule):
                 int(self.trainer.max_steps) if self.trainer.max_steps > 0
                 else int(self.trainer.estimated_stepping_batches))
         self._total_steps = kw.get("total_steps")
-        sched = self.scheduler_factory(opt, **kw)
+        try:
+            sched = self.scheduler_factory(opt, **kw)
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"sched: cannot build the LR schedule: {type(e).__name__}: "
+                             f"{e}") from e
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
     # -- checkpoints -------------------------------------------------------------------
@@ -128,6 +212,9 @@ class LitLM(pl.LightningModule):
         checkpoint[TOKENIZER_KEY] = self.tokenizer_name
         checkpoint["memarch_total_steps"] = getattr(self, "_total_steps", None)
         checkpoint["memarch_carry_state"] = self._gather_carry()
+        checkpoint["memarch_divergence"] = {"window": [float(v) for v in self._loss_window],
+                                            "steps": self._blowup_steps,
+                                            "since": self._blowup_since}
         checkpoint["memarch_rng"] = {
             "torch": torch.get_rng_state(), "python": random.getstate(),
             "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
@@ -165,6 +252,10 @@ class LitLM(pl.LightningModule):
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         self._resume_total_steps = checkpoint.get("memarch_total_steps")
         self._carry = self._scatter_carry(checkpoint.get("memarch_carry_state"))
+        guard = checkpoint.get("memarch_divergence")
+        if guard is not None:
+            self._loss_window = deque(guard["window"], maxlen=self._loss_window.maxlen)
+            self._blowup_steps, self._blowup_since = guard["steps"], guard["since"]
         rng = checkpoint.get("memarch_rng")
         if rng is not None:
             torch.set_rng_state(rng["torch"])

@@ -1,45 +1,314 @@
-"""Build everything from a composed Hydra config and train (train.py calls ``run``)."""
+"""Build everything from a composed Hydra config and train (train.py calls ``run``).
+
+Before anything is built, ``check_config`` checks every config node against the signature
+of what it configures (its ``_target_``; ``module`` against ``LitLM``): an unknown key or a
+value of the wrong scalar type (``model.d_model=abc``) raises ``ConfigError`` naming the key
+as typed on the command line, and an error raised while instantiating a group is re-raised
+naming the group. Resuming (``ckpt_path=...``) refuses a model config that differs from the
+checkpoint's unless ``+allow_config_change=true``.
+"""
 
 from __future__ import annotations
 
+import inspect
+import logging
 import math
+import types
+import typing
 from pathlib import Path
+from typing import Any
 
 import lightning.pytorch as pl
-from hydra.utils import instantiate
+import torch
+from hydra.errors import InstantiationException
+from hydra.utils import get_object, instantiate
 from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import MissingMandatoryValue
 
 from memarch.lit.io import AtomicCheckpointIO
 from memarch.lit.module import LitLM
 
+log = logging.getLogger(__name__)
 
+# LitLM arguments that build() injects (not set in the ``module`` config section)
+_INJECTED = ("net", "optimizer", "scheduler", "model_config", "stateful", "tokenizer")
+_META = {"_target_", "_partial_", "_recursive_", "_convert_", "_args_"}
+# groups whose nodes configure a ``_target_`` (logger/callbacks: a dict of such nodes)
+_GROUPS = ("model", "data", "optim", "sched", "trainer", "logger", "callbacks")
+
+
+class ConfigError(ValueError):
+    """A config value that cannot work; the message names the key as typed on the command
+    line (``model.d_model: expected an int, got 'abc'``)."""
+
+
+# -- config checks ---------------------------------------------------------------------
+def _leaves(tp) -> list | None:
+    """An annotation as a list of scalar types and ``Literal`` values (``("literal", v)``),
+    or None when it admits anything else (then the value is not checked)."""
+    if tp is inspect.Parameter.empty or isinstance(tp, str):
+        return None
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        out = []
+        for a in typing.get_args(tp):
+            sub = _leaves(a)
+            if sub is None:
+                return None
+            out += sub
+        return out
+    if origin is typing.Literal:
+        return [("literal", v) for v in typing.get_args(tp)]
+    if tp in (int, float, bool, str, type(None), torch.Tensor):
+        return [tp]
+    return None
+
+
+def _describe(leaves: list) -> str:
+    kinds = {t for t in leaves if isinstance(t, type)}
+    words = []
+    if int in kinds and float in kinds:
+        words.append("a number")
+    elif int in kinds:
+        words.append("an int")
+    elif float in kinds:
+        words.append("a float")
+    if bool in kinds:
+        words.append("a bool (true/false)")
+    if str in kinds:
+        words.append("a string")
+    words += [repr(v) for t, v in (x for x in leaves if isinstance(x, tuple))]
+    if type(None) in kinds:
+        words.append("null")
+    return " or ".join(words) or "a tensor"
+
+
+def check_value(key: str, value: Any, leaves: list | None, *, default: Any = None) -> None:
+    """Raise ``ConfigError`` if ``value`` does not fit the scalar annotation ``leaves``."""
+    if not leaves:
+        return
+    kinds = {t for t in leaves if isinstance(t, type)}
+    literals = [v for t, v in (x for x in leaves if isinstance(x, tuple))]
+    if value is None:
+        ok = type(None) in kinds or default is None
+    elif isinstance(value, bool):
+        ok = bool in kinds or int in kinds or any(v is value for v in literals)
+    elif isinstance(value, int):
+        ok = int in kinds or float in kinds or value in literals
+    elif isinstance(value, float):
+        ok = float in kinds or value in literals
+    elif isinstance(value, str):
+        ok = str in kinds or value in literals
+    else:                                                # a list or dict for a scalar
+        ok = False
+    if not ok:
+        raise ConfigError(f"{key}: expected {_describe(leaves)}, got {value!r}")
+
+
+def _check_kwargs(node: dict, key: str, fn, skip=()) -> None:
+    try:
+        sig = inspect.signature(fn)
+    except (TypeError, ValueError):
+        return
+    try:
+        hints = typing.get_type_hints(fn.__init__ if isinstance(fn, type) else fn)
+    except Exception:  # noqa: BLE001 - unresolvable annotations: use the raw ones
+        hints = {}
+    params = {n: p for n, p in sig.parameters.items() if n not in skip}
+    var_kw = any(p.kind is p.VAR_KEYWORD for p in params.values())
+    named = [n for n, p in params.items() if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)]
+    what = getattr(fn, "__qualname__", str(fn))
+    for k, v in node.items():
+        if k in _META:
+            continue
+        p = params.get(k)
+        if p is None or p.kind in (p.VAR_KEYWORD, p.VAR_POSITIONAL):
+            if var_kw:
+                continue
+            if k in skip:
+                raise ConfigError(f"{key}.{k}: set by train.py, not a config key")
+            raise ConfigError(f"{key}.{k}: unknown key ({what} takes {', '.join(named)})")
+        check_value(f"{key}.{k}", v, _leaves(hints.get(k, p.annotation)),
+                    default=p.default if p.default is not p.empty else ...)
+
+
+def _check_node(node: Any, key: str, fn=None, skip=()) -> None:
+    if isinstance(node, dict):
+        target = node.get("_target_")
+        if target is not None:
+            try:
+                fn = get_object(target)
+            except Exception as e:  # noqa: BLE001
+                raise ConfigError(f"{key}._target_: cannot import {target!r} "
+                                  f"({type(e).__name__}: {e})") from None
+        if fn is not None:
+            _check_kwargs(node, key, fn, skip)
+        for k, v in node.items():
+            if k not in _META:
+                _check_node(v, f"{key}.{k}")
+    elif isinstance(node, list):
+        for i, v in enumerate(node):
+            _check_node(v, f"{key}[{i}]")
+
+
+def _container(cfg: DictConfig, key: str) -> Any:
+    try:
+        node = OmegaConf.select(cfg, key, throw_on_missing=True)
+        return OmegaConf.to_container(node, resolve=True, throw_on_missing=True) \
+            if OmegaConf.is_config(node) else node
+    except MissingMandatoryValue as e:
+        full = getattr(e, "full_key", None) or key
+        raise ConfigError(f"{full}: no value given; set it on the command line "
+                          f"({full}=...)") from None
+
+
+def check_config(cfg: DictConfig) -> None:
+    """Check the composed config before anything is built (see the module docstring)."""
+    for group in _GROUPS:
+        node = _container(cfg, group)
+        if group in ("logger", "callbacks"):
+            for name, sub in (node or {}).items():
+                _check_node(sub, f"{group}.{name}")
+        elif node is not None:
+            _check_node(node, group)
+    _check_node(_container(cfg, "module") or {}, "module", LitLM, skip=_INJECTED)
+    for key, kinds in (("seed", [int]), ("ckpt_path", [str, type(None)]),
+                       ("validate_at_end", [bool]), ("allow_config_change", [bool, type(None)])):
+        check_value(key, cfg.get(key), kinds)
+    every = _container(cfg, "checkpoint.every_n_steps")
+    check_value("checkpoint.every_n_steps", every, [int, type(None)])
+    if every is not None and every < 1:
+        raise ConfigError(f"checkpoint.every_n_steps must be >= 1 (or null: last.ckpt only), "
+                          f"got {every}")
+    max_steps = _container(cfg, "trainer.max_steps")
+    if max_steps is None or max_steps < 1:
+        raise ConfigError(f"trainer.max_steps must be >= 1 (training runs for that many "
+                          f"optimizer steps; there are no epochs), got {max_steps}")
+
+
+def _instantiate(key: str, node, **kwargs):
+    """``hydra.utils.instantiate`` that names the config group when the target fails."""
+    try:
+        return instantiate(node, **kwargs)
+    except InstantiationException as e:
+        cause = e.__cause__ or e
+        target = OmegaConf.select(node, "_target_", default="?")
+        raise ConfigError(f"{key}: cannot build {target}: {type(cause).__name__}: "
+                          f"{cause}") from e
+
+
+# -- resume ----------------------------------------------------------------------------
+def config_diff(old: Any, new: Any, prefix: str = "model") -> list[str]:
+    """``"key: checkpoint X, now Y"`` for every dotted key where two configs differ."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        out = []
+        for k in sorted(set(old) | set(new), key=str):
+            if k not in old:
+                out.append(f"{prefix}.{k}: not in the checkpoint, now {new[k]!r}")
+            elif k not in new:
+                out.append(f"{prefix}.{k}: checkpoint {old[k]!r}, now not set")
+            else:
+                out += config_diff(old[k], new[k], f"{prefix}.{k}")
+        return out
+    if (isinstance(old, (list, tuple)) and isinstance(new, (list, tuple))
+            and len(old) == len(new) and any(isinstance(x, dict) for x in old)):
+        return [d for i, (a, b) in enumerate(zip(old, new))
+                for d in config_diff(a, b, f"{prefix}[{i}]")]
+    if old != new:
+        return [f"{prefix}: checkpoint {old!r}, now {new!r}"]
+    return []
+
+
+def check_resume(cfg: DictConfig) -> None:
+    """Refuse to resume with a model config other than the checkpoint's (unless
+    ``+allow_config_change=true``)."""
+    ckpt = cfg.get("ckpt_path")
+    if not ckpt or str(ckpt) in ("last", "hpc", "best", "registry"):
+        return
+    from memarch.checkpoint import CONFIG_KEY, read
+    if not Path(ckpt).exists():
+        raise ConfigError(f"ckpt_path: checkpoint not found: {ckpt}")
+    if Path(ckpt).is_dir():
+        return                               # a sharded (FSDP) checkpoint: not readable here
+    try:
+        stored = read(ckpt).get(CONFIG_KEY)
+    except ValueError as e:                  # memarch.checkpoint.CheckpointError: corrupt etc.
+        raise ConfigError(f"ckpt_path: {e}") from e
+    if stored is None:
+        return                               # not a memarch checkpoint: nothing to compare
+    now = OmegaConf.to_container(cfg.model, resolve=True)
+    diff = config_diff(stored, now)
+    if not diff:
+        return
+    if cfg.get("allow_config_change", False):
+        log.warning("resuming %s with a changed model config (allow_config_change):\n  %s",
+                    ckpt, "\n  ".join(diff))
+        return
+    raise ConfigError(
+        f"ckpt_path={ckpt}: the model config differs from the checkpoint's:\n  "
+        + "\n  ".join(diff)
+        + "\nResume with the checkpoint's settings, or pass +allow_config_change=true to "
+          "train the checkpoint's weights with the new config (fine-tuning).")
+
+
+def remove_stray_tmp(*dirs: Path) -> list[Path]:
+    """Delete ``*.ckpt.tmp`` left by a save killed mid-write (memarch.lit.io writes
+    ``<path>.tmp`` and then renames it); logs each. Rank zero only."""
+    removed = []
+    if rank_zero_only.rank != 0:
+        return removed
+    for d in dict.fromkeys(Path(d) for d in dirs):
+        if not d.is_dir():
+            continue
+        for tmp in sorted(d.glob("*.ckpt.tmp")):
+            tmp.unlink(missing_ok=True)
+            log.warning("removed %s (a partial checkpoint from a save that was interrupted)",
+                        tmp)
+            removed.append(tmp)
+    return removed
+
+
+# -- build and run ---------------------------------------------------------------------
 def build(cfg: DictConfig, *, extra_callbacks=()):
     """(datamodule, module, trainer) from a composed config."""
+    check_config(cfg)
     pl.seed_everything(cfg.seed, workers=True)
     out = Path(cfg.paths.output_dir)
     model_config = OmegaConf.to_container(cfg.model, resolve=True)
-    datamodule = instantiate(cfg.data)
-    net = instantiate(cfg.model)
-    module = LitLM(net=net, optimizer=instantiate(cfg.optim), scheduler=instantiate(cfg.sched),
-                   model_config=model_config, stateful=cfg.data.stateful,
-                   tokenizer=OmegaConf.select(cfg, "data.dataset.tokenizer", default=None),
-                   **cfg.module)
+    datamodule = _instantiate("data", cfg.data)
+    net = _instantiate("model", cfg.model)
+    try:
+        module = LitLM(net=net, optimizer=_instantiate("optim", cfg.optim),
+                       scheduler=_instantiate("sched", cfg.sched), model_config=model_config,
+                       stateful=cfg.data.stateful,
+                       tokenizer=OmegaConf.select(cfg, "data.dataset.tokenizer", default=None),
+                       **cfg.module)
+    except ValueError as e:                  # LitLM's own checks name module.<key>
+        raise ConfigError(str(e)) from e
     ckpt = ModelCheckpoint(dirpath=out / "checkpoints", filename="step_{step:06d}",
                            auto_insert_metric_name=False, save_last=True, save_top_k=-1,
                            every_n_train_steps=cfg.checkpoint.every_n_steps)
-    callbacks = [ckpt, *[instantiate(c) for c in (cfg.get("callbacks") or {}).values()],
-                 *extra_callbacks]
-    loggers = [instantiate(lg) for lg in (cfg.get("logger") or {}).values()]
+    callbacks = [ckpt, *[_instantiate(f"callbacks.{k}", c)
+                         for k, c in (cfg.get("callbacks") or {}).items()], *extra_callbacks]
+    loggers = [_instantiate(f"logger.{k}", lg) for k, lg in (cfg.get("logger") or {}).items()]
     plugins = [] if "fsdp" in str(cfg.trainer.get("strategy", "")) else [AtomicCheckpointIO()]
-    trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False,
-                          plugins=plugins)
+    trainer = _instantiate("trainer", cfg.trainer, callbacks=callbacks,
+                           logger=loggers or False, plugins=plugins)
     return datamodule, module, trainer
 
 
 def run(cfg: DictConfig, *, extra_callbacks=()) -> dict:
+    check_config(cfg)
+    check_resume(cfg)
     datamodule, module, trainer = build(cfg, extra_callbacks=extra_callbacks)
-    trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+    ckpt_path = cfg.get("ckpt_path")
+    dirs = [Path(cfg.paths.output_dir) / "checkpoints"]
+    if ckpt_path and Path(ckpt_path).exists():
+        dirs.append(Path(ckpt_path).parent)
+    remove_stray_tmp(*dirs)
+    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
     result = {"global_step": trainer.global_step, "module": module, "trainer": trainer}
     if cfg.get("validate_at_end", True) and not trainer.fast_dev_run:
         metrics = trainer.validate(module, datamodule=datamodule, verbose=False)[0]
