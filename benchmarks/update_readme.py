@@ -3,7 +3,7 @@
     python benchmarks/update_readme.py        # rewrites the blocks between the markers
 
 Each block ``<!-- bench:NAME -->`` ... ``<!-- /bench:NAME -->`` gets the markdown table that
-``benchmarks/ops.py --render results/NAME.json`` prints.
+``benchmarks/ops.py --render results/NAME.json`` prints (``decode.py`` for ``decode_*``).
 """
 
 from __future__ import annotations
@@ -22,7 +22,8 @@ def main() -> None:
 
     def render(m: re.Match) -> str:
         name = m.group(1)
-        table = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "ops.py"), "--render",
+        script = "decode.py" if name.startswith("decode") else "ops.py"
+        table = subprocess.run([sys.executable, str(ROOT / "benchmarks" / script), "--render",
                                 str(ROOT / "benchmarks" / "results" / f"{name}.json")],
                                capture_output=True, text=True, check=True).stdout.strip()
         return f"<!-- bench:{name} -->\n{table}\n<!-- /bench:{name} -->"
