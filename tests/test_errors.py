@@ -65,3 +65,35 @@ def test_model_input_validation(checks):
     checks.true(isinstance(m(ids).state, tuple), "valid input works")
     with pytest.raises(ValueError, match="mixers must be a non-empty mapping"):
         MemLM(vocab_size=4, d_model=8, mixers={}, layer_pattern=["a"])
+
+
+def test_constructor_probes_of_issue_10(checks):
+    """Issue 10 §5 probes: ``n_heads=0`` and ``feature_dim=0`` silently became the default;
+    ``n_kv_heads`` < 1, ``MemLM(vocab_size=0 / d_model < 1)`` and batch size 0 for
+    windowed attention had no clear error."""
+    from memarch.mixers import LinearAttention
+    for cls, kwargs, pat in [
+        (Attention, dict(n_heads=0), "Attention: n_heads must be a positive int, got 0"),
+        (Attention, dict(n_heads=-2), "Attention: n_heads must be a positive int, got -2"),
+        (Attention, dict(n_heads=4, n_kv_heads=0), "n_kv_heads must be a positive int, got 0"),
+        (Attention, dict(n_heads="4"), "n_heads must be a positive int, got '4'"),
+        (Attention, dict(n_sinks=-1, window=4), "n_sinks must be an int >= 0, got -1"),
+        (LinearAttention, dict(n_heads=0), "LinearAttention: n_heads must be a positive int"),
+        (LinearAttention, dict(feature_dim=0), "LinearAttention: feature_dim must be a "
+                                               "positive int, got 0"),
+    ]:
+        with pytest.raises(ValueError, match=pat):
+            cls(D_MODEL, **kwargs)
+        checks.n += 1
+    conv = {"c": ShortConv}
+    for kwargs, pat in [(dict(vocab_size=0, d_model=8), "vocab_size must be a positive int"),
+                        (dict(vocab_size=5, d_model=0), "d_model must be a positive int"),
+                        (dict(vocab_size=5, d_model=8, d_hidden=-1), "d_hidden must be")]:
+        with pytest.raises(ValueError, match=pat):
+            MemLM(mixers=conv, layer_pattern=["c"], **kwargs)
+        checks.n += 1
+    m = Attention(D_MODEL, n_heads=4, window=4, n_sinks=1)
+    with pytest.raises(ValueError, match=r"Attention: x must hold at least one sequence "
+                                         r"\(B >= 1\), got B=0"):
+        m(torch.randn(0, 3, D_MODEL))
+    checks.n += 1
