@@ -40,6 +40,9 @@ class Loaded(NamedTuple):
 def read(path: str | Path, *, map_location: Any = "cpu") -> dict:
     """The checkpoint dict in ``path``, unpickled with ``weights_only=True``."""
     path = Path(path)
+    if path.is_dir():
+        raise CheckpointError(f"checkpoint {path}: is a directory, not a checkpoint file "
+                              "(pass e.g. .../checkpoints/last.ckpt)")
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint: file not found: {path}")
     with open(path, "rb") as f:                 # a permission error is reported as such
@@ -82,6 +85,13 @@ def load(path: str | Path, *, map_location: Any = "cpu", strict: bool = True) ->
         raise ValueError(f"checkpoint {path}: no {CONFIG_KEY!r} entry; it was not written by "
                          "memarch's training (memarch.lit.LitLM)")
     cfg = ckpt[CONFIG_KEY]
+    if not isinstance(cfg, dict) or "_target_" not in cfg:
+        raise CheckpointError(f"checkpoint {path}: its {CONFIG_KEY!r} entry must be a model "
+                              f"config (a dict with a _target_), got {cfg!r:.200}")
+    sd = ckpt.get("state_dict")
+    if not isinstance(sd, dict):
+        raise CheckpointError(f"checkpoint {path}: no 'state_dict' entry with the weights "
+                              f"(got {type(sd).__name__})")
     try:
         model = instantiate(cfg)
     except TargetNotAllowedError as e:
@@ -89,6 +99,13 @@ def load(path: str | Path, *, map_location: Any = "cpu", strict: bool = True) ->
     except Exception as e:  # re-raised with the config for context
         raise ValueError(f"checkpoint {path}: cannot rebuild the model from its config "
                          f"{cfg!r}: {type(e).__name__}: {e}") from e
-    sd = {k[len("net."):]: v for k, v in ckpt["state_dict"].items() if k.startswith("net.")}
-    model.load_state_dict(sd, strict=strict)
+    if not isinstance(model, torch.nn.Module):
+        raise CheckpointError(f"checkpoint {path}: its config builds a "
+                              f"{type(model).__name__}, not a torch.nn.Module")
+    sd = {k[len("net."):]: v for k, v in sd.items() if k.startswith("net.")}
+    try:
+        model.load_state_dict(sd, strict=strict)
+    except RuntimeError as e:
+        raise CheckpointError(f"checkpoint {path}: its weights do not fit the model its config "
+                              f"builds: {e}") from None
     return Loaded(model.eval(), cfg, ckpt)

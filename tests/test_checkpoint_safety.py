@@ -199,3 +199,26 @@ def test_probe_memarch_functions_are_not_targets_by_default(checks):
     with pytest.raises(config.TargetNotAllowedError, match=r"only torch.nn.Module classes"):
         config.instantiate({"_target_": "memarch.config.allow", "target": "os."})
     checks.true(not config.is_allowed("os.system"), "the list was not widened")
+
+
+def test_probe_malformed_checkpoint_entries(tmp_path, checks):
+    """Probes: a directory, a config that is a string, no state_dict, weights of the wrong
+    shapes: each one CheckpointError naming the file, not a raw KeyError/AttributeError."""
+    good = _save(tmp_path / "good.ckpt")
+    ck = torch.load(good, weights_only=True)
+    wrong = dict(TINY_CFG, d_model=8)
+    cases = [
+        (tmp_path, r"is a directory, not a checkpoint file"),
+        (tmp_path / "str.ckpt", r"must be a model config \(a dict with a _target_\), got 'x'",
+         {**ck, CONFIG_KEY: "x"}),
+        (tmp_path / "nosd.ckpt", r"no 'state_dict' entry with the weights",
+         {k: v for k, v in ck.items() if k != "state_dict"}),
+        (tmp_path / "shape.ckpt", r"its weights do not fit the model its config builds",
+         {**ck, CONFIG_KEY: wrong}),
+    ]
+    for path, pat, *content in cases:
+        if content:
+            torch.save(content[0], path)
+        with pytest.raises(CheckpointError, match=pat):
+            load(path)
+        checks.n += 1

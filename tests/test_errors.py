@@ -43,7 +43,7 @@ def test_constructor_validation(checks):
         with pytest.raises(ValueError, match=pat):
             Attention(D_MODEL, **kwargs)
         checks.n += 1
-    with pytest.raises(ValueError, match="kernel_size must be >= 1"):
+    with pytest.raises(ValueError, match="kernel_size must be an int >= 1"):
         ShortConv(D_MODEL, kernel_size=0)
     with pytest.raises(ValueError, match="activation must be one of"):
         ShortConv(D_MODEL, activation="gelu")
@@ -71,7 +71,7 @@ def test_constructor_probes_of_issue_10(checks):
     """Issue 10 §5 probes: ``n_heads=0`` and ``feature_dim=0`` silently became the default;
     ``n_kv_heads`` < 1, ``MemLM(vocab_size=0 / d_model < 1)`` and batch size 0 for
     windowed attention had no clear error."""
-    from memarch.mixers import LinearAttention
+    from memarch.mixers import BaseConv, LinearAttention
     for cls, kwargs, pat in [
         (Attention, dict(n_heads=0), "Attention: n_heads must be a positive int, got 0"),
         (Attention, dict(n_heads=-2), "Attention: n_heads must be a positive int, got -2"),
@@ -81,6 +81,10 @@ def test_constructor_probes_of_issue_10(checks):
         (LinearAttention, dict(n_heads=0), "LinearAttention: n_heads must be a positive int"),
         (LinearAttention, dict(feature_dim=0), "LinearAttention: feature_dim must be a "
                                                "positive int, got 0"),
+        (Attention, dict(window=True), "window must be a positive int or None, got True"),
+        (Attention, dict(rope_base=0.0), "rope_base must be a number > 1, got 0.0"),
+        (ShortConv, dict(kernel_size=1.5), "kernel_size must be an int >= 1, got 1.5"),
+        (BaseConv, dict(expand_proj=1.5), "expand_proj \\* d_model must be even"),
     ]:
         with pytest.raises(ValueError, match=pat):
             cls(D_MODEL, **kwargs)
@@ -88,7 +92,9 @@ def test_constructor_probes_of_issue_10(checks):
     conv = {"c": ShortConv}
     for kwargs, pat in [(dict(vocab_size=0, d_model=8), "vocab_size must be a positive int"),
                         (dict(vocab_size=5, d_model=0), "d_model must be a positive int"),
-                        (dict(vocab_size=5, d_model=8, d_hidden=-1), "d_hidden must be")]:
+                        (dict(vocab_size=5, d_model=8, d_hidden=-1), "d_hidden must be"),
+                        (dict(vocab_size=5, d_model=8, norm_eps=-1.0), "norm_eps must be a "
+                                                                        "number > 0")]:
         with pytest.raises(ValueError, match=pat):
             MemLM(mixers=conv, layer_pattern=["c"], **kwargs)
         checks.n += 1

@@ -104,7 +104,8 @@ class Attention(Mixer):
         if n_heads % n_kv_heads:
             raise ValueError(
                 f"Attention: n_kv_heads={n_kv_heads} must divide n_heads={n_heads} (GQA)")
-        if window is not None and (not isinstance(window, int) or window < 1):
+        if window is not None and (not isinstance(window, int) or isinstance(window, bool)
+                                   or window < 1):
             raise ValueError(f"Attention: window must be a positive int or None, got {window!r}")
         if not isinstance(n_sinks, int) or isinstance(n_sinks, bool) or n_sinks < 0:
             raise ValueError(f"Attention: n_sinks must be an int >= 0, got {n_sinks!r}")
@@ -115,6 +116,8 @@ class Attention(Mixer):
             raise ValueError(
                 f"Attention: sink_positions must be 'absolute' or 'cache', got {sink_positions!r}")
         _positive_int("Attention", "block_size", block_size)
+        if not (isinstance(rope_base, (int, float)) and rope_base > 1):
+            raise ValueError(f"Attention: rope_base must be a number > 1, got {rope_base!r}")
         self.n_heads, self.n_kv_heads = n_heads, n_kv_heads
         self.head_dim = d_model // n_heads
         self.window, self.n_sinks = window, n_sinks

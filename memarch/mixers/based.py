@@ -54,7 +54,8 @@ class BaseConv(Mixer):
     def __init__(self, d_model: int, *, layer_idx: int | None = None, kernel_size: int = 3,
                  expand_proj: int = 4, bias: bool = True, conv_bias: bool = True):
         super().__init__(d_model, layer_idx=layer_idx)
-        if expand_proj < 1 or (expand_proj * d_model) % 2:
+        if (not isinstance(expand_proj, int) or isinstance(expand_proj, bool) or expand_proj < 1
+                or (expand_proj * d_model) % 2):
             raise ValueError(f"BaseConv: expand_proj * d_model must be even and >= 2, got "
                              f"expand_proj={expand_proj}, d_model={d_model}")
         self.d_inner = expand_proj * d_model // 2

@@ -31,8 +31,8 @@ class ShortConv(Mixer):
     def __init__(self, d_model: int, *, layer_idx: int | None = None, kernel_size: int = 4,
                  activation: str | None = "silu", bias: bool = True):
         super().__init__(d_model, layer_idx=layer_idx)
-        if kernel_size < 1:
-            raise ValueError(f"ShortConv: kernel_size must be >= 1, got {kernel_size}")
+        if not isinstance(kernel_size, int) or isinstance(kernel_size, bool) or kernel_size < 1:
+            raise ValueError(f"ShortConv: kernel_size must be an int >= 1, got {kernel_size!r}")
         if activation not in _ACTS:
             raise ValueError(
                 f"ShortConv: activation must be one of {sorted(map(str, _ACTS))}, got {activation!r}")

@@ -71,6 +71,8 @@ class MemLM(nn.Module):
         for key, val in (("vocab_size", vocab_size), ("d_model", d_model)):
             if not isinstance(val, int) or isinstance(val, bool) or val < 1:
                 raise ValueError(f"MemLM: {key} must be a positive int, got {val!r}")
+        if not (isinstance(norm_eps, (int, float)) and norm_eps > 0):
+            raise ValueError(f"MemLM: norm_eps must be a number > 0, got {norm_eps!r}")
         if d_hidden is not None and (not isinstance(d_hidden, int) or d_hidden < 0):
             raise ValueError(f"MemLM: d_hidden must be an int >= 0 or None, got {d_hidden!r}")
         if not isinstance(mixers, Mapping) or not mixers:
