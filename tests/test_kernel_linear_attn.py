@@ -255,3 +255,78 @@ def test_argument_errors(bad, match, checks):
     with pytest.raises((ValueError, TypeError), match=match):
         linear_attn(q, k, v, **args)
     checks.true(True, "raised")
+
+
+NONFINITE_T = 70                      # two chunks of 64: bad tokens mid-chunk and at the edge
+_CLEAN: dict = {}
+
+
+def _nonfinite_call(impl, q, k, v, g, st, normalize):
+    with torch.no_grad():
+        o, fs = linear_attn(q, k, v, g=g, normalize=normalize, eps=EPS, initial_state=st,
+                            output_final_state=True, impl=impl)
+    return [o.float()] + [x.float() for x in leaves(fs)]
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")       # numpy in the interpreter on NaN
+@pytest.mark.parametrize("t", [0, 5, 64, 69])
+@pytest.mark.parametrize("name", ["q", "k", "v", "g"])
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")], ids=["nan", "inf"])
+@pytest.mark.parametrize("impl,normalize", [("naive", False), ("naive", True),
+                                            ("torch", False), ("torch", True),
+                                            ("triton", False), ("triton", True)])
+def test_nonfinite_input_is_causal(impl, normalize, bad, name, t, checks):
+    """issue 10 §3: NaN at t poisons outputs < t. A NaN/+inf in q, k, v or g at token t of
+    batch row 0, head 0 leaves every output before t (and all of row 1 and head 1, and their
+    final states) equal to the clean call's; outputs that see token t (q: only t; k, v, g: all
+    of t..T-1) are non-finite, not silently finite. g = +inf is a positive gate: ValueError."""
+    q, k, v, g, st = make(2, NONFINITE_T, 2, 16, 16, torch.float32, True, normalize, True)
+    x = {"q": q, "k": k, "v": v, "g": g}
+    if name == "g" and bad > 0:
+        x["g"] = g.clone()
+        x["g"][0, t, 0] = bad
+        with pytest.raises(ValueError, match=r"g must be <= 0"):
+            linear_attn(**x, normalize=normalize, initial_state=st, impl=impl)
+        checks.true(True, "g = +inf raised")
+        return
+    key = (impl, normalize)
+    if key not in _CLEAN:
+        _CLEAN[key] = _nonfinite_call(impl, q, k, v, g, st, normalize)
+    clean = _CLEAN[key]
+    x[name] = x[name].clone()
+    if name == "g":
+        x["g"][0, t, 0] = bad
+    else:
+        x[name][0, t, 0, 3] = bad                      # one element of one head's vector
+    got = _nonfinite_call(impl, *x.values(), st, normalize)
+    o, oc = got[0], clean[0]
+    tag = f"{impl} norm={normalize} {name}[{t}]={bad}"
+    # unaffected: everything before t in (row 0, head 0), and all of row 1 and of head 1
+    checks.true(o[0, :t].isfinite().all().item(), f"{tag}: outputs before t are finite")
+    checks.close(o[0, :t], oc[0, :t], atol=1e-6, rtol=1e-6, msg=f"{tag}: o[0, :t]")
+    checks.close(o[1], oc[1], atol=1e-6, rtol=1e-6, msg=f"{tag}: batch row 1")
+    checks.close(o[0, :, 1], oc[0, :, 1], atol=1e-6, rtol=1e-6, msg=f"{tag}: head 1")
+    for i, (s, sc) in enumerate(zip(got[1:], clean[1:])):
+        checks.close(s[1], sc[1], atol=1e-6, rtol=1e-6, msg=f"{tag}: state #{i} row 1")
+        checks.close(s[0, 1], sc[0, 1], atol=1e-6, rtol=1e-6, msg=f"{tag}: state #{i} head 1")
+    # honest propagation: every output that sees token t is non-finite
+    seen = o[0, t:t + 1, 0] if name == "q" else o[0, t:, 0]            # [n, V]
+    checks.true((~seen.isfinite()).any(-1).all().item(),
+                f"{tag}: outputs that see token t are non-finite")
+    if name == "q":                                   # q_t is seen by o_t alone, not the state
+        checks.close(o[0, t + 1:], oc[0, t + 1:], atol=1e-6, rtol=1e-6, msg=f"{tag}: o after t")
+        checks.close(got[1:], clean[1:], atol=1e-6, rtol=1e-6, msg=f"{tag}: final state")
+
+
+@pytest.mark.parametrize("impl", ["naive", "torch", "triton"])
+def test_positive_gate_raises(impl, checks):
+    """issue 10 §5: a gate g > 0 (exp(g) > 1) is not a decay; the op says so, naming g."""
+    q, k, v, g, _ = make(1, 5, 1, 8, 4, torch.float32, True, False, False)
+    g = g.clone()
+    g[0, 2, 0] = 0.5
+    with pytest.raises(ValueError, match=r"g must be <= 0.*max\(g\) = 0\.5"):
+        linear_attn(q, k, v, g=g, impl=impl)
+    checks.true(True, "raised")
+    g[0, 2, 0] = 0.0                                  # 0 (no decay) is allowed
+    o, _ = linear_attn(q, k, v, g=g, impl=impl)
+    checks.true(o.isfinite().all().item(), "g = 0 is accepted")

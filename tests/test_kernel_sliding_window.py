@@ -204,3 +204,44 @@ def test_argument_errors(bad, match, checks):
     with pytest.raises((ValueError, TypeError), match=match):
         sliding_window_attn(q, k, v, **args)
     checks.true(True, "raised")
+
+
+_CLEAN: dict = {}
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")       # numpy in the interpreter on NaN
+@pytest.mark.parametrize("t", [0, 5, 64, 69])
+@pytest.mark.parametrize("name", ["q", "k", "v", "sink_q", "sink_k", "sink_v"])
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")], ids=["nan", "inf"])
+@pytest.mark.parametrize("impl", ["naive", "torch", "triton"])
+def test_nonfinite_input_is_causal(impl, bad, name, t, checks):
+    """issue 10 §3: NaN at t poisons outputs < t. A NaN/+inf in one element of q, k, v or
+    sink_q at token t (sink_k, sink_v: sink t % S) of batch row 0 leaves every output that does
+    not see it equal to the clean call's: all outputs before t, after the window, row 1, the
+    other head for q. Every output that sees it is non-finite (never finite-but-wrong)."""
+    T, W, S, H = 70, 16, 3, 1                     # two query/key blocks of 64 in torch/triton
+    x = make(2, T, T, H, 1, 16, S, torch.float32)
+    if impl not in _CLEAN:
+        _CLEAN[impl] = sliding_window_attn(**x, window=W, impl=impl)
+    clean = _CLEAN[impl]
+    j = t % S if name in ("sink_k", "sink_v") else t
+    x[name] = x[name].clone()
+    x[name][0, j, 0, 3] = bad
+    o = sliding_window_attn(**x, window=W, impl=impl)
+    i = torch.arange(T)[:, None]
+    hit = torch.zeros(2, T, H, dtype=torch.bool)  # (row, query, head) that see the bad value
+    if name == "q":
+        hit[0, t, 0] = True
+    elif name == "sink_q":
+        hit[0, t, 0] = t >= W                     # query t sees sinks only from position W on
+    elif name in ("k", "v"):
+        hit[0] = (i >= t) & (i < t + W)           # the band of key t, both heads (GQA group)
+    else:
+        hit[0] = i >= j + W                       # sink j lies outside the band from j + W on
+    tag = f"{impl} {name}[{j}]={bad}"
+    checks.true(o[0, :j].isfinite().all().item(), f"{tag}: outputs before it are finite")
+    checks.close(o[0, :j], clean[0, :j], atol=1e-6, rtol=1e-6, msg=f"{tag}: o[0, :{j}]")
+    checks.true(o[~hit].isfinite().all().item(), f"{tag}: unaffected outputs are finite")
+    checks.close(o[~hit], clean[~hit], atol=1e-6, rtol=1e-6, msg=f"{tag}: unaffected outputs")
+    checks.true((~o[hit].isfinite()).any(-1).all().item(),
+                f"{tag}: every output that sees the bad value is non-finite")

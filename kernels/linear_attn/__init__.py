@@ -4,7 +4,7 @@
     o_t = (scale q_t) S_t  [ / ((scale q_t) . z_t + eps)  when normalize ]
 
 Layout [B, T, H, D]: q, k [B, T, H, K] (already feature-mapped), v [B, T, H, V], g [B, T, H]
-(log-space decay, <= 0 for a decay; None = no decay). State ``LinearAttnState(S, z)``:
+(log-space decay, must be <= 0; None = no decay). State ``LinearAttnState(S, z)``:
 S [B, H, K, V] and z [B, H, K] (None unless ``normalize``), fp32 (fp64 for fp64 inputs on
 the naive/torch paths). ``initial_state`` takes the same structure: a LinearAttnState, a
 tuple (S, z), or a bare S tensor when not normalising.
@@ -16,6 +16,12 @@ Implementations: "naive" (token loop, the spec), "torch" (chunked matmul, autogr
 backward), "triton" (chunked forward/backward kernels; a fused kernel for one-token decode
 without grad). "auto" = $MEMARCH_KERNEL_IMPL if set, else triton on CUDA, torch elsewhere.
 The triton path supports K, V <= 256.
+
+``g > 0`` (exp(g) > 1 grows the state until it overflows) raises ValueError when g is not on
+a CUDA device; on CUDA it is not checked, because the check would cost a host sync per call
+(a positive gate then overflows to inf/NaN). A NaN gate is not rejected: like any non-finite
+q, k, v or g at token t, it changes no output before t and makes the outputs from t on (and
+the final state) non-finite; every implementation keeps this causality (DESIGN.md, Kernels).
 """
 
 from __future__ import annotations
@@ -82,6 +88,10 @@ def linear_attn(q, k, v, *, g=None, scale=None, normalize: bool = False, eps: fl
     if g is not None:
         check(tuple(g.shape) == (B, T, H), OP, f"g must have shape [B, T, H] = {[B, T, H]}, got "
               f"{list(g.shape)}")
+        if not g.is_cuda and bool((g > 0).any()):        # no host sync on CUDA (module doc)
+            raise ValueError(f"{OP}: g must be <= 0 (log-space decay; exp(g) > 1 grows the "
+                             f"state until it overflows), got max(g) = "
+                             f"{g.detach()[g > 0].max().item():.4g}")
     check(eps >= 0, OP, f"eps must be >= 0, got {eps}")
     for name, t in (("k", k), ("v", v), ("g", g)):
         check(t is None or t.device == q.device, OP, f"{name} must be on q's device {q.device}")

@@ -9,6 +9,13 @@ H_n the state before the chunk (fp32 throughout):
 The intra-chunk terms of all chunks are one batched matmul; only the [K, V] chunk states
 are a loop over chunks. Normalisation appends a column of ones to v: that column of the
 state is z and that column of the output is the denominator (scale q_t) . z_t.
+
+Causality for any input (DESIGN.md, Kernels): masks select (``torch.where``), never multiply,
+so a non-finite q/k/v/g at token s changes no output before s. The intra-chunk matmul A @ v
+runs on sanitised values v0 = where(isfinite(v), v, 0) (a zero weight times a NaN value is
+NaN), and the visible coefficients A[t, s] of a token s whose value row is non-finite are set
+to NaN, so every output that sees s is NaN rather than finite-but-wrong. The chunk states take
+the raw values: they only reach later chunks, and the final state after a NaN may be NaN.
 """
 
 from __future__ import annotations
@@ -18,7 +25,8 @@ import torch.nn.functional as F
 
 
 def _causal_decay(b: torch.Tensor) -> torch.Tensor:
-    """b [..., C] chunk-local cumsum of log decay -> [..., C, C]: exp(b_t-b_s) if s <= t else 0."""
+    """b [..., C] chunk-local cumsum of log decay -> [..., C, C]: exp(b_t-b_s) if s <= t else 0
+    (selected: a NaN in b at s never reaches a row t < s)."""
     C = b.shape[-1]
     tri = torch.ones(C, C, dtype=torch.bool, device=b.device).tril()
     diff = (b[..., :, None] - b[..., None, :]).masked_fill(~tri, float("-inf"))
@@ -40,17 +48,23 @@ def chunk_linear_attn(q, k, v, g, scale: float, S0, chunk_size: int = 64):
         x = x.to(ct).transpose(1, 2)
         return F.pad(x, (0, 0, 0, pad)).unflatten(2, (N, C))
     qc, kc, vc = prep(q) * scale, prep(k), prep(v)
+    tri = torch.ones(C, C, dtype=torch.bool, device=q.device).tril()
+    A = torch.einsum("bhntk,bhnsk->bhnts", qc, kc)
     if g is not None:
         gc = F.pad(g.to(ct).transpose(1, 2), (0, pad)).unflatten(2, (N, C))   # [B, H, N, C]
         b = gc.cumsum(-1)
-        A = torch.einsum("bhntk,bhnsk->bhnts", qc, kc) * _causal_decay(b)
+        A = A * _causal_decay(b)
         q_in = qc * b.exp()[..., None]                                   # exp(b_t) q_t
         k_out = kc * (b[..., -1:] - b).exp()[..., None]                  # exp(b_C - b_s) k_s
         chunk_decay = b[..., -1].exp()                                   # [B, H, N]
     else:
-        A = torch.einsum("bhntk,bhnsk->bhnts", qc, kc).tril()
         q_in, k_out, chunk_decay = qc, kc, None
-    o = A @ vc                                                           # [B, H, N, C, V]
+    # select, never multiply by a mask: masked pairs are 0 even when q.k or the decay is NaN;
+    # visible pairs with a non-finite value row are NaN (honest propagation)
+    vfin = vc.isfinite()
+    vbad = ~vfin.all(-1)                                                 # [B, H, N, C]
+    A = torch.where(tri, A.masked_fill(vbad[..., None, :], float("nan")), 0.0)
+    o = A @ torch.where(vfin, vc, 0.0)                                   # [B, H, N, C, V]
     dS = k_out.transpose(-1, -2) @ vc                                    # [B, H, N, K, V]
     Hs = []
     h = S0.to(ct) if S0 is not None else q.new_zeros(B, H, K, V, dtype=ct)

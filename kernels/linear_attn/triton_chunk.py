@@ -17,6 +17,14 @@ K and V are tiled (see config(); K, V <= 256). States are fp32; every load is up
 fp32; tl.dot runs in "ieee" fp32 for fp32 inputs and tf32 (no less precise than fp16/bf16)
 otherwise. Normalisation (z) runs as one extra column of ones in v (see __init__). q, k
 [B, T, H, K], v [B, T, H, V] contiguous; gc [B, H, N*BT] fp32; hbuf/dhbuf [B, H, N, K, V] fp32.
+
+Causality for any input: a non-finite q/k/v/g at token s changes no output before s. Masks
+select (tl.where), never multiply; _fwd_o's A @ v runs on values sanitised to 0 where
+non-finite, and the visible coefficients A[t, s] (s <= t) of a token s whose value row (in
+the V tile) is non-finite are NaN, so outputs that see s are NaN (one |v| < inf test per tile,
+no libdevice).
+Chunk states take the raw values (they only reach later chunks; the final state may be NaN).
+The backward kernels make no such promise for non-finite inputs.
 """
 
 from __future__ import annotations
@@ -103,9 +111,14 @@ def _fwd_o(q, k, v, gc, hbuf, o, scale, T, H, K, V, N,
         bt = tl.load(gc + ibh * N * BT + t).to(tl.float32)
         acc = acc * tl.exp(bt)[:, None]
         A = A * tl.exp(tl.where(causal, bt[:, None] - bt[None, :], 0.0))
-    A = tl.where(causal, A, 0.0)
     vv = tl.load(v + ((b * T + t[:, None]) * H + h) * V + ov[None, :],
                  mask=mt[:, None] & (ov[None, :] < V), other=0.0).to(tl.float32)
+    # causality for non-finite input: select (never 0 * NaN); the dot runs on finite values
+    # and a visible token whose value row (this V tile) is non-finite gets a NaN coefficient
+    vfin = tl.abs(vv) < float("inf")                                     # False for inf, NaN
+    vok = tl.min(tl.where(vfin, 1.0, 0.0), 1) > 0.0                      # [BT] row finite
+    A = tl.where(causal, tl.where(vok[None, :], A, float("nan")), 0.0)
+    vv = tl.where(vfin, vv, 0.0)
     acc = (acc + tl.dot(A, vv, input_precision=DOT_PREC)) * scale
     tl.store(o + ((b * T + t[:, None]) * H + h) * V + ov[None, :],
              acc.to(o.dtype.element_ty), mask=mt[:, None] & (ov[None, :] < V))

@@ -10,6 +10,11 @@ Shapes: q [B, Tq, H, D]; k, v [B, Tk, Hkv, D] with Tq <= Tk <= q_offset + Tq and
 (GQA); sink_k, sink_v [B, S, Hkv, D]; sink_q [B, Tq, H, D]. ``scale`` defaults to D^-0.5.
 Implementations: "naive" (masked, fp32), "torch" (blocked banded, memory O(T W)),
 "triton" (flash-style forward and backward, D <= 256).
+
+Non-finite input: every implementation keeps causality for any input (DESIGN.md, Kernels).
+A NaN/inf in q, k, v or the sinks changes no output that does not see it (in particular none
+before its position), and every output that sees it (a visible key with a non-finite score or
+value row) is NaN, not finite-but-wrong. Forward only: gradients make no such promise.
 """
 
 from __future__ import annotations

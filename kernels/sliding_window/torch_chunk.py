@@ -3,7 +3,9 @@
 Queries are cut in blocks of Bq; block [i0, i0+Bq) needs only the L = Bq + W - 1 keys ending
 at its last query, so the keys are padded in front by W - 1 and unfolded into overlapping
 windows: scores are [.., n_blocks, Bq, S + L] and memory is O(T (W + Bq)) instead of O(T^2).
-Sink scores join the same softmax, masked to s <= p_i - W. Same semantics as naive.py.
+Sink scores join the same softmax, masked to s <= p_i - W. Same semantics as naive.py,
+including non-finite input: masks select, values are sanitised before the weighted sum, and a
+visible key with a non-finite score or value row gets a NaN score.
 """
 
 from __future__ import annotations
@@ -27,7 +29,10 @@ def sliding_window_torch(q, k, v, window: int, q_offset: int, sink_k, sink_v, si
     def win(x):
         x = F.pad(x.to(ct), (0, 0, 0, 0, W - 1, max(0, need - (Tk + W - 1))))
         return x[:, e:e + (n - 1) * Bq + L].unfold(1, L, Bq).permute(0, 1, 4, 2, 3)
-    kw, vw = win(k), win(v)
+    vfin = v.isfinite()
+    kw, vw = win(k), win(torch.where(vfin, v, 0.0))
+    vbad = win((~vfin.all(-1, keepdim=True)).to(ct))[..., 0]             # [B, n, L, Hkv] 0/1
+    vbad = (vbad > 0).permute(0, 1, 3, 2)[:, :, :, None, None, :]        # [B, n, Hkv, 1, 1, L]
     qb = F.pad(q.to(ct), (0, 0, 0, 0, 0, n * Bq - Tq)).unflatten(1, (n, Bq))   # [B, n, Bq, H, D]
     qb = qb.unflatten(3, (Hkv, G))                                      # [B, n, Bq, Hkv, G, D]
     s = torch.einsum("bnrhgd,bnlhd->bnhgrl", qb, kw) * scale            # [B, n, Hkv, G, Bq, L]
@@ -37,7 +42,7 @@ def sliding_window_torch(q, k, v, window: int, q_offset: int, sink_k, sink_v, si
     band = (c[None, :] >= r[:, None]) & (c[None, :] <= r[:, None] + W - 1)       # [Bq, L]
     t = m0[:, None] + e + c[None, :] - (W - 1)                                  # key index [n, L]
     mask = band[None] & (t >= 0)[:, None, :]                                    # [n, Bq, L]
-    s = s.masked_fill(~mask[None, :, None, None], float("-inf"))
+    s = _select(s, mask[None, :, None, None], vbad)
     if sink_k is not None:
         S = sink_k.shape[1]
         sq = F.pad(sink_q.to(ct), (0, 0, 0, 0, 0, n * Bq - Tq)).unflatten(1, (n, Bq))
@@ -45,11 +50,19 @@ def sliding_window_torch(q, k, v, window: int, q_offset: int, sink_k, sink_v, si
         ss = torch.einsum("bnrhgd,bshd->bnhgrs", sq, sink_k.to(ct)) * scale  # [B,n,Hkv,G,Bq,S]
         pq = (m0[:, None] + r[None, :] + q_offset)                              # [n, Bq]
         smask = torch.arange(S, device=q.device) <= pq[..., None] - W           # [n, Bq, S]
-        ss = ss.masked_fill(~smask[None, :, None, None], float("-inf"))
+        sfin = sink_v.isfinite()
+        sbad = ~sfin.all(-1).transpose(1, 2)[:, None, :, None, None, :]      # [B, 1, Hkv, 1, 1, S]
+        ss = _select(ss, smask[None, :, None, None], sbad)
         p = torch.cat([ss, s], -1).softmax(-1)
-        o = torch.einsum("bnhgrs,bshd->bnrhgd", p[..., :S], sink_v.to(ct))
+        o = torch.einsum("bnhgrs,bshd->bnrhgd", p[..., :S], torch.where(sfin, sink_v, 0.0).to(ct))
         o = o + torch.einsum("bnhgrl,bnlhd->bnrhgd", p[..., S:], vw)
     else:
         o = torch.einsum("bnhgrl,bnlhd->bnrhgd", s.softmax(-1), vw)
     o = o.flatten(3, 4).flatten(1, 2)[:, :Tq]                                   # [B, Tq, H, D]
     return o.to(q.dtype)
+
+
+def _select(s, visible, vbad):
+    """Masked scores by selection: -inf where hidden, NaN where visible but the score or the
+    key's value row is non-finite (the output that sees it is NaN, not finite-but-wrong)."""
+    return torch.where(visible, torch.where(s.isfinite() & ~vbad, s, float("nan")), float("-inf"))

@@ -12,6 +12,12 @@ share one online softmax (running max m, sum l):
 Each program loops only over the key (or query) blocks its band touches: O(T W) work. GQA:
 dk/dv are produced per query head in fp32 and summed over the group. Layout [B, T, H, D]
 contiguous; lse, delta [B, H, Tq] fp32. Every load is up-cast to fp32.
+
+Non-finite input (forward): masks select (hidden scores are -inf), never multiply; the
+p @ v dot runs on values with non-finite entries set to 0, and a visible key whose score or
+value row is non-finite gets the score NaN (see _mask_scores), so outputs that do not see it
+are unchanged and outputs that see it are NaN. One |x| < inf test per tile, no libdevice.
+The backward kernels make no such promise for non-finite inputs.
 """
 
 from __future__ import annotations
@@ -48,6 +54,17 @@ def _softmax_step(s, vv, m, l, acc, DOT_PREC: tl.constexpr):
 
 
 @triton.jit
+def _mask_scores(s, vv, vis):
+    """Scores by selection: -inf where hidden, NaN where visible but s or the key's value row
+    is non-finite; returns them with the values sanitised (non-finite -> 0) for the dot."""
+    vfin = tl.abs(vv) < float("inf")                                     # False for inf, NaN
+    vok = tl.min(tl.where(vfin, 1.0, 0.0), 1) > 0.0                      # [BN] row finite
+    ok = (tl.abs(s) < float("inf")) & vok[None, :]
+    s = tl.where(vis, tl.where(ok, s, float("nan")), float("-inf"))
+    return s, tl.where(vfin, vv, 0.0)
+
+
+@triton.jit
 def _fwd(q, k, v, sq, sk, sv, o, lse, scale, Tq, Tk, H, Hkv, D, S, W, q_offset,
          BM: tl.constexpr, BN: tl.constexpr, BD: tl.constexpr, BS: tl.constexpr,
          HAS_SINK: tl.constexpr, DOT_PREC: tl.constexpr):
@@ -75,7 +92,8 @@ def _fwd(q, k, v, sq, sk, sv, o, lse, scale, Tq, Tk, H, Hkv, D, S, W, q_offset,
             vv = tl.load(sv + koff, mask=mk, other=0.0).to(tl.float32)
             s = tl.dot(sqq, tl.trans(kk), input_precision=DOT_PREC) * scale
             vis = mi[:, None] & (j[None, :] < S) & (j[None, :] <= (i + q_offset)[:, None] - W)
-            m, l, acc = _softmax_step(tl.where(vis, s, float("-inf")), vv, m, l, acc, DOT_PREC)
+            s, vv = _mask_scores(s, vv, vis)
+            m, l, acc = _softmax_step(s, vv, m, l, acc, DOT_PREC)
     lo = tl.maximum(pid_m * BM + e - W + 1, 0)
     hi = tl.minimum(pid_m * BM + BM + e, Tk)
     for ts in range(lo, hi, BN):
@@ -87,7 +105,8 @@ def _fwd(q, k, v, sq, sk, sv, o, lse, scale, Tq, Tk, H, Hkv, D, S, W, q_offset,
         s = tl.dot(qq, tl.trans(kk), input_precision=DOT_PREC) * scale
         vis = (mi[:, None] & (t[None, :] < Tk) & (t[None, :] <= (i + e)[:, None])
                & (t[None, :] > (i + e - W)[:, None]))
-        m, l, acc = _softmax_step(tl.where(vis, s, float("-inf")), vv, m, l, acc, DOT_PREC)
+        s, vv = _mask_scores(s, vv, vis)
+        m, l, acc = _softmax_step(s, vv, m, l, acc, DOT_PREC)
     l = tl.where(l == 0.0, 1.0, l)
     tl.store(o + qoff, (acc / l[:, None]).to(o.dtype.element_ty), mask=mi[:, None] & md[None, :])
     tl.store(lse + ibh * Tq + i, m + tl.log(l), mask=mi)
