@@ -330,3 +330,15 @@ def test_positive_gate_raises(impl, checks):
     g[0, 2, 0] = 0.0                                  # 0 (no decay) is allowed
     o, _ = linear_attn(q, k, v, g=g, impl=impl)
     checks.true(o.isfinite().all().item(), "g = 0 is accepted")
+
+
+@pytest.mark.parametrize("impl", ["naive", "torch", "triton"])
+def test_empty_sequence_returns_the_initial_state(impl, checks):
+    """Probe: T=0 gave an empty output under naive/torch but an error under triton."""
+    q = torch.randn(2, 0, 3, 16)
+    S0 = torch.randn(2, 3, 16, 16)
+    z0 = torch.rand(2, 3, 16)
+    o, st = linear_attn(q, q, q, normalize=True, initial_state=(S0, z0),
+                        output_final_state=True, impl=impl)
+    checks.true(o.shape == (2, 0, 3, 16), "empty output")
+    checks.close((st.S, st.z), (S0, z0), atol=0, msg="initial state back")
