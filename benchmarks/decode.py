@@ -8,8 +8,9 @@
 One ``memarch.mixers.Attention`` layer (d_model 512, 8 heads, B=1) decodes ``steps`` tokens
 after a cache of L tokens (L = 1k, 8k, 32k), under ``torch.no_grad``. "in place" is the
 normal path; "copy" hands the layer a detached view of the state before each token, which
-drops the buffer and so forces a copy of the cache each step. The target: time per token
-grows only as attention's own O(L) work.
+drops the buffer and so forces a copy of the cache each step; "attention math" times SDPA
+of one query over the same cache alone. The target: time per token grows only as
+attention's own O(L) work.
 """
 
 from __future__ import annotations
@@ -41,6 +42,15 @@ def decode_ms(layer, L, steps, mode, device):
     state = KVCacheState(K, V, torch.full((1,), L, device=device))
     x = torch.randn(1, 1, layer.d_model, device=device)
     ts = []
+    if mode == "attention math":            # the floor: SDPA of one query over the cache
+        q = torch.randn(1, layer.n_heads, 1, D, device=device)
+        for _ in range(steps):
+            _sync(device)
+            t0 = time.perf_counter()
+            torch.nn.functional.scaled_dot_product_attention(q, K, V, enable_gqa=True)
+            _sync(device)
+            ts.append(time.perf_counter() - t0)
+        return statistics.median(ts[2:]) * 1e3
     for _ in range(steps):
         if mode == "copy":
             state = st.detach(state)                        # a new view: no buffer, so a copy
@@ -66,7 +76,7 @@ def main(argv=None):
     layer = Attention(512, n_heads=8).to(a.device).eval()
     rows = []
     for L in map(int, a.lengths.split(",")):
-        for mode in ("in place", "copy"):
+        for mode in ("in place", "copy", "attention math"):
             ms = decode_ms(layer, L, a.steps, mode, a.device)
             rows.append(dict(context=L, mode=mode, ms_per_token=ms, tokens_per_s=1e3 / ms))
             print(f"L={L:6d} {mode:8s} {ms:8.3f} ms/token  {1e3 / ms:8.1f} tokens/s")
@@ -85,12 +95,15 @@ def render(res) -> str:
     lines = [f"Decode, full attention (d_model 512, 8 heads, B=1), {m['device']} "
              f"({m.get('gpu') or m.get('cpu')}, {m['threads']} threads, torch {m['torch']}):",
              "", "| context | in place: ms/token | tokens/s | copy per token: ms/token | "
-                 "tokens/s | speed-up |", "|---:|---:|---:|---:|---:|---:|"]
+                 "tokens/s | speed-up | attention math alone: ms |",
+             "|---:|---:|---:|---:|---:|---:|---:|"]
     for L in sorted({r["context"] for r in res["rows"]}):
         a, b = by[(L, "in place")], by[(L, "copy")]
+        c = by.get((L, "attention math"))
         lines.append(f"| {L:,} | {a['ms_per_token']:.3f} | {a['tokens_per_s']:.0f} | "
                      f"{b['ms_per_token']:.3f} | {b['tokens_per_s']:.0f} | "
-                     f"{b['ms_per_token'] / a['ms_per_token']:.1f}x |")
+                     f"{b['ms_per_token'] / a['ms_per_token']:.1f}x | "
+                     f"{c['ms_per_token']:.3f} |" if c else "| - |")
     return "\n".join(lines)
 
 
