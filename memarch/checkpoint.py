@@ -37,8 +37,9 @@ class Loaded(NamedTuple):
     checkpoint: dict
 
 
-def read(path: str | Path, *, map_location: Any = "cpu") -> dict:
-    """The checkpoint dict in ``path``, unpickled with ``weights_only=True``."""
+def read(path: str | Path, *, map_location: Any = "cpu", mmap: bool = False) -> dict:
+    """The checkpoint dict in ``path``, unpickled with ``weights_only=True``; ``mmap=True``
+    maps the tensors instead of reading them (to look at the config of a large file)."""
     path = Path(path)
     if path.is_dir():
         raise CheckpointError(f"checkpoint {path}: is a directory, not a checkpoint file "
@@ -47,11 +48,15 @@ def read(path: str | Path, *, map_location: Any = "cpu") -> dict:
         raise FileNotFoundError(f"checkpoint: file not found: {path}")
     with open(path, "rb") as f:                 # a permission error is reported as such
         try:
-            ckpt = torch.load(f, map_location=map_location, weights_only=True)
+            ckpt = torch.load(str(path) if mmap else f, map_location=map_location,
+                              weights_only=True, mmap=mmap)
         except pickle.UnpicklingError as e:
             # torch's weights-only unpickler names a refused class/function as
             # "GLOBAL mod.name"; any other unpickling error means bytes that are not a pickle
-            why = next((ln.strip() for ln in str(e).splitlines() if "GLOBAL" in ln), None)
+            why = next((ln.strip() for ln in str(e).splitlines()
+                        if any(w in ln for w in ("GLOBAL", "unrecognized function",
+                                                 "Unsupported global"))),
+                       None)
             if why is None:
                 raise _corrupt(path, e) from None
             raise CheckpointError(

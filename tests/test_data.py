@@ -97,3 +97,12 @@ def test_text_files_check_settings_and_documents(tmp_path, checks):
         with pytest.raises(DataError, match=rf"v\.jsonl: line 2: field 'text' is {kind}"):
             read_documents([j])
         checks.n += 1
+
+
+def test_text_files_read_with_universal_newlines(tmp_path):
+    """Windows (CRLF) and old-Mac (CR) line ends read as "\\n", as ``Path.read_text`` did:
+    the bytes read for error offsets must not change the training text."""
+    from memarch.data.text import read_documents
+    (tmp_path / "crlf.txt").write_bytes(b"a\r\nb\rc\n")
+    (tmp_path / "lf.txt").write_bytes(b"a\nb\nc\n")
+    assert read_documents([tmp_path / "crlf.txt"]) == read_documents([tmp_path / "lf.txt"])

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+import os
 import sys
+import time
 
 import pytest
 import torch
@@ -167,12 +169,17 @@ def test_stray_tmp_checkpoints_removed_at_start(tmp_path, caplog, checks):
     new.write_bytes(b"partial")
     keep = ckpt.parent / "notes.tmp"
     keep.write_text("not a checkpoint")
+    for p in (old, new):                   # older than the grace period for a live save
+        os.utime(p, (time.time() - 600, time.time() - 600))
+    live = ckpt.parent / "step_000006.ckpt.tmp"
+    live.write_bytes(b"being written by another run")
     with caplog.at_level(logging.WARNING, logger="memarch.lit.train"):
         res = run(compose_cfg([*TINY, f"ckpt_path={ckpt}", "trainer.max_steps=3",
                                "validate_at_end=false"], tmp_path / "b"))
     checks.true(res["global_step"] == 3, "resumed")
     checks.true(not old.exists() and not new.exists(), "stray .ckpt.tmp removed")
     checks.true(keep.exists(), "other files kept")
+    checks.true(live.exists(), "a .tmp modified just now is kept (a live save)")
     for p in (old, new):
         checks.true(any(str(p) in r.getMessage() for r in caplog.records), f"logged {p}")
 

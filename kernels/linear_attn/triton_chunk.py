@@ -387,8 +387,6 @@ def linear_attn_triton(q, k, v, g, scale, normalize, eps, S0, z0):
         x is not None and x.requires_grad for x in (q, k, v, g, S0, z0))
     if T == 1 and not needs_grad:
         return _decode_step(q, k, v, g, scale, normalize, eps, S0, z0)
-    if T == 0:
-        raise ValueError("linear_attn: impl='triton' needs T >= 1")
     if normalize:  # z is the state of a column of ones appended to v
         v_aug = torch.cat([v, v.new_ones(v.shape[:-1] + (1,))], -1)
         S0a = torch.cat([S0.float(), z0.float()[..., None]], -1) if S0 is not None else None

@@ -100,7 +100,8 @@ def read_documents(paths: Sequence[str], field: str = "text") -> list[str]:
                                     "name of the text field")
                 docs.append(document_text(obj[field], f"{p}: line {n}", field))
         else:
-            docs.append(decode_utf8(p.read_bytes(), p))
+            text = decode_utf8(p.read_bytes(), p)      # universal newlines, as read_text()
+            docs.append(text.replace("\r\n", "\n").replace("\r", "\n"))
         if not any(d.strip() for d in docs[start:]):
             raise DataError(f"data.dataset.paths: data file is empty (no text): {p}")
     return docs

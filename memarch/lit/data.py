@@ -75,7 +75,7 @@ class LMDataModule(pl.LightningDataModule):
         if self.stateful:
             ds = StreamSegments(ds, global_batch=self.batch_size * world,
                                 segment_len=self.segment_len)
-        max_steps = t.max_steps if t is not None else 1
+        max_steps = t.max_steps if t is not None else 10 ** 9   # standalone: unbounded
         if max_steps < 1:
             raise ValueError(f"trainer.max_steps must be >= 1 (training runs by steps), got "
                              f"{max_steps}")

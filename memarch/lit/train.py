@@ -13,6 +13,7 @@ from __future__ import annotations
 import inspect
 import logging
 import math
+import time
 import types
 import typing
 from pathlib import Path
@@ -233,7 +234,7 @@ def check_resume(cfg: DictConfig) -> None:
     if Path(ckpt).is_dir():
         return                               # a sharded (FSDP) checkpoint: not readable here
     try:
-        stored = read(ckpt).get(CONFIG_KEY)
+        stored = read(ckpt, mmap=True).get(CONFIG_KEY)   # the config only: map, not read
     except ValueError as e:                  # memarch.checkpoint.CheckpointError: corrupt etc.
         raise ConfigError(f"ckpt_path: {e}") from e
     if stored is None:
@@ -253,16 +254,25 @@ def check_resume(cfg: DictConfig) -> None:
           "train the checkpoint's weights with the new config (fine-tuning).")
 
 
+_TMP_GRACE_S = 120   # a .tmp written to this recently may belong to a live run's save
+
+
 def remove_stray_tmp(*dirs: Path) -> list[Path]:
     """Delete ``*.ckpt.tmp`` left by a save killed mid-write (memarch.lit.io writes
-    ``<path>.tmp`` and then renames it); logs each. Rank zero only."""
+    ``<path>.tmp`` and then renames it); logs each. Rank zero only. A file modified in the
+    last two minutes is kept (with a log line): another run may still be writing it."""
     removed = []
     if rank_zero_only.rank != 0:
         return removed
+    now = time.time()
     for d in dict.fromkeys(Path(d) for d in dirs):
         if not d.is_dir():
             continue
         for tmp in sorted(d.glob("*.ckpt.tmp")):
+            if now - tmp.stat().st_mtime < _TMP_GRACE_S:
+                log.warning("kept %s: modified in the last %d s, another run may be saving it",
+                            tmp, _TMP_GRACE_S)
+                continue
             tmp.unlink(missing_ok=True)
             log.warning("removed %s (a partial checkpoint from a save that was interrupted)",
                         tmp)

@@ -42,6 +42,7 @@ and every query that sees a non-finite key or value gets a NaN output.
 
 from __future__ import annotations
 
+import weakref
 from typing import NamedTuple
 
 import torch
@@ -187,32 +188,44 @@ class Attention(Mixer):
         """Full causal attention over [cache, new] with SDPA.
 
         The cache grows by ``_append_kv``: in place (amortised O(1) per token) when that
-        is safe, by copy otherwise. With T > 1 new tokens some pairs are masked, so the
-        keys/values are made finite first (a NaN times a zero weight is NaN) and every
-        query that sees a non-finite key or value gets a NaN output: causality holds for
-        any input."""
+        is safe, by copy otherwise. With T > 1 new tokens, pairs among them are masked, and
+        a masked NaN leaks through SDPA (NaN + -inf, 0 * NaN): so the compute sees the new
+        keys/values made finite, and every query that sees a non-finite new key or value
+        gets a NaN output. Cache entries are visible to every new query, so a non-finite
+        one makes every output NaN by itself. The state keeps the raw values."""
         T, L0 = qr.shape[2], state.k.shape[2]
-        K, V = _append_kv(state.k, state.v, kr, v)                     # [B, Hkv, L0+T, Dh]
-        new = KVCacheState(K, V, state.pos + T)
         bad = None
-        if T > 1:
-            K, V, bad = _finite_kv(K, V)                               # bad [B, Hkv, L0+T]
+        if T == 1:
+            K, V = _append_kv(state.k, state.v, kr, v)                 # [B, Hkv, L0+1, Dh]
+            Kc, Vc = K, V
+        else:
+            ks, vs, bad = _finite_kv(kr, v)                            # bad [B, Hkv, T]
+            if torch.is_grad_enabled():
+                K, V = torch.cat([state.k, kr], 2), torch.cat([state.v, v], 2)
+                Kc = ks if L0 == 0 else torch.cat([state.k, ks], 2)
+                Vc = vs if L0 == 0 else torch.cat([state.v, vs], 2)
+            else:     # the buffer's new slots hold the finite copies during the compute
+                K, V = Kc, Vc = _append_kv(state.k, state.v, ks, vs)
+        new = KVCacheState(K, V, state.pos + T)
         if self.learned_sink:
             u = torch.arange(L0 + T, device=qr.device)
             mask = u[None, :] <= (L0 + torch.arange(T, device=qr.device))[:, None]  # [T, L0+T]
-            o = self._attend_with_learned_sink(q, qr, K, V, mask)
+            o = self._attend_with_learned_sink(q, qr, Kc, Vc, mask)
         elif T == 1:                                                   # decode: sees all
-            o = F.scaled_dot_product_attention(qr, K, V, scale=self.scale, enable_gqa=True)
+            o = F.scaled_dot_product_attention(qr, Kc, Vc, scale=self.scale, enable_gqa=True)
         elif L0 == 0:
-            o = F.scaled_dot_product_attention(qr, K, V, is_causal=True, scale=self.scale,
+            o = F.scaled_dot_product_attention(qr, Kc, Vc, is_causal=True, scale=self.scale,
                                                enable_gqa=True)
         else:   # bottom-right aligned causal mask: new token t sees cache entries 0 .. L0 + t
             u = torch.arange(L0 + T, device=qr.device)
             mask = u[None, :] <= (L0 + torch.arange(T, device=qr.device))[:, None]
-            o = F.scaled_dot_product_attention(qr, K, V, attn_mask=mask, scale=self.scale,
+            o = F.scaled_dot_product_attention(qr, Kc, Vc, attn_mask=mask, scale=self.scale,
                                                enable_gqa=True)
-        if bad is not None:   # query t sees keys 0 .. L0 + t: a prefix
-            seen = bad.cumsum(-1)[..., L0:] > 0                          # [B, Hkv, T]
+        if bad is not None:   # new query t sees new keys 0 .. t: a prefix
+            if K is Kc:                                                # buffer: raw values back
+                K[:, :, L0:] = kr
+                V[:, :, L0:] = v
+            seen = bad.cumsum(-1) > 0                                  # [B, Hkv, T]
             seen = seen.repeat_interleave(self.n_heads // self.n_kv_heads, dim=1)
             o = o.masked_fill(seen[..., None], float("nan"))
         return o, new
@@ -322,14 +335,35 @@ class _KVBuffer:
     """Storage with spare capacity behind a full-attention KV cache. A state's ``k``/``v``
     are views ``buf[:, :, :L]``; ``fill`` is the number of slots some state already claims.
     Appending to a state with ``L == fill`` writes the free slots in place; any other
-    state (an older one: a branch) copies, so no state ever sees its entries change."""
-    __slots__ = ("k", "v", "fill")
+    state (an older one: a branch) copies, so no state ever sees its entries change.
+
+    The link from a state's tensors to their buffer lives in ``_BUFFERS`` (keyed by the
+    tensor object, dropped when it is freed), not on the tensors, so a saved state is plain
+    tensors that ``torch.load(weights_only=True)`` reads (``torch.save`` writes a view's
+    whole storage: clone a state to drop the spare capacity before saving it)."""
+    __slots__ = ("k", "v", "fill", "k_view", "v_view", "__weakref__")
 
     def __init__(self, k: torch.Tensor, v: torch.Tensor, fill: int):
         self.k, self.v, self.fill = k, v, fill
+        self.k_view = self.v_view = None          # weak references to the newest views
 
 
-_BUF = "_memarch_kv_buffer"
+_BUFFERS: dict[int, _KVBuffer] = {}               # id(view tensor) -> its buffer
+
+
+def _buffer_of(ck: torch.Tensor, cv: torch.Tensor) -> _KVBuffer | None:
+    buf = _BUFFERS.get(id(ck))
+    if (buf is None or _BUFFERS.get(id(cv)) is not buf or buf.k_view is None
+            or buf.k_view() is not ck or buf.v_view() is not cv):
+        return None
+    return buf
+
+
+def _link(view: torch.Tensor, buf: _KVBuffer) -> weakref.ref:
+    key = id(view)
+    _BUFFERS[key] = buf
+    weakref.finalize(view, _BUFFERS.pop, key, None)
+    return weakref.ref(view)
 
 
 def _append_kv(ck: torch.Tensor, cv: torch.Tensor, k: torch.Tensor, v: torch.Tensor):
@@ -340,10 +374,10 @@ def _append_kv(ck: torch.Tensor, cv: torch.Tensor, k: torch.Tensor, v: torch.Ten
     if torch.is_grad_enabled():
         return torch.cat([ck, k], dim=2), torch.cat([cv, v], dim=2)
     L0, T = ck.shape[2], k.shape[2]
-    buf = getattr(ck, _BUF, None)
-    if not (buf is not None and getattr(cv, _BUF, None) is buf and buf.fill == L0
-            and L0 + T <= buf.k.shape[2] and ck.data_ptr() == buf.k.data_ptr()
-            and cv.data_ptr() == buf.v.data_ptr() and k.dtype == buf.k.dtype):
+    buf = _buffer_of(ck, cv)
+    if not (buf is not None and buf.fill == L0 and L0 + T <= buf.k.shape[2]
+            and k.dtype == buf.k.dtype and k.device == buf.k.device
+            and buf.k.is_inference() == torch.is_inference_mode_enabled()):
         cap = max(64, L0 + T + (L0 + T) // 2)
         B, H, _, D = k.shape
         buf = _KVBuffer(k.new_empty(B, H, cap, D), v.new_empty(B, H, cap, D), L0)
@@ -353,8 +387,7 @@ def _append_kv(ck: torch.Tensor, cv: torch.Tensor, k: torch.Tensor, v: torch.Ten
     buf.v[:, :, L0:L0 + T] = v
     buf.fill = L0 + T
     K, V = buf.k[:, :, :L0 + T], buf.v[:, :, :L0 + T]
-    setattr(K, _BUF, buf)
-    setattr(V, _BUF, buf)
+    buf.k_view, buf.v_view = _link(K, buf), _link(V, buf)
     return K, V
 
 
