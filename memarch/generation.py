@@ -20,6 +20,8 @@ from typing import Any, Iterator, NamedTuple, Sequence
 
 import torch
 
+from memarch.state import fields_repr
+
 __all__ = ["prefill", "sample_next", "stream", "generate", "DecodeStep", "GenerationOutput"]
 
 
@@ -27,11 +29,17 @@ class DecodeStep(NamedTuple):
     token: torch.Tensor  # [B] the sampled token (pad for finished rows)
     state: Any           # the model state after consuming everything before ``token``
 
+    def __repr__(self) -> str:          # shapes and a state summary, not every tensor
+        return fields_repr(self)
+
 
 class GenerationOutput(NamedTuple):
     tokens: torch.Tensor    # [B, n] generated tokens (after a stop token: pad)
     state: Any              # state after the prompt and all generated tokens but the last
     finished: torch.Tensor  # [B] bool: the row emitted a stop token
+
+    def __repr__(self) -> str:          # shapes and a state summary, not every tensor
+        return fields_repr(self)
 
 
 def _int(fn: str, name: str, value, *, minimum: int | None = None,
@@ -60,6 +68,59 @@ def _real(fn: str, name: str, value) -> float:
         return float(value)
     except (TypeError, ValueError):
         raise TypeError(f"{fn}: {name} must be a real number, got {value!r}") from None
+
+
+def _model_device(model) -> torch.device:
+    params = getattr(model, "parameters", None)
+    if callable(params):
+        try:
+            return next(iter(params())).device
+        except StopIteration:
+            pass
+    return torch.device("cpu")
+
+
+def _token(fn: str, value, where: str) -> int:
+    try:
+        if isinstance(value, bool):
+            raise TypeError
+        out = operator.index(value)
+    except TypeError:
+        raise TypeError(f"{fn}: ids given as a list must hold int token ids, got {value!r} "
+                        f"({type(value).__name__}) at {where}") from None
+    if not -2**63 <= out < 2**63:
+        raise ValueError(f"{fn}: ids must be int64 token ids, got {out} at {where}")
+    return out
+
+
+def _as_ids(fn: str, model, ids):
+    """A list of ints -> [1, T]; a list of equal-length lists of ints -> [B, T] (int64 on
+    the model's device). Tensors (and anything else) are returned unchanged."""
+    if not isinstance(ids, (list, tuple)):
+        return ids
+    kind = type(ids).__name__
+    if len(ids) == 0:
+        raise ValueError(f"{fn}: ids must be [B, T] with T >= 1, got an empty {kind}")
+    nested = [isinstance(r, (list, tuple)) for r in ids]
+    if all(nested):
+        lengths = [len(r) for r in ids]
+        if len(set(lengths)) > 1:
+            shown = lengths if len(lengths) <= 16 else f"{lengths[:16]}... ({len(lengths)} rows)"
+            raise ValueError(f"{fn}: ids given as a list of lists must have rows of equal "
+                             f"length (pad them, or generate each row separately), got row "
+                             f"lengths {shown}")
+        if lengths[0] == 0:
+            raise ValueError(f"{fn}: ids must be [B, T] with T >= 1, got {len(ids)} empty rows")
+        rows = [[_token(fn, v, f"ids[{b}][{t}]") for t, v in enumerate(r)]
+                for b, r in enumerate(ids)]
+    elif any(nested):
+        b = nested.index(not nested[0])
+        raise TypeError(f"{fn}: ids must be a list of ints (one sequence) or a list of lists "
+                        f"of ints (a batch), not a mix: ids[0] is {type(ids[0]).__name__}, "
+                        f"ids[{b}] is {type(ids[b]).__name__}")
+    else:
+        rows = [[_token(fn, v, f"ids[{t}]") for t, v in enumerate(ids)]]
+    return torch.tensor(rows, dtype=torch.long, device=_model_device(model))
 
 
 def _check_sampling(fn: str, temperature, top_k, top_p) -> tuple[float, int | None, float | None]:
@@ -145,8 +206,14 @@ def _sample(logits: torch.Tensor, temperature: float, top_k: int | None, top_p: 
 
 
 @torch.no_grad()
-def prefill(model, ids: torch.Tensor, state: Any = None, *, chunk_size: int | None = 2048):
-    """Run ``ids [B, T]`` through the model chunk by chunk; returns (last logits [B, V], state)."""
+def prefill(model, ids: torch.Tensor | Sequence, state: Any = None, *,
+            chunk_size: int | None = 2048):
+    """Run ``ids [B, T]`` through the model chunk by chunk; returns (last logits [B, V], state).
+
+    ``ids`` may also be a list of ints (one sequence, [1, T]) or a list of equal-length lists
+    of ints ([B, T]); they become int64 on the model's device (its first parameter's, else
+    cpu)."""
+    ids = _as_ids("prefill", model, ids)
     if not isinstance(ids, torch.Tensor) or ids.dim() != 2 or ids.shape[1] < 1:
         shape = tuple(ids.shape) if isinstance(ids, torch.Tensor) else type(ids).__name__
         raise ValueError(f"prefill: ids must be [B, T] with T >= 1, got shape {shape}")
@@ -175,12 +242,15 @@ def sample_next(logits: torch.Tensor, *, temperature: float = 0.0, top_k: int | 
     return _sample(logits, temperature, top_k, top_p, generator)
 
 
-def stream(model, ids: torch.Tensor, *, state: Any = None, max_new_tokens: int | None = None,
+def stream(model, ids: torch.Tensor | Sequence, *, state: Any = None, max_new_tokens: int | None = None,
            chunk_size: int | None = 2048, temperature: float = 0.0, top_k: int | None = None,
            top_p: float | None = None, stop_tokens: Sequence[int] = (), pad_id: int | None = None,
            min_new_tokens: int = 0,
            generator: torch.Generator | None = None) -> Iterator[DecodeStep]:
     """Yield one ``DecodeStep`` per generated token; unbounded when ``max_new_tokens`` is None.
+
+    ``ids`` is a tensor [B, T], a list of ints (one sequence) or a list of equal-length lists
+    of ints (a batch), as for ``prefill``.
 
     Stops early once every row has emitted one of ``stop_tokens``; rows that finished
     earlier get ``pad_id`` (default: the first stop token) from then on. The first
@@ -198,6 +268,7 @@ def stream(model, ids: torch.Tensor, *, state: Any = None, max_new_tokens: int |
     temperature, top_k, top_p = _check_sampling(fn, temperature, top_k, top_p)
     stops = _stop_list(fn, stop_tokens)
     pad_id = _int(fn, "pad_id", pad_id, allow_none=True)
+    ids = _as_ids(fn, model, ids)
     if not isinstance(ids, torch.Tensor) or ids.dim() != 2 or ids.shape[1] < 1:
         shape = tuple(ids.shape) if isinstance(ids, torch.Tensor) else type(ids).__name__
         raise ValueError(f"{fn}: ids must be [B, T] with T >= 1, got shape {shape}")
@@ -258,8 +329,10 @@ def _stream(model, ids, state, max_new_tokens, chunk_size, temperature, top_k, t
         logits = logits[:, -1]
 
 
-def generate(model, ids: torch.Tensor, max_new_tokens: int, **kwargs) -> GenerationOutput:
-    """Generate up to ``max_new_tokens`` tokens after ``ids [B, T]`` (see ``stream``)."""
+def generate(model, ids: torch.Tensor | Sequence, max_new_tokens: int,
+             **kwargs) -> GenerationOutput:
+    """Generate up to ``max_new_tokens`` tokens after ``ids [B, T]`` (see ``stream``; ``ids``
+    may be a list of ints or a list of equal-length lists of ints)."""
     max_new_tokens = _int("generate", "max_new_tokens", max_new_tokens, minimum=1)
     toks, state = [], kwargs.pop("state", None)
     stops = _stop_list("generate", kwargs.pop("stop_tokens", ()))   # an iterator is read once

@@ -30,6 +30,8 @@ __all__ = [
     "batch_size",
     "float_numel",
     "check_like",
+    "summary",
+    "fields_repr",
 ]
 
 
@@ -172,3 +174,102 @@ def _describe(x: Any) -> str:
 
 def _shape_text(e: torch.Tensor, grow: dict[int, str]) -> str:
     return "(" + ", ".join(grow.get(d, str(n)) for d, n in enumerate(e.shape)) + ")"
+
+
+# -- short text summaries (the ``__repr__`` of the result NamedTuples) ----------------------
+
+_MAX_VALUES = 8     # a tensor with at most this many elements shows its values
+
+
+def _values(t: torch.Tensor) -> str:
+    v = t.detach().cpu().tolist()
+    if not (t.is_floating_point() or t.is_complex()):
+        return str(v)
+
+    def fmt(x: Any) -> str:
+        return "[" + ", ".join(map(fmt, x)) + "]" if isinstance(x, list) else format(x, ".4g")
+
+    return fmt(v)
+
+
+def _tensor_summary(t: torch.Tensor) -> str:
+    dtype = str(t.dtype).removeprefix("torch.")
+    text = (f"[{', '.join(map(str, t.shape))}] {dtype}" if t.dim() else f"scalar {dtype}")
+    if t.device.type != "cpu":
+        text += f" {t.device}"
+    if 0 < t.numel() <= _MAX_VALUES and t.device.type != "meta":
+        text += f": {_values(t)}"
+    return text
+
+
+def _pos_text(pos: torch.Tensor) -> str:
+    if pos.device.type == "meta":
+        return f"pos={_tensor_summary(pos)}"
+    if pos.numel() <= _MAX_VALUES:
+        return f"pos={_values(pos)}"
+    lo, hi = int(pos.min()), int(pos.max())
+    rows = pos.numel()
+    return f"pos={lo} ({rows} rows)" if lo == hi else f"pos={lo}..{hi} ({rows} rows)"
+
+
+def _find_pos(state: Any) -> torch.Tensor | None:
+    """The ``pos`` field of a state NamedTuple (the first one found, depth first)."""
+    if getattr(state, "_fields", None) is not None:
+        pos = getattr(state, "pos", None)
+        if isinstance(pos, torch.Tensor):
+            return pos
+    if isinstance(state, (tuple, list)):
+        for s in state:
+            pos = _find_pos(s)
+            if pos is not None:
+                return pos
+    return None
+
+
+def _counts(state: Any) -> str:
+    ts = tensors(state)
+    n = len(ts)
+    return f"{n} tensor{'s' if n != 1 else ''}, {sum(t.numel() for t in ts):,} scalars"
+
+
+def summary(x: Any) -> str:
+    """A one-line description of a tensor, a state or another value, never its full data.
+
+    Tensors show shape and dtype (and device when not cpu), plus their values when they have
+    at most 8 elements; a state shows its type, the number of tensors and scalars, and its
+    positions ``pos`` when it has them. A model state (a plain tuple of layer states) shows
+    the positions once when all layers agree.
+    """
+    try:
+        if x is None:
+            return "None"
+        if isinstance(x, torch.Tensor):
+            return _tensor_summary(x)
+        if getattr(x, "_fields", None) is not None:                    # a state NamedTuple
+            parts = [type(x).__name__ + ": " + _counts(x)]
+            pos = _find_pos(x)
+            if pos is not None:
+                parts.append(_pos_text(pos))
+            return "<" + ", ".join(parts) + ">"
+        if isinstance(x, (tuple, list)):                               # one state per layer
+            n = len(x)
+            parts = [f"{type(x).__name__} of {n} layer state{'s' if n != 1 else ''}: "
+                     + _counts(x)]
+            found = [_find_pos(s) for s in x]
+            found = [p for p in found if p is not None]
+            if found:
+                same = all(p.shape == found[0].shape and p.device == found[0].device
+                           and (p.device.type == "meta" or bool(torch.equal(p, found[0])))
+                           for p in found[1:])
+                parts.append(_pos_text(found[0]) if same else "pos differ by layer")
+            return "<" + ", ".join(parts) + ">"
+        text = repr(x)
+        return text if len(text) <= 60 else text[:57] + "..."
+    except Exception:  # noqa: BLE001 (a repr must never raise)
+        return f"<{type(x).__name__}>"
+
+
+def fields_repr(record: Any) -> str:
+    """``Name(field=summary, ...)`` for a NamedTuple of tensors and states."""
+    body = ", ".join(f"{f}={summary(getattr(record, f))}" for f in record._fields)
+    return f"{type(record).__name__}({body})"

@@ -32,6 +32,9 @@ class MixerOutput(NamedTuple):
     state: Any                           # the state after the last token
     aux_loss: torch.Tensor | None = None  # scalar or None
 
+    def __repr__(self) -> str:          # shapes and a state summary, not every tensor
+        return st.fields_repr(self)
+
 
 class Mixer(nn.Module, abc.ABC):
     """Base class. Subclasses implement ``init_state``, ``_forward`` and ``state_size``.

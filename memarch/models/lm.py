@@ -30,6 +30,10 @@ class LMOutput(NamedTuple):
     state: tuple                       # one entry per layer
     aux_loss: torch.Tensor | None      # sum of the mixers' aux losses, or None
 
+    def __repr__(self) -> str:          # shapes and a state summary, not every tensor
+        from memarch.state import fields_repr
+        return fields_repr(self)
+
 
 class Block(nn.Module):
     """Pre-norm residual block: mixer then (optional) SwiGLU MLP."""
