@@ -3,18 +3,89 @@
 A bad config value, a bad data file, a refused resume or a stopped run (non-finite loss,
 loss blow-up) ends with a one-paragraph message naming the key, file or checkpoint, and
 exit status 1 (no traceback).
+
+Resume: ``python train.py ckpt_path=RUN/checkpoints/last.ckpt [key=value ...]`` restores
+the run's own command-line overrides (``RUN/.hydra/overrides.yaml``) before Hydra composes
+the config; overrides given now win over the restored ones. Without that file the model
+config stored in the checkpoint is used (the other settings are the defaults).
 """
+
+from __future__ import annotations
+
+import re
+import sys
+from pathlib import Path
 
 import hydra
 from omegaconf import DictConfig
+
+_SPECIAL_CKPT = ("last", "hpc", "best", "registry")
+_STATE: dict = {}      # what restore_overrides did (read by main)
+
+
+def _key(override: str) -> str:
+    """The config key (or group) an override sets: ``+a.b=1`` -> ``a.b``."""
+    return override.split("=", 1)[0].lstrip("~+")
+
+
+def _value(override: str) -> str:
+    """An override's value as Hydra reads it (quotes removed)."""
+    try:
+        from hydra.core.override_parser.overrides_parser import OverridesParser
+        v = OverridesParser.create().parse_override(override).value()
+        return str(v)
+    except Exception:  # noqa: BLE001 - fall back to the raw text
+        return override.split("=", 1)[1].strip("'\"")
+
+
+def _is_override(arg: str) -> bool:
+    return not arg.startswith("-") and "=" in arg
+
+
+def restore_overrides(argv: list[str]) -> list[str]:
+    """``argv`` with the resumed run's saved overrides inserted before the user's ones (see
+    the module docstring); prints one line saying what was restored and from where."""
+    _STATE.clear()
+    args = argv[1:]
+    user = [a for a in args if _is_override(a)]
+    ckpt = next((_value(a) for a in reversed(user) if _key(a) == "ckpt_path"), None)
+    if not ckpt or ckpt in _SPECIAL_CKPT or ckpt == "null":
+        return argv
+    ckpt_p = Path(ckpt)
+    saved = ckpt_p.parent.parent / ".hydra" / "overrides.yaml"
+    user_keys = {_key(a) for a in user}
+    _STATE.update(ckpt=ckpt, user_keys=user_keys)
+    if not saved.is_file():
+        if ckpt_p.is_file():
+            _STATE["fallback"] = True    # main() takes the model config from the checkpoint
+        return argv
+    from omegaconf import OmegaConf
+    try:
+        old = [str(o) for o in (OmegaConf.load(saved) or [])]
+    except Exception as e:  # noqa: BLE001 - unreadable: say so and go on without it
+        print(f"resume: cannot read {saved} ({e}); the run's overrides are not restored",
+              flush=True)
+        _STATE["fallback"] = ckpt_p.is_file()
+        return argv
+    mine = [o for o in old if _key(o) != "ckpt_path" and re.split(r"[./]", _key(o))[0] != "hydra"]
+    keep = [o for o in mine if _key(o) not in user_keys]
+    replaced = [_key(o) for o in mine if _key(o) in user_keys]
+    _STATE["restored"] = keep
+    first = next(i for i, a in enumerate(args) if _is_override(a))
+    print(f"resume: restored the run's overrides from {saved}: {' '.join(keep) or '(none)'}"
+          + (f" (given now instead: {', '.join(replaced)})" if replaced else ""), flush=True)
+    return [argv[0], *args[:first], *keep, *args[first:]]
 
 
 @hydra.main(version_base="1.3", config_path="configs", config_name="train")
 def main(cfg: DictConfig) -> None:
     from memarch.data.text import DataError
     from memarch.lit.module import TrainingStopped
-    from memarch.lit.train import ConfigError, run
+    from memarch.lit.train import ConfigError, adopt_checkpoint_model, run
     try:
+        if _STATE.get("fallback") and str(cfg.get("ckpt_path")) == _STATE["ckpt"]:
+            mine = any(k == "model" or k.startswith("model.") for k in _STATE["user_keys"])
+            adopt_checkpoint_model(cfg, keep_current=mine)
         run(cfg)
     except TrainingStopped as e:
         raise SystemExit(f"training stopped: {e}") from None
@@ -25,4 +96,5 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    sys.argv[:] = restore_overrides(sys.argv)
     main()

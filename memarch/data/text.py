@@ -12,10 +12,13 @@ not UTF-8) and, for settings, the config key as typed (``data.dataset.seq_len``)
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
+import socket
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from urllib.parse import urlparse
 
 import torch
 from torch.utils.data import Dataset
@@ -178,20 +181,95 @@ def TextFiles(*, paths: Sequence[str], seq_len: int = 512, field: str = "text",
                         vocab_size=tok.vocab_size)
 
 
+class HubUnavailable(DataError, RuntimeError):
+    """The Hugging Face Hub cannot be reached (offline mode, no network); the message points
+    to ``data=text``."""
+
+
+def _local_files_hint(name: str, why: str) -> str:
+    return (f"data=hf: cannot load the Hugging Face dataset {name!r}: {why}. Train on local "
+            "files instead: data=text data.dataset.paths=[/path/to/file.txt,/path/to/file.jsonl] "
+            "(data.dataset.field=text names the JSONL field)")
+
+
+def _connection_error(e: BaseException) -> BaseException | None:
+    """The network failure behind ``e`` (itself or a cause), if any."""
+    kinds: list[type] = [ConnectionError, TimeoutError, socket.gaierror]
+    for mod, names in (("requests.exceptions", ("ConnectionError", "Timeout")),
+                       ("httpx", ("TransportError",)), ("httpx2", ("TransportError",)),
+                       ("urllib3.exceptions", ("HTTPError",)),
+                       ("huggingface_hub.errors", ("OfflineModeIsEnabled",))):
+        try:
+            m = importlib.import_module(mod)
+        except ImportError:                              # not installed
+            m = None
+        if m is None:
+            continue
+        kinds += [getattr(m, n) for n in names if isinstance(getattr(m, n, None), type)]
+    seen = set()
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if isinstance(e, tuple(kinds)):
+            return e
+        e = e.__cause__ or e.__context__
+    return None
+
+
+def _hub_reachable() -> bool:
+    """False when the Hub's host name does not resolve (no network: fail at once instead of
+    after ~30 s of retries). True when it resolves or a proxy is configured (then the
+    proxy resolves names, and the download itself tells)."""
+    if any(os.environ.get(k) for k in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY",
+                                         "http_proxy", "ALL_PROXY", "all_proxy")):
+        return True
+    endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co")
+    host = urlparse(endpoint).hostname
+    if not host:
+        return True
+    try:
+        socket.getaddrinfo(host, 443)
+        return True
+    except OSError:
+        return False
+
+
+def load_hf_dataset(name: str, config: str | None, split: str):
+    """``datasets.load_dataset`` that turns a failure to reach the Hub (offline mode, no
+    network, DNS, timeouts) into ``HubUnavailable`` and any other I/O failure into a
+    ``DataError``, both pointing to ``data=text``; a dataset that does not exist keeps
+    its own message."""
+    if os.environ.get("HF_DATASETS_OFFLINE") == "1" or os.environ.get("HF_HUB_OFFLINE") == "1":
+        raise HubUnavailable(_local_files_hint(
+            name, "offline (HF_DATASETS_OFFLINE=1 / HF_HUB_OFFLINE=1)"))
+    if not _hub_reachable():
+        raise HubUnavailable(_local_files_hint(
+            name, "the Hugging Face Hub cannot be reached (its host name does not resolve: "
+                  "no network?)"))
+    import datasets
+    try:
+        return datasets.load_dataset(name, config, split=split)
+    except Exception as e:                               # classified below
+        net = _connection_error(e)
+        if net is not None:
+            raise HubUnavailable(_local_files_hint(
+                name, f"the Hugging Face Hub cannot be reached ({type(net).__name__}: "
+                      f"{net})")) from None
+        if isinstance(e, FileNotFoundError):
+            raise DataError(f"data.dataset.name: no Hugging Face dataset {name!r} (or no "
+                            f"config {config!r} / split {split!r}): {e}") from None
+        if isinstance(e, OSError):
+            raise DataError(_local_files_hint(name, f"{type(e).__name__}: {e}")) from None
+        raise
+
+
 def HFText(*, name: str, config: str | None = None, hf_split: str = "train",
            field: str = "text", seq_len: int = 512, tokenizer: str = "byte",
            split: str = "train", val_fraction: float = 0.01, seed: int = 0,
            size: int | None = None, max_documents: int | None = None) -> PackedTokens:
-    """A Hugging Face dataset by name (online only)."""
+    """A Hugging Face dataset by name (online only; offline, or when the Hub cannot be
+    reached, ``HubUnavailable`` points to ``data=text``)."""
     check_packing(seq_len, val_fraction)
-    if os.environ.get("HF_DATASETS_OFFLINE") == "1" or os.environ.get("HF_HUB_OFFLINE") == "1":
-        raise RuntimeError(
-            f"data=hf: cannot load the Hugging Face dataset {name!r}: offline "
-            "(HF_DATASETS_OFFLINE=1 / HF_HUB_OFFLINE=1). Train on local files instead: "
-            "data=text data.dataset.paths=[/path/to/file.txt,/path/to/file.jsonl] "
-            "(data.dataset.field=text names the JSONL field)")
-    import datasets
-    ds = datasets.load_dataset(name, config, split=hf_split)
+    ds = load_hf_dataset(name, config, hf_split)
     if max_documents is not None:
         ds = ds.select(range(min(max_documents, len(ds))))
     if field not in ds.column_names:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import inspect
 import logging
-import math
+import sys
 import time
 import types
 import typing
@@ -25,9 +25,10 @@ from hydra.errors import InstantiationException
 from hydra.utils import get_object, instantiate
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.utilities import rank_zero_only
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 from omegaconf.errors import MissingMandatoryValue
 
+from memarch.lit.console import StepPrinter, command, setup_logging
 from memarch.lit.io import AtomicCheckpointIO
 from memarch.lit.module import LitLM
 
@@ -222,6 +223,35 @@ def config_diff(old: Any, new: Any, prefix: str = "model") -> list[str]:
     return []
 
 
+def adopt_checkpoint_model(cfg: DictConfig, *, keep_current: bool = False) -> bool:
+    """Resuming a checkpoint whose run overrides are not available (train.py found no
+    ``.hydra/overrides.yaml`` next to it): take the model config stored in the checkpoint
+    instead of the default one, with a log line. ``keep_current`` (model keys given on the
+    command line) leaves ``cfg.model`` as it is, for ``check_resume`` to judge. Returns
+    whether the model config was replaced."""
+    ckpt = cfg.get("ckpt_path")
+    if keep_current or not ckpt or not Path(str(ckpt)).is_file():
+        return False
+    from memarch.checkpoint import CONFIG_KEY, read
+    try:
+        stored = read(ckpt, mmap=True).get(CONFIG_KEY)
+    except ValueError as e:
+        raise ConfigError(f"ckpt_path: {e}") from e
+    if not isinstance(stored, dict):
+        return False
+    if not config_diff(stored, OmegaConf.to_container(cfg.model, resolve=True)):
+        return False
+    with open_dict(cfg):
+        cfg.model = OmegaConf.create(stored)
+        vocab = stored.get("vocab_size")
+        if isinstance(vocab, int) and OmegaConf.select(cfg, "data.vocab_size") is not None:
+            cfg.data.vocab_size = vocab
+    log.warning("resume: no saved run overrides (.hydra/overrides.yaml) next to %s; the model "
+                "config is taken from the checkpoint, the other settings are the defaults "
+                "and your command-line overrides", ckpt)
+    return True
+
+
 def check_resume(cfg: DictConfig) -> None:
     """Refuse to resume with a model config other than the checkpoint's (unless
     ``+allow_config_change=true``)."""
@@ -282,8 +312,12 @@ def remove_stray_tmp(*dirs: Path) -> list[Path]:
 
 # -- build and run ---------------------------------------------------------------------
 def build(cfg: DictConfig, *, extra_callbacks=()):
-    """(datamodule, module, trainer) from a composed config."""
+    """(datamodule, module, trainer) from a composed config. The progress bar
+    (``trainer.enable_progress_bar``) is shown only when stdout is a terminal; otherwise,
+    and whenever it is off, ``StepPrinter`` prints a plain line every
+    ``trainer.log_every_n_steps`` steps."""
     check_config(cfg)
+    setup_logging()
     pl.seed_everything(cfg.seed, workers=True)
     out = Path(cfg.paths.output_dir)
     model_config = OmegaConf.to_container(cfg.model, resolve=True)
@@ -304,8 +338,13 @@ def build(cfg: DictConfig, *, extra_callbacks=()):
                          for k, c in (cfg.get("callbacks") or {}).items()], *extra_callbacks]
     loggers = [_instantiate(f"logger.{k}", lg) for k, lg in (cfg.get("logger") or {}).items()]
     plugins = [] if "fsdp" in str(cfg.trainer.get("strategy", "")) else [AtomicCheckpointIO()]
+    tty = hasattr(sys.stdout, "isatty") and sys.stdout.isatty()
+    bar = bool(cfg.trainer.get("enable_progress_bar", True)) and tty
+    extra = {"enable_progress_bar": False} if not bar else {}
+    if not bar:
+        callbacks.append(StepPrinter(cfg.trainer.get("log_every_n_steps") or 50))
     trainer = _instantiate("trainer", cfg.trainer, callbacks=callbacks,
-                           logger=loggers or False, plugins=plugins)
+                           logger=loggers or False, plugins=plugins, **extra)
     return datamodule, module, trainer
 
 
@@ -325,15 +364,24 @@ def run(cfg: DictConfig, *, extra_callbacks=()) -> dict:
         result.update({k: float(v) for k, v in metrics.items()})
     ckpt_cb = trainer.checkpoint_callback
     result["checkpoint"] = ckpt_cb.last_model_path if ckpt_cb else None
-    if trainer.is_global_zero and "val/acc" in result:
-        chance = getattr(datamodule.val_ds, "chance", math.nan)
-        print(f"\nheld-out accuracy: {100 * result['val/acc']:.1f}% "
-              f"(chance {100 * chance:.1f}%), val loss {result['val/loss']:.3f} "
-              f"after {trainer.global_step} steps")
-        if result["checkpoint"]:
-            print(f"checkpoint: {result['checkpoint']}")
-            print("load it for evaluation or generation:\n"
-                  "  from memarch.checkpoint import load\n"
-                  f"  model = load({result['checkpoint']!r}).model\n"
-                  f"resume training: python train.py ckpt_path={result['checkpoint']}")
+    if trainer.is_global_zero:
+        print_summary(result, getattr(datamodule.val_ds, "chance", None))
     return result
+
+
+def print_summary(result: dict, chance: float | None = None) -> None:
+    """The end-of-run lines: held-out accuracy (with chance level where the dataset defines
+    one), the checkpoint and how to load it or resume from it."""
+    if "val/acc" in result:
+        where = f"(chance {100 * chance:.1f}%), " if chance is not None else ""
+        print(f"\nheld-out accuracy: {100 * result['val/acc']:.1f}% {where}"
+              f"val loss {result['val/loss']:.3f} after {result['global_step']} steps")
+    ckpt = result.get("checkpoint")
+    if ckpt:
+        print(f"checkpoint: {ckpt}")
+        print("load it for evaluation or generation:\n"
+              "  from memarch.checkpoint import load\n"
+              f"  model = load({ckpt!r}).model\n"
+              "resume training (the run's settings are restored; add e.g. "
+              "trainer.max_steps=N to train longer):\n"
+              f"  {command(f'ckpt_path={ckpt}')}")
