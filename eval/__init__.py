@@ -4,7 +4,7 @@
   state (``EvalModel.from_checkpoint(path)``).
 - ``memarch.eval.run.evaluate(model, tasks, out_dir, settings=..., longbench=...)``: run
   task names and print a summary; ``python -m memarch.eval`` is its Hydra entry
-  (``configs/eval/``).
+  (``eval/configs/``, installed as ``memarch/eval/configs/``).
 - ``memarch.eval.longbench``: LongBench v1 / LongBench-E with the official scoring.
 - ``memarch.eval.synthetic``: passkey, needle heatmap, MQAR, RULER-style suites.
 - ``memarch.eval.perplexity``: perplexity by position over a long local text.

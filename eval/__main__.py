@@ -1,16 +1,40 @@
-"""``python -m memarch.eval checkpoint=PATH [preset=synthetic|longbench|longbench_e|smoke|
-perplexity] [tasks=[...]] [settings.<suite>.<key>=...] [longbench.<key>=...]``.
+"""``python -m memarch.eval checkpoint=PATH [preset=auto|smoke|synthetic|longbench|
+longbench_e] [tasks=[...]] [settings.<suite>.<key>=...] [longbench.<key>=...]``.
 
-Hydra entry over ``configs/eval/eval.yaml``; results go to ``out_dir`` (see memarch.eval.run).
+Hydra entry over ``eval/configs/eval.yaml`` (installed as ``memarch/eval/configs/``, outside
+train.py's config path); the default preset ``auto`` runs the suites that fit the model.
+Results go to ``out_dir`` (see memarch.eval.run), created only when a file is written.
 """
 
 from __future__ import annotations
+
+import contextlib
+from pathlib import Path
 
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
 
-@hydra.main(version_base="1.3", config_path="../configs/eval", config_name="eval")
+def _new_dirs(out_dir) -> list[Path]:
+    """``out_dir`` and its parents up to the first that exists (innermost first)."""
+    if out_dir is None:
+        return []
+    new, p = [], Path(out_dir).absolute()
+    while not p.exists() and p != p.parent:
+        new.append(p)
+        p = p.parent
+    return new
+
+
+def _remove_if_empty(dirs: list[Path]) -> None:
+    """A failed run leaves no empty output folder (nor the empty parents it made)."""
+    for d in dirs:
+        with contextlib.suppress(OSError):          # not empty, or not there
+            if d.is_dir() and not any(d.iterdir()):
+                d.rmdir()
+
+
+@hydra.main(version_base="1.3", config_path="configs", config_name="eval")
 def main(cfg: DictConfig) -> None:
     from memarch.eval.model import EvalModel
     from memarch.eval.run import evaluate, validate_tasks
@@ -18,6 +42,7 @@ def main(cfg: DictConfig) -> None:
     known = {"checkpoint", "tokenizer", "device", "dtype", "chunk_size", "tasks", "settings",
              "longbench", "out_dir"}
     unknown = sorted(set(c) - known)
+    new_dirs = _new_dirs(c.get("out_dir"))
     try:
         if unknown:
             raise ValueError(f"eval config: unknown key(s) {unknown}; expected {sorted(known)}")
@@ -30,7 +55,11 @@ def main(cfg: DictConfig) -> None:
     # ValueError includes memarch.checkpoint.CheckpointError (corrupt, truncated or unsafe
     # file) and memarch.config.TargetNotAllowedError; OSError an unreadable file
     except (ValueError, OSError) as e:
+        _remove_if_empty(new_dirs)
         raise SystemExit(f"memarch.eval: {e}") from None
+    except BaseException:
+        _remove_if_empty(new_dirs)
+        raise
 
 
 if __name__ == "__main__":

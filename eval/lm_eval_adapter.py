@@ -59,7 +59,7 @@ from lm_eval.api.registry import register_model
 from memarch.eval.io import progress
 from memarch.eval.model import EvalModel
 
-__all__ = ["MemarchLM", "main"]
+__all__ = ["MemarchLM", "TaskDataError", "main", "task_data_message"]
 
 log = logging.getLogger(__name__)
 
@@ -267,12 +267,56 @@ class MemarchLM(LM):
         return out
 
 
+class TaskDataError(RuntimeError):
+    """A task's dataset could not be loaded (offline and not cached, or not found)."""
+
+
+def task_data_message(task: Any, error: BaseException) -> str:
+    """What to do when ``task``'s data cannot be loaded."""
+    cfg = getattr(task, "config", None)
+    name = getattr(cfg, "task", None) or type(task).__name__
+    path = getattr(task, "DATASET_PATH", None) or getattr(cfg, "dataset_path", None)
+    subset = getattr(task, "DATASET_NAME", None) or getattr(cfg, "dataset_name", None)
+    data = f"{path}" + (f" ({subset})" if subset else "")
+    load = f"datasets.load_dataset({path!r}" + (f", {subset!r}" if subset else "") + ")"
+    return (f"task {name!r}: cannot load its data {data}: {type(error).__name__}: {error}\n"
+            "The task's data must be in the Hugging Face datasets cache (offline runs, "
+            "HF_HUB_OFFLINE=1 / HF_DATASETS_OFFLINE=1, read only the cache: run it once online, "
+            f"or {load}, to cache it), or be passed as local files: a task YAML with "
+            "`dataset_path: json` and `dataset_kwargs: {data_files: {test: /path/file.jsonl}}`, "
+            "its folder given with --include_path")
+
+
+def _guard_task_downloads() -> None:
+    """Make lm-eval's dataset loading (``Task.download``) raise :class:`TaskDataError` with
+    :func:`task_data_message` instead of a long traceback (for ``main`` only)."""
+    from lm_eval.api import task as lm_task
+    for cls in (lm_task.Task, lm_task.ConfigurableTask):
+        orig = cls.__dict__.get("download")
+        if orig is None or getattr(orig, "_memarch_guard", False):
+            continue
+
+        def download(self, *args, _orig=orig, **kwargs):
+            try:
+                return _orig(self, *args, **kwargs)
+            except OSError as e:        # ConnectionError offline, FileNotFoundError, ...
+                raise TaskDataError(task_data_message(self, e)) from e
+
+        download._memarch_guard = True
+        cls.download = download
+
+
 def main(argv: Sequence[str] | None = None) -> None:
-    """lm-eval's command line with ``memarch`` registered (``argv``: its arguments)."""
+    """lm-eval's command line with ``memarch`` registered (``argv``: its arguments). A task
+    whose data cannot be loaded (offline, not cached) ends in one message, not a traceback."""
     from lm_eval.__main__ import cli_evaluate
     if argv is not None:
         sys.argv = [sys.argv[0], *argv]
-    cli_evaluate()
+    _guard_task_downloads()
+    try:
+        cli_evaluate()
+    except TaskDataError as e:
+        raise SystemExit(f"memarch-lm-eval: {e}") from None
 
 
 if __name__ == "__main__":

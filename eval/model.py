@@ -24,7 +24,31 @@ from memarch.eval.io import progress
 from memarch import generation
 from memarch.data.tokenizers import load_tokenizer
 
-__all__ = ["EvalModel", "load_model"]
+__all__ = ["EvalModel", "load_model", "run_name", "short_name"]
+
+
+def short_name(name: str, width: int = 48) -> str:
+    """``name`` cut in the middle (``...``) to at most ``width`` characters."""
+    name = str(name)
+    if len(name) <= width:
+        return name
+    keep = width - 3
+    return name[:keep // 2] + "..." + name[len(name) - (keep - keep // 2):]
+
+
+def run_name(path: str | Path, width: int = 48) -> str:
+    """A checkpoint's short name for titles: its training run and file stem, e.g.
+    ``outputs/2026-12-02/03-16-46/checkpoints/last.ckpt`` -> ``2026-12-02/03-16-46 last``
+    (the run folder is the one above ``checkpoints/``; a Hydra ``DATE/TIME`` run keeps its
+    date), cut to ``width`` characters."""
+    import re
+    p = Path(path)
+    run = p.parent.parent if p.parent.name == "checkpoints" else p.parent
+    name = run.name
+    if re.fullmatch(r"\d{2}-\d{2}-\d{2}", name) and re.fullmatch(r"\d{4}-\d{2}-\d{2}",
+                                                                  run.parent.name):
+        name = f"{run.parent.name}/{name}"
+    return short_name(f"{name} {p.stem}" if name else p.stem, width)
 
 
 class EvalModel:
@@ -36,12 +60,17 @@ class EvalModel:
             ``tokenizer.json``, a tokenizer folder), or None for token-level suites only.
         device, dtype: where and in which dtype to run (dtype None keeps the weights').
         chunk_size: tokens per forward call during prefill and scoring.
-        name: shown in result files.
+        name: shown in result files (a checkpoint's path).
+        title: the short name in plot titles (default: :func:`short_name` of ``name``).
+        reads: ``"text"`` (trained on text), ``"tokens"`` (trained on a token-level task
+            such as MQAR) or None (unknown: ``preset=auto`` takes a model whose tokenizer's
+            ids fit its vocabulary for a text model); ``from_checkpoint`` sets ``"text"``
+            when the checkpoint names a tokenizer or one is given.
     """
 
     def __init__(self, net: torch.nn.Module, tokenizer: Any = "byte", *, device: str = "cpu",
                  dtype: str | torch.dtype | None = None, chunk_size: int = 2048,
-                 name: str = "model"):
+                 name: str = "model", title: str | None = None, reads: str | None = None):
         if chunk_size < 1:
             raise ValueError(f"EvalModel: chunk_size must be >= 1, got {chunk_size}")
         if isinstance(dtype, str):
@@ -51,6 +80,10 @@ class EvalModel:
             dtype = getattr(torch, dtype)
         self.net = net.to(device=device, dtype=dtype).eval()
         self.device, self.chunk_size, self.name = torch.device(device), chunk_size, name
+        self.title = title or short_name(name)
+        if reads not in (None, "text", "tokens"):
+            raise ValueError(f"EvalModel: reads must be 'text', 'tokens' or None, got {reads!r}")
+        self.reads = "tokens" if tokenizer is None else reads
         self.tokenizer_name = tokenizer if isinstance(tokenizer, (str, type(None))) else None
         self.tokenizer = (load_tokenizer(tokenizer) if isinstance(tokenizer, (str, Path))
                           else tokenizer)
@@ -67,9 +100,13 @@ class EvalModel:
         allow-list ``memarch.config.TargetNotAllowedError`` (both ValueErrors)."""
         from memarch.checkpoint import TOKENIZER_KEY, load
         loaded = load(path)
-        tok = tokenizer or loaded.checkpoint.get(TOKENIZER_KEY) or "byte"
+        trained = loaded.checkpoint.get(TOKENIZER_KEY)
+        tok = tokenizer or trained or "byte"
+        # no tokenizer in the checkpoint: a byte-level text task or a token-level one (MQAR);
+        # unknown here (``preset=auto`` then asks whether bytes fit the vocabulary)
+        reads = "text" if tokenizer or trained else None
         return cls(loaded.model, tok, device=device, dtype=dtype, chunk_size=chunk_size,
-                   name=str(path))
+                   name=str(path), title=run_name(path), reads=reads)
 
     # -- text --------------------------------------------------------------------------
     def _tok(self):
@@ -86,6 +123,17 @@ class EvalModel:
                 "model was trained on a token-level task (e.g. MQAR): run only token-level "
                 "suites (mqar), or pass the tokenizer it was trained with (tokenizer=...)")
         return self.tokenizer
+
+    def text_problem(self) -> str | None:
+        """Why the text suites cannot run on this model (None: they can)."""
+        if self.reads == "tokens" and self.tokenizer is not None:
+            return (f"the model reads token ids (a token-level task such as MQAR; vocab_size "
+                    f"{self.vocab_size}), not text")
+        try:
+            self._tok()
+        except ValueError as e:
+            return str(e).removeprefix("EvalModel: ")
+        return None
 
     def encode(self, text: str) -> list[int]:
         return list(self._tok().encode(text))

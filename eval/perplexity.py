@@ -27,8 +27,9 @@ from pathlib import Path
 
 import torch
 from memarch.eval.io import JsonlWriter, environment, write_json
+from memarch.eval.synthetic.common import FnSuite, plot_name, runner
 
-__all__ = ["bucket_edges", "plot_by_position", "run_perplexity", "stream_nll"]
+__all__ = ["bucket_edges", "perplexity_suite", "plot_by_position", "run_perplexity", "stream_nll"]
 
 
 def bucket_edges(bucket: int | Sequence[int], max_tokens: int) -> list[int]:
@@ -120,10 +121,10 @@ def plot_by_position(rows: list[dict], path: str | Path, *, title: str) -> Path:
     return path
 
 
-def run_perplexity(model, out_dir: Path, *, text_file: str | None = None,
-                   max_tokens: int = 65536, bucket: int | Sequence[int] = 1024,
-                   n_streams: int = 1, offsets: str | Sequence[int] = "even",
-                   seed: int = 0) -> dict:
+def perplexity_suite(model, *, text_file: str | None = None,
+                     max_tokens: int = 65536, bucket: int | Sequence[int] = 1024,
+                     n_streams: int = 1, offsets: str | Sequence[int] = "even",
+                     seed: int = 0) -> FnSuite:
     """Perplexity by position of ``model`` (an EvalModel) over streams of ``text_file``;
     writes ``perplexity.json``, ``perplexity.jsonl`` and ``perplexity_by_position.png``.
 
@@ -137,7 +138,6 @@ def run_perplexity(model, out_dir: Path, *, text_file: str | None = None,
             from ``seed``) or an explicit list.
         seed: used by ``offsets="random"`` only.
     """
-    t0, out_dir = time.time(), Path(out_dir)
     if text_file is None:
         raise ValueError("text_file: required: a local long text file, e.g. "
                          "../shared/data/kjv.txt")
@@ -150,38 +150,45 @@ def run_perplexity(model, out_dir: Path, *, text_file: str | None = None,
     ids = model.encode(p.read_text(encoding="utf-8"))
     offs = _offsets(offsets, n_streams, len(ids), max_tokens + 1, seed, str(text_file))
 
-    nll = torch.stack([stream_nll(model, ids[o:o + max_tokens + 1],
-                                  desc=f"perplexity {i + 1}/{len(offs)}")
-                       for i, o in enumerate(offs)])                   # [S, max_tokens] fp64
-    csum = torch.cat([torch.zeros(1, dtype=torch.float64), nll.sum(0).cumsum(0)])
-    n_s = len(offs)
-    rows = []
-    for label, a, b in zip(_labels(edges), edges, edges[1:]):
-        mean = float(nll[:, a:b].mean())
-        rows.append({"label": label, "start": a, "end": b, "n_tokens": n_s * (b - a),
-                     "nll": mean, "ppl": math.exp(mean),
-                     "cumulative_ppl": math.exp(float(csum[b]) / (n_s * b)),
-                     "per_stream_ppl": [math.exp(float(x)) for x in nll[:, a:b].mean(1)]})
-    overall = float(nll.mean())
-    settings = {"text_file": str(text_file), "max_tokens": max_tokens, "bucket": bucket,
-                "bucket_edges": edges, "n_streams": n_s, "offsets": offs, "seed": seed,
-                "chunk_size": model.chunk_size, "text_tokens": len(ids)}
-    summary = {
-        "task": "perplexity", "model": model.name, "settings": settings,
-        "ppl": math.exp(overall), "nll": overall,
-        "by_position": {r["label"]: r["ppl"] for r in rows},
-        "cumulative_by_position": {r["label"]: r["cumulative_ppl"] for r in rows},
-        "buckets": [{k: r[k] for k in ("start", "end", "n_tokens", "ppl", "cumulative_ppl")}
-                    for r in rows],
-        "per_stream": [{"offset": o, "ppl": math.exp(float(nll[i].mean()))}
-                       for i, o in enumerate(offs)],
-        "n_tokens": int(nll.numel()), "max_length_run": max_tokens,
-        "environment": environment(model.device)}
-    with JsonlWriter(out_dir / "perplexity.jsonl") as w:
-        for r in rows:
-            w.write(r)
-    plot_by_position(rows, out_dir / "perplexity_by_position.png",
-                     title=f"perplexity by position: {model.name}")
-    summary["seconds"] = time.time() - t0
-    write_json(out_dir / "perplexity.json", summary)
-    return summary
+    def run(out_dir: Path) -> dict:
+        t0 = time.time()
+        nll = torch.stack([stream_nll(model, ids[o:o + max_tokens + 1],
+                                      desc=f"perplexity {i + 1}/{len(offs)}")
+                           for i, o in enumerate(offs)])                   # [S, max_tokens] fp64
+        csum = torch.cat([torch.zeros(1, dtype=torch.float64), nll.sum(0).cumsum(0)])
+        n_s = len(offs)
+        rows = []
+        for label, a, b in zip(_labels(edges), edges, edges[1:]):
+            mean = float(nll[:, a:b].mean())
+            rows.append({"label": label, "start": a, "end": b, "n_tokens": n_s * (b - a),
+                         "nll": mean, "ppl": math.exp(mean),
+                         "cumulative_ppl": math.exp(float(csum[b]) / (n_s * b)),
+                         "per_stream_ppl": [math.exp(float(x)) for x in nll[:, a:b].mean(1)]})
+        overall = float(nll.mean())
+        settings = {"text_file": str(text_file), "max_tokens": max_tokens, "bucket": bucket,
+                    "bucket_edges": edges, "n_streams": n_s, "offsets": offs, "seed": seed,
+                    "chunk_size": model.chunk_size, "text_tokens": len(ids)}
+        summary = {
+            "task": "perplexity", "model": model.name, "settings": settings,
+            "ppl": math.exp(overall), "nll": overall,
+            "by_position": {r["label"]: r["ppl"] for r in rows},
+            "cumulative_by_position": {r["label"]: r["cumulative_ppl"] for r in rows},
+            "buckets": [{k: r[k] for k in ("start", "end", "n_tokens", "ppl", "cumulative_ppl")}
+                        for r in rows],
+            "per_stream": [{"offset": o, "ppl": math.exp(float(nll[i].mean()))}
+                           for i, o in enumerate(offs)],
+            "n_tokens": int(nll.numel()), "max_length_run": max_tokens,
+            "environment": environment(model.device)}
+        with JsonlWriter(out_dir / "perplexity.jsonl") as w:
+            for r in rows:
+                w.write(r)
+        plot_by_position(rows, out_dir / "perplexity_by_position.png",
+                         title=f"perplexity by position: {plot_name(model)}")
+        summary["seconds"] = time.time() - t0
+        write_json(out_dir / "perplexity.json", summary)
+        return summary
+
+    return FnSuite("perplexity", run, [max_tokens])
+
+
+run_perplexity = runner(perplexity_suite, "perplexity")

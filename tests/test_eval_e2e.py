@@ -33,6 +33,12 @@ def byte_ckpt(tmp_path_factory):
                                                           "data.dataset.seq_len=128"])
 
 
+@pytest.fixture(scope="module")
+def mqar_ckpt(tmp_path_factory):
+    """``make train``'s experiment (hybrid_tiny): an MQAR model over 65 token ids."""
+    return _train(tmp_path_factory.mktemp("train_mqar"), [])
+
+
 def _cli(*args, timeout=300):
     env = {**os.environ, "TRITON_INTERPRET": "1", "HF_HUB_OFFLINE": "1",
            "HF_DATASETS_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
@@ -99,10 +105,10 @@ def test_trained_checkpoint_evaluated_from_the_command_line(byte_ckpt, tmp_path,
         checks.true(rows[0]["input_tokens"] == rows[0]["prompt_tokens"] < 600, "short: kept")
 
 
-def test_default_training_checkpoint_runs_mqar_and_refuses_text(tmp_path, checks):
+def test_default_training_checkpoint_runs_mqar_and_refuses_text(mqar_ckpt, tmp_path, checks):
     """``make train``'s experiment (hybrid_tiny) is an MQAR model over 65 token ids: MQAR
     runs; a text suite stops with a message that says why."""
-    ckpt = _train(tmp_path / "train", [])
+    ckpt = mqar_ckpt
     r = _cli(f"checkpoint={ckpt}", "tasks=[mqar]", "settings.mqar.lengths=[64]",
              "settings.mqar.n_per_length=32", f"out_dir={tmp_path / 'a'}")
     assert r.returncode == 0, r.stderr[-3000:]
@@ -167,3 +173,93 @@ def test_longbench_data_and_setting_errors_from_the_command_line(byte_ckpt, tmp_
 def test_longbench_fields_are_the_official_ones(checks):
     checks.true(set(FIELDS) == {"input", "context", "answers", "length", "dataset", "language",
                                 "all_classes", "_id"}, "LongBench's JSONL fields")
+
+
+def test_auto_preset_on_the_default_training_checkpoint(mqar_ckpt, tmp_path, checks):
+    """The README's first command (no preset: ``auto``) on ``make train``'s MQAR model runs
+    mqar and says which suites it skipped and why."""
+    out = tmp_path / "auto"
+    r = _cli(f"checkpoint={mqar_ckpt}", "settings.mqar.lengths=[64,128]",
+             "settings.mqar.n_per_length=16", f"out_dir={out}")
+    assert r.returncode == 0, r.stderr[-3000:]
+    checks.true("auto: skipped passkey, needle, ruler_niah_multikey, ruler_niah_multivalue, "
+                "ruler_vt, ruler_cwe, perplexity: a text suite; the tokenizer byte has 256 "
+                "text token ids but the model's vocab_size is 65" in r.stdout, r.stdout[-3000:])
+    checks.true("auto: skipped longbench:" in r.stdout and "auto: running mqar" in r.stdout,
+                r.stdout[-3000:])
+    summary = json.loads((out / "summary.json").read_text())
+    checks.true(summary["tasks"] == ["mqar"] and list(summary["results"]) == ["mqar"],
+                f"{summary['tasks']}")
+    checks.true({"passkey", "needle", "ruler_cwe", "perplexity", "longbench"}
+                <= set(summary["skipped"]), f"{summary['skipped']}")
+    checks.true(list(summary["results"]["mqar"]["by_length"]) == ["64", "128"], "mqar lengths")
+
+
+def test_auto_preset_on_a_byte_checkpoint(byte_ckpt, tmp_path, checks):
+    """A byte-level model: the text suites run, mqar is skipped (the model reads text), and
+    a length too short for a suite is dropped and reported."""
+    out = tmp_path / "auto"
+    small = ["settings.passkey.lengths=[256]", "settings.passkey.n_per_length=1",
+             "settings.needle.lengths=[256]", "settings.needle.depths=[50]",
+             "settings.needle.n_per_cell=1", "+settings.needle.max_new_tokens=4",
+             "settings.ruler_niah_multikey.lengths=[600]",
+             "settings.ruler_niah_multikey.n_per_length=1",
+             "+settings.ruler_niah_multikey.max_new_tokens=4",
+             "settings.ruler_niah_multivalue.lengths=[600]",
+             "settings.ruler_niah_multivalue.n_per_length=1",
+             "+settings.ruler_niah_multivalue.max_new_tokens=4",
+             "settings.ruler_vt.lengths=[1000]", "settings.ruler_vt.n_per_length=1",
+             "+settings.ruler_vt.max_new_tokens=4",
+             "settings.ruler_cwe.lengths=[1024,1700]", "settings.ruler_cwe.n_per_length=1",
+             "+settings.ruler_cwe.max_new_tokens=4"]
+    r = _cli(f"checkpoint={byte_ckpt}", *small, f"out_dir={out}")
+    assert r.returncode == 0, r.stderr[-3000:]
+    summary = json.loads((out / "summary.json").read_text())
+    text = ["passkey", "needle", "ruler_niah_multikey", "ruler_niah_multivalue", "ruler_vt",
+            "ruler_cwe"]
+    checks.true(summary["tasks"] == text, f"{summary['tasks']}")
+    checks.true("auto: skipped mqar: a token-level task" in r.stdout
+                and "reads text (tokenizer byte)" in r.stdout, r.stdout[-3000:])
+    checks.true("auto: ruler_cwe: lengths [1024] skipped" in r.stdout, r.stdout[-3000:])
+    checks.true(list(summary["results"]["ruler_cwe"]["by_length"]) == ["1700"], "1024 dropped")
+    for t in text:
+        checks.true(_png(out / f"{t}_by_length.png"), f"{t}_by_length.png")
+
+
+def test_synthetic_preset_is_checked_before_any_suite_runs(byte_ckpt, tmp_path, checks):
+    """The issue's run: ``preset=synthetic`` on a byte model stopped after 6 of 7 suites with
+    an error that did not name ruler_cwe. Now it stops before the first suite, naming it, and
+    leaves no empty output folder."""
+    out = tmp_path / "runs" / "synthetic"
+    r = _cli(f"checkpoint={byte_ckpt}", "preset=synthetic", f"out_dir={out}")
+    checks.true(r.returncode != 0 and "memarch.eval: ruler_cwe: a length of 1024 tokens is too "
+                "short for this task" in r.stderr and "Traceback" not in r.stderr,
+                r.stderr[-2000:])
+    checks.true(not (tmp_path / "runs").exists(), "no empty output folder")
+
+
+def test_failed_runs_leave_no_empty_output_folder(mqar_ckpt, tmp_path, checks):
+    for args in (["tasks=[passky]"], ["tasks=[passkey]"], ["+batchsize=3"],
+                 [f"checkpoint={tmp_path / 'none.ckpt'}"]):
+        out = tmp_path / "eval_outputs" / "2026-01-01" / "00-00-00"
+        r = _cli(f"checkpoint={mqar_ckpt}", *args, f"out_dir={out}")
+        checks.true(r.returncode != 0 and "memarch.eval:" in r.stderr, r.stderr[-2000:])
+        checks.true(not (tmp_path / "eval_outputs").exists(), f"{args}: left {out}")
+    ignored = (ROOT / ".gitignore").read_text().split()
+    checks.true("eval_outputs/" in ignored and "outputs/" in ignored, ".gitignore")
+
+
+def test_eval_configs_are_not_training_config_groups(checks):
+    """The eval configs live in the memarch.eval package (eval/configs/), outside train.py's
+    config path: ``train.py --help`` does not list them; ``python -m memarch.eval --help``
+    still finds its presets."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    r = subprocess.run([sys.executable, "train.py", "--help"], cwd=ROOT, env=env,
+                       capture_output=True, text=True, timeout=300, check=False)
+    groups = r.stdout.split("== Config ==")[0]
+    checks.true(r.returncode == 0 and "model:" in groups, r.stderr[-2000:])
+    checks.true("eval" not in groups and "preset" not in groups, groups)
+    checks.true(not (ROOT / "configs" / "eval").exists(), "configs/eval moved")
+    r = _cli("--help")
+    checks.true(r.returncode == 0 and "preset: auto, longbench, longbench_e, smoke, synthetic"
+                in r.stdout and "tasks: auto" in r.stdout, r.stdout[:2000] + r.stderr[-2000:])

@@ -392,3 +392,38 @@ def test_cli_runs_registered_model(adapter, tmp_path, checks):
                 for c in doc["choices"]]
         hits.append(float(max(range(len(want)), key=want.__getitem__) == doc["label"]))
     checks.true(math.isclose(acc, sum(hits) / len(hits)), f"acc {acc} vs {hits}")
+
+
+def test_cli_hub_task_offline_is_one_message(adapter, tmp_path, monkeypatch, capsys, checks):
+    """``memarch-lm-eval`` with a hub task whose data is not cached (offline): one message
+    that says the data must be cached or given as local files with --include_path, not
+    lm-eval's 30-line traceback. The loader is monkeypatched to fail as offline
+    ``datasets.load_dataset`` does (ConnectionError)."""
+    import datasets
+    from lm_eval.api import task as lm_task
+    _checkpoint(tmp_path / "tiny.ckpt")
+    (tmp_path / "hub.yaml").write_text(
+        "task: memarch_hub_task\ndataset_path: memarch-test/not-cached\ntest_split: test\n"
+        "output_type: multiple_choice\ndoc_to_text: \"{{q}}\"\ndoc_to_choice: \"{{c}}\"\n"
+        "doc_to_target: \"{{l}}\"\nmetric_list:\n  - metric: acc\n")
+    calls = []
+
+    def offline(*args, **kwargs):
+        calls.append(kwargs.get("path"))
+        raise ConnectionError(f"Couldn't reach '{kwargs.get('path')}' on the Hub "
+                              "(OfflineModeIsEnabled)")
+    monkeypatch.setattr(datasets, "load_dataset", offline)
+    for cls in (lm_task.Task, lm_task.ConfigurableTask):   # undo main()'s guard afterwards
+        monkeypatch.setattr(cls, "download", cls.__dict__["download"])
+    monkeypatch.setattr(sys, "argv", list(sys.argv))
+    with pytest.raises(SystemExit) as exc:
+        adapter.main(["--model", "memarch", "--model_args",
+                      f"checkpoint={tmp_path / 'tiny.ckpt'},device=cpu",
+                      "--tasks", "memarch_hub_task", "--include_path", str(tmp_path)])
+    msg = str(exc.value.code)
+    checks.true(calls == ["memarch-test/not-cached"], f"the loader was called: {calls}")
+    checks.true(msg.startswith("memarch-lm-eval: task 'memarch_hub_task': cannot load its data "
+                               "memarch-test/not-cached: ConnectionError"), msg)
+    checks.true("must be in the Hugging Face datasets cache" in msg and "--include_path" in msg
+                and "dataset_path: json" in msg, msg)
+    checks.true(len(msg.splitlines()) == 2, f"short: {msg}")

@@ -373,7 +373,7 @@ def test_bad_input_names_the_parameter(tmp_path, checks):
             SUITES[task](m, tmp_path, lengths=[512], haystack_file=str(tmp_path / "missing.txt"))
         checks.true(not (tmp_path / f"{task}.jsonl").exists(), "nothing written")
     for task in ("passkey", "needle", "ruler_niah_multivalue", "ruler_vt", "ruler_cwe"):
-        with pytest.raises(ValueError, match=r"lengths: a length of 64 tokens is too short"):
+        with pytest.raises(ValueError, match=rf"^{task}: a length of 64 tokens is too short"):
             SUITES[task](m, tmp_path, lengths=[512, 64])
         checks.true(not (tmp_path / f"{task}.jsonl").exists(), f"{task}: nothing written")
     with pytest.raises(ValueError, match="lengths: expected a non-empty list"):
@@ -394,3 +394,147 @@ def test_bad_input_names_the_parameter(tmp_path, checks):
     checks.true(sorted(SUITES) == sorted(["passkey", "needle", "mqar", "ruler_niah_multikey",
                                           "ruler_niah_multivalue", "ruler_vt", "ruler_cwe"]),
                 "registry")
+
+
+# -- evaluate: tasks=auto, checks before the first suite, suite names in errors, titles -------
+class ZeroNet(torch.nn.Module):
+    """All logits 0 (argmax: token 0), any vocabulary."""
+
+    def __init__(self, vocab_size):
+        super().__init__()
+        self.vocab_size = vocab_size
+
+    def forward(self, ids, state=None):
+        return torch.zeros(*ids.shape, self.vocab_size), state, None
+
+
+def _constant(vocab=257, tokenizer="byte", reads=None, name="model", title=None):
+    return EvalModel(ZeroNet(vocab), tokenizer, chunk_size=64, reads=reads, name=name,
+                     title=title)
+
+
+def test_auto_picks_the_suites_that_fit_the_model(tmp_path, capsys, checks):
+    from memarch.eval.run import auto_tasks, evaluate
+    from memarch.eval.synthetic import TEXT_SUITES
+    # `make train`'s model: MQAR ids (vocabulary 65), no text tokenizer in the checkpoint
+    mq_model = _constant(vocab=65)                  # as from_checkpoint: reads unknown
+    run, skipped = auto_tasks(mq_model)
+    checks.true(run == ["mqar"], f"token model runs mqar only: {run}")
+    checks.true(set(skipped) == {*TEXT_SUITES, "perplexity", "longbench"}, f"{skipped}")
+    checks.true(all("vocab_size is 65" in skipped[t] for t in TEXT_SUITES), skipped["passkey"])
+    run, skipped = auto_tasks(_constant(vocab=300, reads="tokens"))
+    checks.true(run == ["mqar"] and "reads token ids" in skipped["passkey"],
+                f"told it reads tokens: {run} {skipped['passkey']}")
+    out = evaluate(mq_model, "auto", tmp_path / "mq",
+                   settings={"mqar": {"lengths": [64], "n_per_length": 4}})
+    text = capsys.readouterr().out
+    checks.true(out["tasks"] == ["mqar"] and list(out["results"]) == ["mqar"], f"{out['tasks']}")
+    checks.true("auto: skipped passkey, needle, ruler_niah_multikey, ruler_niah_multivalue, "
+                "ruler_vt, ruler_cwe, perplexity: a text suite; the tokenizer byte has 256 "
+                "text token ids but the model's vocab_size is 65" in text
+                and "auto: running mqar" in text, text)
+    summary = json.loads((tmp_path / "mq" / "summary.json").read_text())
+    checks.true(set(summary["skipped"]) == set(skipped), "skipped suites in summary.json")
+    # a byte model: text suites; mqar skipped (it reads text); a too-short length dropped
+    byte_model = _constant()                        # bytes fit: taken to read text
+    run, skipped = auto_tasks(byte_model, {"perplexity": {"text_file": "x.txt"}})
+    checks.true(run == [*TEXT_SUITES, "perplexity"], f"byte model: {run}")
+    checks.true("reads text" in skipped["mqar"] and "tasks=[mqar]" in skipped["mqar"],
+                skipped["mqar"])
+    small = {t: {**kw, "max_new_tokens": 2} for t, kw in SMALL.items()}
+    small["ruler_cwe"] = {"lengths": [64, 512], "n_per_length": 1, "num_common": 3,
+                          "freq_common": 4, "freq_uncommon": 1, "fewshot": False,
+                          "max_new_tokens": 2}
+    small["ruler_vt"] = {**small["ruler_vt"], "lengths": [64]}
+    out = evaluate(byte_model, ["auto"], tmp_path / "b", settings=small)
+    text = capsys.readouterr().out
+    want = [t for t in TEXT_SUITES if t != "ruler_vt"]
+    checks.true(out["tasks"] == want, f"{out['tasks']}")
+    checks.true(list(out["results"]["ruler_cwe"]["by_length"]) == ["512"], "64 dropped")
+    checks.true("auto: ruler_cwe: lengths [64] skipped: the prompt without any haystack takes"
+                in text, text)
+    checks.true("every length [64] is too short" in out["skipped"]["ruler_vt"],
+                f"{out['skipped']['ruler_vt']}")
+    checks.true("\nskipped (why: above, and summary.json): mqar, perplexity, longbench, ruler_vt"
+                in text, text)
+
+
+def test_auto_with_no_fitting_suite_says_why(tmp_path, checks):
+    from memarch.eval.run import evaluate
+    m = _constant(vocab=9, tokenizer=None)
+    with pytest.raises(ValueError, match=r"tasks=auto: no suite fits this model: passkey: .*"
+                                         r"mqar: its vocabulary .* vocab_size 9"):
+        evaluate(m, "auto", tmp_path / "out", verbose=False)
+    checks.true(not (tmp_path / "out").exists(), "nothing written")
+    with pytest.raises(ValueError, match="'auto' picks the suites itself"):
+        evaluate(m, ["auto", "mqar"], tmp_path / "out", verbose=False)
+
+
+def test_every_suite_is_checked_before_the_first_runs(tmp_path, checks):
+    """The issue: preset=synthetic on a byte model ran 6 suites and then stopped at ruler_cwe
+    (``a length of 1024 tokens is too short``, no suite named). Now every suite's settings and
+    lengths are checked first, and the error names the suite."""
+    from memarch.eval.run import evaluate
+    m = _constant()
+    settings = {"passkey": {**SMALL["passkey"], "max_new_tokens": 2},
+                "ruler_cwe": {"lengths": [1024], "n_per_length": 1}}
+    with pytest.raises(ValueError, match=r"^ruler_cwe: a length of 1024 tokens is too short for "
+                                         r"this task: .* takes 1625 tokens .*preset=auto"):
+        evaluate(m, ["passkey", "ruler_cwe"], tmp_path / "a", settings=settings, verbose=False)
+    checks.true(not (tmp_path / "a").exists(), "passkey did not run; no folder")
+    bad = {"needle": ({"lengths": [256], "depths": [120]}, r"^needle: depths"),
+           "ruler_vt": ({"lengths": [512], "n_per_length": 0}, r"^ruler_vt: n_per_length"),
+           "mqar": ({"lengths": [32], "num_kv_pairs": 16}, r"^mqar: lengths: 32 is too short"),
+           "perplexity": ({"text_file": str(tmp_path / "no.txt")},
+                          r"^perplexity: text_file: file not found")}
+    for task, (kw, pattern) in bad.items():
+        with pytest.raises((ValueError, OSError), match=pattern):
+            evaluate(m, ["passkey", task], tmp_path / "b", settings={**settings, task: kw},
+                     verbose=False)
+        checks.true(not (tmp_path / "b").exists(), f"{task}: checked before passkey ran")
+    # a model that cannot read text: the first text suite named, before mqar runs
+    tok = _constant(vocab=65, reads="tokens")
+    with pytest.raises(ValueError, match=r"^passkey: EvalModel: the tokenizer byte .*vocab_size "
+                                         r"is 65"):
+        evaluate(tok, ["mqar", "passkey"], tmp_path / "c", verbose=False,
+                 settings={"mqar": {"lengths": [64], "n_per_length": 2}})
+    checks.true(not (tmp_path / "c").exists(), "mqar did not run")
+
+
+def test_an_error_while_a_suite_runs_names_it(tmp_path, checks):
+    from memarch.eval.run import evaluate
+
+    class Broken(EvalModel):
+        def generate(self, *a, **k):
+            raise ValueError("generate: boom")
+    m = Broken(ZeroNet(257), "byte", chunk_size=64)
+    with pytest.raises(ValueError, match=r"^needle: generate: boom"):
+        evaluate(m, ["needle"], tmp_path, settings={"needle": SMALL["needle"]}, verbose=False)
+    failed = json.loads((tmp_path / "summary.json").read_text())["failed"]
+    checks.true(failed["task"] == "needle" and "needle: generate: boom" in failed["error"],
+                f"{failed}")
+
+
+def test_plot_titles_use_the_run_name(tmp_path, monkeypatch, checks):
+    from memarch.eval.model import run_name
+    from memarch.eval.synthetic import plots
+    path = ("/home/someone/projects/memarch/outputs/2026-12-02/03-16-46/checkpoints/"
+            "last.ckpt")
+    checks.true(run_name(path) == "2026-12-02/03-16-46 last", run_name(path))
+    checks.true(run_name("/x/my_run/checkpoints/step_000400.ckpt") == "my_run step_000400",
+                "a plain run folder")
+    long = "/tmp/" + "a" * 80 + "/checkpoints/last.ckpt"
+    checks.true(len(run_name(long)) <= 48 and "..." in run_name(long), run_name(long))
+    titles = []
+
+    def capture(*a, title="", **k):
+        titles.append(title)
+    monkeypatch.setattr(plots, "accuracy_by_length", capture)
+    monkeypatch.setattr(plots, "needle_heatmap", capture)
+    m = _constant(name=path, title=run_name(path))
+    SUITES["needle"](m, tmp_path, **SMALL["needle"], max_new_tokens=2)
+    SUITES["mqar"](m, tmp_path, lengths=[64], n_per_length=2)
+    checks.true(titles == ["needle: 2026-12-02/03-16-46 last"] * 2
+                + ["mqar: 2026-12-02/03-16-46 last"], f"{titles}")
+    checks.true(json.loads((tmp_path / "needle.json").read_text())["model"] == path,
+                "result files keep the full path")

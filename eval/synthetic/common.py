@@ -25,6 +25,9 @@ __all__ = [
     "NOISE",
     "Example",
     "Haystack",
+    "LengthTooShortError",
+    "Planned",
+    "TextSuite",
     "check_lengths",
     "check_positive",
     "example_rng",
@@ -32,6 +35,7 @@ __all__ = [
     "insert_at_depths",
     "postprocess_pred",
     "run_text_suite",
+    "runner",
 ]
 
 # Mohtashami & Jaggi (2023) / RULER's "noise" haystack sentences (the training Passkey's).
@@ -113,6 +117,14 @@ def insert_at_depths(text: str, items: Sequence[str], depths: Sequence[float], *
     return out + text[last:]
 
 
+class LengthTooShortError(ValueError):
+    """A target length below what the prompt without any haystack takes (``need`` tokens)."""
+
+    def __init__(self, message: str, *, length: int, need: int):
+        super().__init__(message)
+        self.length, self.need = length, need
+
+
 def fit_length(build: Callable[[int], str], target: int, encode: Callable[[str], list[int]],
                *, param: str = "lengths") -> tuple[str, list[int], int]:
     """The prompt ``build(n)`` for the largest ``n`` whose token count is <= ``target``
@@ -128,9 +140,10 @@ def fit_length(build: Callable[[int], str], target: int, encode: Callable[[str],
 
     if not fits(0):
         need = len(sizes[0][1])
-        raise ValueError(f"{param}: a length of {target} tokens is too short for this task: "
-                         f"the prompt without any haystack already takes {need} tokens "
-                         f"(expected lengths >= {need})")
+        raise LengthTooShortError(
+            f"a length of {target} tokens is too short for this task: the prompt without any "
+            f"haystack already takes {need} tokens (expected {param} >= {need})",
+            length=target, need=need)
     lo, hi = 0, max(1, target)
     while fits(hi):                                   # grow until it overflows
         lo, hi = hi, 2 * hi
@@ -178,54 +191,186 @@ def _grouped(rows: list[dict], key: Callable[[dict], str]) -> dict[str, list[dic
     return out
 
 
+def named(task: str, e: Exception) -> Exception:
+    """``e`` with its message prefixed by ``task: `` (unless it already names it); the same
+    exception type where it can be rebuilt from a message, else a ValueError/OSError."""
+    msg = str(e)
+    if msg.startswith(f"{task}:"):
+        return e
+    msg = f"{task}: {msg}"
+    if isinstance(e, LengthTooShortError):
+        return LengthTooShortError(msg, length=e.length, need=e.need)
+    if type(e) in (ValueError, OSError, FileNotFoundError, PermissionError, IsADirectoryError):
+        return type(e)(msg)
+    return OSError(msg) if isinstance(e, OSError) else ValueError(msg)
+
+
+class Planned:
+    """A suite whose settings are checked: ``too_short()`` ({length: tokens needed} of the
+    lengths the task cannot fit), ``check()`` (raise for those) and ``run(out_dir)``."""
+
+    task: str = ""
+    lengths: list[int] | None = None
+
+    def too_short(self) -> dict[int, int]:
+        """{length: tokens needed} of the lengths the task cannot fit; other problems found
+        on the way (a model that cannot read text) raise, naming the suite."""
+        try:
+            return self._too_short()
+        except (ValueError, OSError) as e:
+            raise named(self.task, e) from e
+
+    def _too_short(self) -> dict[int, int]:
+        return {}
+
+    def check(self) -> None:
+        bad = self.too_short()
+        if bad:
+            L = min(bad)
+            more = sorted(set(bad) - {L})
+            also = f"; also too short: {more}" if more else ""
+            raise LengthTooShortError(
+                f"{self.task}: a length of {L} tokens is too short for this task: the prompt "
+                f"without any haystack already takes {bad[L]} tokens (expected lengths >= "
+                f"{bad[L]}){also}", length=L, need=bad[L])
+
+    def _run(self, out_dir: Path) -> dict:
+        raise NotImplementedError
+
+    def run(self, out_dir: str | Path, *, checked: bool = False) -> dict:
+        """Run the suite (``checked``: ``check()`` has passed already); an error names it."""
+        try:
+            if not checked:
+                self.check()
+            return self._run(Path(out_dir))
+        except (ValueError, OSError) as e:
+            raise named(self.task, e) from e
+
+
+class FnSuite(Planned):
+    """A suite whose checks are done when it is built: ``run`` calls ``fn(out_dir)``."""
+
+    def __init__(self, task: str, fn: Callable[[Path], dict], lengths=None):
+        self.task, self._fn, self.lengths = task, fn, lengths
+
+    def _run(self, out_dir: Path) -> dict:
+        return self._fn(out_dir)
+
+
+def runner(plan: Callable[..., Planned], name: str) -> Callable[..., dict]:
+    """``run_<suite>(model, out_dir, **settings)`` from ``<suite>_suite(model, **settings)``:
+    the same keyword arguments (signature and docstring), building the plan and running it;
+    a settings error names the suite."""
+    import inspect
+
+    def run(model, out_dir, **settings) -> dict:
+        return build(plan, name, model, settings).run(out_dir)
+
+    sig = inspect.signature(plan)
+    params = list(sig.parameters.values())
+    out = inspect.Parameter("out_dir", inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    run.__signature__ = sig.replace(parameters=[params[0], out, *params[1:]])
+    run.__doc__, run.__name__, run.__qualname__ = plan.__doc__, f"run_{name}", f"run_{name}"
+    run.__module__ = plan.__module__
+    return run
+
+
+def build(plan: Callable[..., Planned], task: str, model, settings) -> Planned:
+    """``plan(model, **settings)``; a ValueError/OSError names ``task``."""
+    try:
+        return plan(model, **settings)
+    except (ValueError, OSError) as e:
+        raise named(task, e) from e
+
+
+class TextSuite(Planned):
+    """A generate-and-score text suite, built by the suite's ``<name>_suite`` function:
+    ``make_examples(lengths=[...])`` yields its examples; see :meth:`_run`."""
+
+    def __init__(self, model, *, task: str, make_examples: Callable[..., Iterator[Example]],
+                 per_length: int, metric: Callable[[list[str], list[list[str]]], float],
+                 metric_name: str, max_new_tokens: int, settings: dict, lengths: Sequence[int],
+                 depths: Sequence[float] | None = None):
+        check_positive(max_new_tokens, "max_new_tokens")
+        self.model, self.task, self.make_examples = model, task, make_examples
+        self.per_length, self.metric, self.metric_name = per_length, metric, metric_name
+        self.max_new_tokens, self.settings = max_new_tokens, settings
+        self.lengths, self.depths = list(lengths), depths
+
+    def _too_short(self) -> dict[int, int]:
+        """Builds the first prompt of every length (this also checks that the model reads
+        text); {length: tokens needed} for those the task cannot fit."""
+        bad = {}
+        for L in self.lengths:
+            try:
+                next(self.make_examples(lengths=[L]))
+            except LengthTooShortError as e:
+                bad[L] = e.need
+        return bad
+
+    def _run(self, out_dir: Path) -> dict:
+        """Greedy-generate every example (chunked prefill through the model state), score
+        it, write ``<task>.jsonl``, ``<task>.json`` and the plots; returns the summary.
+
+        ``metric(preds, refs)`` scores a list in % (RULER's convention): it gives each
+        example's score, each length's and the overall one. With ``depths`` the summary also
+        has ``by_depth_length`` and the needle heatmap is drawn."""
+        from . import plots
+        model, task, lengths, depths, metric = (self.model, self.task, self.lengths,
+                                                self.depths, self.metric)
+        t0 = time.time()
+        rows = []
+        with JsonlWriter(out_dir / f"{task}.jsonl") as w:
+            for ex in progress(self.make_examples(lengths=list(lengths)), desc=task,
+                               total=len(lengths) * self.per_length):
+                pred = postprocess_pred(model.generate_text(ex.ids, self.max_new_tokens))
+                row = {"length": ex.length, "depth": ex.depth,
+                       "prompt_tokens": ex.prompt_tokens, "prediction": pred,
+                       "answers": ex.answers, "score": metric([pred], [ex.answers]), **ex.meta}
+                if ex.depth is None:
+                    del row["depth"]
+                w.write(row)
+                rows.append(row)
+
+        def score(rs):
+            return (metric([r["prediction"] for r in rs], [r["answers"] for r in rs])
+                    if rs else None)
+
+        by_len = _grouped(rows, lambda r: str(r["length"]))
+        summary = {"task": task, "model": model.name, "metric": self.metric_name,
+                   "settings": self.settings, "score": score(rows),
+                   "by_length": {str(L): score(by_len.get(str(L), [])) for L in lengths}}
+        if depths is not None:
+            cells = _grouped(rows, lambda r: f"{r['depth']:g}|{r['length']}")
+            summary["by_depth_length"] = {
+                f"{d:g}": {str(L): score(cells.get(f"{d:g}|{L}", [])) for L in lengths}
+                for d in depths}
+        summary.update({"max_length_run": max((r["prompt_tokens"] for r in rows), default=0),
+                        "n_examples": len(rows), "environment": environment(model.device),
+                        "seconds": time.time() - t0})
+        title = f"{task}: {plot_name(model)}"
+        plots.accuracy_by_length(summary["by_length"], out_dir / f"{task}_by_length.png",
+                                 title=title, ylabel=f"{self.metric_name} (%)")
+        if depths is not None:
+            plots.needle_heatmap(summary["by_depth_length"], out_dir / "needle_heatmap.png",
+                                 title=title)
+        write_json(out_dir / f"{task}.json", summary)
+        return summary
+
+
+def plot_name(model) -> str:
+    """The model's short name for plot titles (``EvalModel.title``; else its name)."""
+    return str(getattr(model, "title", None) or model.name)
+
+
 def run_text_suite(model, out_dir: Path, *, task: str,
                    make_examples: Callable[..., Iterator[Example]], total: int,
                    metric: Callable[[list[str], list[list[str]]], float], metric_name: str,
                    max_new_tokens: int, settings: dict, lengths: Sequence[int],
                    depths: Sequence[float] | None = None) -> dict:
-    """Greedy-generate every example of ``make_examples(lengths)`` (chunked prefill through
-    the model state), score it, write ``<task>.jsonl``, ``<task>.json`` and the plots;
-    returns the summary. The shortest length's first prompt is built before anything runs,
-    so a length too short for the task fails at once.
-
-    ``metric(preds, refs)`` scores a list in % (RULER's convention): it gives each example's
-    score, each length's and the overall one. With ``depths`` the summary also has
-    ``by_depth_length`` and the needle heatmap is drawn."""
-    from . import plots
-    check_positive(max_new_tokens, "max_new_tokens")
-    next(make_examples(lengths=[min(lengths)]))
-    t0, out_dir = time.time(), Path(out_dir)
-    rows = []
-    with JsonlWriter(out_dir / f"{task}.jsonl") as w:
-        for ex in progress(make_examples(lengths=list(lengths)), desc=task, total=total):
-            pred = postprocess_pred(model.generate_text(ex.ids, max_new_tokens))
-            row = {"length": ex.length, "depth": ex.depth, "prompt_tokens": ex.prompt_tokens,
-                   "prediction": pred, "answers": ex.answers,
-                   "score": metric([pred], [ex.answers]), **ex.meta}
-            if ex.depth is None:
-                del row["depth"]
-            w.write(row)
-            rows.append(row)
-
-    def score(rs):
-        return metric([r["prediction"] for r in rs], [r["answers"] for r in rs]) if rs else None
-
-    by_len = _grouped(rows, lambda r: str(r["length"]))
-    summary = {"task": task, "model": model.name, "metric": metric_name, "settings": settings,
-               "score": score(rows),
-               "by_length": {str(L): score(by_len.get(str(L), [])) for L in lengths}}
-    if depths is not None:
-        cells = _grouped(rows, lambda r: f"{r['depth']:g}|{r['length']}")
-        summary["by_depth_length"] = {
-            f"{d:g}": {str(L): score(cells.get(f"{d:g}|{L}", [])) for L in lengths}
-            for d in depths}
-    summary.update({"max_length_run": max((r["prompt_tokens"] for r in rows), default=0),
-                    "n_examples": len(rows), "environment": environment(model.device),
-                    "seconds": time.time() - t0})
-    plots.accuracy_by_length(summary["by_length"], out_dir / f"{task}_by_length.png",
-                             title=f"{task}: {model.name}", ylabel=f"{metric_name} (%)")
-    if depths is not None:
-        plots.needle_heatmap(summary["by_depth_length"], out_dir / "needle_heatmap.png",
-                             title=f"{task}: {model.name}")
-    write_json(out_dir / f"{task}.json", summary)
-    return summary
+    """:class:`TextSuite` in one call (``total``: examples in all, ``len(lengths)`` times
+    the examples per length); every length is checked before anything runs."""
+    per = total // max(1, len(lengths))
+    return TextSuite(model, task=task, make_examples=make_examples, per_length=per,
+                     metric=metric, metric_name=metric_name, max_new_tokens=max_new_tokens,
+                     settings=settings, lengths=lengths, depths=depths).run(out_dir)

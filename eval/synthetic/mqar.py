@@ -20,9 +20,9 @@ import torch
 from memarch.data.synthetic import IGNORE_INDEX, MQAR
 
 from ..io import JsonlWriter, environment, progress, write_json
-from .common import check_lengths, check_positive
+from .common import FnSuite, check_lengths, check_positive, plot_name, runner
 
-__all__ = ["EVAL_SEED_OFFSET", "mqar_dataset", "mqar_predictions", "run_mqar"]
+__all__ = ["EVAL_SEED_OFFSET", "mqar_dataset", "mqar_predictions", "mqar_suite", "run_mqar"]
 
 EVAL_SEED_OFFSET = 1000
 
@@ -56,10 +56,10 @@ def mqar_predictions(model, ids: torch.Tensor) -> torch.Tensor:
     return torch.cat([logits.argmax(-1).cpu() for _, logits, _ in model.chunks(ids)], 1)
 
 
-def run_mqar(model, out_dir: Path, *, lengths: Sequence[int] = (64, 128, 256, 512),
-             num_kv_pairs: int | list[int] | None = None, num_keys: int = 32,
-             num_values: int = 32, power_a: float = 0.01, n_per_length: int = 256,
-             batch_size: int = 64, seed: int = 0) -> dict:
+def mqar_suite(model, *, lengths: Sequence[int] = (64, 128, 256, 512),
+               num_kv_pairs: int | list[int] | None = None, num_keys: int = 32,
+               num_values: int = 32, power_a: float = 0.01, n_per_length: int = 256,
+               batch_size: int = 64, seed: int = 0) -> FnSuite:
     """MQAR accuracy (%) over query positions by sequence length; writes ``mqar.json``,
     ``mqar.jsonl`` (one line per sequence) and ``mqar_by_length.png`` into ``out_dir``.
 
@@ -89,34 +89,43 @@ def run_mqar(model, out_dir: Path, *, lengths: Sequence[int] = (64, 128, 256, 51
     settings = {"lengths": lengths, "num_kv_pairs": kv, "num_keys": num_keys,
                 "num_values": num_values, "power_a": power_a, "n_per_length": n_per_length,
                 "batch_size": batch_size, "seed": seed, "chunk_size": model.chunk_size}
-    t0, out_dir = time.time(), Path(out_dir)
-    hits, counts = {}, {}
-    batches = [(L, n, a) for L, n in zip(lengths, kv) for a in range(0, n_per_length, batch_size)]
-    with JsonlWriter(out_dir / "mqar.jsonl") as w:
-        for L, n, a in progress(batches, desc="mqar", total=len(batches)):
-            ds = mqar_dataset(L, n, num_keys=num_keys, num_values=num_values, power_a=power_a,
-                              seed=seed)
-            items = [ds[i] for i in range(a, min(a + batch_size, n_per_length))]
-            ids = torch.stack([x["input_ids"] for x in items])
-            labels = torch.stack([x["labels"] for x in items])
-            pred = mqar_predictions(model, ids)
-            for p, y in zip(pred, labels):
-                q = y != IGNORE_INDEX
-                ok = int((p[q] == y[q]).sum())
-                hits[L], counts[L] = hits.get(L, 0) + ok, counts.get(L, 0) + int(q.sum())
-                w.write({"length": L, "num_kv_pairs": n, "prompt_tokens": L,
-                         "prediction": p[q].tolist(), "answers": y[q].tolist(),
-                         "correct": ok, "score": 100.0 * ok / int(q.sum())})
-    by_length = {str(L): 100.0 * hits[L] / counts[L] for L in lengths}
-    summary = {"task": "mqar", "model": model.name, "metric": "accuracy", "settings": settings,
-               "score": 100.0 * sum(hits.values()) / sum(counts.values()),
-               "by_length": by_length, "max_length_run": max(lengths),
-               "n_examples": len(lengths) * n_per_length, "n_queries": sum(counts.values()),
-               "chance": 100.0 / num_values, "environment": environment(model.device),
-               "seconds": time.time() - t0}
-    from . import plots
-    plots.accuracy_by_length(by_length, out_dir / "mqar_by_length.png",
-                             title=f"mqar: {model.name}", ylabel="accuracy (%)",
-                             chance=100.0 / num_values)
-    write_json(out_dir / "mqar.json", summary)
-    return summary
+
+    def run(out_dir: Path) -> dict:
+        t0 = time.time()
+        hits, counts = {}, {}
+        batches = [(L, n, a) for L, n in zip(lengths, kv)
+                   for a in range(0, n_per_length, batch_size)]
+        with JsonlWriter(out_dir / "mqar.jsonl") as w:
+            for L, n, a in progress(batches, desc="mqar", total=len(batches)):
+                ds = mqar_dataset(L, n, num_keys=num_keys, num_values=num_values,
+                                  power_a=power_a, seed=seed)
+                items = [ds[i] for i in range(a, min(a + batch_size, n_per_length))]
+                ids = torch.stack([x["input_ids"] for x in items])
+                labels = torch.stack([x["labels"] for x in items])
+                pred = mqar_predictions(model, ids)
+                for p, y in zip(pred, labels):
+                    q = y != IGNORE_INDEX
+                    ok = int((p[q] == y[q]).sum())
+                    hits[L], counts[L] = hits.get(L, 0) + ok, counts.get(L, 0) + int(q.sum())
+                    w.write({"length": L, "num_kv_pairs": n, "prompt_tokens": L,
+                             "prediction": p[q].tolist(), "answers": y[q].tolist(),
+                             "correct": ok, "score": 100.0 * ok / int(q.sum())})
+        by_length = {str(L): 100.0 * hits[L] / counts[L] for L in lengths}
+        summary = {"task": "mqar", "model": model.name, "metric": "accuracy",
+                   "settings": settings,
+                   "score": 100.0 * sum(hits.values()) / sum(counts.values()),
+                   "by_length": by_length, "max_length_run": max(lengths),
+                   "n_examples": len(lengths) * n_per_length, "n_queries": sum(counts.values()),
+                   "chance": 100.0 / num_values, "environment": environment(model.device),
+                   "seconds": time.time() - t0}
+        from . import plots
+        plots.accuracy_by_length(by_length, out_dir / "mqar_by_length.png",
+                                 title=f"mqar: {plot_name(model)}", ylabel="accuracy (%)",
+                                 chance=100.0 / num_values)
+        write_json(out_dir / "mqar.json", summary)
+        return summary
+
+    return FnSuite("mqar", run, lengths)
+
+
+run_mqar = runner(mqar_suite, "mqar")

@@ -18,16 +18,17 @@ from pathlib import Path
 from .common import (
     Example,
     Haystack,
+    TextSuite,
     check_lengths,
     check_positive,
     example_rng,
     fit_length,
     insert_at_depths,
-    run_text_suite,
+    runner,
 )
 from .metrics import string_match_all
 
-__all__ = ["INSTRUCTION", "QUESTION", "needle_examples", "run_needle"]
+__all__ = ["INSTRUCTION", "QUESTION", "needle_examples", "needle_suite", "run_needle"]
 
 INSTRUCTION = ("A special magic number is hidden within the following text. Make sure to "
                "memorize it. I will quiz you about the number afterwards.")
@@ -66,10 +67,10 @@ def needle_examples(encode: Callable[[str], list[int]], *, lengths: list[int],
                 yield Example(L, prompt, ids, [value], depth=d, meta={"haystack_chars": n})
 
 
-def run_needle(model, out_dir: Path, *, lengths: Sequence[int] = (1024, 2048, 4096, 8192),
-               depths: Sequence[float] = (0, 25, 50, 75, 100), n_per_cell: int = 1, seed: int = 0,
-               haystack_file: str | None = None, n_digits: int = 7,
-               max_new_tokens: int = 16) -> dict:
+def needle_suite(model, *, lengths: Sequence[int] = (1024, 2048, 4096, 8192),
+                 depths: Sequence[float] = (0, 25, 50, 75, 100), n_per_cell: int = 1,
+                 seed: int = 0, haystack_file: str | None = None, n_digits: int = 7,
+                 max_new_tokens: int = 16) -> TextSuite:
     """Needle retrieval accuracy on a depth x length grid; writes ``needle.json`` (with
     ``by_depth_length[depth][length]``), ``needle.jsonl``, ``needle_by_length.png`` and
     ``needle_heatmap.png`` into ``out_dir``.
@@ -94,8 +95,10 @@ def run_needle(model, out_dir: Path, *, lengths: Sequence[int] = (1024, 2048, 40
     examples = partial(needle_examples, model.encode, depths=depths,
                        n_per_cell=n_per_cell, seed=seed, haystack_file=haystack_file,
                        n_digits=n_digits)
-    return run_text_suite(model, out_dir, task="needle", make_examples=examples,
-                          total=len(lengths) * len(depths) * n_per_cell,
-                          metric=string_match_all, metric_name="string_match_all",
-                          max_new_tokens=max_new_tokens, settings=settings, lengths=lengths,
-                          depths=depths)
+    return TextSuite(model, task="needle", make_examples=examples,
+                     per_length=len(depths) * n_per_cell, metric=string_match_all,
+                     metric_name="string_match_all", max_new_tokens=max_new_tokens,
+                     settings=settings, lengths=lengths, depths=depths)
+
+
+run_needle = runner(needle_suite, "needle")

@@ -13,20 +13,20 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
 from functools import partial
-from pathlib import Path
 
 from .common import (
     Example,
     Haystack,
+    TextSuite,
     check_lengths,
     check_positive,
     example_rng,
     fit_length,
-    run_text_suite,
+    runner,
 )
 from .metrics import passkey_match
 
-__all__ = ["QUESTION", "TASK_DESCRIPTION", "passkey_examples", "run_passkey"]
+__all__ = ["QUESTION", "TASK_DESCRIPTION", "passkey_examples", "passkey_suite", "run_passkey"]
 
 TASK_DESCRIPTION = ("There is an important info hidden inside a lot of irrelevant text. Find it "
                     "and memorize them. I will quiz you about the important information there.")
@@ -57,9 +57,9 @@ def passkey_examples(encode: Callable[[str], list[int]], *, lengths: list[int],
                           meta={"filler_chars": n})
 
 
-def run_passkey(model, out_dir: Path, *, lengths: Sequence[int] = (1024, 2048, 4096, 8192),
-                n_per_length: int = 10, seed: int = 0, n_digits: int = 5,
-                max_new_tokens: int = 12) -> dict:
+def passkey_suite(model, *, lengths: Sequence[int] = (1024, 2048, 4096, 8192),
+                  n_per_length: int = 10, seed: int = 0, n_digits: int = 5,
+                  max_new_tokens: int = 12) -> TextSuite:
     """Passkey retrieval accuracy by context length; writes ``passkey.json``,
     ``passkey.jsonl`` and ``passkey_by_length.png`` into ``out_dir``.
 
@@ -77,7 +77,9 @@ def run_passkey(model, out_dir: Path, *, lengths: Sequence[int] = (1024, 2048, 4
                 "n_digits": n_digits, "max_new_tokens": max_new_tokens}
     examples = partial(passkey_examples, model.encode, n_per_length=n_per_length,
                        seed=seed, n_digits=n_digits)
-    return run_text_suite(model, out_dir, task="passkey", make_examples=examples,
-                          total=len(lengths) * n_per_length, metric=passkey_match,
-                          metric_name="exact match", max_new_tokens=max_new_tokens,
-                          settings=settings, lengths=lengths)
+    return TextSuite(model, task="passkey", make_examples=examples, per_length=n_per_length,
+                     metric=passkey_match, metric_name="exact match",
+                     max_new_tokens=max_new_tokens, settings=settings, lengths=lengths)
+
+
+run_passkey = runner(passkey_suite, "passkey")

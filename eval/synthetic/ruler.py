@@ -31,12 +31,13 @@ from pathlib import Path
 from .common import (
     Example,
     Haystack,
+    TextSuite,
     check_lengths,
     check_positive,
     example_rng,
     fit_length,
     insert_at_depths,
-    run_text_suite,
+    runner,
 )
 from .metrics import string_match_all
 from .words import distinct_words, key_words
@@ -45,6 +46,10 @@ __all__ = [
     "DEPTHS",
     "cwe_examples",
     "niah_examples",
+    "ruler_cwe_suite",
+    "ruler_niah_multikey_suite",
+    "ruler_niah_multivalue_suite",
+    "ruler_vt_suite",
     "run_ruler_cwe",
     "run_ruler_niah_multikey",
     "run_ruler_niah_multivalue",
@@ -120,8 +125,8 @@ def niah_examples(encode: Callable[[str], list[int]], *, task: str, lengths: lis
                                 "haystack_chars": n})
 
 
-def _run_niah(model, out_dir, *, task, lengths, n_per_length, num_keys, num_values, seed,
-              haystack_file, max_new_tokens) -> dict:
+def _niah_suite(model, *, task, lengths, n_per_length, num_keys, num_values, seed,
+                haystack_file, max_new_tokens) -> TextSuite:
     lengths = check_lengths(lengths)
     for name, v in (("n_per_length", n_per_length), ("num_keys", num_keys),
                     ("num_values", num_values)):
@@ -133,17 +138,15 @@ def _run_niah(model, out_dir, *, task, lengths, n_per_length, num_keys, num_valu
     examples = partial(niah_examples, model.encode, task=task,
                        n_per_length=n_per_length, num_keys=num_keys,
                        num_values=num_values, seed=seed, haystack_file=haystack_file)
-    return run_text_suite(model, out_dir, task=task, make_examples=examples,
-                          total=len(lengths) * n_per_length, metric=string_match_all,
-                          metric_name="string_match_all", max_new_tokens=max_new_tokens,
-                          settings=settings, lengths=lengths)
+    return TextSuite(model, task=task, make_examples=examples, per_length=n_per_length,
+                     metric=string_match_all, metric_name="string_match_all",
+                     max_new_tokens=max_new_tokens, settings=settings, lengths=lengths)
 
 
-def run_ruler_niah_multikey(model, out_dir: Path, *,
-                            lengths: Sequence[int] = (1024, 2048, 4096, 8192),
-                            n_per_length: int = 10, num_keys: int = 4, seed: int = 0,
-                            haystack_file: str | None = None,
-                            max_new_tokens: int = 32) -> dict:
+def ruler_niah_multikey_suite(model, *, lengths: Sequence[int] = (1024, 2048, 4096, 8192),
+                              n_per_length: int = 10, num_keys: int = 4, seed: int = 0,
+                              haystack_file: str | None = None,
+                              max_new_tokens: int = 32) -> TextSuite:
     """RULER multi-key NIAH: ``num_keys`` needles with different keys, one key asked.
     Writes ``ruler_niah_multikey.{json,jsonl}`` and ``ruler_niah_multikey_by_length.png``.
 
@@ -153,22 +156,21 @@ def run_ruler_niah_multikey(model, out_dir: Path, *,
             haystack (RULER: essays) or None for the noise filler; max_new_tokens: greedy
             tokens generated (RULER: 128).
     """
-    return _run_niah(model, out_dir, task="ruler_niah_multikey", lengths=lengths,
-                     n_per_length=n_per_length, num_keys=num_keys, num_values=1, seed=seed,
-                     haystack_file=haystack_file, max_new_tokens=max_new_tokens)
+    return _niah_suite(model, task="ruler_niah_multikey", lengths=lengths,
+                       n_per_length=n_per_length, num_keys=num_keys, num_values=1, seed=seed,
+                       haystack_file=haystack_file, max_new_tokens=max_new_tokens)
 
 
-def run_ruler_niah_multivalue(model, out_dir: Path, *,
-                              lengths: Sequence[int] = (1024, 2048, 4096, 8192),
-                              n_per_length: int = 10, num_values: int = 4, seed: int = 0,
-                              haystack_file: str | None = None,
-                              max_new_tokens: int = 64) -> dict:
+def ruler_niah_multivalue_suite(model, *, lengths: Sequence[int] = (1024, 2048, 4096, 8192),
+                                n_per_length: int = 10, num_values: int = 4, seed: int = 0,
+                                haystack_file: str | None = None,
+                                max_new_tokens: int = 64) -> TextSuite:
     """RULER multi-value NIAH: one key with ``num_values`` values, all must be returned
     (``string_match_all``). Writes ``ruler_niah_multivalue.{json,jsonl}`` and its plot.
     Arguments as :func:`run_ruler_niah_multikey`."""
-    return _run_niah(model, out_dir, task="ruler_niah_multivalue", lengths=lengths,
-                     n_per_length=n_per_length, num_keys=1, num_values=num_values, seed=seed,
-                     haystack_file=haystack_file, max_new_tokens=max_new_tokens)
+    return _niah_suite(model, task="ruler_niah_multivalue", lengths=lengths,
+                       n_per_length=n_per_length, num_keys=1, num_values=num_values, seed=seed,
+                       haystack_file=haystack_file, max_new_tokens=max_new_tokens)
 
 
 # -- variable tracking ------------------------------------------------------------------------
@@ -231,9 +233,9 @@ def vt_examples(encode: Callable[[str], list[int]], *, lengths: list[int], n_per
             yield Example(L, prompt, ids, names[0], meta={"value": value, "noise_chars": n})
 
 
-def run_ruler_vt(model, out_dir: Path, *, lengths: Sequence[int] = (1024, 2048, 4096, 8192),
-                 n_per_length: int = 10, num_chains: int = 1, num_hops: int = 4,
-                 fewshot: bool = True, seed: int = 0, max_new_tokens: int = 48) -> dict:
+def ruler_vt_suite(model, *, lengths: Sequence[int] = (1024, 2048, 4096, 8192),
+                   n_per_length: int = 10, num_chains: int = 1, num_hops: int = 4,
+                   fewshot: bool = True, seed: int = 0, max_new_tokens: int = 48) -> TextSuite:
     """RULER variable tracking: find every variable assigned the queried value through a
     chain ``VAR X1 = 12345, VAR X2 = VAR X1, ...`` (``string_match_all`` over the names).
     Writes ``ruler_vt.{json,jsonl}`` and ``ruler_vt_by_length.png``.
@@ -254,10 +256,9 @@ def run_ruler_vt(model, out_dir: Path, *, lengths: Sequence[int] = (1024, 2048, 
                 "max_new_tokens": max_new_tokens}
     examples = partial(vt_examples, model.encode, n_per_length=n_per_length,
                        num_chains=num_chains, num_hops=num_hops, seed=seed, fewshot=fewshot)
-    return run_text_suite(model, out_dir, task="ruler_vt", make_examples=examples,
-                          total=len(lengths) * n_per_length, metric=string_match_all,
-                          metric_name="string_match_all", max_new_tokens=max_new_tokens,
-                          settings=settings, lengths=lengths)
+    return TextSuite(model, task="ruler_vt", make_examples=examples, per_length=n_per_length,
+                     metric=string_match_all, metric_name="string_match_all",
+                     max_new_tokens=max_new_tokens, settings=settings, lengths=lengths)
 
 
 # -- common words extraction ------------------------------------------------------------------
@@ -306,10 +307,10 @@ def cwe_examples(encode: Callable[[str], list[int]], *, lengths: list[int], n_pe
                           meta={"num_uncommon": n, "freq_common": fc, "freq_uncommon": fu})
 
 
-def run_ruler_cwe(model, out_dir: Path, *, lengths: Sequence[int] = (1024, 2048, 4096, 8192),
-                  n_per_length: int = 10, num_common: int = 10, freq_common: int | None = None,
-                  freq_uncommon: int | None = None, fewshot: bool = True, seed: int = 0,
-                  max_new_tokens: int = 128) -> dict:
+def ruler_cwe_suite(model, *, lengths: Sequence[int] = (1024, 2048, 4096, 8192),
+                    n_per_length: int = 10, num_common: int = 10,
+                    freq_common: int | None = None, freq_uncommon: int | None = None,
+                    fewshot: bool = True, seed: int = 0, max_new_tokens: int = 128) -> TextSuite:
     """RULER common-words extraction: name the ``num_common`` most frequent words of a
     numbered list (``string_match_all``). Writes ``ruler_cwe.{json,jsonl}`` and
     ``ruler_cwe_by_length.png``.
@@ -334,7 +335,12 @@ def run_ruler_cwe(model, out_dir: Path, *, lengths: Sequence[int] = (1024, 2048,
     examples = partial(cwe_examples, model.encode, n_per_length=n_per_length,
                        num_common=num_common, freq_common=freq_common,
                        freq_uncommon=freq_uncommon, fewshot=fewshot, seed=seed)
-    return run_text_suite(model, out_dir, task="ruler_cwe", make_examples=examples,
-                          total=len(lengths) * n_per_length, metric=string_match_all,
-                          metric_name="string_match_all", max_new_tokens=max_new_tokens,
-                          settings=settings, lengths=lengths)
+    return TextSuite(model, task="ruler_cwe", make_examples=examples, per_length=n_per_length,
+                     metric=string_match_all, metric_name="string_match_all",
+                     max_new_tokens=max_new_tokens, settings=settings, lengths=lengths)
+
+
+run_ruler_niah_multikey = runner(ruler_niah_multikey_suite, "ruler_niah_multikey")
+run_ruler_niah_multivalue = runner(ruler_niah_multivalue_suite, "ruler_niah_multivalue")
+run_ruler_vt = runner(ruler_vt_suite, "ruler_vt")
+run_ruler_cwe = runner(ruler_cwe_suite, "ruler_cwe")
