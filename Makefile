@@ -1,9 +1,15 @@
 # Two commands do everything on a fresh machine: `make train` and `make test`.
 # GPU machines may override the pins: `make test TORCH=torch==2.11.0 TRITON=triton==3.6.0`.
+# TORCH_INDEX picks the wheel index for torch (and triton) only, e.g. the CPU build:
+#   make test TORCH_INDEX=https://download.pytorch.org/whl/cpu
+# (or .../whl/cu128 for a CUDA build); empty = pip's configured index, unchanged.
 PYTHON ?= python3
 VENV ?= .venv
 TORCH ?= torch==2.13.0
 TRITON ?= triton==3.7.1
+TORCH_INDEX ?=
+# --index-url for the torch install only; PyPI stays an extra index for its dependencies
+TORCH_INDEX_ARGS := $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX) --extra-index-url https://pypi.org/simple)
 PY := $(VENV)/bin/python
 ENVVARS := TRITON_INTERPRET=1 HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 WANDB_MODE=disabled
 PYTEST_ARGS ?=
@@ -13,7 +19,7 @@ PYTEST_ARGS ?=
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q "$(TORCH)" "$(TRITON)"
+	$(PY) -m pip install -q $(TORCH_INDEX_ARGS) "$(TORCH)" "$(TRITON)"
 	$(PY) -m pip install -q -e ".[dev]"
 	touch $@
 

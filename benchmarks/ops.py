@@ -3,6 +3,7 @@
     python benchmarks/ops.py                # CPU: naive vs torch -> results/ops_cpu.{json,png,md}
     python benchmarks/ops.py --device cuda        # GPU: triton vs torch vs peers (fla, SDPA, Flex)
     python benchmarks/ops.py --render results/ops_cpu.json    # markdown table from a JSON
+    python benchmarks/ops.py --plot results/ops_cpu.json      # redraw the PNG beside a JSON
 
 Ops: linear_attn (B=1, H=4, K=V=64, with decay g) and sliding_window_attn (B=1, H=4, D=64,
 W=64, 4 sinks). Peers are imported optionally (flash-linear-attention's chunk_linear_attn,
@@ -10,12 +11,14 @@ fused_chunk_linear_attn and parallel_based; PyTorch SDPA with a banded mask; Fle
 with a sliding-window block mask) and skipped when missing. Time is the median of `reps`
 runs after warm-up (naive: 1 run, no warm-up, it is a token loop). Peak memory is the extra
 memory a run needs beyond its inputs: torch.cuda.max_memory_allocated on GPU, the profiler's
-allocation trace on CPU.
+allocation trace on CPU (its C-level stderr chatter, ``USDT:... profiler_start``, is
+silenced).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import json
 import os
@@ -52,9 +55,25 @@ def _time(fn, device, reps, warmup):
     return statistics.median(ts) * 1e3
 
 
+@contextlib.contextmanager
+def quiet_c_stderr():
+    """Send file descriptor 2 to /dev/null for the block: the CPU profiler (kineto) prints
+    ``USDT:... profiler_start/stop`` lines from C++, which no Python logging knob reaches."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 2)
+            yield
+    finally:
+        sys.stderr.flush()
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
 def _peak_cpu(fn):
     from torch.profiler import ProfilerActivity, profile
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as p:
+    with quiet_c_stderr(), profile(activities=[ProfilerActivity.CPU], profile_memory=True) as p:
         fn()
     ev = sorted((e.start_ns(), e.nbytes()) for e in p.profiler.kineto_results.events()
                 if e.name() == "[memory]")
@@ -236,9 +255,15 @@ def render(data) -> str:
 
 
 def plot(data, path):
+    """Time and peak memory against T (log2 axis, one labelled tick per measured T)."""
+    if isinstance(data, (str, Path)):
+        data = json.loads(Path(data).read_text())
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import FixedLocator, FuncFormatter, NullLocator
+    Ts = sorted({r["T"] for r in data["results"]})
+    label = FuncFormatter(lambda x, _: f"{x / 1024:g}k" if x >= 1024 else f"{x:g}")
     ops = list(dict.fromkeys(r["op"] for r in data["results"]))
     fig, axes = plt.subplots(len(ops), 2, figsize=(11, 4 * len(ops)), squeeze=False)
     for row, op in zip(axes, ops):
@@ -247,7 +272,11 @@ def plot(data, path):
             row[0].plot([r["T"] for r in rs], [r["fwd_bwd_ms"] for r in rs], "o-", label=impl)
             row[1].plot([r["T"] for r in rs], [r["peak_mb"] for r in rs], "o-", label=impl)
         for ax, what in zip(row, ("fwd+bwd time (ms)", "peak memory, fwd+bwd (MB)")):
-            ax.set(xscale="log", yscale="log", xlabel="T", ylabel=what, title=op)
+            ax.set(yscale="log", xlabel="T (sequence length)", ylabel=what, title=op)
+            ax.set_xscale("log", base=2)
+            ax.xaxis.set_major_locator(FixedLocator(Ts))
+            ax.xaxis.set_major_formatter(label)
+            ax.xaxis.set_minor_locator(NullLocator())
             ax.grid(True, which="both", alpha=0.3)
             ax.legend()
     fig.suptitle(f"memarch ops on {data['meta'].get('gpu') or data['meta']['cpu']}")
@@ -264,9 +293,14 @@ def main(argv=None):
     ap.add_argument("--dtype", default=None, help="float32 (CPU default) | bfloat16 (GPU default)")
     ap.add_argument("--out", default=None, help="JSON path (default results/ops_<device>.json)")
     ap.add_argument("--render", default=None, help="print the markdown table of a JSON and exit")
+    ap.add_argument("--plot", default=None, help="redraw FILE.png from FILE.json and exit")
     a = ap.parse_args(argv)
     if a.render:
         print(render(a.render))
+        return
+    if a.plot:
+        plot(a.plot, Path(a.plot).with_suffix(".png"))
+        print(f"wrote {Path(a.plot).with_suffix('.png')}")
         return
     torch.set_num_threads(a.threads)
     torch.manual_seed(0)

@@ -1,34 +1,62 @@
 """Regenerate the README's benchmark tables from the JSON results.
 
-    python benchmarks/update_readme.py        # rewrites the blocks between the markers
+    python benchmarks/update_readme.py           # rewrites the blocks between the markers
+    python benchmarks/update_readme.py --check   # exit 1 if a block differs from its JSON
 
 Each block ``<!-- bench:NAME -->`` ... ``<!-- /bench:NAME -->`` gets the markdown table that
-``benchmarks/ops.py --render results/NAME.json`` prints (``decode.py`` for ``decode_*``).
+the script owning ``results/NAME.json`` prints with ``--render`` (``decode.py`` for
+``decode_*``, ``recipes.py`` for ``recipes_*``, ``ops.py`` otherwise). The renderers run
+in-process; tests/test_readme.py checks that the README matches.
 """
 
 from __future__ import annotations
 
+import importlib
+import json
 import re
-import subprocess
 import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+BENCH = ROOT / "benchmarks"
+RESULTS = BENCH / "results"
+BLOCK = re.compile(r"<!-- bench:(\w+) -->\n(.*?)\n?<!-- /bench:\1 -->", re.DOTALL)
 
 
-def main() -> None:
+def script_for(name: str) -> str:
+    """The benchmark module whose ``render`` turns results/NAME.json into the table."""
+    if name.startswith("decode"):
+        return "decode"
+    if name.startswith("recipes"):
+        return "recipes"
+    return "ops"
+
+
+def render_block(name: str) -> str:
+    """The table for ``results/NAME.json`` (what ``SCRIPT.py --render`` prints), stripped."""
+    if str(BENCH) not in sys.path:
+        sys.path.insert(0, str(BENCH))
+    mod = importlib.import_module(script_for(name))
+    data = json.loads((RESULTS / f"{name}.json").read_text())
+    return mod.render(data).strip()
+
+
+def update(text: str) -> str:
+    return BLOCK.sub(lambda m: f"<!-- bench:{m.group(1)} -->\n{render_block(m.group(1))}\n"
+                               f"<!-- /bench:{m.group(1)} -->", text)
+
+
+def main(argv=None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
     readme = ROOT / "README.md"
     text = readme.read_text()
-
-    def render(m: re.Match) -> str:
-        name = m.group(1)
-        script = "decode.py" if name.startswith("decode") else "ops.py"
-        table = subprocess.run([sys.executable, str(ROOT / "benchmarks" / script), "--render",
-                                str(ROOT / "benchmarks" / "results" / f"{name}.json")],
-                               capture_output=True, text=True, check=True).stdout.strip()
-        return f"<!-- bench:{name} -->\n{table}\n<!-- /bench:{name} -->"
-
-    new = re.sub(r"<!-- bench:(\w+) -->.*?<!-- /bench:\1 -->", render, text, flags=re.S)
+    new = update(text)
+    if "--check" in argv:
+        if new != text:
+            raise SystemExit("README tables differ from benchmarks/results: run "
+                             "python benchmarks/update_readme.py")
+        print("README tables match benchmarks/results")
+        return
     readme.write_text(new)
     print("README tables updated" if new != text else "README tables unchanged")
 

@@ -1,27 +1,9 @@
 """``linear_attn``: (gated, optionally normalised) linear attention with a recurrent state.
 
-    S_t = exp(g_t) S_{t-1} + k_t v_t^T,   z_t = exp(g_t) z_{t-1} + k_t
-    o_t = (scale q_t) S_t  [ / ((scale q_t) . z_t + eps)  when normalize ]
-
-Layout [B, T, H, D]: q, k [B, T, H, K] (already feature-mapped), v [B, T, H, V], g [B, T, H]
-(log-space decay, must be <= 0; None = no decay). State ``LinearAttnState(S, z)``:
-S [B, H, K, V] and z [B, H, K] (None unless ``normalize``), fp32 (fp64 for fp64 inputs on
-the naive/torch paths). ``initial_state`` takes the same structure: a LinearAttnState, a
-tuple (S, z), or a bare S tensor when not normalising.
-
-``eps`` (default 1e-6) is added to the denominator (scale q_t) . z_t; with non-negative
-feature maps the denominator is >= 0 and eps only guards the all-zero case.
-
-Implementations: "naive" (token loop, the spec), "torch" (chunked matmul, autograd
-backward), "triton" (chunked forward/backward kernels; a fused kernel for one-token decode
-without grad). "auto" = $MEMARCH_KERNEL_IMPL if set, else triton on CUDA, torch elsewhere.
-The triton path supports K, V <= 256.
-
-``g > 0`` (exp(g) > 1 grows the state until it overflows) raises ValueError when g is not on
-a CUDA device; on CUDA it is not checked, because the check would cost a host sync per call
-(a positive gate then overflows to inf/NaN). A NaN gate is not rejected: like any non-finite
-q, k, v or g at token t, it changes no output before t and makes the outputs from t on (and
-the final state) non-finite; every implementation keeps this causality (DESIGN.md, Kernels).
+The equations, shapes, state and implementations are in ``linear_attn``'s own docstring
+(``help(memarch.kernels.linear_attn)`` shows it: the function shadows this module's name in
+``memarch.kernels``). The implementations live in ``naive.py``, ``torch_chunk.py`` and
+``triton_chunk.py`` beside this file.
 """
 
 from __future__ import annotations
@@ -70,7 +52,49 @@ def _unpack_state(initial_state, normalize: bool, B: int, H: int, K: int, V: int
 
 def linear_attn(q, k, v, *, g=None, scale=None, normalize: bool = False, eps: float = 1e-6,
                 initial_state=None, output_final_state: bool = False, impl: str = "auto"):
-    """Returns ``(o [B, T, H, V] in v's dtype, LinearAttnState | None)``. See the module doc."""
+    """(Gated, optionally normalised) linear attention with a recurrent state.
+
+    S_t = exp(g_t) S_{t-1} + k_t v_t^T,   z_t = exp(g_t) z_{t-1} + k_t
+    o_t = (scale q_t) S_t  [ / ((scale q_t) . z_t + eps)  when normalize ]
+
+    Args:
+        q, k: [B, T, H, K], already feature-mapped (e.g. elu+1, Taylor); same dtype as v.
+        v: [B, T, H, V].
+        g: [B, T, H] log-space decay per token and head, must be <= 0; None = no decay.
+        scale: multiplies q; default K^-0.5.
+        normalize: divide by (scale q_t) . z_t + eps (and carry z in the state).
+        eps: added to that denominator (default 1e-6); with non-negative feature maps the
+            denominator is >= 0 and eps only guards the all-zero case.
+        initial_state: S_0 (and z_0), as a LinearAttnState, a tuple (S, z), or a bare S
+            tensor when not normalising; None = zeros.
+        output_final_state: also return the state after the last token.
+        impl: "naive" (token loop, the spec), "torch" (chunked matmul, autograd backward),
+            "triton" (chunked forward/backward kernels; a fused kernel for one-token decode
+            without grad; K, V <= 256). "auto" = $MEMARCH_KERNEL_IMPL if set, else triton on
+            CUDA, torch elsewhere.
+
+    Returns:
+        ``(o, state)``: o [B, T, H, V] in v's dtype; state ``LinearAttnState(S, z)`` with
+        S [B, H, K, V] and z [B, H, K] (None unless ``normalize``), fp32 (fp64 for fp64
+        inputs on the naive/torch paths), or None unless ``output_final_state``. Feeding the
+        state back as ``initial_state`` continues the sequence exactly (chunked streaming).
+
+    Errors and non-finite input: ``g > 0`` (exp(g) > 1 grows the state until it overflows)
+    raises ValueError when g is not on a CUDA device; on CUDA it is not checked, because the
+    check would cost a host sync per call (a positive gate then overflows to inf/NaN). A NaN
+    gate is not rejected: like any non-finite q, k, v or g at token t, it changes no output
+    before t and makes the outputs from t on (and the final state) non-finite; every
+    implementation keeps this causality (DESIGN.md, Kernels).
+
+    Example (CPU, tiny sizes)::
+
+        B, T, H, K, V = 1, 8, 2, 4, 4
+        q, k = torch.rand(B, T, H, K), torch.rand(B, T, H, K)   # non-negative features
+        v = torch.randn(B, T, H, V)
+        g = torch.nn.functional.logsigmoid(torch.randn(B, T, H))  # decay, <= 0
+        o, st = linear_attn(q, k, v, g=g, normalize=True, output_final_state=True)
+        o2, _ = linear_attn(q, k, v, g=g, normalize=True, initial_state=st)  # continues
+    """
     for name, t in (("q", q), ("k", k), ("v", v)):
         check(isinstance(t, torch.Tensor) and t.dim() == 4, OP,
               f"{name} must be a 4-d tensor [B, T, H, D], got "

@@ -1,20 +1,10 @@
 """``sliding_window_attn``: causal banded softmax attention with optional attention sinks.
 
-Positions are absolute: queries are q_offset .. q_offset+Tq-1; keys/values are the Tk most
-recent positions ending at the last query (bottom-right aligned, so chunked prefill over a
-cached window works: pass the cached W-1 keys followed by the new ones). Key j is visible to
-query i iff i - W < j <= i. Sink keys/values are absolute positions 0..S-1, scored with
-``sink_q`` (default q) in the same softmax, only where they lie outside the band (j <= i-W).
-
-Shapes: q [B, Tq, H, D]; k, v [B, Tk, Hkv, D] with Tq <= Tk <= q_offset + Tq and H % Hkv == 0
-(GQA); sink_k, sink_v [B, S, Hkv, D]; sink_q [B, Tq, H, D]. ``scale`` defaults to D^-0.5.
-Implementations: "naive" (masked, fp32), "torch" (blocked banded, memory O(T W)),
-"triton" (flash-style forward and backward, D <= 256).
-
-Non-finite input: every implementation keeps causality for any input (DESIGN.md, Kernels).
-A NaN/inf in q, k, v or the sinks changes no output that does not see it (in particular none
-before its position), and every output that sees it (a visible key with a non-finite score or
-value row) is NaN, not finite-but-wrong. Forward only: gradients make no such promise.
+The semantics (visibility rule, sinks, positions, shapes, implementations, non-finite
+input) are in ``sliding_window_attn``'s own docstring (``help(memarch.kernels.
+sliding_window_attn)`` shows it: the function shadows this module's name in
+``memarch.kernels``). The implementations live in ``naive.py``, ``torch_chunk.py`` and
+``triton_swa.py`` beside this file.
 """
 
 from __future__ import annotations
@@ -33,7 +23,48 @@ OP = "sliding_window_attn"
 
 def sliding_window_attn(q, k, v, *, window: int, q_offset: int = 0, sink_k=None, sink_v=None,
                         sink_q=None, scale=None, impl: str = "auto"):
-    """Returns o [B, Tq, H, D] in q's dtype. See the module doc."""
+    """Causal banded (sliding-window) softmax attention with optional attention sinks.
+
+    Key j is visible to query i iff i - W < j <= i (W = ``window``); sink keys are scored in
+    the same softmax only where they lie outside the band:
+
+        o_i = sum_{j in band(i)} p_ij v_j + sum_{s < S, s <= i - W} p_is sink_v_s,
+        p = softmax over those keys of scale * q_i . k_j  (sinks: scale * sink_q_i . sink_k_s)
+
+    Positions are absolute: queries are q_offset .. q_offset+Tq-1; keys/values are the Tk
+    most recent positions ending at the last query (bottom-right aligned, so chunked prefill
+    over a cached window works: pass the cached W-1 keys followed by the new ones). Sink
+    keys/values are absolute positions 0..S-1.
+
+    Args:
+        q: [B, Tq, H, D].
+        k, v: [B, Tk, Hkv, D] with Tq <= Tk <= q_offset + Tq and H % Hkv == 0 (GQA).
+        window: W >= 1.
+        q_offset: absolute position of q's first token (default 0).
+        sink_k, sink_v: [B, S, Hkv, D] or None (given together).
+        sink_q: [B, Tq, H, D], the queries that score the sinks; default q.
+        scale: default D^-0.5.
+        impl: "naive" (masked, fp32), "torch" (blocked banded, memory O(T W)), "triton"
+            (flash-style forward and backward, D <= 256). "auto" = $MEMARCH_KERNEL_IMPL if
+            set, else triton on CUDA, torch elsewhere.
+
+    Returns:
+        o [B, Tq, H, D] in q's dtype. The op is stateless: the caller keeps the last W-1
+        keys/values (and the sinks) as its cache.
+
+    Non-finite input: every implementation keeps causality for any input (DESIGN.md,
+    Kernels). A NaN/inf in q, k, v or the sinks changes no output that does not see it (in
+    particular none before its position), and every output that sees it (a visible key with
+    a non-finite score or value row) is NaN, not finite-but-wrong. Forward only: gradients
+    make no such promise.
+
+    Example (CPU, tiny sizes)::
+
+        B, T, H, D, S = 1, 16, 2, 8, 2
+        q, k, v = (torch.randn(B, T, H, D) for _ in range(3))
+        sk, sv = torch.randn(B, S, H, D), torch.randn(B, S, H, D)
+        o = sliding_window_attn(q, k, v, window=4, sink_k=sk, sink_v=sv)   # [B, T, H, D]
+    """
     for name, t in (("q", q), ("k", k), ("v", v)):
         check(isinstance(t, torch.Tensor) and t.dim() == 4, OP,
               f"{name} must be a 4-d tensor [B, T, H, D], got "

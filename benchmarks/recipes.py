@@ -1,0 +1,160 @@
+"""The README's training recipes, run in-process: held-out accuracy and steps per recipe.
+
+    python benchmarks/recipes.py                      # all -> results/recipes_cpu.{json,md}
+    python benchmarks/recipes.py --only based_tiny    # one recipe, merged into the JSON
+    python benchmarks/recipes.py --render results/recipes_cpu.json   # markdown table
+    python benchmarks/recipes.py --merge other.json   # add the rows of another run's JSON
+    python benchmarks/recipes.py --only based_tiny --threads 1   # 1 torch thread (a busy host)
+
+Recipes (each is exactly the command in the table, composed with Hydra as ``train.py`` does
+and run through ``memarch.lit.train.run``; checkpoints go to a temporary directory):
+
+* ``default``: ``make train`` (``experiment=hybrid_tiny``, MQAR)
+* ``based_tiny``: ``train.py experiment=based_tiny``
+* ``linear_attention_tiny``: ``train.py experiment=linear_attention_tiny``
+
+Training is deterministic for a given machine and torch build, but the held-out accuracy
+can differ by a few points between CPUs (floating-point summation order), which is why the
+table names the machine (CPU, torch threads, torch, commit) each row came from. On a host
+shared with other jobs, ``--threads 1`` avoids oversubscription (two 2-thread trainings on 2
+busy cores ran about 10x slower per step than with 1 thread each).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from ops import RESULTS, meta
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# name -> (Hydra overrides, the command a user types)
+RECIPES = {
+    "default": ([], "make train"),
+    "based_tiny": (["experiment=based_tiny"], "python train.py experiment=based_tiny"),
+    "linear_attention_tiny": (["experiment=linear_attention_tiny"],
+                              "python train.py experiment=linear_attention_tiny"),
+}
+
+
+def compose(overrides, out_dir):
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
+        return hydra_compose("train", overrides=[*overrides, f"paths.output_dir={out_dir}"])
+
+
+def run_recipe(name) -> dict:
+    """Train one recipe; returns its row (accuracy, chance, steps, params, seconds)."""
+    import lightning.pytorch as pl
+
+    from memarch.lit.train import run
+
+    overrides, command = RECIPES[name]
+    seen = {}
+
+    class _Probe(pl.Callback):                   # reads the task's chance level and size
+        def on_fit_start(self, trainer, module):
+            ds = getattr(trainer.datamodule, "val_ds", None)
+            seen["chance"] = getattr(ds, "chance", None)
+            seen["params"] = sum(p.numel() for p in module.parameters())
+
+    with tempfile.TemporaryDirectory(prefix=f"recipe_{name}_") as tmp:
+        cfg = compose([*overrides, "trainer.enable_progress_bar=false"], tmp)
+        t0 = time.perf_counter()
+        res = run(cfg, extra_callbacks=[_Probe()])
+        seconds = time.perf_counter() - t0
+    chance = seen.get("chance")
+    return {"name": name, "command": command,
+            "experiment": overrides[0].split("=", 1)[1] if overrides else "hybrid_tiny",
+            "val_acc": round(float(res["val/acc"]), 4),
+            "val_loss": round(float(res["val/loss"]), 4),
+            "chance": None if chance is None else round(float(chance), 4),
+            "global_step": int(res["global_step"]), "params": seen.get("params"),
+            "train_s": round(seconds, 1)}
+
+
+def _pct(x):
+    return "—" if x is None else f"{100 * x:.1f} %"
+
+
+def render(data) -> str:
+    """Markdown table from a results dict or JSON path. Each row keeps the machine, torch
+    and commit it ran on; the header names them (per row when rows differ)."""
+    if isinstance(data, (str, Path)):
+        data = json.loads(Path(data).read_text())
+    rows = data["rows"]
+    where = lambda r: f"{r.get('cpu')}, {r.get('threads')} thread(s), torch {r.get('torch')}"
+    same = len({where(r) for r in rows}) <= 1
+    m = rows[0] if rows else data["meta"]
+    commits = ", ".join(dict.fromkeys(str(r.get("commit")) for r in rows))
+    dates = sorted(r.get("date", "") for r in rows)
+    head = (f"Training recipes on MQAR, {m.get('device', 'cpu')} "
+            + (f"({where(m)})" if same else "(machine per row)")
+            + f", commit {commits}, {dates[0][:10] if dates else m.get('date', '')[:10]}:")
+    cols = ["command", "model", "params", "steps", "held-out accuracy", "chance",
+            "train time (wall)"] + ([] if same else ["machine"])
+    lines = [head, "", "| " + " | ".join(cols) + " |",
+             "|---|---|" + "---:|" * 5 + ("" if same else "---|")]
+    for r in rows:
+        params = "—" if r.get("params") is None else f"{r['params'] / 1e6:.2f}M"
+        cells = [f"`{r['command']}`", r["experiment"], params, str(r["global_step"]),
+                 _pct(r["val_acc"]), _pct(r["chance"]), f"{r['train_s']:.0f} s"]
+        lines.append("| " + " | ".join(cells + ([] if same else [where(r)])) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--only", choices=list(RECIPES), action="append",
+                    help="run only this recipe (repeatable); other rows of --out are kept")
+    ap.add_argument("--out", default=str(RESULTS / "recipes_cpu.json"))
+    ap.add_argument("--threads", type=int, default=None,
+                    help="torch intra-op threads (default: torch's, as `make train` uses); the "
+                         "table records the count")
+    ap.add_argument("--render", default=None, help="print the markdown table of a JSON and exit")
+    ap.add_argument("--merge", nargs="+", default=None, metavar="JSON",
+                    help="copy the rows of these results files (runs made with --out elsewhere, "
+                         "e.g. in parallel) into --out, re-render it and exit")
+    a = ap.parse_args(argv)
+    if a.render:
+        print(render(a.render), end="")
+        return
+    import torch
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    out = Path(a.out)
+    new = {}
+    for f in a.merge or ():
+        new.update({r["name"]: r for r in json.loads(Path(f).read_text())["rows"]})
+    for name in [] if a.merge else (a.only or RECIPES):
+        row = run_recipe(name)
+        row.update(meta("cpu", torch.get_num_threads()))   # each row keeps its own machine
+        new[name] = row
+        print(f"{name}: held-out accuracy {100 * row['val_acc']:.1f} % after "
+              f"{row['global_step']} steps, {row['train_s']:.0f} s", flush=True)
+    # read the file only now (a run takes minutes): rows of other recipes are kept
+    keep = (a.only or a.merge) and out.exists()
+    rows = {r["name"]: r for r in json.loads(out.read_text())["rows"]} if keep else {}
+    rows.update(new)
+    order = [n for n in RECIPES if n in rows]
+    data = {"meta": meta("cpu", torch.get_num_threads()), "rows": [rows[n] for n in order]}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(data, indent=1) + "\n")
+    out.with_suffix(".md").write_text(render(data))
+    print(render(data), end="")
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("WANDB_MODE", "disabled")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    main()
