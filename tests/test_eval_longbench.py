@@ -423,15 +423,21 @@ def test_summary_json_keeps_finished_suites_when_a_later_one_fails(fail_in, lb_f
     import memarch.eval.run as run_mod
     prompts, data = lb_files
 
-    def passkey(model, out_dir):
-        return {"score": 50.0, "n_examples": 2}
+    from memarch.eval.synthetic.common import FnSuite
 
-    def needle(model, out_dir):
+    def needle(out_dir):
         if fail_in == "needle":
             raise RuntimeError("needle broke")
         return {"score": 10.0}
 
-    monkeypatch.setattr(run_mod, "suites", lambda: {"passkey": passkey, "needle": needle})
+    def passkey_plan(model):
+        return FnSuite("passkey", lambda out_dir: {"score": 50.0, "n_examples": 2})
+
+    def needle_plan(model):
+        return FnSuite("needle", needle)
+
+    monkeypatch.setattr(run_mod, "planners", lambda: {"passkey": passkey_plan,
+                                                      "needle": needle_plan})
     m = FailsOn({"question": "Paris"}, marker="question 3")
     tasks = ["passkey", "needle", "longbench:triviaqa", "longbench_e:passage_count"]
     with pytest.raises(RuntimeError):
