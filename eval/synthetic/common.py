@@ -9,6 +9,7 @@ number whose prompt still fits the target, as RULER does (``scripts/data/synthet
 
 from __future__ import annotations
 
+import abc
 import bisect
 import random
 import re
@@ -205,7 +206,7 @@ def named(task: str, e: Exception) -> Exception:
     return OSError(msg) if isinstance(e, OSError) else ValueError(msg)
 
 
-class Planned:
+class Planned(abc.ABC):
     """A suite whose settings are checked: ``too_short()`` ({length: tokens needed} of the
     lengths the task cannot fit), ``check()`` (raise for those) and ``run(out_dir)``."""
 
@@ -234,8 +235,9 @@ class Planned:
                 f"without any haystack already takes {bad[L]} tokens (expected lengths >= "
                 f"{bad[L]}){also}", length=L, need=bad[L])
 
+    @abc.abstractmethod
     def _run(self, out_dir: Path) -> dict:
-        raise NotImplementedError
+        """Run the checked suite; returns its summary."""
 
     def run(self, out_dir: str | Path, *, checked: bool = False) -> dict:
         """Run the suite (``checked``: ``check()`` has passed already); an error names it."""

@@ -50,7 +50,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from memarch.kernels.sliding_window import sliding_window_attn
-from memarch.mixers.base import Mixer, MixerOutput
+from memarch.mixers.base import Mixer, MixerOutput, check_positive_int
 from memarch.modules.rotary import Rotary, apply_rotary
 
 __all__ = ["Attention", "KVCacheState", "SinkWindowState"]
@@ -98,8 +98,8 @@ class Attention(Mixer):
         super().__init__(d_model, layer_idx=layer_idx)
         n_heads = max(1, d_model // 64) if n_heads is None else n_heads
         n_kv_heads = n_heads if n_kv_heads is None else n_kv_heads
-        _positive_int("Attention", "n_heads", n_heads)
-        _positive_int("Attention", "n_kv_heads", n_kv_heads)
+        check_positive_int("Attention", "n_heads", n_heads)
+        check_positive_int("Attention", "n_kv_heads", n_kv_heads)
         if d_model % n_heads:
             raise ValueError(f"Attention: n_heads={n_heads} must divide d_model={d_model}")
         if n_heads % n_kv_heads:
@@ -116,7 +116,7 @@ class Attention(Mixer):
         if sink_positions not in ("absolute", "cache"):
             raise ValueError(
                 f"Attention: sink_positions must be 'absolute' or 'cache', got {sink_positions!r}")
-        _positive_int("Attention", "block_size", block_size)
+        check_positive_int("Attention", "block_size", block_size)
         if not (isinstance(rope_base, (int, float)) and rope_base > 1):
             raise ValueError(f"Attention: rope_base must be a number > 1, got {rope_base!r}")
         self.n_heads, self.n_kv_heads = n_heads, n_kv_heads
@@ -316,11 +316,6 @@ class Attention(Mixer):
             out.append(ob.reshape(B, H, n, Dh))
         o = torch.cat(out, dim=2).to(qr.dtype)                           # [B, H, T, Dh]
         return o, new
-
-
-def _positive_int(owner: str, name: str, value) -> None:
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise ValueError(f"{owner}: {name} must be a positive int, got {value!r}")
 
 
 def _finite_kv(k: torch.Tensor, v: torch.Tensor):

@@ -24,7 +24,14 @@ from torch import nn
 
 from memarch import state as st
 
-__all__ = ["Mixer", "MixerOutput"]
+__all__ = ["Mixer", "MixerOutput", "check_positive_int"]
+
+
+def check_positive_int(owner: str, name: str, value) -> None:
+    """Raise ``ValueError("<owner>: <name> must be a positive int, got ...")`` unless
+    ``value`` is an int >= 1 (bools are refused). Shared by every constructor."""
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ValueError(f"{owner}: {name} must be a positive int, got {value!r}")
 
 
 class MixerOutput(NamedTuple):
@@ -127,7 +134,12 @@ class Mixer(nn.Module, abc.ABC):
             raise ValueError(
                 f"{name}: batch size mismatch: x has batch size {x.shape[0]} but the state "
                 f"has batch size {b}")
-        spec = self.init_state(x.shape[0], device="meta", dtype=self.state_dtype(x.dtype))
+        key = (x.shape[0], x.dtype)            # the spec depends on the configuration only
+        cache = self.__dict__.setdefault("_state_specs", {})
+        if key not in cache:
+            cache[key] = self.init_state(x.shape[0], device="meta",
+                                         dtype=self.state_dtype(x.dtype))
+        spec = cache[key]
         st.check_like(state, spec, owner=name, growing=self.state_growing_dims())
         for t, e in zip(st.tensors(state), st.tensors(spec)):
             if t.dtype != e.dtype:

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from memarch.kernels.linear_attn import linear_attn
-from memarch.mixers.base import Mixer, MixerOutput
+from memarch.mixers.base import Mixer, MixerOutput, check_positive_int
 from memarch.mixers.feature_maps import FEATURE_MAPS, make_feature_map
 
 __all__ = ["LinearAttention", "LinearAttentionState"]
@@ -54,9 +54,9 @@ class LinearAttention(Mixer):
         super().__init__(d_model, layer_idx=layer_idx)
         name = type(self).__name__
         n_heads = max(1, d_model // 64) if n_heads is None else n_heads
-        for key, val in (("n_heads", n_heads), ("feature_dim", feature_dim)):
-            if val is not None and (not isinstance(val, int) or isinstance(val, bool) or val < 1):
-                raise ValueError(f"{name}: {key} must be a positive int, got {val!r}")
+        check_positive_int(name, "n_heads", n_heads)
+        if feature_dim is not None:
+            check_positive_int(name, "feature_dim", feature_dim)
         if not eps >= 0:
             raise ValueError(f"{name}: eps must be >= 0, got {eps!r}")
         if d_model % n_heads:

@@ -18,7 +18,7 @@ from typing import Any, Callable, Mapping, NamedTuple, Sequence
 import torch
 from torch import nn
 
-from memarch.mixers.base import Mixer
+from memarch.mixers.base import Mixer, check_positive_int
 from memarch.modules.mlp import SwiGLU
 from memarch.modules.norm import RMSNorm
 
@@ -72,9 +72,8 @@ class MemLM(nn.Module):
                  d_hidden: int | None = None, tie_embeddings: bool = True,
                  norm_eps: float = 1e-6, init_std: float = 0.02):
         super().__init__()
-        for key, val in (("vocab_size", vocab_size), ("d_model", d_model)):
-            if not isinstance(val, int) or isinstance(val, bool) or val < 1:
-                raise ValueError(f"MemLM: {key} must be a positive int, got {val!r}")
+        check_positive_int("MemLM", "vocab_size", vocab_size)
+        check_positive_int("MemLM", "d_model", d_model)
         if not (isinstance(norm_eps, (int, float)) and norm_eps > 0):
             raise ValueError(f"MemLM: norm_eps must be a number > 0, got {norm_eps!r}")
         if d_hidden is not None and (not isinstance(d_hidden, int) or d_hidden < 0):
