@@ -20,24 +20,37 @@ Positions, ``sink_positions``:
   identical scores to StreamingLLM's "cache un-rotated keys, rotate by slot", and the
   parallel (training) pass and token-by-token decode compute the same function.
 
-``learned_sink=True`` adds one learned key/value pair per KV head that every query sees
-(the paper's dedicated sink token for pre-training). We make it position-free: it is scored
-with the un-rotated query, so it needs no slot and never leaves the cache.
+Persistent memory, ``n_persistent=N_p`` (Titans, "Learning to Memorize at Test Time"
+(2501.00663) section 3.3): N_p learned tokens prepended to the sequence. Their keys and
+values do not depend on the input, so for attention N_p prepended learned tokens are the
+same thing as N_p learned key/value pairs per KV head, ``persistent_kv [2, Hkv, N_p, Dh]``,
+that every query sees:
+
+    o_i  = sum_{n < N_p} a_{i,n} pv_n  +  sum_{j in V(i)} a_{i,j} v_j,
+    a_i  = softmax over [ <q_i, pk_n> / sqrt(D)  (n < N_p) ;  the scores of V(i) above ]
+
+They are position-free: scored with the *un-rotated* query q_i, so they need no RoPE slot,
+count toward no window (the window and the S sinks are token positions only) and never
+leave the cache. ``learned_sink=True`` is ``n_persistent=1``: StreamingLLM's dedicated
+sink token for pre-training.
 
 State. Full attention: a KV cache that grows by one entry per token; under ``no_grad``
 (generation, evaluation) it appends in place into spare capacity (amortised O(1) per token,
 see ``_KVBuffer``), and states stay functional: an older state that is continued again (a
 branch) copies first, so no state ever sees its entries change. Window: the S sink
 entries plus the W-1 most recent entries (the current token comes from the input), a
-constant size. A state is checked against what ``init_state`` makes for this configuration
-(the KV cache's length is the declared growing dimension). Every pass over the window goes through the banded op
-``memarch.kernels.sliding_window_attn`` (memory O(T (W + block)), never a T x T mask; Triton
-on CUDA); decode is the T = 1 case. A learned sink, or a batch whose sequences sit at
-different positions, takes an equivalent blocked PyTorch path in this module.
+constant size. The persistent pairs are parameters, not state: ``state_size`` does not
+count them. A state is checked against what ``init_state`` makes for this configuration
+(the KV cache's length is the declared growing dimension). Every pass over the window goes
+through the banded op ``memarch.kernels.sliding_window_attn`` (memory O(T (W + block)),
+never a T x T mask; Triton on CUDA); decode is the T = 1 case. Persistent pairs, or a
+batch whose sequences sit at different positions, take an equivalent blocked PyTorch path
+in this module.
 
 Causality holds for any input: a NaN/inf at token t changes no output before t. Masks
 select (masked scores), values are made finite before a matmul whose weights can be zero,
-and every query that sees a non-finite key or value gets a NaN output.
+and every query that sees a non-finite key or value gets a NaN output (persistent pairs
+are parameters, finite unless the weights themselves are not).
 """
 
 from __future__ import annotations
@@ -82,7 +95,14 @@ class Attention(Mixer):
         window: sliding window W (key j visible to query i iff i-W < j <= i); None = full.
         n_sinks: S attention sinks (first S tokens stay visible); requires a window.
         sink_positions: "absolute" or "cache" (StreamingLLM's slot positions).
-        learned_sink: add one learned, position-free key/value pair per KV head.
+        n_persistent: N_p >= 0 persistent-memory tokens (Titans 2501.00663, section 3.3):
+            learned, input-independent tokens prepended to the sequence, which for
+            attention are N_p learned key/value pairs per KV head (``persistent_kv
+            [2, Hkv, N_p, Dh]``) that every query sees. Position-free: scored with the
+            un-rotated query, no RoPE slot, outside the window and the sinks.
+        learned_sink: StreamingLLM's dedicated (learned) sink token; ``True`` is
+            ``n_persistent=1`` (kept for configs and checkpoints that use it; with
+            ``n_persistent`` other than 0 or 1 it is an error).
         rope_base: RoPE base.
         block_size: query block of the banded fallback path (memory/speed, not semantics).
         impl: implementation of ``memarch.kernels.sliding_window_attn`` for the windowed
@@ -93,8 +113,8 @@ class Attention(Mixer):
                  n_heads: int | None = None, n_kv_heads: int | None = None,
                  window: int | None = None, n_sinks: int = 0,
                  sink_positions: str = "absolute", learned_sink: bool = False,
-                 rope_base: float = 10000.0, bias: bool = False, block_size: int = 128,
-                 impl: str = "auto"):
+                 n_persistent: int = 0, rope_base: float = 10000.0, bias: bool = False,
+                 block_size: int = 128, impl: str = "auto"):
         super().__init__(d_model, layer_idx=layer_idx)
         n_heads = max(1, d_model // 64) if n_heads is None else n_heads
         n_kv_heads = n_heads if n_kv_heads is None else n_kv_heads
@@ -116,6 +136,18 @@ class Attention(Mixer):
         if sink_positions not in ("absolute", "cache"):
             raise ValueError(
                 f"Attention: sink_positions must be 'absolute' or 'cache', got {sink_positions!r}")
+        if (not isinstance(n_persistent, int) or isinstance(n_persistent, bool)
+                or n_persistent < 0):
+            raise ValueError(
+                f"Attention: n_persistent must be an int >= 0, got {n_persistent!r}")
+        if not isinstance(learned_sink, bool):
+            raise ValueError(f"Attention: learned_sink must be a bool, got {learned_sink!r}")
+        if learned_sink:
+            if n_persistent not in (0, 1):
+                raise ValueError(
+                    f"Attention: learned_sink=True is n_persistent=1 (one learned sink pair), "
+                    f"but n_persistent={n_persistent}: pass n_persistent alone")
+            n_persistent = 1
         check_positive_int("Attention", "block_size", block_size)
         if not (isinstance(rope_base, (int, float)) and rope_base > 1):
             raise ValueError(f"Attention: rope_base must be a number > 1, got {rope_base!r}")
@@ -123,6 +155,7 @@ class Attention(Mixer):
         self.head_dim = d_model // n_heads
         self.window, self.n_sinks = window, n_sinks
         self.sink_positions = sink_positions
+        self.n_persistent = n_persistent
         self.block_size, self.impl = block_size, impl
         self.scale = self.head_dim ** -0.5
         Dh = self.head_dim
@@ -130,14 +163,40 @@ class Attention(Mixer):
         self.kv_proj = nn.Linear(d_model, 2 * n_kv_heads * Dh, bias=bias)
         self.o_proj = nn.Linear(n_heads * Dh, d_model, bias=bias)
         self.rotary = Rotary(Dh, base=rope_base)
-        if learned_sink:
-            self.sink_kv = nn.Parameter(torch.randn(2, n_kv_heads, Dh) * 0.02)  # [2, Hkv, Dh]
+        if n_persistent:   # [2 (key, value), Hkv, Np, Dh]
+            self.persistent_kv = nn.Parameter(
+                torch.randn(2, n_kv_heads, n_persistent, Dh) * 0.02)
         else:
-            self.register_parameter("sink_kv", None)
+            self.register_parameter("persistent_kv", None)
 
     @property
     def learned_sink(self) -> bool:
-        return self.sink_kv is not None
+        """True iff the module has persistent (learned, position-free) key/value pairs."""
+        return self.n_persistent > 0
+
+    @property
+    def sink_kv(self) -> torch.Tensor | None:
+        """Deprecated read-only alias from before ``n_persistent``: the single learned
+        sink pair ``[2, Hkv, Dh]`` (a view of ``persistent_kv``), None without one. With
+        ``n_persistent > 1`` there is no single pair: read ``persistent_kv``."""
+        if self.n_persistent > 1:
+            raise AttributeError(
+                f"Attention: sink_kv is defined for n_persistent <= 1 only (here "
+                f"n_persistent={self.n_persistent}); use persistent_kv [2, Hkv, Np, Dh]")
+        return None if self.persistent_kv is None else self.persistent_kv[:, :, 0]
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict,
+                              missing_keys, unexpected_keys, error_msgs):
+        """Checkpoints from before ``n_persistent`` hold ``<prefix>sink_kv [2, Hkv, Dh]``:
+        the same pair as ``persistent_kv [2, Hkv, 1, Dh]``."""
+        old, new = prefix + "sink_kv", prefix + "persistent_kv"
+        if old in state_dict and new not in state_dict:
+            t = state_dict[old]
+            if isinstance(t, torch.Tensor) and t.dim() == 3:
+                del state_dict[old]
+                state_dict[new] = t.unsqueeze(2)
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict,
+                                      missing_keys, unexpected_keys, error_msgs)
 
     # -- state -------------------------------------------------------------------------
     def init_state(self, batch_size, *, device=None, dtype=None):
@@ -207,10 +266,10 @@ class Attention(Mixer):
             else:     # the buffer's new slots hold the finite copies during the compute
                 K, V = Kc, Vc = _append_kv(state.k, state.v, ks, vs)
         new = KVCacheState(K, V, state.pos + T)
-        if self.learned_sink:
+        if self.n_persistent:
             u = torch.arange(L0 + T, device=qr.device)
             mask = u[None, :] <= (L0 + torch.arange(T, device=qr.device))[:, None]  # [T, L0+T]
-            o = self._attend_with_learned_sink(q, qr, Kc, Vc, mask)
+            o = self._attend_with_persistent(q, qr, Kc, Vc, mask)
         elif T == 1:                                                   # decode: sees all
             o = F.scaled_dot_product_attention(qr, Kc, Vc, scale=self.scale, enable_gqa=True)
         elif L0 == 0:
@@ -230,18 +289,20 @@ class Attention(Mixer):
             o = o.masked_fill(seen[..., None], float("nan"))
         return o, new
 
-    def _attend_with_learned_sink(self, q, qr, K, V, mask):
-        """Softmax over [learned sink, K] (the sink scored with un-rotated queries)."""
+    def _attend_with_persistent(self, q, qr, K, V, mask):
+        """Softmax over [Np persistent pairs, K] (the pairs scored with un-rotated queries)."""
         B, H, T, Dh = qr.shape
-        Hkv, G = self.n_kv_heads, H // self.n_kv_heads
+        Hkv, G, Np = self.n_kv_heads, H // self.n_kv_heads, self.n_persistent
         ct = _compute_dtype(qr.dtype)
         qg = qr.reshape(B, Hkv, G, T, Dh).to(ct)
         s = torch.einsum("bhgtd,bhud->bhgtu", qg, K.to(ct)) * self.scale
         s = s.masked_fill(~mask, float("-inf"))
-        sk, sv = self.sink_kv.to(ct)                                     # [Hkv, Dh] each
-        s0 = torch.einsum("bhgtd,hd->bhgt", q.reshape(B, Hkv, G, T, Dh).to(ct), sk) * self.scale
-        p = torch.softmax(torch.cat([s0[..., None], s], dim=-1), dim=-1)
-        o = torch.einsum("bhgtu,bhud->bhgtd", p[..., 1:], V.to(ct)) + p[..., :1] * sv[:, None, None]
+        pk, pv = self.persistent_kv.to(ct)                               # [Hkv, Np, Dh] each
+        s0 = torch.einsum("bhgtd,hnd->bhgtn", q.reshape(B, Hkv, G, T, Dh).to(ct),
+                          pk) * self.scale                               # [B, Hkv, G, T, Np]
+        p = torch.softmax(torch.cat([s0, s], dim=-1), dim=-1)
+        o = (torch.einsum("bhgtu,bhud->bhgtd", p[..., Np:], V.to(ct))
+             + torch.einsum("bhgtn,hnd->bhgtd", p[..., :Np], pv))
         return o.reshape(B, H, T, Dh).to(qr.dtype)
 
     def _banded(self, q, qr, q_sink, kr, v, state: SinkWindowState):
@@ -267,7 +328,7 @@ class Attention(Mixer):
         new = SinkWindowState(sink_k, sink_v, K[:, :, keep:].clone(), V[:, :, keep:].clone(),
                               p0 + T)
         lo, hi = torch.stack(p0.aminmax()).tolist()                      # one host sync
-        if not self.learned_sink and lo == hi:
+        if not self.n_persistent and lo == hi:
             # the kernel: one position for the whole batch; drop cache slots before token 0
             p = lo
             u0 = max(0, W - 1 - p)
@@ -277,9 +338,12 @@ class Attention(Mixer):
                                     V[:, :, u0:].transpose(1, 2), window=W, q_offset=p,
                                     scale=self.scale, impl=self.impl, **sk)
             return o.transpose(1, 2), new
-        # general path (learned sink, or sequences at different positions): query blocks.
+        # general path (persistent pairs, or sequences at different positions): query blocks.
         # Finite copies for the matmuls; a visible non-finite key/value poisons its score.
         K, V, bad = _finite_kv(K, V)                                     # bad [B, Hkv, W-1+T]
+        Np = self.n_persistent
+        if Np:
+            pk, pv = self.persistent_kv.to(ct)                           # [Hkv, Np, Dh] each
         if S:
             sink_k, sink_v, sink_bad = _finite_kv(sink_k, sink_v)       # [B, Hkv, S]
         out = []
@@ -302,17 +366,16 @@ class Attention(Mixer):
                 qpos = p0[:, None] + a + torch.arange(n, device=dev)         # [B, n]
                 smask = torch.arange(S, device=dev)[None, None, :] <= qpos[..., None] - W
                 parts.append(ss.masked_fill(~smask[:, None, None], float("-inf")))
-            if self.learned_sink:
-                sk = self.sink_kv[0].to(ct)
+            if Np:   # persistent pairs: un-rotated queries, always visible
                 q0 = q[:, :, a:a + n].reshape(B, Hkv, G, n, Dh).to(ct)
-                parts.append(torch.einsum("bhgtd,hd->bhgt", q0, sk)[..., None] * self.scale)
+                parts.append(torch.einsum("bhgtd,hmd->bhgtm", q0, pk) * self.scale)
             p = torch.softmax(torch.cat(parts, dim=-1), dim=-1)
             ob = torch.einsum("bhgtu,bhud->bhgtd", p[..., :n + W - 1], vb)
             if S:
                 ob = ob + torch.einsum("bhgts,bhsd->bhgtd", p[..., n + W - 1:n + W - 1 + S],
                                        sink_v.to(ct))
-            if self.learned_sink:
-                ob = ob + p[..., -1:] * self.sink_kv[1].to(ct)[:, None, None]
+            if Np:
+                ob = ob + torch.einsum("bhgtm,hmd->bhgtd", p[..., -Np:], pv)
             out.append(ob.reshape(B, H, n, Dh))
         o = torch.cat(out, dim=2).to(qr.dtype)                           # [B, H, T, Dh]
         return o, new
