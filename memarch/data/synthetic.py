@@ -7,6 +7,20 @@ at an even offset 2 g (g drawn without replacement from a power law p(g) ~ g^(a-
 zoology's ``power_a``), other slots filler 0. The loss is taken only at query keys, whose
 label is the key's value. Vocabulary: 0 filler, keys 1..K, values K+1..K+V.
 
+Long-range MQAR (``gap`` > 0: memory beyond the attention window): ``gap`` filler tokens
+(id 0) sit between the key-value block and the query region, and the queries are drawn as
+above over the remaining ``seq_len - 2N - gap`` tokens. The last value is at position
+2N - 1 and the first query at >= 2N + gap, so every pair lies more than ``gap`` tokens
+before every query. A stack of L windowed layers with window W (key j visible to query i
+iff i - W < j <= i) plus short causal convolutions of widths K_1, K_2, ... sees back
+R = L x (W - 1) + sum(K_i - 1) tokens (not W). If R <= gap, no value is within reach of
+any query, and the query region holds only keys and filler, never values: a window-only
+model of that stack cannot tell the values apart and is at chance (1 / num_values) by
+construction, so anything above chance comes from memory (a recurrent state, neural
+memory, full attention). E.g. 4 window-16 layers + two width-4 convs: R = 4 x 15 + 2 x 3
+= 66, so gap >= 66 (configs/data/mqar_longrange.yaml: gap 72). ``gap=0`` is the plain
+layout, item for item (the same random draws).
+
 Passkey retrieval (Mohtashami & Jaggi, 2305.16300), byte level: a 5-digit pass key hidden
 at a random depth in repeated filler sentences; the sequence ends with the question and the
 loss is taken on the key's digits only.
@@ -25,25 +39,31 @@ def _generator(seed: int, index: int) -> torch.Generator:
 
 
 class MQAR(Dataset):
-    """Args: seq_len T, num_kv_pairs N (T >= 4N), num_keys K >= N, num_values V >= N,
-    power_a (zoology's gap power law; 1.0 = uniform), seed, size (virtual length)."""
+    """Args: seq_len T, num_kv_pairs N (T >= 4N + gap), num_keys K >= N, num_values V >= N,
+    power_a (zoology's gap power law; 1.0 = uniform), gap (filler tokens between the
+    key-value block and the query region; 0 = zoology's layout), seed, size (virtual
+    length)."""
 
     def __init__(self, *, seq_len: int = 64, num_kv_pairs: int = 8, num_keys: int = 32,
-                 num_values: int = 32, power_a: float = 0.01, seed: int = 0,
+                 num_values: int = 32, power_a: float = 0.01, gap: int = 0, seed: int = 0,
                  split: str = "train", size: int = 2 ** 40):
         if num_kv_pairs < 1:
             raise ValueError(f"MQAR: data.dataset.num_kv_pairs must be >= 1, got {num_kv_pairs}")
-        if seq_len < 4 * num_kv_pairs:
-            raise ValueError(f"MQAR: data.dataset.seq_len must be >= 4 * "
-                             f"data.dataset.num_kv_pairs = {4 * num_kv_pairs}, got {seq_len}")
+        if not isinstance(gap, int) or isinstance(gap, bool) or gap < 0:
+            raise ValueError(f"MQAR: data.dataset.gap must be an int >= 0, got {gap!r}")
+        if seq_len < 4 * num_kv_pairs + gap:
+            need = (f"4 * data.dataset.num_kv_pairs = {4 * num_kv_pairs}" if gap == 0 else
+                    f"4 * data.dataset.num_kv_pairs + data.dataset.gap = 4 * {num_kv_pairs} + "
+                    f"{gap} = {4 * num_kv_pairs + gap}")
+            raise ValueError(f"MQAR: data.dataset.seq_len must be >= {need}, got {seq_len}")
         if num_keys < num_kv_pairs or num_values < num_kv_pairs:
             raise ValueError(f"MQAR: data.dataset.num_keys ({num_keys}) and "
                              f"data.dataset.num_values ({num_values}) must be >= "
                              f"data.dataset.num_kv_pairs ({num_kv_pairs})")
         self.seq_len, self.n = seq_len, num_kv_pairs
         self.num_keys, self.num_values = num_keys, num_values
-        self.seed, self.size = seed, size
-        space = (seq_len - 2 * num_kv_pairs) // 2
+        self.seed, self.size, self.gap = seed, size, gap
+        space = (seq_len - 2 * num_kv_pairs - gap) // 2              # query slots (>= N)
         x = torch.arange(1, space + 1, dtype=torch.float64)
         self.gap_p = power_a * x.pow(power_a - 1)                      # zoology's power law
         self.vocab_size = 1 + num_keys + num_values
@@ -60,7 +80,7 @@ class MQAR(Dataset):
         ids = torch.zeros(T, dtype=torch.long)
         ids[0:2 * N:2], ids[1:2 * N:2] = keys, vals
         gaps = torch.multinomial(self.gap_p, N, replacement=False, generator=g)  # 0-based
-        qpos = 2 * N + 2 * gaps
+        qpos = 2 * N + self.gap + 2 * gaps
         ids[qpos] = keys
         labels = torch.full((T,), IGNORE_INDEX, dtype=torch.long)
         labels[qpos] = vals
