@@ -54,3 +54,21 @@ CASES: dict[str, Case] = {
     "short_conv": Case(mx.ShortConv, dict(kernel_size=4), [3, 4]),
     "short_conv_k1_linear": Case(mx.ShortConv, dict(kernel_size=1, activation=None), [1]),
 }
+
+# Titans: boundaries at the update chunk (C), the conv width (4), the MAC segment (N) and
+# the MAG window (W); gates that vary per token so every term of the update matters.
+CASES.update({
+    "neural_memory_deep": Case(mx.NeuralMemory, dict(n_heads=2, chunk_size=5, max_lr=0.3),
+                               [3, 5]),
+    "neural_memory_linear_chunk_gates": Case(
+        mx.NeuralMemory, dict(n_heads=2, depth=1, chunk_size=4, gates="chunk",
+                              momentum=False, residual_norm=True), [3, 4]),
+    "titans_mac": Case(mx.MemoryAsContext, dict(n_heads=2, segment_len=6, n_persistent=2,
+                                                memory=dict(n_heads=2, max_lr=0.3)), [3, 6]),
+    "titans_mac_snapshot": Case(
+        mx.MemoryAsContext, dict(n_heads=4, n_kv_heads=2, segment_len=6, n_persistent=1,
+                                 memory=dict(n_heads=2, chunk_size=4, max_lr=0.3)), [3, 4, 6]),
+    "titans_mag": Case(mx.MemoryAsGate, dict(n_heads=2, window=6, n_persistent=2,
+                                             memory=dict(n_heads=2, chunk_size=5, max_lr=0.3)),
+                       [3, 5, 6]),
+})

@@ -14,6 +14,9 @@ from memarch.mixers.based import BaseConv, BasedLinearAttention
 from memarch.mixers.feature_maps import TaylorFeatureMap, make_feature_map
 from memarch.mixers.linear_attention import LinearAttention, LinearAttentionState
 from memarch.mixers.short_conv import ShortConv, ShortConvState
+from memarch.mixers.titans import (
+    MemoryAsContext, MemoryAsContextState, MemoryAsGate, MemoryAsGateState, NeuralMemory,
+    NeuralMemoryState)
 
 __all__ = [
     "Mixer", "MixerOutput",
@@ -21,4 +24,6 @@ __all__ = [
     "ShortConv", "ShortConvState",
     "LinearAttention", "LinearAttentionState", "BasedLinearAttention", "BaseConv",
     "TaylorFeatureMap", "make_feature_map",
+    "NeuralMemory", "NeuralMemoryState", "MemoryAsContext", "MemoryAsContextState",
+    "MemoryAsGate", "MemoryAsGateState",
 ]

@@ -74,6 +74,12 @@ class Mixer(nn.Module, abc.ABC):
     def _forward(self, x: torch.Tensor, state: Any) -> MixerOutput:
         """The mixer's math on validated input; must not mutate ``state``."""
 
+    def init_own_parameters(self) -> None:
+        """Re-apply this mixer's own initialisation of the parameters that a model's generic
+        init must not overwrite (gate biases, memory step sizes, initial memory weights).
+        ``MemLM`` calls it on every mixer after its generic init of every Linear and
+        Embedding; a mixer's constructor calls it too. Default: nothing."""
+
     def state_dtype(self, x_dtype: torch.dtype) -> torch.dtype:
         """dtype of the state's floating-point tensors for inputs of ``x_dtype``.
 

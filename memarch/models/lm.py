@@ -103,6 +103,8 @@ class MemLM(nn.Module):
         self.norm = RMSNorm(d_model, eps=norm_eps)
         self.head = nn.Linear(d_model, vocab_size, bias=False)
         self.apply(lambda m: _init(m, init_std))
+        for b in self.blocks:          # gate biases, memory step sizes: the mixer's own init
+            b.mixer.init_own_parameters()
         if tie_embeddings:
             self.head.weight = self.embed.weight
 

@@ -1,4 +1,5 @@
-"""RMSNorm (Zhang & Sennrich, 2019): y = x / sqrt(mean(x^2) + eps) * w, computed in fp32."""
+"""RMSNorm (Zhang & Sennrich, 2019): y = x / sqrt(mean(x^2) + eps) * w, computed in at
+least fp32 (fp64 inputs stay fp64)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # [..., dim] -> [..., dim]
-        xf = x.float()
+        ct = torch.promote_types(x.dtype, torch.float32)
+        xf = x.to(ct)
         y = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
-        return (y * self.weight.float()).to(x.dtype)
+        return (y * self.weight.to(ct)).to(x.dtype)

@@ -1,0 +1,668 @@
+"""Titans: neural long-term memory that learns at test time, and the MAC / MAG / MAL
+architectures. Paper: Behrouz, Zhong, Mirrokni, "Titans: Learning to Memorize at Test Time"
+(2501.00663).
+
+Neural memory (``NeuralMemory``), per head, for token t with
+q_t, k_t, v_t = L2(conv(SiLU(x_t W_q))), L2(conv(SiLU(x_t W_k))), conv(SiLU(x_t W_v)):
+
+    loss      l(M; k_t, v_t) = || M(k_t) - v_t ||^2                       (associative loss)
+    surprise  S_t = eta_t S_{t-1} - theta_t grad_M l(M_{c(t)}; k_t, v_t)   (momentum)
+    update    M_t = (1 - alpha_t) M_{t-1} + S_t                           (forgetting)
+    read      y_t = M_{c(t)}(q_t)                                          (no update)
+
+where M_{c(t)} are the weights at the end of the update chunk before t's chunk: tokens are
+grouped in chunks of C (``chunk_size``, part of the model's math), every gradient inside a
+chunk is taken at the chunk's starting weights (the paper's parallel training, section
+3.2), and the read is strictly causal. theta_t = max_lr * sigmoid(.), eta_t = sigmoid(.),
+alpha_t = sigmoid(.) are linear functions of x_t per head (``gates="token"``), or of the
+chunk's mean input (``gates="chunk"``, the paper's cheaper option).
+
+The chunk's end weights are a few matmuls, never per-token weight copies: for a linear layer
+of the memory the per-token gradient is an outer product x_u^T delta_u (its input times its
+back-propagated error), so with A_t = prod_{s<=t} (1 - alpha_s), E_t = prod_{s<=t} eta_s
+(inside the chunk) the recurrences close to
+
+    S_C = E_C S_0 - X^T diag(theta_u E_C / E_u) Delta
+    M_C = A_C M_0 + (sum_t (A_C / A_t) E_t) S_0 - X^T diag(c) Delta,
+          c_u = theta_u sum_{t >= u} (A_C / A_t) (E_t / E_u)
+
+computed from log-space segment sums (no division, no cumulative product underflow).
+The per-layer gradients are explicit (closed form back-propagation through the MLP, its
+SiLU and the optional norm), and autograd trains the outer model through them: the
+second-order path through the memory update, as in the paper.
+
+Memory: an MLP per head, ``depth`` layers of widths head_dim -> head_dim*expansion -> ...
+-> head_dim with SiLU between layers (depth 1: a linear matrix memory). ``residual_norm``
+wraps it as M(k) = k + RMSNorm(MLP(k)) (a parameter-free RMS norm). The initial weights are
+learned parameters; memory weights and momentum are fp32 (fp64 for fp64 inputs).
+
+Output: o_t = W_o (RMSNorm(y_t) * SiLU(x_t W_g)), the paper's "normalisation and gating with
+a linear layer before the output projection" (section 4.4).
+
+State: the memory weights and momentum after the last completed chunk, the keys, values and
+gate logits of the pending tokens of the incomplete chunk (decode reads with the last
+completed weights and updates when the chunk fills), the conv window, and positions. Its
+size does not depend on the tokens seen.
+
+Choices where the paper gives no value (the defaults):
+* ``max_lr=0.1``: with unit-norm keys and the loss's factor 2, theta = 0.5 would overwrite
+  a linear memory's association in one step; 0.1 at most (0.05 at init) writes in a few.
+* ``chunk_size=64`` (titans-pytorch's example), ``expansion=4`` (titans-pytorch and the
+  usual MLP ratio), SiLU in the memory MLP (the activation the paper uses for q/k/v).
+* Initial gates: theta = max_lr/2, eta = 0.9, alpha = 1e-3 (sigmoid logits 0, 2.2, -6.9):
+  a memory that keeps what it writes over thousands of tokens until training says otherwise.
+  ``init_own_parameters`` re-applies them after ``MemLM``'s generic init.
+* Initial memory weights ~ N(0, 1/fan_in).
+
+Where titans-pytorch differs: it normalises the loss by the head dimension (mean, not sum)
+and uses GELU; we follow the paper's ||.||^2. Its MAC writes the memory before attending
+(titans-pytorch issue #32); ours attends first, as the paper does (``MemoryAsContext``).
+
+MAC, MAG and MAL: see ``MemoryAsContext``, ``MemoryAsGate``; MAL is the layer stack
+``NeuralMemory`` then windowed ``Attention`` (``configs/model/titans_mal.yaml``).
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from memarch.mixers.attention import Attention, _finite_kv
+from memarch.mixers.base import Mixer, MixerOutput, check_positive_int
+from memarch.modules.norm import RMSNorm
+from memarch.modules.rotary import apply_rotary
+
+__all__ = ["NeuralMemory", "NeuralMemoryState", "MemoryAsContext", "MemoryAsContextState",
+           "MemoryAsGate", "MemoryAsGateState"]
+
+_L2_EPS = 1e-12
+_NORM_EPS = 1e-6
+
+
+def _l2(x: torch.Tensor) -> torch.Tensor:
+    return x / x.norm(dim=-1, keepdim=True).clamp_min(_L2_EPS)
+
+
+def _rms(u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Parameter-free RMS norm: (u / r, r) with r = sqrt(mean(u^2) + eps)."""
+    r = torch.sqrt(u.pow(2).mean(-1, keepdim=True) + _NORM_EPS)
+    return u / r, r
+
+
+def _silu_grad(z: torch.Tensor) -> torch.Tensor:
+    s = torch.sigmoid(z)
+    return s * (1 + z * (1 - s))
+
+
+def memory_apply(ws, x: torch.Tensor, residual_norm: bool) -> torch.Tensor:
+    """M(x) for weights ``ws`` (per layer [B, H, d_in, d_out]) and x [B, H, N, d]."""
+    h = x
+    for i, w in enumerate(ws):
+        h = h @ w
+        if i < len(ws) - 1:
+            h = F.silu(h)
+    return x + _rms(h)[0] if residual_norm else h
+
+
+def memory_grads(ws, k: torch.Tensor, v: torch.Tensor, residual_norm: bool):
+    """Per-token gradients of ||M(k_t) - v_t||^2 w.r.t. every layer, in factored form:
+    the gradient of layer i for token t is ``xs[i][..., t, :]^T deltas[i][..., t, :]``.
+    k, v: [B, H, N, d]. Returns (xs, deltas), lists of [B, H, N, d_in_i] / [B, H, N, d_out_i]."""
+    L = len(ws)
+    xs, zs, h = [k], [], k
+    for i, w in enumerate(ws):
+        z = h @ w
+        zs.append(z)
+        if i < L - 1:
+            h = F.silu(z)
+            xs.append(h)
+        else:
+            h = z
+    if residual_norm:
+        n, r = _rms(h)
+        g = 2 * (k + n - v)                                     # d loss / d pred
+        d = (g - n * (g * n).mean(-1, keepdim=True)) / r        # through the RMS norm
+    else:
+        d = 2 * (h - v)
+    deltas = [None] * L
+    for i in reversed(range(L)):
+        deltas[i] = d
+        if i:
+            d = (d @ ws[i].transpose(-1, -2)) * _silu_grad(zs[i - 1])
+    return xs, deltas
+
+
+def _segsum(x: torch.Tensor) -> torch.Tensor:
+    """x [..., C] -> [..., C, C] with out[t, u] = sum_{u < s <= t} x_s for t >= u, else -inf.
+    Built by masking then cumsum (no subtraction, so no inf - inf)."""
+    C = x.shape[-1]
+    xx = x[..., :, None].expand(*x.shape, C)                    # [..., s, u] = x_s
+    strict = torch.ones(C, C, dtype=torch.bool, device=x.device).tril(-1)
+    ss = torch.where(strict, xx, 0).cumsum(-2)                  # sum over u < s <= t
+    return torch.where(strict | torch.eye(C, dtype=torch.bool, device=x.device), ss,
+                       float("-inf"))
+
+
+def _suffix(x: torch.Tensor) -> torch.Tensor:
+    """x [..., C] -> [..., C]: out[t] = sum_{s > t} x_s."""
+    rev = x.flip(-1).cumsum(-1).flip(-1)
+    return torch.cat([rev[..., 1:], torch.zeros_like(x[..., :1])], -1)
+
+
+class _Coefs(NamedTuple):
+    """Per complete chunk: the closed-form coefficients of the update (see the docstring)."""
+    c: torch.Tensor       # [B, H, n, C] weight of each token's gradient in M_C
+    d: torch.Tensor       # [B, H, n, C] weight of each token's gradient in S_C (or None)
+    a_end: torch.Tensor   # [B, H, n] A_C
+    b: torch.Tensor       # [B, H, n] sum_t (A_C / A_t) E_t (or None)
+    e_end: torch.Tensor   # [B, H, n] E_C (or None)
+
+
+class NeuralMemoryState(NamedTuple):
+    weights: tuple        # per layer [B, H, d_in, d_out]: memory after the last completed chunk
+    momentum: tuple | None  # per layer, the surprise S (None without momentum)
+    pend_k: torch.Tensor  # [B, H, C-1, Dh] keys of the pending (incomplete chunk) tokens
+    pend_v: torch.Tensor  # [B, H, C-1, Dh] their values
+    pend_g: torch.Tensor  # [B, H, C-1, 3] their gate logits (theta, eta, alpha)
+    conv: torch.Tensor    # [B, K-1, 3 H Dh] SiLU(x W_qkv) of the last K-1 tokens
+    pos: torch.Tensor     # [B] int64 tokens seen
+
+
+class NeuralMemory(Mixer):
+    """Titans' neural long-term memory as a mixer; see the module docstring.
+
+    Args:
+        d_model: model width.
+        n_heads: memory heads (default: d_model // 64, at least 1).
+        head_dim: key/value width per head (default: d_model // n_heads).
+        depth: MLP layers of the memory (1: linear matrix memory; 2: the paper's deep memory).
+        expansion: hidden width factor of a deep memory.
+        chunk_size: update chunk C (gradients inside a chunk at its starting weights).
+        momentum: the surprise momentum eta (off: S_t = -theta_t grad).
+        forgetting: the forgetting gate alpha (off: alpha = 0).
+        max_lr: theta_t = max_lr * sigmoid(x_t w_theta + b_theta).
+        gates: "token" (theta, eta, alpha per token) or "chunk" (from the chunk's mean input).
+        conv_size: depthwise causal conv width on q, k, v (0: none).
+        residual_norm: memory M(k) = k + RMSNorm(MLP(k)) instead of MLP(k).
+        max_grad_norm: clamp each token's inner gradient to this norm (None: no clamp).
+    """
+
+    def __init__(self, d_model: int, *, layer_idx: int | None = None,
+                 n_heads: int | None = None, head_dim: int | None = None, depth: int = 2,
+                 expansion: int = 4, chunk_size: int = 64, momentum: bool = True,
+                 forgetting: bool = True, max_lr: float = 0.1, gates: str = "token",
+                 conv_size: int = 4, residual_norm: bool = False,
+                 max_grad_norm: float | None = None):
+        super().__init__(d_model, layer_idx=layer_idx)
+        n_heads = max(1, d_model // 64) if n_heads is None else n_heads
+        check_positive_int("NeuralMemory", "n_heads", n_heads)
+        head_dim = d_model // n_heads if head_dim is None else head_dim
+        check_positive_int("NeuralMemory", "head_dim", head_dim)
+        check_positive_int("NeuralMemory", "depth", depth)
+        check_positive_int("NeuralMemory", "expansion", expansion)
+        check_positive_int("NeuralMemory", "chunk_size", chunk_size)
+        if not isinstance(conv_size, int) or isinstance(conv_size, bool) or conv_size < 0:
+            raise ValueError(f"NeuralMemory: conv_size must be an int >= 0, got {conv_size!r}")
+        if not (isinstance(max_lr, (int, float)) and not isinstance(max_lr, bool) and max_lr >= 0):
+            raise ValueError(f"NeuralMemory: max_lr must be a number >= 0, got {max_lr!r}")
+        if gates not in ("token", "chunk"):
+            raise ValueError(f"NeuralMemory: gates must be 'token' or 'chunk', got {gates!r}")
+        if max_grad_norm is not None and not (isinstance(max_grad_norm, (int, float))
+                                              and max_grad_norm > 0):
+            raise ValueError(
+                f"NeuralMemory: max_grad_norm must be a number > 0 or None, got {max_grad_norm!r}")
+        self.n_heads, self.head_dim, self.depth = n_heads, head_dim, depth
+        self.expansion, self.chunk_size = expansion, chunk_size
+        self.momentum, self.forgetting = bool(momentum), bool(forgetting)
+        self.max_lr, self.gates = float(max_lr), gates
+        self.conv_size, self.residual_norm = conv_size, bool(residual_norm)
+        self.max_grad_norm = max_grad_norm
+        H, Dh = n_heads, head_dim
+        self.qkv_proj = nn.Linear(d_model, 3 * H * Dh, bias=False)
+        self.conv_weight = nn.Parameter(torch.empty(3 * H * Dh, 1, max(conv_size, 1)))
+        if conv_size == 0:
+            self.conv_weight = None
+        self.gate_proj = nn.Linear(d_model, 3 * H)          # theta, eta, alpha logits per head
+        widths = [Dh] + [Dh * expansion] * (depth - 1) + [Dh]
+        self.memory_init = nn.ParameterList(
+            nn.Parameter(torch.empty(H, a, b)) for a, b in zip(widths, widths[1:]))
+        self.out_norm = RMSNorm(Dh, eps=_NORM_EPS)
+        self.out_gate = nn.Linear(d_model, H * Dh, bias=False)
+        self.o_proj = nn.Linear(H * Dh, d_model, bias=False)
+        self.init_own_parameters()
+
+    # Initial gate logits: theta = max_lr / 2, eta = 0.9, alpha ~ 1e-3 (see the docstring).
+    _GATE_BIAS = (0.0, 2.2, -6.9)
+
+    def init_own_parameters(self) -> None:
+        H = self.n_heads
+        with torch.no_grad():
+            nn.init.normal_(self.gate_proj.weight, std=0.02)
+            for j, b in enumerate(self._GATE_BIAS):
+                self.gate_proj.bias[j * H:(j + 1) * H] = b
+            if self.conv_weight is not None:
+                K = self.conv_size
+                nn.init.uniform_(self.conv_weight, -K ** -0.5, K ** -0.5)
+            for w in self.memory_init:
+                nn.init.normal_(w, std=w.shape[1] ** -0.5)
+
+    # -- state -------------------------------------------------------------------------
+    def state_dtype(self, x_dtype: torch.dtype) -> torch.dtype:
+        return torch.float64 if x_dtype == torch.float64 else torch.float32
+
+    def init_state(self, batch_size, *, device=None, dtype=None) -> NeuralMemoryState:
+        dtype = dtype or torch.float32
+        B, H, Dh, C = batch_size, self.n_heads, self.head_dim, self.chunk_size
+        ws = tuple(w.to(device=device, dtype=dtype).unsqueeze(0).expand(B, *w.shape)
+                   for w in self.memory_init)
+        mom = (tuple(torch.zeros(B, *w.shape, device=device, dtype=dtype)
+                     for w in self.memory_init) if self.momentum else None)
+
+        def z(*shape):
+            return torch.zeros(B, *shape, device=device, dtype=dtype)
+        return NeuralMemoryState(ws, mom, z(H, C - 1, Dh), z(H, C - 1, Dh), z(H, C - 1, 3),
+                                 z(max(self.conv_size - 1, 0), 3 * H * Dh),
+                                 torch.zeros(B, dtype=torch.long, device=device))
+
+    def state_size(self, seq_len: int) -> int:
+        H, Dh, C = self.n_heads, self.head_dim, self.chunk_size
+        w = sum(p.numel() for p in self.memory_init)
+        return (w * (2 if self.momentum else 1) + H * (C - 1) * (2 * Dh + 3)
+                + max(self.conv_size - 1, 0) * 3 * H * Dh)
+
+    # -- pieces shared with MemoryAsContext ----------------------------------------------
+    def qkv(self, x: torch.Tensor, conv: torch.Tensor, ct: torch.dtype):
+        """q, k, v [B, H, T, Dh] (ct) and the new conv window, from x [B, T, D]."""
+        B, T, _ = x.shape
+        H, Dh, K = self.n_heads, self.head_dim, self.conv_size
+        u = F.silu(self.qkv_proj(x)).to(ct)                               # [B, T, 3 H Dh]
+        if K:
+            uu = torch.cat([conv, u], 1)                                   # [B, K-1+T, 3HDh]
+            new_conv = uu[:, uu.shape[1] - (K - 1):]
+            u = F.conv1d(uu.transpose(1, 2), self.conv_weight.to(ct),
+                         groups=3 * H * Dh).transpose(1, 2)                # [B, T, 3 H Dh]
+        else:
+            new_conv = conv
+        q, k, v = u.view(B, T, 3, H, Dh).permute(2, 0, 3, 1, 4)           # [B, H, T, Dh] each
+        return _l2(q), _l2(k), v, new_conv
+
+    def read(self, ws, q: torch.Tensor) -> torch.Tensor:
+        """M(q) for q [B, H, N, Dh] with weights ``ws``."""
+        return memory_apply(ws, q, self.residual_norm)
+
+    def output(self, y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """o = W_o (RMSNorm(y) * SiLU(x W_g)) for reads y [B, H, T, Dh] and inputs x [B, T, D]."""
+        B, H, T, Dh = y.shape
+        y = self.out_norm(y.transpose(1, 2)).reshape(B, T, H * Dh).to(x.dtype)
+        return self.o_proj(y * F.silu(self.out_gate(x)))
+
+    def _coefs(self, g: torch.Tensor) -> _Coefs:
+        """g [B, H, n, C, 3] gate logits of n complete chunks -> update coefficients."""
+        theta = self.max_lr * torch.sigmoid(g[..., 0])                     # [B, H, n, C]
+        la = (F.logsigmoid(-g[..., 2]) if self.forgetting
+              else torch.zeros_like(theta))                                # log(1 - alpha)
+        LA = _suffix(la)                                                   # log A_C / A_t
+        a_end = la.sum(-1).exp()
+        if not self.momentum:
+            return _Coefs(theta * LA.exp(), None, a_end, None, None)
+        le = F.logsigmoid(g[..., 1])                                       # log eta
+        seg = _segsum(le)                                                  # [.., t, u]
+        c = theta * torch.exp(LA[..., :, None] + seg).sum(-2)
+        b = torch.exp(LA + le.cumsum(-1)).sum(-1)
+        return _Coefs(c, theta * _suffix(le).exp(), a_end, b, le.sum(-1).exp())
+
+    def _update(self, ws, mom, k, v, cf: _Coefs, j: int):
+        """Weights and momentum after complete chunk j (keys/values k, v [B, H, C, Dh])."""
+        xs, deltas = memory_grads(ws, k, v, self.residual_norm)
+        c = cf.c[:, :, j]                                                  # [B, H, C]
+        d = None if cf.d is None else cf.d[:, :, j]
+        if self.max_grad_norm is not None:      # per-token gradient norm, all layers
+            sq = sum(x.pow(2).sum(-1) * e.pow(2).sum(-1) for x, e in zip(xs, deltas))
+            f = (self.max_grad_norm / sq.sqrt().clamp_min(1e-30)).clamp(max=1.0)
+            c = c * f
+            d = None if d is None else d * f
+        a = cf.a_end[:, :, j, None, None]
+        new_w, new_m = [], []
+        for i, (w, x, e) in enumerate(zip(ws, xs, deltas)):
+            gw = x.transpose(-1, -2) @ (e * c[..., None])                  # [B, H, din, dout]
+            if mom is None:
+                new_w.append(a * w - gw)
+            else:
+                new_w.append(a * w + cf.b[:, :, j, None, None] * mom[i] - gw)
+                new_m.append(cf.e_end[:, :, j, None, None] * mom[i]
+                             - x.transpose(-1, -2) @ (e * d[..., None]))
+        return tuple(new_w), (None if mom is None else tuple(new_m))
+
+    def scan(self, state: NeuralMemoryState, q, k, v, g):
+        """The memory over new tokens: reads of q and writes of (k, v) with gate logits g.
+
+        q [B, H, T, Dh] or None (write only), k, v [B, H, T, Dh], g [B, H, T, 3] (ct).
+        Returns the reads [B, H, T, Dh] (None if q is None) and the new memory fields
+        (weights, momentum, pend_k, pend_v, pend_g)."""
+        B, H, T, Dh = k.shape
+        C = self.chunk_size
+        n = int(state.pos[0]) % C                                          # pending tokens
+        k = torch.cat([state.pend_k[:, :, :n], k], 2)                      # [B, H, n+T, Dh]
+        v = torch.cat([state.pend_v[:, :, :n], v], 2)
+        g = torch.cat([state.pend_g[:, :, :n], g], 2)
+        total = n + T
+        nfull = total // C
+        if self.gates == "chunk" and nfull:
+            gm = g[:, :, :nfull * C].unflatten(2, (nfull, C)).mean(3, keepdim=True)
+            gfull = gm.expand(B, H, nfull, C, 3)
+        else:
+            gfull = g[:, :, :nfull * C].unflatten(2, (nfull, C))
+        cf = self._coefs(gfull) if nfull else None
+        ws, mom = state.weights, state.momentum
+        reads = []
+        for j in range((total + C - 1) // C):
+            lo, hi = j * C, min((j + 1) * C, total)
+            qa, qb = max(lo, n) - n, hi - n                                # new-token queries
+            full = hi - lo == C
+            if q is not None and qb > qa:
+                reads.append(self.read(ws, q[:, :, qa:qb]))
+            if full:
+                ws, mom = self._update(ws, mom, k[:, :, lo:hi], v[:, :, lo:hi], cf, j)
+        r = total - nfull * C                                              # new pending
+        pad = C - 1 - r
+
+        def pend(t):
+            tail = t[:, :, nfull * C:]
+            return torch.cat([tail, tail.new_zeros(B, H, pad, t.shape[-1])], 2)
+        y = torch.cat(reads, 2) if reads else None
+        return y, (ws, mom, pend(k), pend(v), pend(g))
+
+    # -- forward -----------------------------------------------------------------------
+    def _forward(self, x: torch.Tensor, state: NeuralMemoryState) -> MixerOutput:
+        if x.shape[0] > 1 and not bool((state.pos == state.pos[0]).all()):
+            return _per_row(self, x, state)
+        B, T, _ = x.shape
+        ct = self.state_dtype(x.dtype)
+        q, k, v, conv = self.qkv(x, state.conv, ct)
+        g = self.gate_proj(x).to(ct).view(B, T, 3, self.n_heads).permute(0, 3, 1, 2)
+        y, (ws, mom, pk, pv, pg) = self.scan(state, q, k, v, g)           # y [B, H, T, Dh]
+        new = NeuralMemoryState(ws, mom, pk, pv, pg, conv, state.pos + T)
+        return MixerOutput(self.output(y, x), new, None)
+
+
+def _per_row(mixer: Mixer, x: torch.Tensor, state):
+    """Sequences at different positions (chunk boundaries differ): one row at a time."""
+    from memarch import state as st
+    outs = [mixer._forward(x[i:i + 1], st.select(state, [i])) for i in range(x.shape[0])]
+    y = torch.cat([o.y for o in outs], 0)
+    new = torch.utils._pytree.tree_map(
+        lambda *ts: torch.cat(ts, 0) if isinstance(ts[0], torch.Tensor) else ts[0],
+        *[o.state for o in outs])
+    return MixerOutput(y, new, None)
+
+
+class _NormGate(nn.Module):
+    """The paper's normalised non-linear combination (section 4.2, MAG):
+    o = RMSNorm_y(y) * sigmoid(RMSNorm_m(m)), both norms with learned vector weights."""
+
+    def __init__(self, d_model: int):
+        super().__init__()
+        self.norm_y = RMSNorm(d_model, eps=_NORM_EPS)
+        self.norm_m = RMSNorm(d_model, eps=_NORM_EPS)
+
+    def forward(self, y: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
+        return self.norm_y(y) * torch.sigmoid(self.norm_m(m))
+
+
+def _memory_kwargs(owner: str, memory, **defaults) -> dict:
+    if memory is None:
+        memory = {}
+    if not isinstance(memory, dict):
+        raise ValueError(f"{owner}: memory must be a dict of NeuralMemory kwargs, got "
+                         f"{type(memory).__name__}")
+    import inspect
+    known = set(inspect.signature(NeuralMemory.__init__).parameters) - {
+        "self", "d_model", "layer_idx"}
+    unknown = sorted(set(memory) - known)
+    if unknown:
+        raise ValueError(f"{owner}: unknown memory keys {unknown}; NeuralMemory takes "
+                         f"{sorted(known)}")
+    return {**defaults, **dict(memory)}
+
+
+class MemoryAsGateState(NamedTuple):
+    attn: tuple                  # the sliding-window attention's state (SinkWindowState)
+    memory: NeuralMemoryState
+    pos: torch.Tensor            # [B] int64 tokens seen
+
+
+class MemoryAsGate(Mixer):
+    """Titans MAG (section 4.2): sliding-window attention and the neural memory in parallel,
+    combined by the paper's normalised gate:
+
+        y = SW-Attn([p_1..p_Np] || x)          (window W; persistent memory p)
+        o = RMSNorm(y) * sigmoid(RMSNorm(M(x)))  (M: ``NeuralMemory`` over x, read then write)
+
+    The persistent tokens are input-independent, so for attention they are N_p learned,
+    position-free key/value pairs (``Attention(n_persistent=N_p)``). The paper also feeds
+    them to the memory branch at the start of the sequence; with learned initial memory
+    weights that only moves the (learned) initial memory, so the memory reads x alone.
+
+    Args:
+        d_model, layer_idx: as for every mixer.
+        n_heads, n_kv_heads: attention heads (default d_model // 64).
+        window: attention window W (key j visible to query i iff i - W < j <= i).
+        n_persistent: N_p persistent (learned key/value) tokens.
+        rope_base: RoPE base of the attention.
+        memory: kwargs of the ``NeuralMemory`` branch (n_heads, depth, chunk_size, ...).
+    State: (attention ring buffer of W - 1 entries, memory state): constant size.
+    """
+
+    def __init__(self, d_model: int, *, layer_idx: int | None = None,
+                 n_heads: int | None = None, n_kv_heads: int | None = None,
+                 window: int = 512, n_persistent: int = 4, rope_base: float = 10000.0,
+                 memory: dict | None = None):
+        super().__init__(d_model, layer_idx=layer_idx)
+        check_positive_int("MemoryAsGate", "window", window)
+        self.attn = Attention(d_model, layer_idx=layer_idx, n_heads=n_heads,
+                              n_kv_heads=n_kv_heads, window=window, n_persistent=n_persistent,
+                              rope_base=rope_base)
+        self.memory = NeuralMemory(d_model, layer_idx=layer_idx,
+                                   **_memory_kwargs("MemoryAsGate", memory))
+        self.gate = _NormGate(d_model)
+
+    def init_own_parameters(self) -> None:
+        self.memory.init_own_parameters()
+
+    def init_state(self, batch_size, *, device=None, dtype=None) -> MemoryAsGateState:
+        dtype = dtype or torch.get_default_dtype()
+        return MemoryAsGateState(
+            self.attn.init_state(batch_size, device=device, dtype=dtype),
+            self.memory.init_state(batch_size, device=device,
+                                   dtype=self.memory.state_dtype(dtype)),
+            torch.zeros(batch_size, dtype=torch.long, device=device))
+
+    def state_size(self, seq_len: int) -> int:
+        return self.attn.state_size(seq_len) + self.memory.state_size(seq_len)
+
+    def _forward(self, x: torch.Tensor, state: MemoryAsGateState) -> MixerOutput:
+        a = self.attn._forward(x, state.attn)
+        m = self.memory._forward(x, state.memory)
+        return MixerOutput(self.gate(a.y, m.y),
+                           MemoryAsGateState(a.state, m.state, state.pos + x.shape[1]), None)
+
+
+class MemoryAsContextState(NamedTuple):
+    memory: NeuralMemoryState
+    hconv: torch.Tensor          # [B, K-1, H_m Dh_m] SiLU(x W_h) of the last K-1 tokens
+    seg_weights: tuple | None    # memory weights at the segment start (None if C % N == 0)
+    k: torch.Tensor              # [B, Hkv, N-1, Dh] keys of the segment's tokens so far
+    v: torch.Tensor              # [B, Hkv, N-1, Dh]
+    hk: torch.Tensor             # [B, Hkv, N-1, Dh] keys of their memory reads h
+    hv: torch.Tensor             # [B, Hkv, N-1, Dh]
+    pos: torch.Tensor            # [B] int64 tokens seen
+
+
+class MemoryAsContext(Mixer):
+    """Titans MAC (section 4.1). The input is split into segments of N tokens; for segment s
+
+        h   = M*_{s-1}(q),  q = L2(conv(SiLU(x W_h)))        read, memory before the segment
+        y   = Attn([p_1..p_Np] || h || x)                    causal: x_i sees p, h_j, x_j, j <= i
+        M_s = M_{s-1} updated with y                         (the neural memory writes y)
+        o   = RMSNorm(y) * sigmoid(RMSNorm(M*(y)))            the paper's normalised gate
+
+    Causality. Read literally, the paper's segment-level equations let token i see h_j and
+    the memory's read of y_j for j > i. So (DESIGN.md) attention sees h_j only for j <= i,
+    and M*(y) is the memory's own causal pass over y: each y_t is read with the weights from
+    before its update chunk and then stored. The memory's update chunk C defaults to N, so
+    it updates exactly at segment ends and "the memory before the segment" is its last
+    completed state; with another C the state keeps the segment-start weights.
+    titans-pytorch's MAC writes the memory before attending (its issue #32); we attend first.
+
+    h is the memory's full output (read, norm, gate by x, projection) at width d_model; h_j
+    and x_j share the segment-local RoPE position j; the N_p persistent tokens are learned,
+    position-free key/value pairs (``Attention(n_persistent=N_p)``, whose projections and
+    persistent pairs this mixer uses).
+
+    Args:
+        d_model, layer_idx: as for every mixer.
+        n_heads, n_kv_heads: attention heads (default d_model // 64).
+        segment_len: N.
+        n_persistent: N_p.
+        rope_base: RoPE base.
+        memory: kwargs of the ``NeuralMemory`` (its chunk_size defaults to segment_len).
+    State: memory state, the conv window of h's queries, the current segment's keys/values
+    of x and h (N - 1 entries each), positions: constant size.
+    """
+
+    def __init__(self, d_model: int, *, layer_idx: int | None = None,
+                 n_heads: int | None = None, n_kv_heads: int | None = None,
+                 segment_len: int = 128, n_persistent: int = 4, rope_base: float = 10000.0,
+                 memory: dict | None = None):
+        super().__init__(d_model, layer_idx=layer_idx)
+        check_positive_int("MemoryAsContext", "segment_len", segment_len)
+        self.segment_len = segment_len
+        self.attn = Attention(d_model, layer_idx=layer_idx, n_heads=n_heads,
+                              n_kv_heads=n_kv_heads, n_persistent=n_persistent,
+                              rope_base=rope_base)
+        self.memory = NeuralMemory(d_model, layer_idx=layer_idx, **_memory_kwargs(
+            "MemoryAsContext", memory, chunk_size=segment_len))
+        mem = self.memory
+        self.h_proj = nn.Linear(d_model, mem.n_heads * mem.head_dim, bias=False)
+        self.h_conv_weight = (nn.Parameter(torch.empty(mem.n_heads * mem.head_dim, 1,
+                                                       mem.conv_size))
+                              if mem.conv_size else None)
+        self.gate = _NormGate(d_model)
+        self.init_own_parameters()
+
+    def init_own_parameters(self) -> None:
+        self.memory.init_own_parameters()
+        if self.h_conv_weight is not None:
+            K = self.memory.conv_size
+            with torch.no_grad():
+                nn.init.uniform_(self.h_conv_weight, -K ** -0.5, K ** -0.5)
+
+    @property
+    def _snapshot(self) -> bool:
+        return self.memory.chunk_size % self.segment_len != 0
+
+    def init_state(self, batch_size, *, device=None, dtype=None) -> MemoryAsContextState:
+        dtype = dtype or torch.get_default_dtype()
+        mem = self.memory
+        ms = mem.init_state(batch_size, device=device, dtype=mem.state_dtype(dtype))
+        a = self.attn
+
+        def z(n):
+            return torch.zeros(batch_size, a.n_kv_heads, n, a.head_dim, device=device,
+                               dtype=dtype)
+        N = self.segment_len
+        return MemoryAsContextState(
+            ms, torch.zeros(batch_size, max(mem.conv_size - 1, 0), mem.n_heads * mem.head_dim,
+                            device=device, dtype=mem.state_dtype(dtype)),
+            ms.weights if self._snapshot else None, z(N - 1), z(N - 1), z(N - 1), z(N - 1),
+            torch.zeros(batch_size, dtype=torch.long, device=device))
+
+    def state_size(self, seq_len: int) -> int:
+        mem, a = self.memory, self.attn
+        snap = sum(p.numel() for p in mem.memory_init) if self._snapshot else 0
+        return (mem.state_size(seq_len) + snap + max(mem.conv_size - 1, 0) * mem.n_heads
+                * mem.head_dim + 4 * (self.segment_len - 1) * a.n_kv_heads * a.head_dim)
+
+    def _h(self, x, conv, ws, ct):
+        """The memory's reads h [B, T, D] for queries from x, and the new conv window."""
+        mem = self.memory
+        B, T, _ = x.shape
+        u = F.silu(self.h_proj(x)).to(ct)                                  # [B, T, Hm Dhm]
+        if mem.conv_size:
+            uu = torch.cat([conv, u], 1)
+            conv = uu[:, uu.shape[1] - (mem.conv_size - 1):]
+            u = F.conv1d(uu.transpose(1, 2), self.h_conv_weight.to(ct),
+                         groups=u.shape[-1]).transpose(1, 2)
+        q = _l2(u.view(B, T, mem.n_heads, mem.head_dim).transpose(1, 2))  # [B, Hm, T, Dhm]
+        return mem.output(mem.read(ws, q), x), conv
+
+    def _attend(self, x, h, a0, state):
+        """Attention of x's tokens at segment positions a0.. over [p, h_j, x_j : j <= i]."""
+        at = self.attn
+        B, T, _ = x.shape
+        H, Hkv, Dh, G = at.n_heads, at.n_kv_heads, at.head_dim, at.n_heads // at.n_kv_heads
+        dev, ct = x.device, torch.promote_types(x.dtype, torch.float32)
+        q = at.q_proj(x).view(B, T, H, Dh)
+        k, v = at.kv_proj(x).view(B, T, 2, Hkv, Dh).unbind(2)
+        hk, hv = at.kv_proj(h).view(B, T, 2, Hkv, Dh).unbind(2)
+        p = a0 + torch.arange(T, device=dev)                               # segment positions
+        cos, sin = at.rotary.cos_sin(p, x.dtype)
+        cos, sin = cos[:, None], sin[:, None]                              # [T, 1, Dh/2]
+        qr = apply_rotary(q, cos, sin).transpose(1, 2)                     # [B, H, T, Dh]
+        k = apply_rotary(k, cos, sin).transpose(1, 2)                      # [B, Hkv, T, Dh]
+        hk = apply_rotary(hk, cos, sin).transpose(1, 2)
+        v, hv = v.transpose(1, 2), hv.transpose(1, 2)
+        N = self.segment_len
+        K = torch.cat([state.k[:, :, :a0], k, state.hk[:, :, :a0], hk], 2)  # [B, Hkv, 2(a0+T), Dh]
+        V = torch.cat([state.v[:, :, :a0], v, state.hv[:, :, :a0], hv], 2)
+        kp = torch.arange(a0 + T, device=dev).repeat(2)                   # key positions
+        Kf, Vf, bad = _finite_kv(K, V)                                    # bad [B, Hkv, L]
+        qg = qr.reshape(B, Hkv, G, T, Dh).to(ct)
+        s = torch.einsum("bhgtd,bhud->bhgtu", qg, Kf.to(ct)) * at.scale
+        s = s.masked_fill(bad[:, :, None, None], float("nan"))
+        s = s.masked_fill(~(kp[None, :] <= p[:, None]), float("-inf"))    # causal in segment
+        parts = [s]
+        if at.n_persistent:
+            pk, pv = at.persistent_kv.to(ct)                               # [Hkv, Np, Dh]
+            q0 = q.transpose(1, 2).reshape(B, Hkv, G, T, Dh).to(ct)
+            parts.insert(0, torch.einsum("bhgtd,hnd->bhgtn", q0, pk) * at.scale)
+        w = torch.softmax(torch.cat(parts, -1), -1)
+        o = torch.einsum("bhgtu,bhud->bhgtd", w[..., -K.shape[2]:], Vf.to(ct))
+        if at.n_persistent:
+            o = o + torch.einsum("bhgtn,hnd->bhgtd", w[..., :at.n_persistent], pv)
+        y = at.o_proj(o.reshape(B, H, T, Dh).transpose(1, 2).reshape(B, T, H * Dh).to(x.dtype))
+        end = a0 + T
+        if end == N:                                                       # segment complete
+            kv = [torch.zeros_like(t) for t in (state.k, state.v, state.hk, state.hv)]
+        else:
+            kv = [torch.cat([c[:, :, :a0], n, c[:, :, end:]], 2)
+                  for c, n in ((state.k, k), (state.v, v), (state.hk, hk), (state.hv, hv))]
+        return y, kv
+
+    def _forward(self, x: torch.Tensor, state: MemoryAsContextState) -> MixerOutput:
+        if x.shape[0] > 1 and not bool((state.pos == state.pos[0]).all()):
+            return _per_row(self, x, state)
+        N, T = self.segment_len, x.shape[1]
+        ct = self.memory.state_dtype(x.dtype)
+        pos = int(state.pos[0])
+        outs, i = [], 0
+        ms, hconv, seg_w = state.memory, state.hconv, state.seg_weights
+        kv = (state.k, state.v, state.hk, state.hv)
+        while i < T:
+            a0 = (pos + i) % N
+            n = min(T - i, N - a0)
+            xs = x[:, i:i + n]
+            if a0 == 0 and self._snapshot:
+                seg_w = ms.weights
+            h, hconv = self._h(xs, hconv, seg_w if self._snapshot else ms.weights, ct)
+            st_ = MemoryAsContextState(ms, hconv, seg_w, *kv, state.pos)
+            y, kv = self._attend(xs, h, a0, st_)
+            m = self.memory._forward(y, ms)
+            ms = m.state
+            outs.append(self.gate(y, m.y))
+            i += n
+        new = MemoryAsContextState(ms, hconv, seg_w, *kv, state.pos + T)
+        return MixerOutput(torch.cat(outs, 1), new, None)

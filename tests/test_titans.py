@@ -1,0 +1,226 @@
+"""Titans (2501.00663): the chunked neural memory against an independent token-loop
+reference, learning at test time, the MAL stack's streaming contract, and bad input.
+The per-mixer streaming contract, state validation and NaN causality of NeuralMemory, MAC
+and MAG run with every other mixer (tests/mixer_cases.py)."""
+
+from __future__ import annotations
+
+import functools
+
+import pytest
+import torch
+
+from memarch import mixers as mx
+from memarch import state as st
+from memarch.mixers.titans import memory_apply
+from memarch.models import MemLM
+from titans_reference import reference_neural_memory
+
+TOL = 1e-8
+
+
+def _memory(**kw):
+    kw = {**dict(n_heads=2, head_dim=8, chunk_size=5, max_lr=0.3), **kw}
+    torch.manual_seed(1)
+    m = mx.NeuralMemory(16, **kw).double()
+    with torch.no_grad():                 # data-dependent gates that vary per token
+        m.gate_proj.weight.normal_(std=0.5)
+    return m
+
+
+VARIANTS = {
+    **{f"depth{d}_mom{int(mo)}_forget{int(f)}": dict(depth=d, momentum=mo, forgetting=f)
+       for d in (1, 2) for mo in (True, False) for f in (True, False)},
+    "depth3_chunk_gates": dict(depth=3, expansion=2, gates="chunk"),
+    "depth2_residual_norm": dict(depth=2, residual_norm=True),
+    "depth2_grad_clamp": dict(depth=2, max_grad_norm=0.05, max_lr=1.0),
+    "depth1_no_conv_C1": dict(depth=1, conv_size=0, chunk_size=1),
+}
+
+
+@pytest.mark.parametrize("name", list(VARIANTS))
+def test_chunked_equals_token_loop_reference(name, checks):
+    """Acceptance 1: outputs, final state and every outer gradient equal the naive
+    reference in fp64 to 1e-8, for a length that is not a multiple of C."""
+    m = _memory(**VARIANTS[name])
+    T = 23 if m.chunk_size > 1 else 9
+    x = torch.randn(2, T, 16, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(2, T, 16, dtype=torch.float64)
+    out = m(x)
+    y_ref, fin = reference_neural_memory(m, x)
+    checks.close(out.y, y_ref, atol=TOL, rtol=TOL, msg=f"{name} outputs")
+    n = T % m.chunk_size
+    s = out.state
+    checks.close(s.weights, fin["weights"], atol=TOL, rtol=TOL, msg=f"{name} weights")
+    if m.momentum:
+        checks.close(s.momentum, fin["momentum"], atol=TOL, rtol=TOL, msg=f"{name} momentum")
+    else:
+        checks.true(s.momentum is None, "no momentum state without momentum")
+    for f in ("pend_k", "pend_v", "pend_g"):
+        checks.close(getattr(s, f)[:, :, :n], fin[f], atol=TOL, rtol=TOL, msg=f"{name} {f}")
+        checks.true(bool((getattr(s, f)[:, :, n:] == 0).all()), f"{name} {f} unused slots")
+    checks.close(s.conv, fin["conv"], atol=TOL, rtol=TOL, msg=f"{name} conv window")
+    params = [p for p in m.parameters()]
+    # a loss on outputs and on the final memory: gradients through the update
+    fast = (out.y * w).sum() + sum(t.sum() for t in s.weights)
+    slow = (y_ref * w).sum() + sum(t.sum() for t in fin["weights"])
+    g_fast = torch.autograd.grad(fast, [x, *params], allow_unused=True)
+    g_slow = torch.autograd.grad(slow, [x, *params], allow_unused=True)
+    names = ["x"] + [k for k, _ in m.named_parameters()]
+    for nm, a, b in zip(names, g_fast, g_slow):
+        checks.true((a is None) == (b is None), f"{name}: gradient of {nm} present in both")
+        if a is not None:
+            checks.close(a, b, atol=TOL, rtol=TOL, msg=f"{name}: d/d {nm}")
+
+
+def test_gradients_reach_every_parameter(checks):
+    """The outer model trains through the memory update: every parameter gets a gradient,
+    the gate projections (theta, eta, alpha) and the initial memory included."""
+    m = _memory(depth=2)
+    out = m(torch.randn(2, 23, 16, dtype=torch.float64))
+    out.y.square().sum().backward()
+    for name, p in m.named_parameters():
+        checks.true(p.grad is not None and bool(p.grad.abs().sum() > 0), f"no gradient: {name}")
+
+
+def _stream(m, k, v, logits, state=None):
+    """Write (k, v) [B, H, T, Dh] with gate logits (theta, eta, alpha) through the memory's
+    update: the module with its projections bypassed (identity)."""
+    B, H, T, _ = k.shape
+    g = torch.tensor(logits, dtype=k.dtype).expand(B, H, T, 3)
+    state = m.init_state(B, dtype=k.dtype) if state is None else state
+    _, (ws, mom, pk, pv, pg) = m.scan(state, None, k, v, g)
+    return ws
+
+
+@torch.no_grad()
+def _recall_error(m, ws, k, v):
+    return float((memory_apply(ws, k, m.residual_norm) - v).square().sum(-1).mean())
+
+
+@pytest.mark.parametrize("depth", [1, 2])
+def test_learning_at_test_time(depth, checks):
+    """Acceptance 3: with theta > 0 the memory learns the streamed pairs (retrieval error
+    far below its value before the stream); theta = 0 changes nothing; alpha = 1 forgets."""
+    torch.manual_seed(0)
+    m = mx.NeuralMemory(64, n_heads=1, head_dim=32, depth=depth, chunk_size=4,
+                        max_lr=1.0).double()
+    n = 12
+    k = torch.nn.functional.normalize(torch.randn(1, 1, n, 32, dtype=torch.float64), dim=-1)
+    v = torch.randn(1, 1, n, 32, dtype=torch.float64) / 32 ** 0.5 * 2
+    kk, vv = k.repeat(1, 1, 20, 1), v.repeat(1, 1, 20, 1)        # 20 passes over the pairs
+    w0 = m.init_state(1, dtype=torch.float64).weights
+    before = _recall_error(m, w0, k, v)
+    learn = (-2.0, 0.0, -30.0)          # theta = sigmoid(-2) = 0.12, eta = 0.5, alpha ~ 0
+    after = _recall_error(m, _stream(m, kk, vv, learn), k, v)
+    checks.true(after < 0.01 * before, f"depth {depth}: error {before:.4f} -> {after:.4f}")
+    frozen = _stream(m, kk, vv, (-1e4, 0.0, -1e4))                  # theta = 0, alpha = 0
+    checks.close(frozen, w0, atol=1e-12, msg="theta = 0 leaves the memory unchanged")
+    # alpha = 1 (and eta = 0): each token wipes the memory before its own write, so
+    # what was streamed long ago leaves no trace; with alpha ~ 0 it does.
+    other_k = torch.nn.functional.normalize(torch.randn_like(kk[:, :, :200]), dim=-1)
+    kk2 = torch.cat([other_k, kk[:, :, 200:]], 2)
+    vv2 = torch.cat([torch.randn_like(vv[:, :, :200]), vv[:, :, 200:]], 2)
+    forget = (-2.0, -1e4, 1e4)
+    checks.close(_stream(m, kk, vv, forget), _stream(m, kk2, vv2, forget), atol=1e-12,
+                 msg="alpha = 1: the memory forgets the first 200 tokens")
+    keep = (-2.0, -1e4, -30.0)
+    diff = max((a - b).abs().max().item() for a, b in zip(_stream(m, kk, vv, keep),
+                                                           _stream(m, kk2, vv2, keep)))
+    checks.true(diff > 1e-3, f"alpha ~ 0: the memory keeps them (difference {diff:.2e})")
+    err_gone = _recall_error(m, _stream(m, kk, vv, forget), k[:, :, :n - 4], v[:, :, :n - 4])
+    checks.true(err_gone > 0.5 * _recall_error(m, [torch.zeros_like(w) for w in w0],
+                                                k[:, :, :n - 4], v[:, :, :n - 4]),
+                f"alpha = 1: the pairs before the last chunk are forgotten ({err_gone:.3f})")
+
+
+def _mal_lm(d=32):
+    return MemLM(vocab_size=50, d_model=d, d_hidden=0, layer_pattern=["mem", "swa", "mem", "swa"],
+                 mixers=dict(
+                     mem=functools.partial(mx.NeuralMemory, n_heads=2, chunk_size=5,
+                                           max_lr=0.3),
+                     swa=functools.partial(mx.Attention, n_heads=2, window=6,
+                                           n_persistent=2)))
+
+
+def test_mal_stack_streams_exactly(checks):
+    """Acceptance 2 for MAL: one call == chunks straddling the update chunk (5) and the
+    window (6) == token by token, for logits and final state, in fp64; state constant."""
+    torch.manual_seed(0)
+    m = _mal_lm().double()
+    ids = torch.randint(0, 50, (2, 31))
+    full = m(ids)
+    for lengths in ([1] * 31, [4, 7, 2, 11, 7], [5, 6, 5, 6, 9]):
+        s, outs, a = None, [], 0
+        for n in lengths:
+            o = m(ids[:, a:a + n], s)
+            outs.append(o.logits)
+            s, a = o.state, a + n
+        checks.close(torch.cat(outs, 1), full.logits, atol=1e-10, rtol=1e-10,
+                     msg=f"MAL logits {lengths[:3]}...")
+        checks.close(s, full.state, atol=1e-10, rtol=1e-10, msg="MAL final state")
+    checks.true(m.state_size(1) == m.state_size(10_000) == st.float_numel(full.state),
+                "state_size constant in T")
+
+
+def test_memlm_keeps_the_memory_init(checks):
+    """MemLM re-initialises every Linear, then lets each mixer re-apply its own init: the
+    memory's gate biases keep theta = max_lr/2, eta = 0.9, alpha ~ 1e-3."""
+    m = _mal_lm()
+    b = m.blocks[0].mixer.gate_proj.bias.detach()
+    H = 2
+    checks.close(b, torch.tensor([0.0] * H + [2.2] * H + [-6.9] * H), atol=1e-6,
+                 msg="gate biases after MemLM init")
+    checks.true(float(m.blocks[0].mixer.gate_proj.weight.detach().std()) < 0.05, "small gate weights")
+
+
+@pytest.mark.parametrize("cls,kw,name", [
+    (mx.NeuralMemory, dict(chunk_size=0), "chunk_size"),
+    (mx.NeuralMemory, dict(depth=0), "depth"),
+    (mx.NeuralMemory, dict(depth=1.5), "depth"),
+    (mx.NeuralMemory, dict(expansion=0), "expansion"),
+    (mx.NeuralMemory, dict(n_heads=0), "n_heads"),
+    (mx.NeuralMemory, dict(conv_size=-1), "conv_size"),
+    (mx.NeuralMemory, dict(max_lr=-0.1), "max_lr"),
+    (mx.NeuralMemory, dict(gates="head"), "gates"),
+    (mx.NeuralMemory, dict(max_grad_norm=0), "max_grad_norm"),
+    (mx.MemoryAsContext, dict(segment_len=0), "segment_len"),
+    (mx.MemoryAsContext, dict(memory=dict(chunk_size=0)), "chunk_size"),
+    (mx.MemoryAsContext, dict(memory=dict(depht=2)), "depht"),
+    (mx.MemoryAsGate, dict(window=0), "window"),
+    (mx.MemoryAsGate, dict(memory=dict(depth=0)), "depth"),
+    (mx.MemoryAsGate, dict(memory=[2]), "memory"),
+])
+def test_bad_arguments_name_the_parameter(cls, kw, name, checks):
+    with pytest.raises(ValueError, match=name):
+        cls(32, **kw)
+    checks.n += 1
+
+
+def test_state_from_another_configuration_is_refused(checks):
+    a = mx.NeuralMemory(32, n_heads=2, chunk_size=8)
+    b = mx.NeuralMemory(32, n_heads=2, chunk_size=5)
+    x = torch.randn(1, 3, 32)
+    with pytest.raises(ValueError, match=r"NeuralMemory.*pend_k.*\(1, 2, 4, 16\)"):
+        b(x, a(x).state)
+    c = mx.NeuralMemory(32, n_heads=2, chunk_size=8, depth=1)
+    with pytest.raises(ValueError, match=r"weights.*entries|weights\[0\]"):
+        a(x, c(x).state)
+    d = mx.NeuralMemory(32, n_heads=2, chunk_size=8, momentum=False)
+    with pytest.raises(ValueError, match="momentum.*None"):
+        d(x, a(x).state)
+    checks.n += 3
+
+
+def test_rows_at_different_positions(checks):
+    """Sequences of a batch at different positions (their update chunks differ) give
+    the same results as each row alone."""
+    m = _memory(depth=2)
+    x = torch.randn(2, 12, 16, dtype=torch.float64)
+    s0 = m(x[:1, :3]).state
+    s1 = m(x[1:, :7]).state
+    s = torch.utils._pytree.tree_map(
+        lambda a, b: torch.cat([a, b]) if isinstance(a, torch.Tensor) else a, s0, s1)
+    out = m(torch.cat([x[:1, 3:8], x[1:, 7:12]]), s)
+    checks.close(out.y[:1], m(x[:1, 3:8], s0).y, atol=1e-12, msg="row 0")
+    checks.close(out.y[1:], m(x[1:, 7:12], s1).y, atol=1e-12, msg="row 1")
