@@ -165,12 +165,12 @@ def test_mal_stack_streams_exactly(checks):
 
 def test_memlm_keeps_the_memory_init(checks):
     """MemLM re-initialises every Linear, then lets each mixer re-apply its own init: the
-    memory's gate biases keep theta = max_lr/2, eta = 0.9, alpha ~ 1e-3."""
+    memory's gates start at theta_init, eta_init, alpha_init."""
     m = _mal_lm()
-    b = m.blocks[0].mixer.gate_proj.bias.detach()
-    H = 2
-    checks.close(b, torch.tensor([0.0] * H + [2.2] * H + [-6.9] * H), atol=1e-6,
-                 msg="gate biases after MemLM init")
+    mem = m.blocks[0].mixer
+    g = torch.sigmoid(mem.gate_proj.bias.detach()).view(3, 2)
+    checks.close(g, torch.tensor([[1e-3 / 0.3] * 2, [0.5] * 2, [1e-3] * 2]), atol=1e-6,
+                 msg="gates after MemLM init")
     checks.true(float(m.blocks[0].mixer.gate_proj.weight.detach().std()) < 0.05, "small gate weights")
 
 
@@ -184,6 +184,9 @@ def test_memlm_keeps_the_memory_init(checks):
     (mx.NeuralMemory, dict(max_lr=-0.1), "max_lr"),
     (mx.NeuralMemory, dict(gates="head"), "gates"),
     (mx.NeuralMemory, dict(max_grad_norm=0), "max_grad_norm"),
+    (mx.NeuralMemory, dict(theta_init=0.2), "theta_init"),
+    (mx.NeuralMemory, dict(eta_init=1.0), "eta_init"),
+    (mx.NeuralMemory, dict(alpha_init=0), "alpha_init"),
     (mx.MemoryAsContext, dict(segment_len=0), "segment_len"),
     (mx.MemoryAsContext, dict(memory=dict(chunk_size=0)), "chunk_size"),
     (mx.MemoryAsContext, dict(memory=dict(depht=2)), "depht"),

@@ -49,10 +49,19 @@ Choices where the paper gives no value (the defaults):
   a linear memory's association in one step; 0.1 at most (0.05 at init) writes in a few.
 * ``chunk_size=64`` (titans-pytorch's example), ``expansion=4`` (titans-pytorch and the
   usual MLP ratio), SiLU in the memory MLP (the activation the paper uses for q/k/v).
-* Initial gates: theta = max_lr/2, eta = 0.9, alpha = 1e-3 (sigmoid logits 0, 2.2, -6.9):
-  a memory that keeps what it writes over thousands of tokens until training says otherwise.
-  ``init_own_parameters`` re-applies them after ``MemLM``'s generic init.
-* Initial memory weights ~ N(0, 1/fan_in).
+* Initial gates (``theta_init``, ``eta_init``, ``alpha_init``; the biases of the gate
+  projection): theta = 1e-3, eta = 0.5, alpha = 1e-3. All gradients of a chunk are taken
+  at the same weights and add up, and momentum sums a geometric series: C identical tokens
+  move the memory by about 2 C theta / (1 - eta) times their gradient, which must stay
+  below ~1 for the inner descent to be stable (theta = 0.05, eta = 0.9 and C = 16 diverge
+  within a few chunks of filler tokens). The model learns larger steps where they pay
+  (theta is data dependent, up to max_lr); small models on short tasks learn faster from
+  a larger theta_init (configs/experiment/titans_*_tiny.yaml). alpha = 1e-3 keeps what the
+  memory writes over thousands of tokens until training says otherwise.
+  ``init_own_parameters`` re-applies these after ``MemLM``'s generic init.
+* The initial memory is empty, M_0(k) = 0: its last layer starts at zero (earlier layers
+  ~ N(0, 1/fan_in)), so a read returns only what was written; the output's RMS norm then
+  makes even the first small writes visible to the model. Training moves it (learned).
 
 Where titans-pytorch differs: it normalises the loss by the head dimension (mean, not sum)
 and uses GELU; we follow the paper's ||.||^2. Its MAC writes the memory before attending
@@ -64,6 +73,8 @@ MAC, MAG and MAL: see ``MemoryAsContext``, ``MemoryAsGate``; MAL is the layer st
 
 from __future__ import annotations
 
+import math
+from collections.abc import Mapping
 from typing import NamedTuple
 
 import torch
@@ -188,6 +199,9 @@ class NeuralMemory(Mixer):
         conv_size: depthwise causal conv width on q, k, v (0: none).
         residual_norm: memory M(k) = k + RMSNorm(MLP(k)) instead of MLP(k).
         max_grad_norm: clamp each token's inner gradient to this norm (None: no clamp).
+        theta_init, eta_init, alpha_init: the gates' values at initialisation (the gate
+            projection's biases; its weights start small): 0 < theta_init < max_lr,
+            0 < eta_init < 1, 0 < alpha_init < 1.
     """
 
     def __init__(self, d_model: int, *, layer_idx: int | None = None,
@@ -195,7 +209,8 @@ class NeuralMemory(Mixer):
                  expansion: int = 4, chunk_size: int = 64, momentum: bool = True,
                  forgetting: bool = True, max_lr: float = 0.1, gates: str = "token",
                  conv_size: int = 4, residual_norm: bool = False,
-                 max_grad_norm: float | None = None):
+                 max_grad_norm: float | None = None, theta_init: float = 1e-3,
+                 eta_init: float = 0.5, alpha_init: float = 1e-3):
         super().__init__(d_model, layer_idx=layer_idx)
         n_heads = max(1, d_model // 64) if n_heads is None else n_heads
         check_positive_int("NeuralMemory", "n_heads", n_heads)
@@ -206,8 +221,14 @@ class NeuralMemory(Mixer):
         check_positive_int("NeuralMemory", "chunk_size", chunk_size)
         if not isinstance(conv_size, int) or isinstance(conv_size, bool) or conv_size < 0:
             raise ValueError(f"NeuralMemory: conv_size must be an int >= 0, got {conv_size!r}")
-        if not (isinstance(max_lr, (int, float)) and not isinstance(max_lr, bool) and max_lr >= 0):
-            raise ValueError(f"NeuralMemory: max_lr must be a number >= 0, got {max_lr!r}")
+        if not (isinstance(max_lr, (int, float)) and not isinstance(max_lr, bool) and max_lr > 0):
+            raise ValueError(f"NeuralMemory: max_lr must be a number > 0, got {max_lr!r}")
+        for name, val, hi in (("theta_init", theta_init, max_lr), ("eta_init", eta_init, 1.0),
+                              ("alpha_init", alpha_init, 1.0)):
+            if not (isinstance(val, (int, float)) and not isinstance(val, bool)
+                    and isinstance(hi, (int, float)) and 0 < val < hi):
+                raise ValueError(f"NeuralMemory: {name} must be a number in (0, {hi!r}), "
+                                 f"got {val!r}")
         if gates not in ("token", "chunk"):
             raise ValueError(f"NeuralMemory: gates must be 'token' or 'chunk', got {gates!r}")
         if max_grad_norm is not None and not (isinstance(max_grad_norm, (int, float))
@@ -220,6 +241,7 @@ class NeuralMemory(Mixer):
         self.max_lr, self.gates = float(max_lr), gates
         self.conv_size, self.residual_norm = conv_size, bool(residual_norm)
         self.max_grad_norm = max_grad_norm
+        self.theta_init, self.eta_init, self.alpha_init = theta_init, eta_init, alpha_init
         H, Dh = n_heads, head_dim
         self.qkv_proj = nn.Linear(d_model, 3 * H * Dh, bias=False)
         self.conv_weight = nn.Parameter(torch.empty(3 * H * Dh, 1, max(conv_size, 1)))
@@ -234,20 +256,19 @@ class NeuralMemory(Mixer):
         self.o_proj = nn.Linear(H * Dh, d_model, bias=False)
         self.init_own_parameters()
 
-    # Initial gate logits: theta = max_lr / 2, eta = 0.9, alpha ~ 1e-3 (see the docstring).
-    _GATE_BIAS = (0.0, 2.2, -6.9)
-
     def init_own_parameters(self) -> None:
         H = self.n_heads
         with torch.no_grad():
             nn.init.normal_(self.gate_proj.weight, std=0.02)
-            for j, b in enumerate(self._GATE_BIAS):
-                self.gate_proj.bias[j * H:(j + 1) * H] = b
+            p = (self.theta_init / self.max_lr, self.eta_init, self.alpha_init)
+            for j, b in enumerate(p):                     # sigmoid(logit(p)) = p
+                self.gate_proj.bias[j * H:(j + 1) * H] = math.log(b / (1 - b))
             if self.conv_weight is not None:
                 K = self.conv_size
                 nn.init.uniform_(self.conv_weight, -K ** -0.5, K ** -0.5)
-            for w in self.memory_init:
+            for w in self.memory_init[:-1]:
                 nn.init.normal_(w, std=w.shape[1] ** -0.5)
+            nn.init.zeros_(self.memory_init[-1])           # the empty memory: M_0(k) = 0
 
     # -- state -------------------------------------------------------------------------
     def state_dtype(self, x_dtype: torch.dtype) -> torch.dtype:
@@ -415,7 +436,7 @@ class _NormGate(nn.Module):
 def _memory_kwargs(owner: str, memory, **defaults) -> dict:
     if memory is None:
         memory = {}
-    if not isinstance(memory, dict):
+    if not isinstance(memory, Mapping):            # dict, or Hydra's DictConfig
         raise ValueError(f"{owner}: memory must be a dict of NeuralMemory kwargs, got "
                          f"{type(memory).__name__}")
     import inspect
