@@ -118,20 +118,29 @@ def memory_apply(ws, x: torch.Tensor, residual_norm: bool) -> torch.Tensor:
     return x + _rms(h)[0] if residual_norm else h
 
 
-def memory_grads(ws, k: torch.Tensor, v: torch.Tensor, residual_norm: bool):
+def memory_grads(ws, k: torch.Tensor, v: torch.Tensor, residual_norm: bool,
+                 q: torch.Tensor | None = None):
     """Per-token gradients of ||M(k_t) - v_t||^2 w.r.t. every layer, in factored form:
     the gradient of layer i for token t is ``xs[i][..., t, :]^T deltas[i][..., t, :]``.
-    k, v: [B, H, N, d]. Returns (xs, deltas), lists of [B, H, N, d_in_i] / [B, H, N, d_out_i]."""
-    L = len(ws)
-    xs, zs, h = [k], [], k
+    k, v: [B, H, N, d]; q [B, H, M, d] (optional) rides along the forward pass, giving the
+    reads M(q) from the same weights. Returns (xs, deltas, reads), xs/deltas lists of
+    [B, H, N, d_in_i] / [B, H, N, d_out_i], reads [B, H, M, d] or None."""
+    L, N = len(ws), k.shape[2]
+    x0 = k if q is None else torch.cat([k, q], 2)                 # one pass for both
+    xs, zs, h = [k], [], x0
     for i, w in enumerate(ws):
         z = h @ w
-        zs.append(z)
+        zs.append(z[:, :, :N])
         if i < L - 1:
             h = F.silu(z)
-            xs.append(h)
+            xs.append(h[:, :, :N])
         else:
             h = z
+    reads = None
+    if q is not None:
+        hq = h[:, :, N:]
+        reads = q + _rms(hq)[0] if residual_norm else hq
+    h = h[:, :, :N]
     if residual_norm:
         n, r = _rms(h)
         g = 2 * (k + n - v)                                     # d loss / d pred
@@ -143,7 +152,7 @@ def memory_grads(ws, k: torch.Tensor, v: torch.Tensor, residual_norm: bool):
         deltas[i] = d
         if i:
             d = (d @ ws[i].transpose(-1, -2)) * _silu_grad(zs[i - 1])
-    return xs, deltas
+    return xs, deltas, reads
 
 
 def _segsum(x: torch.Tensor) -> torch.Tensor:
@@ -164,7 +173,8 @@ def _suffix(x: torch.Tensor) -> torch.Tensor:
 
 
 class _Coefs(NamedTuple):
-    """Per complete chunk: the closed-form coefficients of the update (see the docstring)."""
+    """The closed-form coefficients of the update (see the module docstring), for n
+    complete chunks (shapes below) or, split along dim 2, for one chunk."""
     c: torch.Tensor       # [B, H, n, C] weight of each token's gradient in M_C
     d: torch.Tensor       # [B, H, n, C] weight of each token's gradient in S_C (or None)
     a_end: torch.Tensor   # [B, H, n] A_C
@@ -335,27 +345,28 @@ class NeuralMemory(Mixer):
         b = torch.exp(LA + le.cumsum(-1)).sum(-1)
         return _Coefs(c, theta * _suffix(le).exp(), a_end, b, le.sum(-1).exp())
 
-    def _update(self, ws, mom, k, v, cf: _Coefs, j: int):
-        """Weights and momentum after complete chunk j (keys/values k, v [B, H, C, Dh])."""
-        xs, deltas = memory_grads(ws, k, v, self.residual_norm)
-        c = cf.c[:, :, j]                                                  # [B, H, C]
-        d = None if cf.d is None else cf.d[:, :, j]
+    def _update(self, ws, mom, k, v, cf: _Coefs, q=None):
+        """Weights and momentum after a complete chunk (keys/values k, v [B, H, C, Dh],
+        its coefficients ``cf``: c, d [B, H, C], a_end, b, e_end [B, H]), and the reads of
+        q [B, H, M, Dh] (or None) with the chunk's starting weights."""
+        xs, deltas, reads = memory_grads(ws, k, v, self.residual_norm, q)
+        c, d = cf.c, cf.d
         if self.max_grad_norm is not None:      # per-token gradient norm, all layers
             sq = sum(x.pow(2).sum(-1) * e.pow(2).sum(-1) for x, e in zip(xs, deltas))
             f = (self.max_grad_norm / sq.sqrt().clamp_min(1e-30)).clamp(max=1.0)
             c = c * f
             d = None if d is None else d * f
-        a = cf.a_end[:, :, j, None, None]
+        a = cf.a_end[:, :, None, None]
         new_w, new_m = [], []
         for i, (w, x, e) in enumerate(zip(ws, xs, deltas)):
             gw = x.transpose(-1, -2) @ (e * c[..., None])                  # [B, H, din, dout]
             if mom is None:
                 new_w.append(a * w - gw)
             else:
-                new_w.append(a * w + cf.b[:, :, j, None, None] * mom[i] - gw)
-                new_m.append(cf.e_end[:, :, j, None, None] * mom[i]
+                new_w.append(a * w + cf.b[:, :, None, None] * mom[i] - gw)
+                new_m.append(cf.e_end[:, :, None, None] * mom[i]
                              - x.transpose(-1, -2) @ (e * d[..., None]))
-        return tuple(new_w), (None if mom is None else tuple(new_m))
+        return tuple(new_w), (None if mom is None else tuple(new_m)), reads
 
     def scan(self, state: NeuralMemoryState, q, k, v, g):
         """The memory over new tokens: reads of q and writes of (k, v) with gate logits g.
@@ -376,17 +387,27 @@ class NeuralMemory(Mixer):
             gfull = gm.expand(B, H, nfull, C, 3)
         else:
             gfull = g[:, :, :nfull * C].unflatten(2, (nfull, C))
-        cf = self._coefs(gfull) if nfull else None
+        # Split once (split/unbind have one cheap backward; slicing inside the loop would
+        # make each chunk's backward fill a full-size zero gradient: O(T^2 / C) work).
+        n_chunks = (total + C - 1) // C
+        if nfull:
+            cfs = [_Coefs(*parts) for parts in zip(*[
+                [None] * nfull if t is None else t.unbind(2) for t in self._coefs(gfull)])]
+            ks, vs = k[:, :, :nfull * C].split(C, 2), v[:, :, :nfull * C].split(C, 2)
+        qs = [None] * n_chunks
+        if q is not None:       # the new tokens' queries, cut at the chunk boundaries
+            sizes = [min((j + 1) * C, total) - max(j * C, n) for j in range(n_chunks)]
+            it = iter(q.split([z for z in sizes if z > 0], 2))
+            qs = [next(it) if z > 0 else None for z in sizes]
         ws, mom = state.weights, state.momentum
         reads = []
-        for j in range((total + C - 1) // C):
-            lo, hi = j * C, min((j + 1) * C, total)
-            qa, qb = max(lo, n) - n, hi - n                                # new-token queries
-            full = hi - lo == C
-            if q is not None and qb > qa:
-                reads.append(self.read(ws, q[:, :, qa:qb]))
-            if full:
-                ws, mom = self._update(ws, mom, k[:, :, lo:hi], v[:, :, lo:hi], cf, j)
+        for j in range(n_chunks):
+            if j < nfull:
+                ws, mom, r = self._update(ws, mom, ks[j], vs[j], cfs[j], qs[j])
+            else:
+                r = None if qs[j] is None else self.read(ws, qs[j])
+            if r is not None:
+                reads.append(r)
         r = total - nfull * C                                              # new pending
         pad = C - 1 - r
 
