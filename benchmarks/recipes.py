@@ -12,6 +12,10 @@ and run through ``memarch.lit.train.run``; checkpoints go to a temporary directo
 * ``default``: ``make train`` (``experiment=hybrid_tiny``, MQAR)
 * ``based_tiny``: ``train.py experiment=based_tiny``
 * ``linear_attention_tiny``: ``train.py experiment=linear_attention_tiny``
+* Titans on long-range MQAR (every pair 72+ tokens before its query): ``titans_mal_tiny``,
+  ``titans_mag_tiny``, ``titans_mac_tiny``, and the window-only baselines of the same window,
+  width and steps, ``swa_longrange_tiny`` (4 layers, as MAL) and ``swa_longrange_tiny_2l``
+  (2 layers, as MAG and MAC)
 
 Training is deterministic for a given machine and torch build, but the held-out accuracy
 can differ by a few points between CPUs (floating-point summation order), which is why the
@@ -41,6 +45,14 @@ RECIPES = {
     "based_tiny": (["experiment=based_tiny"], "python train.py experiment=based_tiny"),
     "linear_attention_tiny": (["experiment=linear_attention_tiny"],
                               "python train.py experiment=linear_attention_tiny"),
+    "swa_longrange_tiny": (["experiment=swa_longrange_tiny"],
+                           "python train.py experiment=swa_longrange_tiny"),
+    "swa_longrange_tiny_2l": (["experiment=swa_longrange_tiny", "model.layer_pattern=[swa,swa]"],
+                              "python train.py experiment=swa_longrange_tiny "
+                              "'model.layer_pattern=[swa,swa]'"),
+    "titans_mal_tiny": (["experiment=titans_mal_tiny"], "python train.py experiment=titans_mal_tiny"),
+    "titans_mag_tiny": (["experiment=titans_mag_tiny"], "python train.py experiment=titans_mag_tiny"),
+    "titans_mac_tiny": (["experiment=titans_mac_tiny"], "python train.py experiment=titans_mac_tiny"),
 }
 
 
@@ -70,11 +82,13 @@ def run_recipe(name) -> dict:
 
     with tempfile.TemporaryDirectory(prefix=f"recipe_{name}_") as tmp:
         cfg = compose([*overrides, "trainer.enable_progress_bar=false"], tmp)
+        gap = cfg.data.dataset.get("gap", 0) or 0
         t0 = time.perf_counter()
         res = run(cfg, extra_callbacks=[_Probe()])
         seconds = time.perf_counter() - t0
     chance = seen.get("chance")
     return {"name": name, "command": command,
+            "task": f"long-range MQAR (gap {gap})" if gap else "MQAR",
             "experiment": overrides[0].split("=", 1)[1] if overrides else "hybrid_tiny",
             "val_acc": round(float(res["val/acc"]), 4),
             "val_loss": round(float(res["val/loss"]), 4),
@@ -98,16 +112,16 @@ def render(data) -> str:
     m = rows[0] if rows else data["meta"]
     commits = ", ".join(dict.fromkeys(str(r.get("commit")) for r in rows))
     dates = sorted(r.get("date", "") for r in rows)
-    head = (f"Training recipes on MQAR, {m.get('device', 'cpu')} "
+    head = (f"Training recipes, {m.get('device', 'cpu')} "
             + (f"({where(m)})" if same else "(machine per row)")
             + f", commit {commits}, {dates[0][:10] if dates else m.get('date', '')[:10]}:")
-    cols = ["command", "model", "params", "steps", "held-out accuracy", "chance",
+    cols = ["command", "task", "model", "params", "steps", "held-out accuracy", "chance",
             "train time (wall)"] + ([] if same else ["machine"])
     lines = [head, "", "| " + " | ".join(cols) + " |",
-             "|---|---|" + "---:|" * 5 + ("" if same else "---|")]
+             "|---|---|---|" + "---:|" * 5 + ("" if same else "---|")]
     for r in rows:
         params = "—" if r.get("params") is None else f"{r['params'] / 1e6:.2f}M"
-        cells = [f"`{r['command']}`", r["experiment"], params, str(r["global_step"]),
+        cells = [f"`{r['command']}`", r.get("task", "MQAR"), r["experiment"], params, str(r["global_step"]),
                  _pct(r["val_acc"]), _pct(r["chance"]), f"{r['train_s']:.0f} s"]
         lines.append("| " + " | ".join(cells + ([] if same else [where(r)])) + " |")
     return "\n".join(lines) + "\n"
