@@ -47,9 +47,10 @@ RECIPES = {
                               "python train.py experiment=linear_attention_tiny"),
     "swa_longrange_tiny": (["experiment=swa_longrange_tiny"],
                            "python train.py experiment=swa_longrange_tiny"),
-    "swa_longrange_tiny_2l": (["experiment=swa_longrange_tiny", "model.layer_pattern=[swa,swa]"],
+    "swa_longrange_tiny_2l": (["experiment=swa_longrange_tiny", "model.layer_pattern=[swa,swa]",
+                               "trainer.max_steps=400"],
                               "python train.py experiment=swa_longrange_tiny "
-                              "'model.layer_pattern=[swa,swa]'"),
+                              "'model.layer_pattern=[swa,swa]' trainer.max_steps=400"),
     "titans_mal_tiny": (["experiment=titans_mal_tiny"], "python train.py experiment=titans_mal_tiny"),
     "titans_mag_tiny": (["experiment=titans_mag_tiny"], "python train.py experiment=titans_mag_tiny"),
     "titans_mac_tiny": (["experiment=titans_mac_tiny"], "python train.py experiment=titans_mac_tiny"),
