@@ -5,8 +5,9 @@
 
 Each block ``<!-- bench:NAME -->`` ... ``<!-- /bench:NAME -->`` gets the markdown table that
 the script owning ``results/NAME.json`` prints with ``--render`` (``decode.py`` for
-``decode_*``, ``recipes.py`` for ``recipes_*``, ``ops.py`` otherwise). The renderers run
-in-process; tests/test_readme.py checks that the README matches.
+``decode_*``, ``recipes.py`` for ``recipes_*``, ``titans.py`` for ``titans_*``, ``ops.py``
+otherwise). The renderers run in-process; tests/test_readme.py checks that the README
+matches.
 """
 
 from __future__ import annotations
@@ -29,6 +30,8 @@ def script_for(name: str) -> str:
         return "decode"
     if name.startswith("recipes"):
         return "recipes"
+    if name.startswith("titans"):
+        return "titans"
     return "ops"
 
 
