@@ -51,9 +51,12 @@ RECIPES = {
                                "trainer.max_steps=400"],
                               "python train.py experiment=swa_longrange_tiny "
                               "'model.layer_pattern=[swa,swa]' trainer.max_steps=400"),
-    "titans_mal_tiny": (["experiment=titans_mal_tiny"], "python train.py experiment=titans_mal_tiny"),
-    "titans_mag_tiny": (["experiment=titans_mag_tiny"], "python train.py experiment=titans_mag_tiny"),
-    "titans_mac_tiny": (["experiment=titans_mac_tiny"], "python train.py experiment=titans_mac_tiny"),
+    "titans_mal_tiny": (["experiment=titans_mal_tiny"],
+                        "python train.py experiment=titans_mal_tiny"),
+    "titans_mag_tiny": (["experiment=titans_mag_tiny"],
+                        "python train.py experiment=titans_mag_tiny"),
+    "titans_mac_tiny": (["experiment=titans_mac_tiny"],
+                        "python train.py experiment=titans_mac_tiny"),
 }
 
 
@@ -122,8 +125,9 @@ def render(data) -> str:
              "|---|---|---|" + "---:|" * 5 + ("" if same else "---|")]
     for r in rows:
         params = "—" if r.get("params") is None else f"{r['params'] / 1e6:.2f}M"
-        cells = [f"`{r['command']}`", r.get("task", "MQAR"), r["experiment"], params, str(r["global_step"]),
-                 _pct(r["val_acc"]), _pct(r["chance"]), f"{r['train_s']:.0f} s"]
+        cells = [f"`{r['command']}`", r.get("task", "MQAR"), r["experiment"], params,
+                 str(r["global_step"]), _pct(r["val_acc"]), _pct(r["chance"]),
+                 f"{r['train_s']:.0f} s"]
         lines.append("| " + " | ".join(cells + ([] if same else [where(r)])) + " |")
     return "\n".join(lines) + "\n"
 
