@@ -41,6 +41,10 @@ CASES: dict[str, Case] = {
         mx.Attention, dict(n_heads=4, n_kv_heads=2, window=6, n_sinks=2,
                            sink_positions="cache", learned_sink=True, block_size=4),
         [2, 4, 6, 8]),
+    "attn_window_sinks_cache_persistent3": Case(
+        mx.Attention, dict(n_heads=4, n_kv_heads=2, window=6, n_sinks=2,
+                           sink_positions="cache", n_persistent=3, block_size=4),
+        [2, 4, 6, 8]),
     # linear attention: T > 3 x 64 straddles the chunked kernel's 64-token chunks
     "linear_attn_elu": Case(mx.LinearAttention, dict(n_heads=4, feature_map="elu"), [64]),
     "linear_attn_gated_relu": Case(mx.LinearAttention, dict(n_heads=2, feature_map="relu",

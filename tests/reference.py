@@ -52,10 +52,11 @@ def streaming_attention_ref(m, x: torch.Tensor) -> torch.Tensor:
                 kj = _rope(k[:, j, hk], pk, base)
                 scores.append((qi * kj).sum(-1) / math.sqrt(Dh))
                 vals.append(v[:, j, hk])
-            if m.sink_kv is not None:
-                sk, sv = m.sink_kv.double()
-                scores.append((q[:, i, h] * sk[hk]).sum(-1) / math.sqrt(Dh))
-                vals.append(sv[hk].expand(B, Dh))
+            if m.persistent_kv is not None:           # position-free: un-rotated query
+                pk, pv = m.persistent_kv.double()       # [Hkv, Np, Dh] each
+                for n in range(m.n_persistent):
+                    scores.append((q[:, i, h] * pk[hk, n]).sum(-1) / math.sqrt(Dh))
+                    vals.append(pv[hk, n].expand(B, Dh))
             p = torch.softmax(torch.stack(scores, -1), -1)                 # [B, n]
             out[:, i, h] = torch.einsum("bn,nbd->bd", p, torch.stack(vals, 0))
     return m.o_proj(out.reshape(B, T, H * Dh).to(x.dtype))
