@@ -5,9 +5,22 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import torch
+
 from memarch import mixers as mx
 
 D_MODEL = 32
+
+
+def run_chunks(m, x, lengths):
+    """Run mixer ``m`` over x [B, T, D] in calls of the given lengths, carrying the state:
+    (outputs [B, T, D], final state)."""
+    ys, s, a = [], None, 0
+    for n in lengths:
+        out = m(x[:, a:a + n], s)
+        ys.append(out.y)
+        s, a = out.state, a + n
+    return torch.cat(ys, dim=1), s
 
 
 @dataclass

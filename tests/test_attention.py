@@ -9,7 +9,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from memarch.mixers import Attention
-from mixer_cases import CASES, D_MODEL
+from mixer_cases import CASES, D_MODEL, run_chunks
 from reference import _rope, streaming_attention_ref
 
 ATTN_CASES = [n for n, c in CASES.items() if c.cls is Attention]
@@ -241,15 +241,6 @@ def test_persistent_pairs_are_not_state(checks):
         checks.close(b.init_state(2), a.init_state(2), atol=0, msg="same empty state")
 
 
-def _chunks(m, x, lengths):
-    ys, s, a = [], None, 0
-    for n in lengths:
-        out = m(x[:, a:a + n], s)
-        ys.append(out.y)
-        s, a = out.state, a + n
-    return torch.cat(ys, 1), s
-
-
 @pytest.mark.parametrize("cfg", ["full_gqa", "window_sinks_cache"])
 def test_persistent_memory_streams_exactly(cfg, checks):
     """n_persistent=2: one call == token by token == chunks (straddling the window 6,
@@ -260,7 +251,7 @@ def test_persistent_memory_streams_exactly(cfg, checks):
     full = m(x)
     for kind, lengths in {"token_by_token": [1] * T, "around": [1, 1, 3, 1, 2, 1, 5, 4, 11],
                           "straddle": [7, 9, 9, 4], "prefill_then_decode": [20] + [1] * 9}.items():
-        y, s = _chunks(m, x, lengths)
+        y, s = run_chunks(m, x, lengths)
         checks.close(y, full.y, atol=1e-10, rtol=1e-10, msg=f"{cfg} {kind} outputs")
         checks.close(s, full.state, atol=1e-10, rtol=1e-10, msg=f"{cfg} {kind} state")
 

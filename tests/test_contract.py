@@ -11,7 +11,7 @@ import torch
 
 from memarch import mixers as mx
 from memarch import state as st
-from mixer_cases import CASES, D_MODEL
+from mixer_cases import CASES, D_MODEL, run_chunks
 
 TOL = {torch.float32: 1e-5, torch.float64: 1e-10}
 
@@ -32,15 +32,6 @@ def _splits(T: int, boundaries: list[int], seed: int) -> dict[str, list[int]]:
             "straddle": lengths(straddle), "token_by_token": [1] * T}
 
 
-def _run_chunks(m, x, lengths):
-    ys, s, a = [], None, 0
-    for n in lengths:
-        out = m(x[:, a:a + n], s)
-        ys.append(out.y)
-        s, a = out.state, a + n
-    return torch.cat(ys, dim=1), s
-
-
 def test_every_exported_mixer_has_a_case(checks):
     exported = {obj for name in mx.__all__ if inspect.isclass(obj := getattr(mx, name))
                 and issubclass(obj, mx.Mixer) and obj is not mx.Mixer}
@@ -59,7 +50,7 @@ def test_streaming_contract(name, dtype, checks):
     tol = TOL[dtype]
     checks.true(full.y.shape == x.shape and full.y.dtype == dtype, "output shape/dtype")
     for kind, lengths in _splits(T, case.boundaries, seed=zlib.crc32(name.encode())).items():
-        y, s = _run_chunks(m, x, lengths)
+        y, s = run_chunks(m, x, lengths)
         checks.close(y, full.y, atol=tol, rtol=tol, msg=f"{name} {kind} outputs")
         checks.close(s, full.state, atol=tol, rtol=tol, msg=f"{name} {kind} final state")
 
@@ -89,7 +80,7 @@ def test_gradients_flow_through_the_state(name, checks):
     m(x).y.square().sum().backward()
     g_full = [p.grad.clone() for p in m.parameters()]
     m.zero_grad()
-    y, _ = _run_chunks(m, x, [5, 1, case.horizon - 6])
+    y, _ = run_chunks(m, x, [5, 1, case.horizon - 6])
     y.square().sum().backward()
     checks.close([p.grad for p in m.parameters()], g_full, atol=1e-10, msg="param grads")
 
@@ -124,6 +115,6 @@ def test_non_finite_input_is_causal(name, bad, checks):
         checks.close(y[0, :t], clean[0, :t], atol=0, msg=f"{name}: outputs before t={t}")
         checks.close(y[1], clean[1], atol=0, msg=f"{name}: other rows")
         if bad != bad and t == T // 2:                                   # NaN: streaming
-            ys, _ = _run_chunks(m, xb, [1] * T)
+            ys, _ = run_chunks(m, xb, [1] * T)
             torch.testing.assert_close(ys, y, atol=1e-10, rtol=1e-10, equal_nan=True)
             checks.n += 1

@@ -290,19 +290,23 @@ class Attention(Mixer):
         return o, new
 
     def _attend_with_persistent(self, q, qr, K, V, mask):
-        """Softmax over [Np persistent pairs, K] (the pairs scored with un-rotated queries)."""
+        """Softmax over [Np persistent pairs, K] (the pairs scored with un-rotated queries);
+        ``mask [T, L]`` selects the visible keys. With Np = 0: plain masked attention."""
         B, H, T, Dh = qr.shape
         Hkv, G, Np = self.n_kv_heads, H // self.n_kv_heads, self.n_persistent
         ct = _compute_dtype(qr.dtype)
         qg = qr.reshape(B, Hkv, G, T, Dh).to(ct)
         s = torch.einsum("bhgtd,bhud->bhgtu", qg, K.to(ct)) * self.scale
         s = s.masked_fill(~mask, float("-inf"))
-        pk, pv = self.persistent_kv.to(ct)                               # [Hkv, Np, Dh] each
-        s0 = torch.einsum("bhgtd,hnd->bhgtn", q.reshape(B, Hkv, G, T, Dh).to(ct),
-                          pk) * self.scale                               # [B, Hkv, G, T, Np]
-        p = torch.softmax(torch.cat([s0, s], dim=-1), dim=-1)
-        o = (torch.einsum("bhgtu,bhud->bhgtd", p[..., Np:], V.to(ct))
-             + torch.einsum("bhgtn,hnd->bhgtd", p[..., :Np], pv))
+        if Np:
+            pk, pv = self.persistent_kv.to(ct)                           # [Hkv, Np, Dh] each
+            s0 = torch.einsum("bhgtd,hnd->bhgtn", q.reshape(B, Hkv, G, T, Dh).to(ct),
+                              pk) * self.scale                           # [B, Hkv, G, T, Np]
+            s = torch.cat([s0, s], dim=-1)
+        p = torch.softmax(s, dim=-1)
+        o = torch.einsum("bhgtu,bhud->bhgtd", p[..., Np:], V.to(ct))
+        if Np:
+            o = o + torch.einsum("bhgtn,hnd->bhgtd", p[..., :Np], pv)
         return o.reshape(B, H, T, Dh).to(qr.dtype)
 
     def _banded(self, q, qr, q_sink, kr, v, state: SinkWindowState):

@@ -74,6 +74,7 @@ MAC, MAG and MAL: see ``MemoryAsContext``, ``MemoryAsGate``; MAL is the layer st
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections.abc import Mapping
 from typing import NamedTuple
@@ -107,6 +108,16 @@ def _causal_conv(uu: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     for i in range(1, K):
         out = out + uu[:, i:i + T] * w[:, 0, i]
     return out
+
+
+def _silu_conv(u: torch.Tensor, conv: torch.Tensor, w: torch.Tensor | None, ct):
+    """SiLU then the depthwise causal conv over [window, new]: u [B, T, C] (a projection),
+    conv [B, K-1, C] the window. Returns (out [B, T, C] in ct, the new window)."""
+    u = F.silu(u).to(ct)
+    if w is None:
+        return u, conv
+    uu = torch.cat([conv, u], 1)                                           # [B, K-1+T, C]
+    return _causal_conv(uu, w.to(ct)), uu[:, uu.shape[1] - (w.shape[-1] - 1):]
 
 
 def _rms(u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -320,14 +331,8 @@ class NeuralMemory(Mixer):
     def qkv(self, x: torch.Tensor, conv: torch.Tensor, ct: torch.dtype):
         """q, k, v [B, H, T, Dh] (ct) and the new conv window, from x [B, T, D]."""
         B, T, _ = x.shape
-        H, Dh, K = self.n_heads, self.head_dim, self.conv_size
-        u = F.silu(self.qkv_proj(x)).to(ct)                               # [B, T, 3 H Dh]
-        if K:
-            uu = torch.cat([conv, u], 1)                                   # [B, K-1+T, 3HDh]
-            new_conv = uu[:, uu.shape[1] - (K - 1):]
-            u = _causal_conv(uu, self.conv_weight.to(ct))                 # [B, T, 3 H Dh]
-        else:
-            new_conv = conv
+        H, Dh = self.n_heads, self.head_dim
+        u, new_conv = _silu_conv(self.qkv_proj(x), conv, self.conv_weight, ct)  # [B, T, 3HDh]
         q, k, v = u.view(B, T, 3, H, Dh).permute(2, 0, 3, 1, 4)           # [B, H, T, Dh] each
         return _l2(q), _l2(k), v, new_conv
 
@@ -471,7 +476,6 @@ def _memory_kwargs(owner: str, memory, **defaults) -> dict:
     if not isinstance(memory, Mapping):            # dict, or Hydra's DictConfig
         raise ValueError(f"{owner}: memory must be a dict of NeuralMemory kwargs, got "
                          f"{type(memory).__name__}")
-    import inspect
     known = set(inspect.signature(NeuralMemory.__init__).parameters) - {
         "self", "d_model", "layer_idx"}
     unknown = sorted(set(memory) - known)
@@ -643,11 +647,7 @@ class MemoryAsContext(Mixer):
         """The memory's reads h [B, T, D] for queries from x, and the new conv window."""
         mem = self.memory
         B, T, _ = x.shape
-        u = F.silu(self.h_proj(x)).to(ct)                                  # [B, T, Hm Dhm]
-        if mem.conv_size:
-            uu = torch.cat([conv, u], 1)
-            conv = uu[:, uu.shape[1] - (mem.conv_size - 1):]
-            u = _causal_conv(uu, self.h_conv_weight.to(ct))
+        u, conv = _silu_conv(self.h_proj(x), conv, self.h_conv_weight, ct)  # [B, T, Hm Dhm]
         q = _l2(u.view(B, T, mem.n_heads, mem.head_dim).transpose(1, 2))  # [B, Hm, T, Dhm]
         return mem.output(mem.read(ws, q), x), conv
 
@@ -656,7 +656,7 @@ class MemoryAsContext(Mixer):
         at = self.attn
         B, T, _ = x.shape
         H, Hkv, Dh, G = at.n_heads, at.n_kv_heads, at.head_dim, at.n_heads // at.n_kv_heads
-        dev, ct = x.device, torch.promote_types(x.dtype, torch.float32)
+        dev = x.device
         q = at.q_proj(x).view(B, T, H, Dh)
         k, v = at.kv_proj(x).view(B, T, 2, Hkv, Dh).unbind(2)
         hk, hv = at.kv_proj(h).view(B, T, 2, Hkv, Dh).unbind(2)
@@ -672,20 +672,11 @@ class MemoryAsContext(Mixer):
         V = torch.cat([state.v[:, :, :a0], v, state.hv[:, :, :a0], hv], 2)
         kp = torch.arange(a0 + T, device=dev).repeat(2)                   # key positions
         Kf, Vf, bad = _finite_kv(K, V)                                    # bad [B, Hkv, L]
-        qg = qr.reshape(B, Hkv, G, T, Dh).to(ct)
-        s = torch.einsum("bhgtd,bhud->bhgtu", qg, Kf.to(ct)) * at.scale
-        s = s.masked_fill(bad[:, :, None, None], float("nan"))
-        s = s.masked_fill(~(kp[None, :] <= p[:, None]), float("-inf"))    # causal in segment
-        parts = [s]
-        if at.n_persistent:
-            pk, pv = at.persistent_kv.to(ct)                               # [Hkv, Np, Dh]
-            q0 = q.transpose(1, 2).reshape(B, Hkv, G, T, Dh).to(ct)
-            parts.insert(0, torch.einsum("bhgtd,hnd->bhgtn", q0, pk) * at.scale)
-        w = torch.softmax(torch.cat(parts, -1), -1)
-        o = torch.einsum("bhgtu,bhud->bhgtd", w[..., -K.shape[2]:], Vf.to(ct))
-        if at.n_persistent:
-            o = o + torch.einsum("bhgtn,hnd->bhgtd", w[..., :at.n_persistent], pv)
-        y = at.o_proj(o.reshape(B, H, T, Dh).transpose(1, 2).reshape(B, T, H * Dh).to(x.dtype))
+        mask = kp[None, :] <= p[:, None]                                   # [T, L] causal
+        o = at._attend_with_persistent(q.transpose(1, 2), qr, Kf, Vf, mask)  # [B, H, T, Dh]
+        seen = (bad[:, :, None, :] & mask).any(-1).repeat_interleave(G, 1)  # [B, H, T]
+        o = o.masked_fill(seen[..., None], float("nan"))      # a visible non-finite key/value
+        y = at.o_proj(o.transpose(1, 2).reshape(B, T, H * Dh))
         end = a0 + T
         if end == N:                                                       # segment complete
             kv = [torch.zeros_like(t) for t in (state.k, state.v, state.hk, state.hv)]
