@@ -230,10 +230,13 @@ class Planned(abc.ABC):
             L = min(bad)
             more = sorted(set(bad) - {L})
             also = f"; also too short: {more}" if more else ""
-            raise LengthTooShortError(
-                f"{self.task}: a length of {L} tokens is too short for this task: the prompt "
-                f"without any haystack already takes {bad[L]} tokens (expected lengths >= "
-                f"{bad[L]}){also}", length=L, need=bad[L])
+            raise LengthTooShortError(f"{self.task}: {self._too_short_text(L, bad[L])}{also}",
+                                      length=L, need=bad[L])
+
+    def _too_short_text(self, length: int, need: int) -> str:
+        """Why ``length`` is too short (it needs ``need`` tokens); suites may say it better."""
+        return (f"a length of {length} tokens is too short for this task: the prompt without "
+                f"any haystack already takes {need} tokens (expected lengths >= {need})")
 
     @abc.abstractmethod
     def _run(self, out_dir: Path) -> dict:

@@ -26,14 +26,7 @@ import torch
 from memarch.data.synthetic import IGNORE_INDEX, MQAR
 
 from ..io import JsonlWriter, environment, progress, write_json
-from .common import (
-    FnSuite,
-    LengthTooShortError,
-    check_lengths,
-    check_positive,
-    plot_name,
-    runner,
-)
+from .common import FnSuite, check_lengths, check_positive, plot_name, runner
 
 __all__ = ["EVAL_SEED_OFFSET", "MQARSuite", "mqar_dataset", "mqar_predictions", "mqar_suite",
            "run_mqar"]
@@ -61,7 +54,7 @@ def _too_short_message(L: int, n: int, gap: int) -> str:
 
 class MQARSuite(FnSuite):
     """The MQAR plan: ``too_short()`` gives the lengths below ``4 * num_kv_pairs + gap``
-    (``tasks=auto`` drops them), ``check()`` raises for the shortest one."""
+    (``tasks=auto`` drops them), ``check()`` raises for the shortest one with MQAR's reason."""
 
     def __init__(self, fn, lengths: list[int], kv: list[int], gap: int):
         super().__init__("mqar", fn, lengths)
@@ -71,15 +64,8 @@ class MQARSuite(FnSuite):
         return {L: 4 * n + self.gap for L, n in zip(self.lengths, self.kv)
                 if L < 4 * n + self.gap}
 
-    def check(self) -> None:
-        bad = self.too_short()
-        if bad:
-            L = min(bad)
-            n = dict(zip(self.lengths, self.kv))[L]
-            more = sorted(set(bad) - {L})
-            also = f"; also too short: {more}" if more else ""
-            raise LengthTooShortError(f"mqar: {_too_short_message(L, n, self.gap)}{also}",
-                                      length=L, need=bad[L])
+    def _too_short_text(self, length: int, need: int) -> str:
+        return _too_short_message(length, dict(zip(self.lengths, self.kv))[length], self.gap)
 
 
 def mqar_dataset(seq_len: int, num_kv_pairs: int, *, num_keys: int, num_values: int,
