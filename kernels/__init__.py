@@ -9,12 +9,15 @@ Ops:
     linear_attn(q, k, v, *, g, scale, normalize, eps, initial_state, output_final_state, impl)
         -> (o, LinearAttnState | None)
     sliding_window_attn(q, k, v, *, window, q_offset, sink_k, sink_v, sink_q, scale, impl) -> o
+    delta_rule(q, k, v, beta, *, g, scale, initial_state, output_final_state, impl)
+        -> (o, S | None)
 
 ``impl="auto"`` picks $MEMARCH_KERNEL_IMPL when set (naive | torch | triton), else "triton"
 for CUDA tensors and "torch" elsewhere.
 """
 
+from .delta_rule import delta_rule
 from .linear_attn import LinearAttnState, linear_attn
 from .sliding_window import sliding_window_attn
 
-__all__ = ["LinearAttnState", "linear_attn", "sliding_window_attn"]
+__all__ = ["LinearAttnState", "delta_rule", "linear_attn", "sliding_window_attn"]

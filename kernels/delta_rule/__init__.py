@@ -1,0 +1,150 @@
+"""``delta_rule``: the gated delta rule with a recurrent state.
+
+The equations, shapes, state and implementations are in ``delta_rule``'s own docstring
+(``help(memarch.kernels.delta_rule)`` shows it: the function shadows this module's name in
+``memarch.kernels``). The implementations live in ``naive.py``, ``torch_chunk.py`` and
+``triton_chunk.py`` beside this file.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .._common import check, check_float, check_triton, pick_impl
+from .naive import delta_rule_naive
+from .torch_chunk import chunk_delta_rule
+
+__all__ = ["MAX_TRITON_DIM", "delta_rule"]
+
+MAX_TRITON_DIM = 128
+OP = "delta_rule"
+
+
+def delta_rule(q, k, v, beta, *, g=None, scale=None, initial_state=None,
+               output_final_state: bool = False, impl: str = "auto"):
+    """The gated delta rule: a linear memory that overwrites what it stores under a key.
+
+    S_t = exp(g_t) (I - beta_t k_t k_t^T) S_{t-1} + beta_t k_t v_t^T      S [K, V]
+    o_t = (scale q_t)^T S_t
+
+    (memarch's orientation: read q^T S, write k v^T; the paper's S_t = S_{t-1} alpha_t
+    (I - beta_t k_t k_t^T) + beta_t v_t k_t^T is its transpose.) Equivalently: decay
+    S' = exp(g_t) S_{t-1}, then move the value stored under k_t towards v_t by beta_t,
+    S_t = S' + beta_t k_t (v_t - k_t^T S')^T. With unit-norm k and beta in [0, 1] the
+    write is a contraction; callers normally L2-normalise q and k (MoM's delta cell does).
+
+    Args:
+        q, k: [B, T, H, K]; same dtype as v.
+        v: [B, T, H, V].
+        beta: [B, T, H] write strength per token and head (usually sigmoid(.) in (0, 1)).
+        g: [B, T, H] log-space decay per token and head, must be <= 0; None = no decay
+            (the plain delta rule).
+        scale: multiplies q; default K^-0.5.
+        initial_state: S_0 [B, H, K, V] (a tensor; a ``LinearAttnState(S, None)`` is also
+            taken); None = zeros.
+        output_final_state: also return the state after the last token.
+        impl: "naive" (token loop, the spec), "torch" (chunked WY/UT form, autograd
+            backward), "triton" (chunked forward/backward kernels; a fused kernel for
+            one-token decode without grad; K, V <= 128). "auto" = $MEMARCH_KERNEL_IMPL if
+            set, else triton on CUDA, torch elsewhere.
+
+    Returns:
+        ``(o, S)``: o [B, T, H, V] in v's dtype; S [B, H, K, V] fp32 (fp64 for fp64 inputs
+        on the naive/torch paths), or None unless ``output_final_state``. Feeding S back as
+        ``initial_state`` continues the sequence exactly (chunked streaming).
+
+    Errors and non-finite input: ``g > 0`` raises ValueError when g is not on a CUDA device
+    (on CUDA it is not checked: a host sync per call). A token t whose k, v, beta or g holds
+    a non-finite value changes no output before t, and every output from t on (and the final
+    state) is NaN: each later output reads the state that token wrote. Every implementation
+    does this the same way: such tokens are replaced by a no-op write (k = v = beta = g = 0)
+    and the outputs that follow them are set to NaN. A non-finite q_t only affects o_t.
+
+    Example (CPU, tiny sizes)::
+
+        B, T, H, K, V = 1, 8, 2, 4, 4
+        q, k = (F.normalize(torch.randn(B, T, H, K), dim=-1) for _ in range(2))
+        v = torch.randn(B, T, H, V)
+        beta = torch.rand(B, T, H)
+        g = F.logsigmoid(torch.randn(B, T, H))
+        o, S = delta_rule(q, k, v, beta, g=g, output_final_state=True)
+        o2, _ = delta_rule(q, k, v, beta, g=g, initial_state=S)   # continues
+    """
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        check(isinstance(t, torch.Tensor) and t.dim() == 4, OP,
+              f"{name} must be a 4-d tensor [B, T, H, D], got "
+              f"{tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__}")
+    check(isinstance(beta, torch.Tensor), OP, f"beta must be a tensor [B, T, H], got "
+          f"{type(beta).__name__}")
+    check_float(OP, q=q, k=k, v=v, beta=beta, g=g)
+    B, T, H, K = q.shape
+    V = v.shape[-1]
+    check(tuple(k.shape) == (B, T, H, K), OP, f"k must have q's shape {list(q.shape)}, got "
+          f"{list(k.shape)}")
+    check(tuple(v.shape[:3]) == (B, T, H), OP, f"v must have shape [B, T, H, V] with [B, T, H] "
+          f"= {[B, T, H]}, got {list(v.shape)}")
+    check(q.dtype == k.dtype == v.dtype, OP, f"q, k, v must share a dtype, got {q.dtype}, "
+          f"{k.dtype}, {v.dtype}")
+    check(K >= 1 and V >= 1, OP, f"K and V must be >= 1, got K={K}, V={V}")
+    check(tuple(beta.shape) == (B, T, H), OP, f"beta must have shape [B, T, H] = {[B, T, H]}, "
+          f"got {list(beta.shape)}")
+    if g is not None:
+        check(tuple(g.shape) == (B, T, H), OP, f"g must have shape [B, T, H] = {[B, T, H]}, got "
+              f"{list(g.shape)}")
+        if not g.is_cuda and bool((g > 0).any()):        # no host sync on CUDA
+            raise ValueError(f"{OP}: g must be <= 0 (log-space decay; exp(g) > 1 grows the "
+                             f"state until it overflows), got max(g) = "
+                             f"{g.detach()[g > 0].max().item():.4g}")
+    for name, t in (("k", k), ("v", v), ("beta", beta), ("g", g)):
+        check(t is None or t.device == q.device, OP, f"{name} must be on q's device {q.device}")
+    S0 = _unpack_state(initial_state, B, H, K, V)
+    scale = K ** -0.5 if scale is None else float(scale)
+    impl = pick_impl(OP, impl, q)
+    if impl == "triton" and T == 0:       # nothing to launch: what the torch path returns
+        impl = "torch"
+    if impl == "triton":
+        check_triton(OP, q)
+        check(K <= MAX_TRITON_DIM and V <= MAX_TRITON_DIM, OP,
+              f"impl='triton' supports K, V <= {MAX_TRITON_DIM}, got K={K}, V={V}")
+
+    # non-finite k/v/beta/g at token t: a no-op write there, NaN outputs from t on (doc above)
+    bad = ~(k.isfinite().all(-1) & v.isfinite().all(-1) & beta.isfinite())   # [B, T, H]
+    if g is not None:
+        bad = bad | ~g.isfinite()
+    poison = q.is_cuda or bool(bad.any())             # no host sync on CUDA: always select
+    if poison:
+        k = torch.where(bad[..., None], 0.0, k)
+        v = torch.where(bad[..., None], 0.0, v)
+        beta = torch.where(bad, 0.0, beta)
+        g = None if g is None else torch.where(bad, 0.0, g)
+
+    if impl == "naive":
+        o, S = delta_rule_naive(q, k, v, beta, g, scale, S0)
+    elif impl == "torch":
+        o, S = chunk_delta_rule(q, k, v, beta, g, scale, S0)
+    else:
+        from .triton_chunk import (
+            delta_rule_triton,  # lazy: importing memarch.kernels stays triton-free
+        )
+        o, S = delta_rule_triton(q, k, v, beta, g, scale, S0)
+    if poison:
+        seen = bad.cumsum(1) > 0                                        # [B, T, H]
+        o = torch.where(seen[..., None], float("nan"), o)
+        if T > 0:
+            S = torch.where(seen[:, -1, :, None, None], float("nan"), S)
+    return o, (S if output_final_state else None)
+
+
+def _unpack_state(initial_state, B: int, H: int, K: int, V: int):
+    if initial_state is None:
+        return None
+    S0 = initial_state
+    if isinstance(initial_state, (tuple, list)):     # LinearAttnState(S, None) / (S, None)
+        check(len(initial_state) == 2 and initial_state[1] is None, OP,
+              "initial_state must be a tensor S [B, H, K, V] (or a LinearAttnState(S, None))")
+        S0 = initial_state[0]
+    check(isinstance(S0, torch.Tensor) and tuple(S0.shape) == (B, H, K, V), OP,
+          f"initial_state must have shape [B, H, K, V] = {[B, H, K, V]}, got "
+          f"{list(S0.shape) if isinstance(S0, torch.Tensor) else type(S0).__name__}")
+    check_float(OP, initial_state=S0)
+    return S0
