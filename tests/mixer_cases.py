@@ -89,3 +89,15 @@ CASES.update({
                                              memory=dict(n_heads=2, chunk_size=5, max_lr=0.3)),
                        [3, 5, 6]),
 })
+
+# MoM: boundaries at the conv width (4) and the kernels' 64-token chunk; 3 memories so that
+# top-k leaves one out; both cells, shared memory on and off, top-k 1 and 2.
+CASES.update({
+    "mom_gdn_shared_top2": Case(mx.MoM, dict(n_heads=2, n_memories=3, topk=2), [3, 4, 64]),
+    "mom_gdn_top1": Case(mx.MoM, dict(n_heads=2, n_memories=3, topk=1, shared_memory=False),
+                         [3, 4, 64]),
+    "mom_linear_shared_top1": Case(mx.MoM, dict(n_heads=2, n_memories=3, topk=1,
+                                                cell="linear"), [3, 4, 64]),
+    "mom_linear_top2_noconv": Case(mx.MoM, dict(n_heads=4, n_memories=3, topk=2, cell="linear",
+                                                shared_memory=False, conv_size=0), [64]),
+})

@@ -13,6 +13,7 @@ from memarch.mixers.base import Mixer, MixerOutput
 from memarch.mixers.based import BaseConv, BasedLinearAttention
 from memarch.mixers.feature_maps import TaylorFeatureMap, make_feature_map
 from memarch.mixers.linear_attention import LinearAttention, LinearAttentionState
+from memarch.mixers.mom import MoM, MoMState
 from memarch.mixers.short_conv import ShortConv, ShortConvState
 from memarch.mixers.titans import (
     MemoryAsContext, MemoryAsContextState, MemoryAsGate, MemoryAsGateState, NeuralMemory,
@@ -26,4 +27,5 @@ __all__ = [
     "TaylorFeatureMap", "make_feature_map",
     "NeuralMemory", "NeuralMemoryState", "MemoryAsContext", "MemoryAsContextState",
     "MemoryAsGate", "MemoryAsGateState",
+    "MoM", "MoMState",
 ]

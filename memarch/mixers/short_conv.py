@@ -17,9 +17,21 @@ from torch import nn
 
 from memarch.mixers.base import Mixer, MixerOutput
 
-__all__ = ["ShortConv", "ShortConvState"]
+__all__ = ["ShortConv", "ShortConvState", "causal_conv"]
 
 _ACTS = {None: lambda x: x, "identity": lambda x: x, "silu": F.silu}
+
+
+def causal_conv(uu: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """Depthwise causal conv: uu [B, K-1+T, C] (window then new inputs), w [C, 1, K] ->
+    [B, T, C] with out_t = sum_i w[:, 0, i] uu_{t+i}. K shifted multiply-adds: on CPU much
+    faster than conv1d's depthwise backward, and the same sum as ``F.conv1d``. Used by
+    Titans' and MoM's q/k/v convolutions."""
+    K, T = w.shape[-1], uu.shape[1] - w.shape[-1] + 1
+    out = uu[:, :T] * w[:, 0, 0]
+    for i in range(1, K):
+        out = out + uu[:, i:i + T] * w[:, 0, i]
+    return out
 
 
 class ShortConvState(NamedTuple):

@@ -85,6 +85,7 @@ from torch import nn
 
 from memarch.mixers.attention import Attention, _finite_kv
 from memarch.mixers.base import Mixer, MixerOutput, check_positive_int
+from memarch.mixers.short_conv import causal_conv as _causal_conv
 from memarch.modules.norm import RMSNorm
 from memarch.modules.rotary import apply_rotary
 
@@ -97,17 +98,6 @@ _NORM_EPS = 1e-6
 
 def _l2(x: torch.Tensor) -> torch.Tensor:
     return x / x.norm(dim=-1, keepdim=True).clamp_min(_L2_EPS)
-
-
-def _causal_conv(uu: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-    """Depthwise causal conv: uu [B, K-1+T, C] (window then new inputs), w [C, 1, K] ->
-    [B, T, C] with out_t = sum_i w[:, 0, i] uu_{t+i}. K shifted multiply-adds: on CPU much
-    faster than conv1d's depthwise backward, and the same sum as ``F.conv1d``."""
-    K, T = w.shape[-1], uu.shape[1] - w.shape[-1] + 1
-    out = uu[:, :T] * w[:, 0, 0]
-    for i in range(1, K):
-        out = out + uu[:, i:i + T] * w[:, 0, i]
-    return out
 
 
 def _silu_conv(u: torch.Tensor, conv: torch.Tensor, w: torch.Tensor | None, ct):

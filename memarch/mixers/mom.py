@@ -1,0 +1,243 @@
+"""Mixture-of-Memories (Du et al., "MoM: Linear Sequence Modeling with Mixture-of-Memories",
+2502.13685): a router sends each token to k of M linear recurrent memories, an always-on
+shared memory sees every token, and the reads are mixed by the routing weights.
+
+Per token x_t (heads h = 1..H; memories m = 1..M, plus the shared memory m = 0):
+
+    p_t       = softmax(W_r x_t)                      [M]   router (fp32)
+    R_t, w_t  = top-k of p_t, w_t renormalised to sum to 1
+    q_t       = act(conv(W_q x))_t                    shared by every memory
+    k^m_t     = act(conv(W_k^m x))_t,  v^m_t = act(conv(W_v^m x))_t     own projections
+    g^m_t     = -exp(A_log) softplus(W_a^m x_t + dt_bias)   (<= 0, log decay per head)
+    beta^m_t  = sigmoid(W_b^m x_t)                    (gated_delta only)
+
+    cell "gated_delta":  S^m_t = exp(g^m_t) (I - beta^m_t k k^T) S^m_{t-1} + beta^m_t k v^T,
+                         q, k L2-normalised             (``memarch.kernels.delta_rule``)
+    cell "linear":       S^m_t = exp(g^m_t) S^m_{t-1} + k v^T    (gated linear attention,
+                         ``memarch.kernels.linear_attn`` with decay, no normaliser)
+    a memory m not in R_t is untouched at t: zero write and no decay (beta = 0 | k = 0, g = 0)
+
+    o_t = sum_{m in R_t} w^m_t (scale q_t^T S^m_t) + scale q_t^T S^0_t      [H, V]
+    y_t = W_o [ RMSNorm(o_t) * SiLU(W_g x_t) ]         (per-head gated RMSNorm)
+
+conv is a depthwise causal convolution of width ``conv_size`` (then SiLU; no conv when
+``conv_size`` is 0: SiLU only), computed on the original timeline for every memory. The
+reference repositories pack each memory's tokens into its own sequence, run the convolution
+there (across memory boundaries: a token's window holds other tokens routed to the same
+memory, and in training even the neighbouring memory's tokens) and sort tokens with an
+unstable sort; memarch follows the paper's definition of the memories as recurrences over
+the tokens routed to them and keeps the conv a per-token feature of x (the issue's choice),
+so routing never changes what a token writes, only where.
+
+Implementation: the masked form. All M + 1 memories run over the whole timeline as M + 1
+groups of heads in one kernel call; unrouted tokens are masked by selection (never by
+multiplying a possibly non-finite value by zero), and a memory that no token of the call
+reaches keeps its state bitwise. This costs (M + 1) / (k + 1) of a packed path in flops
+(5/3 at the paper's M = 4, k = 2) and needs no sort, gather or host sync.
+
+Load balancing (Switch Transformer, 2101.03961, eq. 4, with top-k): over the tokens of the
+call, f_m = (number of top-k slots routed to m) / (N k), P_m = mean p_t[m];
+``aux_loss = aux_loss_coef * M * sum_m f_m P_m`` (= aux_loss_coef at perfect balance; the
+Mixtral form used by the MoM code is k times this). Training adds ``aux_loss`` to the loss
+as it is (``LitLM.aux_loss_weight`` = 1).
+
+State ``MoMState(S [B, M, H, K, V], shared [B, H, K, V] | None, conv [B, conv_size-1, C] |
+None, pos [B])``: the memories, the shared memory and the window of the last conv_size - 1
+q/k/v projections (C = H K + (M + 1) H (K + V) with the shared memory). fp32 (fp64 for fp64
+input); constant size.
+
+Defaults are the paper's (MoM repo ``training/configs/mom.json``): 4 memories, top-2, a
+shared memory, gated delta cell, 4 heads, conv 4, aux loss scale 0.01, expand_v 1.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from memarch.kernels.delta_rule import delta_rule
+from memarch.kernels.linear_attn import linear_attn
+from memarch.mixers.base import Mixer, MixerOutput, check_positive_int
+from memarch.mixers.short_conv import causal_conv
+from memarch.modules.norm import RMSNorm
+
+__all__ = ["MoM", "MoMState"]
+
+CELLS = ("gated_delta", "linear")
+_L2_EPS = 1e-6
+
+
+class MoMState(NamedTuple):
+    S: torch.Tensor                # [B, M, H, K, V] the routed memories (fp32)
+    shared: torch.Tensor | None    # [B, H, K, V] the shared memory, or None
+    conv: torch.Tensor | None      # [B, conv_size-1, C] last q|k|v projections, or None
+    pos: torch.Tensor              # [B] int64 tokens seen
+
+
+class MoM(Mixer):
+    """Args:
+        n_heads: heads (paper: 4).
+        head_dim: q/k width per head (default d_model // n_heads).
+        expand_v: v width per head = head_dim * expand_v (paper: 1).
+        n_memories: routed memories M (paper: 4).
+        topk: memories per token (paper: 2).
+        cell: "gated_delta" (paper's main model) or "linear" (gated linear attention).
+        shared_memory: an extra memory every token writes and reads (paper: on).
+        aux_loss_coef: scale of the load-balancing loss (paper: 0.01); 0 returns None.
+        conv_size: width of the causal conv on q/k/v (paper: 4); 0 = none.
+        norm_eps: eps of the output RMSNorm.
+        impl: kernel implementation ("auto", "torch", "naive", "triton").
+    """
+
+    def __init__(self, d_model: int, *, layer_idx: int | None = None, n_heads: int = 4,
+                 head_dim: int | None = None, expand_v: float = 1.0, n_memories: int = 4,
+                 topk: int = 2, cell: str = "gated_delta", shared_memory: bool = True,
+                 aux_loss_coef: float = 0.01, conv_size: int = 4, norm_eps: float = 1e-6,
+                 impl: str = "auto"):
+        super().__init__(d_model, layer_idx=layer_idx)
+        name = type(self).__name__
+        check_positive_int(name, "n_heads", n_heads)
+        check_positive_int(name, "n_memories", n_memories)
+        check_positive_int(name, "topk", topk)
+        if head_dim is None:
+            if d_model % n_heads:
+                raise ValueError(f"{name}: n_heads={n_heads} must divide d_model={d_model} "
+                                 "(or give head_dim)")
+            head_dim = d_model // n_heads
+        check_positive_int(name, "head_dim", head_dim)
+        if topk > n_memories:
+            raise ValueError(f"{name}: topk must be <= n_memories={n_memories}, got {topk}")
+        if cell not in CELLS:
+            raise ValueError(f"{name}: cell must be one of {CELLS}, got {cell!r}")
+        v_dim = head_dim * expand_v
+        if not (isinstance(expand_v, (int, float)) and expand_v > 0 and v_dim == int(v_dim)):
+            raise ValueError(f"{name}: expand_v must be > 0 with head_dim * expand_v an int, "
+                             f"got expand_v={expand_v!r} (head_dim={head_dim})")
+        if not isinstance(conv_size, int) or isinstance(conv_size, bool) or conv_size < 0:
+            raise ValueError(f"{name}: conv_size must be an int >= 0, got {conv_size!r}")
+        if not (isinstance(aux_loss_coef, (int, float)) and aux_loss_coef >= 0):
+            raise ValueError(f"{name}: aux_loss_coef must be a number >= 0, got "
+                             f"{aux_loss_coef!r}")
+        self.n_heads, self.head_dim, self.v_dim = n_heads, head_dim, int(v_dim)
+        self.n_memories, self.topk, self.cell = n_memories, topk, cell
+        self.shared_memory, self.aux_loss_coef = bool(shared_memory), float(aux_loss_coef)
+        self.conv_size, self.impl = conv_size, impl
+        H, K, V = n_heads, head_dim, self.v_dim
+        E = n_memories + int(self.shared_memory)                 # memories with a state
+        self.n_channels = H * K + E * H * (K + V)                 # q | k per memory | v
+        self.router = nn.Linear(d_model, n_memories, bias=False)
+        self.qkv_proj = nn.Linear(d_model, self.n_channels, bias=False)
+        self.a_proj = nn.Linear(d_model, E * H, bias=False)       # decay input per memory
+        self.b_proj = nn.Linear(d_model, E * H, bias=False) if cell == "gated_delta" else None
+        self.A_log = nn.Parameter(torch.empty(H))
+        self.dt_bias = nn.Parameter(torch.empty(H))
+        self.conv_weight = (nn.Parameter(torch.empty(self.n_channels, 1, conv_size))
+                            if conv_size else None)
+        self.g_proj = nn.Linear(d_model, H * V, bias=False)
+        self.o_norm = RMSNorm(V, eps=norm_eps)
+        self.o_proj = nn.Linear(H * V, d_model, bias=False)
+        self.init_own_parameters()
+
+    def init_own_parameters(self) -> None:
+        """Mamba-2 / Gated DeltaNet decay init (as the MoM code): A ~ U(0, 16), dt log-uniform
+        in [1e-3, 0.1], dt_bias = softplus^-1(dt); conv weights U(+-1/sqrt(width))."""
+        with torch.no_grad():
+            self.A_log.copy_(torch.empty_like(self.A_log).uniform_(1e-4, 16).log())
+            dt = torch.exp(torch.rand_like(self.dt_bias) * (math.log(0.1) - math.log(1e-3))
+                           + math.log(1e-3)).clamp(min=1e-4)
+            self.dt_bias.copy_(dt + torch.log(-torch.expm1(-dt)))
+            if self.conv_weight is not None:
+                bound = self.conv_size ** -0.5
+                self.conv_weight.uniform_(-bound, bound)
+
+    # -- contract ----------------------------------------------------------------------
+    def state_dtype(self, x_dtype: torch.dtype) -> torch.dtype:
+        return torch.float64 if x_dtype == torch.float64 else torch.float32
+
+    def init_state(self, batch_size, *, device=None, dtype=None) -> MoMState:
+        dtype = dtype or torch.float32
+        H, K, V, M = self.n_heads, self.head_dim, self.v_dim, self.n_memories
+        z = lambda *s: torch.zeros(batch_size, *s, device=device, dtype=dtype)
+        return MoMState(z(M, H, K, V), z(H, K, V) if self.shared_memory else None,
+                        z(self.conv_size - 1, self.n_channels) if self.conv_size else None,
+                        torch.zeros(batch_size, dtype=torch.long, device=device))
+
+    def state_size(self, seq_len: int) -> int:
+        E = self.n_memories + int(self.shared_memory)
+        conv = max(self.conv_size - 1, 0) * self.n_channels
+        return E * self.n_heads * self.head_dim * self.v_dim + conv
+
+    # -- math ---------------------------------------------------------------------------
+    def route(self, x: torch.Tensor):
+        """x [B, T, D] -> (probs [B, T, M] fp32, routed [B, T, M] bool, weights [B, T, M]
+        renormalised over the top-k, 0 elsewhere)."""
+        probs = torch.softmax(self.router(x).float(), dim=-1)             # [B, T, M]
+        w, idx = probs.topk(self.topk, dim=-1)                              # [B, T, k]
+        w = w / w.sum(-1, keepdim=True)
+        routed = torch.zeros_like(probs, dtype=torch.bool).scatter(-1, idx, True)
+        return probs, routed, torch.zeros_like(probs).scatter(-1, idx, w)
+
+    def balance_loss(self, probs: torch.Tensor, routed: torch.Tensor) -> torch.Tensor | None:
+        """Switch-style load balancing over the call's tokens (module docstring)."""
+        if self.aux_loss_coef == 0:
+            return None
+        M = self.n_memories
+        f = routed.flatten(0, 1).float().mean(0) / self.topk                # [M], sums to 1
+        P = probs.flatten(0, 1).mean(0)                                      # [M]
+        return self.aux_loss_coef * M * (f * P).sum()
+
+    def _forward(self, x: torch.Tensor, state: MoMState) -> MixerOutput:
+        B, T, _ = x.shape
+        H, K, V, M = self.n_heads, self.head_dim, self.v_dim, self.n_memories
+        E = M + int(self.shared_memory)
+        ct = self.state_dtype(x.dtype)
+        u = self.qkv_proj(x).to(ct)                                          # [B, T, C]
+        conv = state.conv
+        if self.conv_weight is not None:
+            uu = torch.cat([state.conv, u], 1)                               # [B, K-1+T, C]
+            u = causal_conv(uu, self.conv_weight.to(ct))
+            conv = uu[:, uu.shape[1] - (self.conv_size - 1):]
+        u = F.silu(u)
+        q = u[..., :H * K].view(B, T, 1, H, K)                               # shared query
+        k = u[..., H * K:H * K + E * H * K].view(B, T, E, H, K)
+        v = u[..., H * K + E * H * K:].view(B, T, E, H, V)
+
+        probs, routed, w = self.route(x)                                     # [B, T, M]
+        on = torch.ones(B, T, E - M, dtype=torch.bool, device=x.device)
+        live = torch.cat([routed, on], -1)[..., None]                        # [B, T, E, 1]
+        mix = torch.cat([w, on.to(w.dtype)], -1).to(ct)                      # [B, T, E]
+        g = -self.A_log.to(ct).exp() * F.softplus(
+            self.a_proj(x).to(ct).view(B, T, E, H) + self.dt_bias.to(ct))    # [B, T, E, H]
+        g = torch.where(live, g, 0.0)                                        # no decay
+        S0 = state.S if state.shared is None else torch.cat([state.S, state.shared[:, None]], 1)
+        heads = lambda t: t.flatten(2, 3)                                    # [B, T, E H, ...]
+        q = q.expand(B, T, E, H, K)
+        if self.cell == "gated_delta":
+            q, k = _l2(q), _l2(k)
+            beta = torch.sigmoid(self.b_proj(x).to(ct).view(B, T, E, H))
+            beta = torch.where(live, beta, 0.0)                              # zero write
+            o, S = delta_rule(heads(q), heads(k), heads(v), heads(beta), g=heads(g),
+                              initial_state=S0.flatten(1, 2), output_final_state=True,
+                              impl=self.impl)
+        else:
+            k = torch.where(live[..., None], k, 0.0)                         # zero write
+            o, (S, _) = linear_attn(heads(q), heads(k), heads(v), g=heads(g),
+                                    initial_state=S0.flatten(1, 2), output_final_state=True,
+                                    impl=self.impl)
+        o = o.view(B, T, E, H, V)
+        S = S.view(B, E, H, K, V)
+        reached = live[:, :, :, 0].any(1)[..., None, None, None]            # [B, E, 1, 1, 1]
+        S = torch.where(reached, S, S0)                # an unreached memory keeps its bits
+        o = torch.where(live[..., None], o * mix[..., None, None], 0.0).sum(2)   # [B, T, H, V]
+        y = self.o_norm(o) * F.silu(self.g_proj(x).to(ct).view(B, T, H, V))
+        y = self.o_proj(y.reshape(B, T, H * V).to(x.dtype))
+        new = MoMState(S[:, :M], S[:, M] if self.shared_memory else None, conv, state.pos + T)
+        return MixerOutput(y, new, self.balance_loss(probs, routed))
+
+
+def _l2(x: torch.Tensor) -> torch.Tensor:
+    return x / x.norm(dim=-1, keepdim=True).clamp_min(_L2_EPS)
