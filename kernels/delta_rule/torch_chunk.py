@@ -31,12 +31,14 @@ import torch
 import torch.nn.functional as F
 
 
-def chunk_delta_rule(q, k, v, beta, g, scale: float, S0, chunk_size: int = 64):
+def chunk_delta_rule(q, k, v, beta, g, scale: float, S0, chunk_size: int | None = None):
     """q, k [B,T,H,K]; v [B,T,H,V]; beta [B,T,H]; g [B,T,H] | None; S0 [B,H,K,V] | None.
-    Returns o [B,T,H,V] (v's dtype) and the final state [B,H,K,V] (fp32 | fp64)."""
+    Returns o [B,T,H,V] (v's dtype) and the final state [B,H,K,V] (fp32 | fp64).
+    chunk_size: default 32 for K, V <= 32 (the [C, C] elementwise work dominates on CPU;
+    measured 1.8x faster than 64 for MoM's 16-wide heads), else 64."""
     B, T, H, K = q.shape
     V = v.shape[-1]
-    C = chunk_size
+    C = chunk_size or (32 if max(K, V) <= 32 else 64)
     N = max(1, -(-T // C))
     pad = N * C - T
     ct = torch.float64 if q.dtype == torch.float64 else torch.float32

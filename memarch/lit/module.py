@@ -1,7 +1,8 @@
 """LitLM: the LightningModule around a memarch network (injected, built by Hydra).
 
-Loss = next-token cross-entropy over labels != -100 (+ aux_loss_weight * the mixers'
-aux_loss). AdamW with a weight-decay split (no decay for norms, biases, embeddings), a
+Loss = next-token cross-entropy over labels != -100 (+ aux_loss_weight * the model's
+aux_loss, the sum of the mixers' aux losses, each already scaled by its mixer, e.g. MoM's
+``aux_loss_coef``; so ``aux_loss_weight`` defaults to 1; logged apart as train/aux_loss). AdamW with a weight-decay split (no decay for norms, biases, embeddings), a
 warmup + cosine schedule, optional ``torch.compile``. With ``stateful=True`` the detached
 model state is carried from one step to the next (truncated BPTT over the segments served
 by ``memarch.data.StreamSegments``) and saved in checkpoints, so resume is exact.
@@ -53,7 +54,7 @@ _MEDIAN_FLOOR = 0.1       # nats: below it a relative jump is noise, not a blow-
 class LitLM(pl.LightningModule):
     def __init__(self, *, net: nn.Module, optimizer: Callable[..., torch.optim.Optimizer],
                  scheduler: Callable[..., Any] | None = None, model_config: dict | None = None,
-                 aux_loss_weight: float = 0.01, stateful: bool = False, compile: bool = False,
+                 aux_loss_weight: float = 1.0, stateful: bool = False, compile: bool = False,
                  tokenizer: str | None = None, divergence_factor: float | None = 10.0,
                  divergence_window: int = 100, divergence_patience: int = 20):
         super().__init__()

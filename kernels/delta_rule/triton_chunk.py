@@ -1,0 +1,497 @@
+"""Gated delta rule in Triton: chunked WY/UT forward/backward kernels and a fused one-token decode.
+
+Chunks of BT = 64 tokens; inside chunk n, b_t = chunk-local cumsum of g, S_n = state before it,
+beta/b/k/v/q the chunk's rows (memarch orientation: S [K, V], read q^T S, write k u^T):
+
+    forward   A[s, r] = beta_s exp(b_s - b_r) k_s.k_r  (r < s)    Tm = (I + A)^-1     (_fwd_wu)
+              W = Tm diag(beta exp(b)) K,   U = Tm diag(beta) V                        (_fwd_wu)
+              u = U - W S_n,   S_{n+1} = exp(b_C) S_n + (K o exp(b_C - b))^T u          (_fwd_h)
+              o = scale [diag(exp(b)) Q S_n + (Q K^T o D) u],  D[t, s] = exp(b_t - b_s), s <= t
+                                                                                        (_fwd_o)
+    backward  du = scale (Q K^T o D)^T dO + (K o exp(b_C - b)) dS_{n+1}
+              dS_n = scale (Q o exp(b))^T dO + exp(b_C) dS_{n+1} - W^T du              (_bwd_dh)
+              u = Tm R with R = diag(beta) V - diag(beta exp(b)) K S_n = (I + A) u, so
+              dR = Tm^T du,  dA = -dR u^T (strictly lower),  dv = beta dR              (_bwd_dv)
+              dq = scale exp(b) o dO S_n^T + M K                M = scale (dO u^T) o D (s <= t)
+              dk = M^T Q + exp(b_C - b) o u dS_{n+1}^T - beta exp(b) o dR S_n^T
+                   + G_b K + G_b^T K                            G = dA o exp(b_s - b_r), G_b = diag(beta) G
+              dbeta = rowsum(dR o V) - exp(b) o rowsum(dR S_n^T o K) + rowsum(G K o K)
+              d b = rowsum(dq o Q) - rowsum(K o (M^T Q + exp(b_C-b) u dS^T - dk_R - G_b K + G_b^T K))
+                    (+ sum(dS_{n+1} o S_{n+1}) at t = C),  dg_t = sum_{t' >= t in chunk} d b_t'
+                                                                                        (_bwd_dqk)
+    (dk_R = -beta exp(b) o dR S_n^T; the b terms of R, A and the intra-chunk scores cancel into
+    the row sums above.) dA = -Tm^T dTm Tm^T collapses to -dR u^T because (I + A) Tm = I.
+
+Tm is found in-kernel by forward substitution over its rows (tl.where/tl.sum, no powers of A).
+The state kernels (_fwd_h, _bwd_dh, _decode) hold the whole K (padded to a power of two, K <=
+128) in one tile: u = U - W S contracts over K. States and all intermediate buffers are fp32;
+every load is up-cast to fp32; tl.dot runs in "ieee" fp32 for fp32 inputs and tf32 otherwise.
+q, k [B, T, H, K], v [B, T, H, V] contiguous; gc, bc [B, H, N*BT] fp32 (chunk cumsum of g and
+beta, zero-padded: padding is a no-op write); tm [B, H, N, BT, BT]; w [B, H, N*BT, K]; U, u,
+du, dR [B, H, N*BT, V]; hbuf/dhbuf [B, H, N, K, V] fp32.
+
+Non-finite input: the op (``delta_rule``) replaces tokens with a non-finite k, v, beta or g by
+a no-op write and poisons the outputs from there on, so these kernels only see finite k, v,
+beta, g. A non-finite q_t only reaches o_t: q enters the forward only as rows of q S_n and
+q K^T (masks select with tl.where, never multiply). The backward makes no promise for
+non-finite input.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+BT = 64
+DECODE_CALLS = 0          # counts decode-kernel launches (tests check the path is taken)
+
+
+def _tile(d: int) -> int:
+    return min(64, max(16, triton.next_power_of_2(d)))
+
+
+def _full(d: int) -> int:
+    return max(16, triton.next_power_of_2(d))
+
+
+def config(K: int, V: int) -> dict:
+    """Tiles the dispatcher launches (checked ahead of time for sm_80/sm_90 in the tests):
+    the state kernels (_fwd_h, _bwd_dh) keep the whole K (BKF, <= 128) by a [BKF, BVS] V tile;
+    the per-chunk kernels use BK, BV <= 32 tiles (they hold several [BT, BT] fp32 matrices)."""
+    return dict(BKF=_full(K), BVS=min(32, _tile(V)), BK=min(32, _tile(K)),
+                BV=min(32, _tile(V)), num_warps=8)
+
+
+@triton.jit
+def _fwd_wu(k, v, bc, gc, tm, w, uu, T, H, K, V, N,
+            BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, DOT_PREC: tl.constexpr,
+            USE_G: tl.constexpr):
+    n, ibh = tl.program_id(0), tl.program_id(1)
+    ibh, n = tl.cast(ibh, tl.int64), tl.cast(n, tl.int64)
+    b, h = ibh // H, ibh % H
+    ot = tl.arange(0, BT)
+    t = n * BT + ot
+    mt = t < T
+    bet = tl.load(bc + ibh * N * BT + t).to(tl.float32)                  # [BT], 0 on padding
+    KK = tl.zeros([BT, BT], dtype=tl.float32)
+    for ikb in range(tl.cdiv(K, BK)):
+        ok = tl.cast(ikb, tl.int64) * BK + tl.arange(0, BK)
+        kk = tl.load(k + ((b * T + t[:, None]) * H + h) * K + ok[None, :],
+                     mask=mt[:, None] & (ok[None, :] < K), other=0.0).to(tl.float32)
+        KK += tl.dot(kk, tl.trans(kk), input_precision=DOT_PREC)
+    strict = ot[:, None] > ot[None, :]
+    xk = bet
+    if USE_G:
+        bt = tl.load(gc + ibh * N * BT + t).to(tl.float32)
+        KK = KK * tl.exp(tl.where(strict, bt[:, None] - bt[None, :], 0.0))
+        xk = bet * tl.exp(bt)
+    A = tl.where(strict, KK * bet[:, None], 0.0)                          # [s, r], r < s
+    # Tm = (I + A)^-1, unit lower triangular: row i = e_i - sum_{j<i} A[i, j] Tm[j, :]
+    At = tl.trans(A)
+    Tm = tl.where(ot[:, None] == ot[None, :], 1.0, 0.0)
+    for i in range(1, BT):
+        a = tl.sum(tl.where(ot[None, :] == i, At, 0.0), 1)                 # A[i, j], j on axis 0
+        row = tl.sum(a[:, None] * Tm, 0)                                   # sum_j A[i, j] Tm[j, :]
+        Tm = Tm - tl.where(ot[:, None] == i, row[None, :], 0.0)
+    tl.store(tm + (ibh * N + n) * BT * BT + ot[:, None] * BT + ot[None, :], Tm)
+    for ikb in range(tl.cdiv(K, BK)):
+        ok = tl.cast(ikb, tl.int64) * BK + tl.arange(0, BK)
+        kk = tl.load(k + ((b * T + t[:, None]) * H + h) * K + ok[None, :],
+                     mask=mt[:, None] & (ok[None, :] < K), other=0.0).to(tl.float32)
+        ww = tl.dot(Tm, kk * xk[:, None], input_precision=DOT_PREC)
+        tl.store(w + (ibh * N * BT + t[:, None]) * K + ok[None, :], ww, mask=ok[None, :] < K)
+    for ivb in range(tl.cdiv(V, BV)):
+        ov = tl.cast(ivb, tl.int64) * BV + tl.arange(0, BV)
+        vv = tl.load(v + ((b * T + t[:, None]) * H + h) * V + ov[None, :],
+                     mask=mt[:, None] & (ov[None, :] < V), other=0.0).to(tl.float32)
+        u0 = tl.dot(Tm, vv * bet[:, None], input_precision=DOT_PREC)
+        tl.store(uu + (ibh * N * BT + t[:, None]) * V + ov[None, :], u0, mask=ov[None, :] < V)
+
+
+@triton.jit
+def _fwd_h(k, w, uu, un, gc, h0, hbuf, ht, T, H, K, V, N,
+           BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, DOT_PREC: tl.constexpr,
+           USE_G: tl.constexpr, USE_H0: tl.constexpr):
+    iv, ibh = tl.program_id(0), tl.program_id(1)
+    ibh = tl.cast(ibh, tl.int64)
+    b, h = ibh // H, ibh % H
+    ok = tl.arange(0, BK)                                                  # the whole K
+    ov = iv * BV + tl.arange(0, BV)
+    ot = tl.arange(0, BT)
+    mkv = (ok[:, None] < K) & (ov[None, :] < V)
+    hoff = ok[:, None] * V + ov[None, :]                                   # [BK, BV]
+    if USE_H0:
+        acc = tl.load(h0 + ibh * K * V + hoff, mask=mkv, other=0.0).to(tl.float32)
+    else:
+        acc = tl.zeros([BK, BV], dtype=tl.float32)
+    for i in range(N):
+        n = tl.cast(i, tl.int64)
+        tl.store(hbuf + (ibh * N + n) * K * V + hoff, acc, mask=mkv)
+        t = n * BT + ot
+        mt = t < T
+        kk = tl.load(k + ((b * T + t[:, None]) * H + h) * K + ok[None, :],
+                     mask=mt[:, None] & (ok[None, :] < K), other=0.0).to(tl.float32)
+        ww = tl.load(w + (ibh * N * BT + t[:, None]) * K + ok[None, :],
+                     mask=ok[None, :] < K, other=0.0).to(tl.float32)
+        uoff = (ibh * N * BT + t[:, None]) * V + ov[None, :]
+        u0 = tl.load(uu + uoff, mask=ov[None, :] < V, other=0.0).to(tl.float32)
+        u1 = u0 - tl.dot(ww, acc, input_precision=DOT_PREC)                 # u = U - W S_n
+        tl.store(un + uoff, u1, mask=ov[None, :] < V)
+        if USE_G:
+            bt = tl.load(gc + ibh * N * BT + t).to(tl.float32)
+            bl = tl.load(gc + ibh * N * BT + n * BT + BT - 1).to(tl.float32)
+            acc = acc * tl.exp(bl)
+            kk = kk * tl.exp(bl - bt)[:, None]
+        acc += tl.dot(tl.trans(kk), u1, input_precision=DOT_PREC)
+    tl.store(ht + ibh * K * V + hoff, acc, mask=mkv)
+
+
+@triton.jit
+def _fwd_o(q, k, un, gc, hbuf, o, scale, T, H, K, V, N,
+           BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, DOT_PREC: tl.constexpr,
+           USE_G: tl.constexpr):
+    iv, n, ibh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    ibh, n = tl.cast(ibh, tl.int64), tl.cast(n, tl.int64)
+    b, h = ibh // H, ibh % H
+    ov = iv * BV + tl.arange(0, BV)
+    ot = tl.arange(0, BT)
+    t = n * BT + ot
+    mt = t < T
+    acc = tl.zeros([BT, BV], dtype=tl.float32)
+    A = tl.zeros([BT, BT], dtype=tl.float32)
+    for ikb in range(tl.cdiv(K, BK)):
+        ok = tl.cast(ikb, tl.int64) * BK + tl.arange(0, BK)
+        mk = mt[:, None] & (ok[None, :] < K)
+        qq = tl.load(q + ((b * T + t[:, None]) * H + h) * K + ok[None, :], mask=mk,
+                     other=0.0).to(tl.float32)
+        kk = tl.load(k + ((b * T + t[:, None]) * H + h) * K + ok[None, :], mask=mk,
+                     other=0.0).to(tl.float32)
+        hh = tl.load(hbuf + (ibh * N + n) * K * V + ok[:, None] * V + ov[None, :],
+                     mask=(ok[:, None] < K) & (ov[None, :] < V), other=0.0).to(tl.float32)
+        acc += tl.dot(qq, hh, input_precision=DOT_PREC)
+        A += tl.dot(qq, tl.trans(kk), input_precision=DOT_PREC)
+    causal = ot[:, None] >= ot[None, :]
+    if USE_G:
+        bt = tl.load(gc + ibh * N * BT + t).to(tl.float32)
+        acc = acc * tl.exp(bt)[:, None]
+        A = A * tl.exp(tl.where(causal, bt[:, None] - bt[None, :], 0.0))
+    A = tl.where(causal, A, 0.0)              # a non-finite q_t stays in row t (select)
+    u1 = tl.load(un + (ibh * N * BT + t[:, None]) * V + ov[None, :], mask=ov[None, :] < V,
+                 other=0.0).to(tl.float32)
+    acc = (acc + tl.dot(A, u1, input_precision=DOT_PREC)) * scale
+    tl.store(o + ((b * T + t[:, None]) * H + h) * V + ov[None, :],
+             acc.to(o.dtype.element_ty), mask=mt[:, None] & (ov[None, :] < V))
+
+
+@triton.jit
+def _bwd_dh(q, k, w, do, gc, dht, dhbuf, du, dh0, scale, T, H, K, V, N,
+            BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, DOT_PREC: tl.constexpr,
+            USE_G: tl.constexpr, USE_DHT: tl.constexpr, USE_DH0: tl.constexpr):
+    iv, ibh = tl.program_id(0), tl.program_id(1)
+    ibh = tl.cast(ibh, tl.int64)
+    b, h = ibh // H, ibh % H
+    ok = tl.arange(0, BK)                                                  # the whole K
+    ov = iv * BV + tl.arange(0, BV)
+    ot = tl.arange(0, BT)
+    mkv = (ok[:, None] < K) & (ov[None, :] < V)
+    hoff = ok[:, None] * V + ov[None, :]
+    causal = ot[:, None] >= ot[None, :]
+    if USE_DHT:
+        acc = tl.load(dht + ibh * K * V + hoff, mask=mkv, other=0.0).to(tl.float32)
+    else:
+        acc = tl.zeros([BK, BV], dtype=tl.float32)
+    for i in range(N):
+        n = tl.cast(N - 1 - i, tl.int64)
+        tl.store(dhbuf + (ibh * N + n) * K * V + hoff, acc, mask=mkv)       # dS_{n+1}
+        t = n * BT + ot
+        mt = t < T
+        mk = mt[:, None] & (ok[None, :] < K)
+        qq = tl.load(q + ((b * T + t[:, None]) * H + h) * K + ok[None, :], mask=mk,
+                     other=0.0).to(tl.float32)
+        kk = tl.load(k + ((b * T + t[:, None]) * H + h) * K + ok[None, :], mask=mk,
+                     other=0.0).to(tl.float32)
+        ww = tl.load(w + (ibh * N * BT + t[:, None]) * K + ok[None, :],
+                     mask=ok[None, :] < K, other=0.0).to(tl.float32)
+        dd = tl.load(do + ((b * T + t[:, None]) * H + h) * V + ov[None, :],
+                     mask=mt[:, None] & (ov[None, :] < V), other=0.0).to(tl.float32)
+        P = tl.dot(qq, tl.trans(kk), input_precision=DOT_PREC)               # [t, s]
+        if USE_G:
+            bt = tl.load(gc + ibh * N * BT + t).to(tl.float32)
+            bl = tl.load(gc + ibh * N * BT + n * BT + BT - 1).to(tl.float32)
+            P = P * tl.exp(tl.where(causal, bt[:, None] - bt[None, :], 0.0))
+            kk = kk * tl.exp(bl - bt)[:, None]
+            qq = qq * tl.exp(bt)[:, None]
+        P = tl.where(causal, P, 0.0) * scale
+        d1 = tl.dot(tl.trans(P), dd, input_precision=DOT_PREC) + tl.dot(
+            kk, acc, input_precision=DOT_PREC)                                  # du [BT, BV]
+        tl.store(du + (ibh * N * BT + t[:, None]) * V + ov[None, :], d1, mask=ov[None, :] < V)
+        if USE_G:
+            acc = acc * tl.exp(bl)
+        acc += tl.dot(tl.trans(qq), dd, input_precision=DOT_PREC) * scale
+        acc -= tl.dot(tl.trans(ww), d1, input_precision=DOT_PREC)
+    if USE_DH0:
+        tl.store(dh0 + ibh * K * V + hoff, acc, mask=mkv)
+
+
+@triton.jit
+def _bwd_dv(tm, du, v, bc, dr, dv, dbv, T, H, K, V, N, BHT,
+            BT: tl.constexpr, BV: tl.constexpr, DOT_PREC: tl.constexpr):
+    iv, n, ibh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    ibh, n = tl.cast(ibh, tl.int64), tl.cast(n, tl.int64)
+    b, h = ibh // H, ibh % H
+    ov = iv * BV + tl.arange(0, BV)
+    ot = tl.arange(0, BT)
+    t = n * BT + ot
+    mt = t < T
+    Tm = tl.load(tm + (ibh * N + n) * BT * BT + ot[:, None] * BT + ot[None, :])
+    boff = (ibh * N * BT + t[:, None]) * V + ov[None, :]
+    d1 = tl.load(du + boff, mask=ov[None, :] < V, other=0.0)
+    dR = tl.dot(tl.trans(Tm), d1, input_precision=DOT_PREC)                 # Tm^T du
+    tl.store(dr + boff, dR, mask=ov[None, :] < V)
+    voff = ((b * T + t[:, None]) * H + h) * V + ov[None, :]
+    mv = mt[:, None] & (ov[None, :] < V)
+    vv = tl.load(v + voff, mask=mv, other=0.0).to(tl.float32)
+    bet = tl.load(bc + ibh * N * BT + t).to(tl.float32)
+    tl.store(dv + voff, (dR * bet[:, None]).to(dv.dtype.element_ty), mask=mv)
+    tl.store(dbv + iv * BHT + ibh * N * BT + t, tl.sum(dR * vv, 1))
+
+
+@triton.jit
+def _bwd_dqk(q, k, do, un, dr, gc, bc, hbuf, dhbuf, dq, dk, dbk, dbp, scale, T, H, K, V, N,
+             BHT, BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
+             DOT_PREC: tl.constexpr, USE_G: tl.constexpr):
+    ik, n, ibh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    ibh, n = tl.cast(ibh, tl.int64), tl.cast(n, tl.int64)
+    b, h = ibh // H, ibh % H
+    ok = ik * BK + tl.arange(0, BK)
+    ot = tl.arange(0, BT)
+    t = n * BT + ot
+    mt = t < T
+    dPu = tl.zeros([BT, BT], dtype=tl.float32)        # dO u^T
+    dAu = tl.zeros([BT, BT], dtype=tl.float32)        # dR u^T
+    dq1 = tl.zeros([BT, BK], dtype=tl.float32)        # dO S_n^T
+    dks = tl.zeros([BT, BK], dtype=tl.float32)        # u dS_{n+1}^T
+    dkr = tl.zeros([BT, BK], dtype=tl.float32)        # dR S_n^T
+    for ivb in range(tl.cdiv(V, BV)):
+        ov = tl.cast(ivb, tl.int64) * BV + tl.arange(0, BV)
+        dd = tl.load(do + ((b * T + t[:, None]) * H + h) * V + ov[None, :],
+                     mask=mt[:, None] & (ov[None, :] < V), other=0.0).to(tl.float32)
+        boff = (ibh * N * BT + t[:, None]) * V + ov[None, :]
+        u1 = tl.load(un + boff, mask=ov[None, :] < V, other=0.0)
+        rr = tl.load(dr + boff, mask=ov[None, :] < V, other=0.0)
+        mkv = (ok[:, None] < K) & (ov[None, :] < V)
+        s_off = (ibh * N + n) * K * V + ok[:, None] * V + ov[None, :]
+        hh = tl.load(hbuf + s_off, mask=mkv, other=0.0)
+        dh = tl.load(dhbuf + s_off, mask=mkv, other=0.0)
+        dPu += tl.dot(dd, tl.trans(u1), input_precision=DOT_PREC)
+        dAu += tl.dot(rr, tl.trans(u1), input_precision=DOT_PREC)
+        dq1 += tl.dot(dd, tl.trans(hh), input_precision=DOT_PREC)
+        dks += tl.dot(u1, tl.trans(dh), input_precision=DOT_PREC)
+        dkr += tl.dot(rr, tl.trans(hh), input_precision=DOT_PREC)
+    causal = ot[:, None] >= ot[None, :]
+    strict = ot[:, None] > ot[None, :]
+    bet = tl.load(bc + ibh * N * BT + t).to(tl.float32)
+    if USE_G:
+        bt = tl.load(gc + ibh * N * BT + t).to(tl.float32)
+        bl = tl.load(gc + ibh * N * BT + n * BT + BT - 1).to(tl.float32)
+        dq1 = dq1 * tl.exp(bt)[:, None]
+        dks = dks * tl.exp(bl - bt)[:, None]
+        dkr = dkr * tl.exp(bt)[:, None]
+        diff = bt[:, None] - bt[None, :]
+        dPu = dPu * tl.exp(tl.where(causal, diff, 0.0))
+        dAu = dAu * tl.exp(tl.where(strict, diff, 0.0))
+    M = tl.where(causal, dPu, 0.0) * scale                    # d(o)/d(scores) o D
+    G = tl.where(strict, -dAu, 0.0)                            # dA o exp(b_s - b_r)
+    mk = mt[:, None] & (ok[None, :] < K)
+    qk_off = ((b * T + t[:, None]) * H + h) * K + ok[None, :]
+    qq = tl.load(q + qk_off, mask=mk, other=0.0).to(tl.float32)
+    kk = tl.load(k + qk_off, mask=mk, other=0.0).to(tl.float32)
+    dqq = dq1 * scale + tl.dot(M, kk, input_precision=DOT_PREC)
+    mtq = tl.dot(tl.trans(M), qq, input_precision=DOT_PREC)
+    gk = tl.dot(G, kk, input_precision=DOT_PREC)
+    gbk = gk * bet[:, None]
+    gbtk = tl.dot(tl.trans(G * bet[:, None]), kk, input_precision=DOT_PREC)
+    dkR = dkr * bet[:, None]                                   # -(dk through R)
+    dkk = mtq + dks - dkR + gbk + gbtk
+    tl.store(dq + qk_off, dqq.to(dq.dtype.element_ty), mask=mk)
+    tl.store(dk + qk_off, dkk.to(dk.dtype.element_ty), mask=mk)
+    tl.store(dbk + ik * BHT + ibh * N * BT + t, tl.sum(kk * (gk - dkr), 1))
+    if USE_G:
+        db = tl.sum(qq * dqq, 1) - tl.sum(kk * (mtq + dks + dkR - gbk + gbtk), 1)
+        tl.store(dbp + ik * BHT + ibh * N * BT + t, db)
+
+
+@triton.jit
+def _decode(q, k, v, beta, g, s_in, s_out, o, scale, K, V,
+            BK: tl.constexpr, BV: tl.constexpr, USE_G: tl.constexpr, USE_S0: tl.constexpr):
+    """One token: S' = exp(g) S; u = beta (v - k^T S'); S' += k u^T; o = scale q^T S'."""
+    iv, ibh = tl.program_id(0), tl.program_id(1)
+    ibh = tl.cast(ibh, tl.int64)
+    ok = tl.arange(0, BK)                                                  # the whole K
+    ov = iv * BV + tl.arange(0, BV)
+    mk, mv = ok < K, ov < V
+    qq = tl.load(q + ibh * K + ok, mask=mk, other=0.0).to(tl.float32)
+    kk = tl.load(k + ibh * K + ok, mask=mk, other=0.0).to(tl.float32)
+    vv = tl.load(v + ibh * V + ov, mask=mv, other=0.0).to(tl.float32)
+    bet = tl.load(beta + ibh).to(tl.float32)
+    soff = ibh * K * V + ok[:, None] * V + ov[None, :]
+    msk = mk[:, None] & mv[None, :]
+    if USE_S0:
+        s = tl.load(s_in + soff, mask=msk, other=0.0).to(tl.float32)
+        if USE_G:
+            s = s * tl.exp(tl.load(g + ibh).to(tl.float32))
+        u1 = bet * (vv - tl.sum(kk[:, None] * s, 0))
+        s = s + kk[:, None] * u1[None, :]
+    else:
+        s = kk[:, None] * (bet * vv)[None, :]
+    tl.store(s_out + soff, s, mask=msk)
+    out = tl.sum(qq[:, None] * s, 0) * scale
+    tl.store(o + ibh * V + ov, out.to(o.dtype.element_ty), mask=mv)
+
+
+def _prec(x: torch.Tensor) -> str:
+    return "ieee" if x.dtype == torch.float32 else "tf32"
+
+
+def _chunked(x, N):
+    """[B, T, H] -> [B, H, N*BT] fp32, zero-padded."""
+    B, T, H = x.shape
+    out = torch.zeros(B, H, N * BT, device=x.device, dtype=torch.float32)
+    out[:, :, :T] = x.float().transpose(1, 2)
+    return out
+
+
+def _chunk_cumsum(g, N):
+    """g [B, T, H] -> chunk-local cumsum gc [B, H, N*BT] fp32 (zero-padded: no decay)."""
+    B, _, H = g.shape
+    return _chunked(g, N).view(B, H, N, BT).cumsum(-1).view(B, H, N * BT).contiguous()
+
+
+class _ChunkDeltaRule(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, q, k, v, beta, g, S0, scale):
+        q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
+        B, T, H, K = q.shape
+        V = v.shape[-1]
+        N = max(1, triton.cdiv(T, BT))
+        cfg = config(K, V)
+        BKF, BVS, BK, BV, nw = cfg["BKF"], cfg["BVS"], cfg["BK"], cfg["BV"], cfg["num_warps"]
+        bc = _chunked(beta, N)
+        gc = _chunk_cumsum(g, N) if g is not None else bc
+        h0 = S0.float().contiguous() if S0 is not None else bc
+        f32 = dict(device=q.device, dtype=torch.float32)
+        tm = torch.empty(B, H, N, BT, BT, **f32)
+        w = torch.empty(B, H, N * BT, K, **f32)
+        uu = torch.empty(B, H, N * BT, V, **f32)
+        un = torch.empty(B, H, N * BT, V, **f32)
+        hbuf = torch.empty(B, H, N, K, V, **f32)
+        ht = torch.empty(B, H, K, V, **f32)
+        o = q.new_empty(B, T, H, V, dtype=v.dtype)
+        meta = dict(BT=BT, DOT_PREC=_prec(q), USE_G=g is not None, num_warps=nw)
+        _fwd_wu[(N, B * H)](k, v, bc, gc, tm, w, uu, T, H, K, V, N, BK=BK, BV=BV, **meta)
+        _fwd_h[(triton.cdiv(V, BVS), B * H)](k, w, uu, un, gc, h0, hbuf, ht, T, H, K, V, N,
+                                            BK=BKF, BV=BVS, USE_H0=S0 is not None, **meta)
+        _fwd_o[(triton.cdiv(V, BV), N, B * H)](q, k, un, gc, hbuf, o, scale, T, H, K, V, N,
+                                               BK=BK, BV=BV, **meta)
+        ctx.save_for_backward(q, k, v, bc, gc, tm, w, un, hbuf, ht)
+        ctx.meta, ctx.cfg, ctx.scale = meta, cfg, scale
+        ctx.has_g, ctx.has_s0 = g is not None, S0 is not None
+        ctx.dtypes = (beta.dtype, g.dtype if g is not None else None,
+                      S0.dtype if S0 is not None else None)
+        return o, ht
+
+    @staticmethod
+    def backward(ctx, do, dht):
+        q, k, v, bc, gc, tm, w, un, hbuf, ht = ctx.saved_tensors
+        B, T, H, K = q.shape
+        V = v.shape[-1]
+        N = hbuf.shape[2]
+        meta, scale, cfg = ctx.meta, ctx.scale, ctx.cfg
+        BKF, BVS, BK, BV = cfg["BKF"], cfg["BVS"], cfg["BK"], cfg["BV"]
+        do = do.contiguous() if do is not None else torch.zeros_like(v)
+        dhbuf = torch.empty_like(hbuf)
+        dh0 = torch.empty_like(ht) if ctx.has_s0 else bc
+        dht = dht.float().contiguous() if dht is not None else None
+        du = torch.empty_like(un)
+        _bwd_dh[(triton.cdiv(V, BVS), B * H)](
+            q, k, w, do, gc, dht if dht is not None else bc, dhbuf, du, dh0, scale, T, H, K, V,
+            N, BK=BKF, BV=BVS, USE_DHT=dht is not None, USE_DH0=ctx.has_s0, **meta)
+        NV, NK, BHT = triton.cdiv(V, BV), triton.cdiv(K, BK), B * H * N * BT
+        dr = torch.empty_like(un)
+        dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+        dbv = bc.new_empty(NV, B, H, N * BT)
+        _bwd_dv[(NV, N, B * H)](tm, du, v, bc, dr, dv, dbv, T, H, K, V, N, BHT, BT=BT, BV=BV,
+                                DOT_PREC=meta["DOT_PREC"], num_warps=meta["num_warps"])
+        dbk = bc.new_empty(NK, B, H, N * BT)
+        dbp = bc.new_empty(NK, B, H, N * BT) if ctx.has_g else bc
+        _bwd_dqk[(NK, N, B * H)](q, k, do, un, dr, gc, bc, hbuf, dhbuf, dq, dk, dbk, dbp, scale,
+                                 T, H, K, V, N, BHT, BK=BK, BV=BV, **meta)
+        beta_dt, g_dt, s0_dt = ctx.dtypes
+        dbeta = (dbv.sum(0) + dbk.sum(0))[:, :, :T].transpose(1, 2).to(beta_dt)
+        dg = None
+        if ctx.has_g:
+            db = dbp.sum(0).view(B, H, N, BT)
+            h_next = torch.cat([hbuf[:, :, 1:], ht[:, :, None]], 2)          # S_{n+1}
+            db[..., -1] += (dhbuf * h_next).sum((-1, -2))
+            dg = db.flip(-1).cumsum(-1).flip(-1).view(B, H, N * BT)[:, :, :T]
+            dg = dg.transpose(1, 2).to(g_dt)                                 # [B, T, H]
+        dS0 = dh0.to(s0_dt) if ctx.has_s0 else None
+        return dq, dk, dv, dbeta, dg, dS0, None
+
+
+def _decode_step(q, k, v, beta, g, scale, S0):
+    global DECODE_CALLS
+    DECODE_CALLS += 1
+    B, _, H, K = q.shape
+    V = v.shape[-1]
+    q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
+    bb = beta.float().contiguous()
+    S = q.new_empty(B, H, K, V, dtype=torch.float32)
+    o = q.new_empty(B, 1, H, V, dtype=v.dtype)
+    s_in = S0.float().contiguous() if S0 is not None else S
+    gg = g.float().contiguous() if g is not None else bb
+    BK, BV = _full(K), min(32, _tile(V))
+    _decode[(triton.cdiv(V, BV), B * H)](q, k, v, bb, gg, s_in, S, o, scale, K, V, BK=BK, BV=BV,
+                                         USE_G=g is not None, USE_S0=S0 is not None)
+    return o, S
+
+
+def delta_rule_triton(q, k, v, beta, g, scale, S0):
+    """Same contract as the naive/torch paths: returns o (v's dtype) and S [B, H, K, V] fp32."""
+    T = q.shape[1]
+    needs_grad = torch.is_grad_enabled() and any(
+        x is not None and x.requires_grad for x in (q, k, v, beta, g, S0))
+    if T == 1 and not needs_grad:
+        return _decode_step(q, k, v, beta, g, scale, S0)
+    return _ChunkDeltaRule.apply(q, k, v, beta, g, S0, scale)
+
+
+def aot_configs(full: bool = False):
+    """Every (kernel, arg types, constexprs, num_warps) the dispatcher can launch, for the
+    ahead-of-time compile test. ``full=False``: the largest tiles only (the spill risk)."""
+    dims = [16, 32, 64, 128] if full else [128]
+    for dt, kd, vd, use_g in ((dt, kd, vd, use_g) for dt in ("fp16", "bf16", "fp32")
+                              for kd in dims for vd in dims for use_g in (True, False)
+                              if full or use_g):
+        cfg = config(kd, vd)
+        prec = "ieee" if dt == "fp32" else "tf32"
+        x = f"*{dt}"
+        f = "*fp32"
+        types = dict(q=x, k=x, v=x, do=x, dq=x, dk=x, dv=x, o=x, beta=f, g=f, bc=f, gc=f, tm=f,
+                     w=f, uu=f, un=f, du=f, dr=f, h0=f, hbuf=f, ht=f, dht=f, dhbuf=f, dh0=f,
+                     dbv=f, dbk=f, dbp=f, s_in=f, s_out=f, scale="fp32", T="i32", H="i32",
+                     K="i32", V="i32", N="i32", BHT="i32")
+        flags = dict(USE_G=use_g, USE_H0=True, USE_DHT=True, USE_DH0=True, DOT_PREC=prec, BT=BT)
+        nw = cfg["num_warps"]
+        tag = f"{dt} K{kd} V{vd} g={int(use_g)}"
+        state = dict(flags, BK=cfg["BKF"], BV=cfg["BVS"])
+        chunk = dict(flags, BK=cfg["BK"], BV=cfg["BV"])
+        yield f"dr._fwd_wu {tag}", _fwd_wu, types, chunk, nw
+        yield f"dr._fwd_h {tag}", _fwd_h, types, state, nw
+        yield f"dr._fwd_o {tag}", _fwd_o, types, chunk, nw
+        yield f"dr._bwd_dh {tag}", _bwd_dh, types, state, nw
+        yield f"dr._bwd_dv {tag}", _bwd_dv, types, chunk, nw
+        yield f"dr._bwd_dqk {tag}", _bwd_dqk, types, chunk, nw
+        yield f"dr._decode {tag}", _decode, types, dict(
+            BK=_full(kd), BV=min(32, _tile(vd)), USE_G=use_g, USE_S0=True), 4
