@@ -49,9 +49,10 @@ def compile_usage(fn, types: dict, constexprs: dict, num_warps: int, cc: int) ->
 
 def report(full: bool = False, ccs=(80, 90)):
     """Compile every configuration of every memarch Triton kernel; yields one dict per build."""
+    from .delta_rule import triton_chunk as triton_dr
     from .linear_attn import triton_chunk
     from .sliding_window import triton_swa
-    for mod in (triton_chunk, triton_swa):
+    for mod in (triton_chunk, triton_swa, triton_dr):
         for name, fn, types, constexprs, nw in mod.aot_configs(full):
             cx = {k: v for k, v in constexprs.items() if k in fn.arg_names}
             for cc in ccs:

@@ -45,8 +45,9 @@ def delta_rule(q, k, v, beta, *, g=None, scale=None, initial_state=None,
         output_final_state: also return the state after the last token.
         impl: "naive" (token loop, the spec), "torch" (chunked WY/UT form, autograd
             backward), "triton" (chunked forward/backward kernels; a fused kernel for
-            one-token decode without grad; K, V <= 128). "auto" = $MEMARCH_KERNEL_IMPL if
-            set, else triton on CUDA, torch elsewhere.
+            one-token decode without grad; K, V <= MAX_TRITON_DIM). "auto" = $MEMARCH_KERNEL_IMPL
+            if set, else triton on CUDA (torch for heads wider than MAX_TRITON_DIM), torch
+            elsewhere.
 
     Returns:
         ``(o, S)``: o [B, T, H, V] in v's dtype; S [B, H, K, V] fp32 (fp64 for fp64 inputs
@@ -99,9 +100,10 @@ def delta_rule(q, k, v, beta, *, g=None, scale=None, initial_state=None,
         check(t is None or t.device == q.device, OP, f"{name} must be on q's device {q.device}")
     S0 = _unpack_state(initial_state, B, H, K, V)
     scale = K ** -0.5 if scale is None else float(scale)
+    asked = impl
     impl = pick_impl(OP, impl, q)
-    if impl == "triton" and T == 0:       # nothing to launch: what the torch path returns
-        impl = "torch"
+    if impl == "triton" and (T == 0 or (asked == "auto" and max(K, V) > MAX_TRITON_DIM)):
+        impl = "torch"     # nothing to launch, or auto with heads wider than the kernels take
     if impl == "triton":
         check_triton(OP, q)
         check(K <= MAX_TRITON_DIM and V <= MAX_TRITON_DIM, OP,

@@ -1,34 +1,40 @@
 """Gated delta rule in Triton: chunked WY/UT forward/backward kernels and a fused one-token decode.
 
-Chunks of BT = 64 tokens; inside chunk n, b_t = chunk-local cumsum of g, S_n = state before it,
-beta/b/k/v/q the chunk's rows (memarch orientation: S [K, V], read q^T S, write k u^T):
+Chunks of BT = 32 tokens (at 64 the per-chunk kernels' [BT, BT] fp32 matrices spill registers).
+In chunk n: b_t = chunk-local cumsum of g, S_n = the state before it, Q, K, V, beta, b the
+chunk's rows (memarch orientation: S [K, V], read q^T S, write k u^T), C its last row:
 
-    forward   A[s, r] = beta_s exp(b_s - b_r) k_s.k_r  (r < s)    Tm = (I + A)^-1     (_fwd_wu)
-              W = Tm diag(beta exp(b)) K,   U = Tm diag(beta) V                        (_fwd_wu)
-              u = U - W S_n,   S_{n+1} = exp(b_C) S_n + (K o exp(b_C - b))^T u          (_fwd_h)
-              o = scale [diag(exp(b)) Q S_n + (Q K^T o D) u],  D[t, s] = exp(b_t - b_s), s <= t
-                                                                                        (_fwd_o)
-    backward  du = scale (Q K^T o D)^T dO + (K o exp(b_C - b)) dS_{n+1}
-              dS_n = scale (Q o exp(b))^T dO + exp(b_C) dS_{n+1} - W^T du              (_bwd_dh)
-              u = Tm R with R = diag(beta) V - diag(beta exp(b)) K S_n = (I + A) u, so
-              dR = Tm^T du,  dA = -dR u^T (strictly lower),  dv = beta dR              (_bwd_dv)
-              dq = scale exp(b) o dO S_n^T + M K                M = scale (dO u^T) o D (s <= t)
-              dk = M^T Q + exp(b_C - b) o u dS_{n+1}^T - beta exp(b) o dR S_n^T
-                   + G_b K + G_b^T K                            G = dA o exp(b_s - b_r), G_b = diag(beta) G
-              dbeta = rowsum(dR o V) - exp(b) o rowsum(dR S_n^T o K) + rowsum(G K o K)
-              d b = rowsum(dq o Q) - rowsum(K o (M^T Q + exp(b_C-b) u dS^T - dk_R - G_b K + G_b^T K))
-                    (+ sum(dS_{n+1} o S_{n+1}) at t = C),  dg_t = sum_{t' >= t in chunk} d b_t'
-                                                                                        (_bwd_dqk)
-    (dk_R = -beta exp(b) o dR S_n^T; the b terms of R, A and the intra-chunk scores cancel into
-    the row sums above.) dA = -Tm^T dTm Tm^T collapses to -dR u^T because (I + A) Tm = I.
+  forward
+    A[s, r] = beta_s exp(b_s - b_r) k_s.k_r (r < s),  Tm = (I + A)^-1                 (_fwd_wu)
+    W = Tm diag(beta exp(b)) K,  U = Tm diag(beta) V                                   (_fwd_wu)
+    u = U - W S_n,  S_{n+1} = exp(b_C) S_n + (K o exp(b_C - b))^T u                     (_fwd_h)
+    o = scale [diag(exp(b)) Q S_n + P u],  P = Q K^T o D,  D[t, s] = exp(b_t - b_s), s <= t
+                                                                                         (_fwd_o)
+  backward
+    du = scale P^T dO + (K o exp(b_C - b)) dS_{n+1}
+    dS_n = scale (Q o exp(b))^T dO + exp(b_C) dS_{n+1} - W^T du                        (_bwd_dh)
+    u = Tm R with R = diag(beta) V - diag(beta exp(b)) K S_n = (I + A) u, hence
+    dR = Tm^T du,  dA = -dR u^T (strictly lower; -Tm^T dTm Tm^T collapses since
+    (I + A) Tm = I),  dv = beta o dR                                                   (_bwd_dv)
+    M = scale (dO u^T) o D (s <= t),  G = dA o exp(b_s - b_r),  G_b = diag(beta) G,
+    dk_R = -beta exp(b) o dR S_n^T:
+    dq = scale exp(b) o dO S_n^T + M K
+    dk = M^T Q + exp(b_C - b) o u dS_{n+1}^T + dk_R + G_b K + G_b^T K
+    dbeta = rowsum(dR o V) - exp(b) o rowsum(dR S_n^T o K) + rowsum(G K o K)
+    d b = rowsum(dq o Q) - rowsum(K o (M^T Q + exp(b_C - b) u dS_{n+1}^T - dk_R
+          - G_b K + G_b^T K)) (+ sum(dS_{n+1} o S_{n+1}) at t = C)                    (_bwd_dqk)
+    dg_t = sum_{t' >= t in chunk} d b_t'  (torch, like the partial sums over V/K tiles)
 
-Tm is found in-kernel by forward substitution over its rows (tl.where/tl.sum, no powers of A).
-The state kernels (_fwd_h, _bwd_dh, _decode) hold the whole K (padded to a power of two, K <=
-128) in one tile: u = U - W S contracts over K. States and all intermediate buffers are fp32;
-every load is up-cast to fp32; tl.dot runs in "ieee" fp32 for fp32 inputs and tf32 otherwise.
-q, k [B, T, H, K], v [B, T, H, V] contiguous; gc, bc [B, H, N*BT] fp32 (chunk cumsum of g and
-beta, zero-padded: padding is a no-op write); tm [B, H, N, BT, BT]; w [B, H, N*BT, K]; U, u,
-du, dR [B, H, N*BT, V]; hbuf/dhbuf [B, H, N, K, V] fp32.
+Tm is found in-kernel by forward substitution over its rows (tl.where/tl.sum; no powers of A,
+which overflow). The state kernels (_fwd_h, _bwd_dh, _decode) hold the whole K (padded to a
+power of two, K <= 128) in one tile, since u = U - W S contracts over K; _fwd_h and _bwd_dh
+walk a chunk in row blocks of BS = 16 (every block reads the chunk's initial state, the update
+is summed and applied at the end), which keeps their [rows, K] operands small. _fwd_o also
+stores P (only when a gradient is needed) for _bwd_dh. States and all intermediate buffers
+are fp32; every load is up-cast to fp32; tl.dot runs in "ieee" fp32 for fp32 inputs and tf32
+otherwise. q, k [B, T, H, K], v [B, T, H, V] contiguous; gc, bc [B, H, N*BT] fp32 (chunk
+cumsum of g, and beta; zero-padded, so padding is a no-op write); tm, aqk [B, H, N, BT, BT];
+w [B, H, N*BT, K]; U, u, du, dR [B, H, N*BT, V]; hbuf/dhbuf [B, H, N, K, V].
 
 Non-finite input: the op (``delta_rule``) replaces tokens with a non-finite k, v, beta or g by
 a no-op write and poisons the outputs from there on, so these kernels only see finite k, v,
@@ -43,7 +49,8 @@ import torch
 import triton
 import triton.language as tl
 
-BT = 64
+BT = 32
+BS = 16                   # row block of a chunk in the state kernels
 DECODE_CALLS = 0          # counts decode-kernel launches (tests check the path is taken)
 
 
@@ -57,9 +64,11 @@ def _full(d: int) -> int:
 
 def config(K: int, V: int) -> dict:
     """Tiles the dispatcher launches (checked ahead of time for sm_80/sm_90 in the tests):
-    the state kernels (_fwd_h, _bwd_dh) keep the whole K (BKF, <= 128) by a [BKF, BVS] V tile;
-    the per-chunk kernels use BK, BV <= 32 tiles (they hold several [BT, BT] fp32 matrices)."""
-    return dict(BKF=_full(K), BVS=min(32, _tile(V)), BK=min(32, _tile(K)),
+    the state kernels (_fwd_h, _bwd_dh) keep the whole K (BKF, <= 128) by a narrow [BKF, 16] V
+    tile (more programs for the sequential loop, fewer registers); the per-chunk kernels use
+    BK, BV <= 32 tiles, _bwd_dqk BKD = 16 (it holds five fp32 [BT, BT|BK] accumulators; at
+    BK = 32 it spills). 8 warps; every kernel is spill-free at K = V = 128."""
+    return dict(BKF=_full(K), BVS=16, BK=min(32, _tile(K)), BKD=16,
                 BV=min(32, _tile(V)), num_warps=8)
 
 
@@ -111,14 +120,15 @@ def _fwd_wu(k, v, bc, gc, tm, w, uu, T, H, K, V, N,
 
 @triton.jit
 def _fwd_h(k, w, uu, un, gc, h0, hbuf, ht, T, H, K, V, N,
-           BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, DOT_PREC: tl.constexpr,
-           USE_G: tl.constexpr, USE_H0: tl.constexpr):
+           BT: tl.constexpr, BS: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
+           DOT_PREC: tl.constexpr, USE_G: tl.constexpr, USE_H0: tl.constexpr):
+    """S_n -> S_{n+1}, a chunk in row blocks of BS (all read S_n: u = U - W S_n)."""
     iv, ibh = tl.program_id(0), tl.program_id(1)
     ibh = tl.cast(ibh, tl.int64)
     b, h = ibh // H, ibh % H
     ok = tl.arange(0, BK)                                                  # the whole K
     ov = iv * BV + tl.arange(0, BV)
-    ot = tl.arange(0, BT)
+    os_ = tl.arange(0, BS)
     mkv = (ok[:, None] < K) & (ov[None, :] < V)
     hoff = ok[:, None] * V + ov[None, :]                                   # [BK, BV]
     if USE_H0:
@@ -128,29 +138,34 @@ def _fwd_h(k, w, uu, un, gc, h0, hbuf, ht, T, H, K, V, N,
     for i in range(N):
         n = tl.cast(i, tl.int64)
         tl.store(hbuf + (ibh * N + n) * K * V + hoff, acc, mask=mkv)
-        t = n * BT + ot
-        mt = t < T
-        kk = tl.load(k + ((b * T + t[:, None]) * H + h) * K + ok[None, :],
-                     mask=mt[:, None] & (ok[None, :] < K), other=0.0).to(tl.float32)
-        ww = tl.load(w + (ibh * N * BT + t[:, None]) * K + ok[None, :],
-                     mask=ok[None, :] < K, other=0.0).to(tl.float32)
-        uoff = (ibh * N * BT + t[:, None]) * V + ov[None, :]
-        u0 = tl.load(uu + uoff, mask=ov[None, :] < V, other=0.0).to(tl.float32)
-        u1 = u0 - tl.dot(ww, acc, input_precision=DOT_PREC)                 # u = U - W S_n
-        tl.store(un + uoff, u1, mask=ov[None, :] < V)
+        upd = tl.zeros([BK, BV], dtype=tl.float32)
         if USE_G:
-            bt = tl.load(gc + ibh * N * BT + t).to(tl.float32)
             bl = tl.load(gc + ibh * N * BT + n * BT + BT - 1).to(tl.float32)
+        for j in range(BT // BS):
+            t = n * BT + tl.cast(j, tl.int64) * BS + os_                   # [BS]
+            mt = t < T
+            kk = tl.load(k + ((b * T + t[:, None]) * H + h) * K + ok[None, :],
+                         mask=mt[:, None] & (ok[None, :] < K), other=0.0).to(tl.float32)
+            ww = tl.load(w + (ibh * N * BT + t[:, None]) * K + ok[None, :],
+                         mask=ok[None, :] < K, other=0.0).to(tl.float32)
+            uoff = (ibh * N * BT + t[:, None]) * V + ov[None, :]
+            u0 = tl.load(uu + uoff, mask=ov[None, :] < V, other=0.0).to(tl.float32)
+            u1 = u0 - tl.dot(ww, acc, input_precision=DOT_PREC)             # u = U - W S_n
+            tl.store(un + uoff, u1, mask=ov[None, :] < V)
+            if USE_G:
+                bt = tl.load(gc + ibh * N * BT + t).to(tl.float32)
+                kk = kk * tl.exp(bl - bt)[:, None]
+            upd += tl.dot(tl.trans(kk), u1, input_precision=DOT_PREC)
+        if USE_G:
             acc = acc * tl.exp(bl)
-            kk = kk * tl.exp(bl - bt)[:, None]
-        acc += tl.dot(tl.trans(kk), u1, input_precision=DOT_PREC)
+        acc += upd
     tl.store(ht + ibh * K * V + hoff, acc, mask=mkv)
 
 
 @triton.jit
-def _fwd_o(q, k, un, gc, hbuf, o, scale, T, H, K, V, N,
+def _fwd_o(q, k, un, gc, hbuf, o, aqk, scale, T, H, K, V, N,
            BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, DOT_PREC: tl.constexpr,
-           USE_G: tl.constexpr):
+           USE_G: tl.constexpr, STORE_A: tl.constexpr):
     iv, n, ibh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     ibh, n = tl.cast(ibh, tl.int64), tl.cast(n, tl.int64)
     b, h = ibh // H, ibh % H
@@ -177,6 +192,9 @@ def _fwd_o(q, k, un, gc, hbuf, o, scale, T, H, K, V, N,
         acc = acc * tl.exp(bt)[:, None]
         A = A * tl.exp(tl.where(causal, bt[:, None] - bt[None, :], 0.0))
     A = tl.where(causal, A, 0.0)              # a non-finite q_t stays in row t (select)
+    if STORE_A:                               # Q K^T o D for _bwd_dh (one V tile writes it)
+        tl.store(aqk + (ibh * N + n) * BT * BT + ot[:, None] * BT + ot[None, :], A,
+                 mask=(ot[:, None] < BT) & (iv == 0))
     u1 = tl.load(un + (ibh * N * BT + t[:, None]) * V + ov[None, :], mask=ov[None, :] < V,
                  other=0.0).to(tl.float32)
     acc = (acc + tl.dot(A, u1, input_precision=DOT_PREC)) * scale
@@ -185,18 +203,20 @@ def _fwd_o(q, k, un, gc, hbuf, o, scale, T, H, K, V, N,
 
 
 @triton.jit
-def _bwd_dh(q, k, w, do, gc, dht, dhbuf, du, dh0, scale, T, H, K, V, N,
-            BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, DOT_PREC: tl.constexpr,
-            USE_G: tl.constexpr, USE_DHT: tl.constexpr, USE_DH0: tl.constexpr):
+def _bwd_dh(q, k, w, do, aqk, gc, dht, dhbuf, du, dh0, scale, T, H, K, V, N,
+            BT: tl.constexpr, BS: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
+            DOT_PREC: tl.constexpr, USE_G: tl.constexpr, USE_DHT: tl.constexpr,
+            USE_DH0: tl.constexpr):
+    """dS_{n+1} -> dS_n and du, a chunk in row blocks of BS (all read dS_{n+1})."""
     iv, ibh = tl.program_id(0), tl.program_id(1)
     ibh = tl.cast(ibh, tl.int64)
     b, h = ibh // H, ibh % H
     ok = tl.arange(0, BK)                                                  # the whole K
     ov = iv * BV + tl.arange(0, BV)
     ot = tl.arange(0, BT)
+    os_ = tl.arange(0, BS)
     mkv = (ok[:, None] < K) & (ov[None, :] < V)
     hoff = ok[:, None] * V + ov[None, :]
-    causal = ot[:, None] >= ot[None, :]
     if USE_DHT:
         acc = tl.load(dht + ibh * K * V + hoff, mask=mkv, other=0.0).to(tl.float32)
     else:
@@ -204,32 +224,39 @@ def _bwd_dh(q, k, w, do, gc, dht, dhbuf, du, dh0, scale, T, H, K, V, N,
     for i in range(N):
         n = tl.cast(N - 1 - i, tl.int64)
         tl.store(dhbuf + (ibh * N + n) * K * V + hoff, acc, mask=mkv)       # dS_{n+1}
-        t = n * BT + ot
-        mt = t < T
-        mk = mt[:, None] & (ok[None, :] < K)
-        qq = tl.load(q + ((b * T + t[:, None]) * H + h) * K + ok[None, :], mask=mk,
-                     other=0.0).to(tl.float32)
-        kk = tl.load(k + ((b * T + t[:, None]) * H + h) * K + ok[None, :], mask=mk,
-                     other=0.0).to(tl.float32)
-        ww = tl.load(w + (ibh * N * BT + t[:, None]) * K + ok[None, :],
-                     mask=ok[None, :] < K, other=0.0).to(tl.float32)
-        dd = tl.load(do + ((b * T + t[:, None]) * H + h) * V + ov[None, :],
-                     mask=mt[:, None] & (ov[None, :] < V), other=0.0).to(tl.float32)
-        P = tl.dot(qq, tl.trans(kk), input_precision=DOT_PREC)               # [t, s]
+        ta = n * BT + ot
+        dall = tl.load(do + ((b * T + ta[:, None]) * H + h) * V + ov[None, :],
+                       mask=(ta[:, None] < T) & (ov[None, :] < V), other=0.0).to(tl.float32)
+        upd = tl.zeros([BK, BV], dtype=tl.float32)
         if USE_G:
-            bt = tl.load(gc + ibh * N * BT + t).to(tl.float32)
             bl = tl.load(gc + ibh * N * BT + n * BT + BT - 1).to(tl.float32)
-            P = P * tl.exp(tl.where(causal, bt[:, None] - bt[None, :], 0.0))
-            kk = kk * tl.exp(bl - bt)[:, None]
-            qq = qq * tl.exp(bt)[:, None]
-        P = tl.where(causal, P, 0.0) * scale
-        d1 = tl.dot(tl.trans(P), dd, input_precision=DOT_PREC) + tl.dot(
-            kk, acc, input_precision=DOT_PREC)                                  # du [BT, BV]
-        tl.store(du + (ibh * N * BT + t[:, None]) * V + ov[None, :], d1, mask=ov[None, :] < V)
+        for j in range(BT // BS):
+            js = tl.cast(j, tl.int64) * BS + os_                            # rows in chunk
+            t = n * BT + js
+            mt = t < T
+            mk = mt[:, None] & (ok[None, :] < K)
+            qq = tl.load(q + ((b * T + t[:, None]) * H + h) * K + ok[None, :], mask=mk,
+                         other=0.0).to(tl.float32)
+            kk = tl.load(k + ((b * T + t[:, None]) * H + h) * K + ok[None, :], mask=mk,
+                         other=0.0).to(tl.float32)
+            ww = tl.load(w + (ibh * N * BT + t[:, None]) * K + ok[None, :],
+                         mask=ok[None, :] < K, other=0.0).to(tl.float32)
+            dd = tl.load(do + ((b * T + t[:, None]) * H + h) * V + ov[None, :],
+                         mask=mt[:, None] & (ov[None, :] < V), other=0.0).to(tl.float32)
+            P = tl.load(aqk + (ibh * N + n) * BT * BT + ot[:, None] * BT + js[None, :])  # [t, s]
+            if USE_G:
+                bt = tl.load(gc + ibh * N * BT + t).to(tl.float32)
+                kk = kk * tl.exp(bl - bt)[:, None]
+                qq = qq * tl.exp(bt)[:, None]
+            d1 = tl.dot(tl.trans(P), dall, input_precision=DOT_PREC) * scale + tl.dot(
+                kk, acc, input_precision=DOT_PREC)                              # du [BS, BV]
+            tl.store(du + (ibh * N * BT + t[:, None]) * V + ov[None, :], d1,
+                     mask=ov[None, :] < V)
+            upd += tl.dot(tl.trans(qq), dd, input_precision=DOT_PREC) * scale
+            upd -= tl.dot(tl.trans(ww), d1, input_precision=DOT_PREC)
         if USE_G:
             acc = acc * tl.exp(bl)
-        acc += tl.dot(tl.trans(qq), dd, input_precision=DOT_PREC) * scale
-        acc -= tl.dot(tl.trans(ww), d1, input_precision=DOT_PREC)
+        acc += upd
     if USE_DH0:
         tl.store(dh0 + ibh * K * V + hoff, acc, mask=mkv)
 
@@ -254,7 +281,7 @@ def _bwd_dv(tm, du, v, bc, dr, dv, dbv, T, H, K, V, N, BHT,
     vv = tl.load(v + voff, mask=mv, other=0.0).to(tl.float32)
     bet = tl.load(bc + ibh * N * BT + t).to(tl.float32)
     tl.store(dv + voff, (dR * bet[:, None]).to(dv.dtype.element_ty), mask=mv)
-    tl.store(dbv + iv * BHT + ibh * N * BT + t, tl.sum(dR * vv, 1))
+    tl.store(dbv + tl.cast(iv, tl.int64) * BHT + ibh * N * BT + t, tl.sum(dR * vv, 1))
 
 
 @triton.jit
@@ -316,10 +343,10 @@ def _bwd_dqk(q, k, do, un, dr, gc, bc, hbuf, dhbuf, dq, dk, dbk, dbp, scale, T, 
     dkk = mtq + dks - dkR + gbk + gbtk
     tl.store(dq + qk_off, dqq.to(dq.dtype.element_ty), mask=mk)
     tl.store(dk + qk_off, dkk.to(dk.dtype.element_ty), mask=mk)
-    tl.store(dbk + ik * BHT + ibh * N * BT + t, tl.sum(kk * (gk - dkr), 1))
+    tl.store(dbk + tl.cast(ik, tl.int64) * BHT + ibh * N * BT + t, tl.sum(kk * (gk - dkr), 1))
     if USE_G:
         db = tl.sum(qq * dqq, 1) - tl.sum(kk * (mtq + dks + dkR - gbk + gbtk), 1)
-        tl.store(dbp + ik * BHT + ibh * N * BT + t, db)
+        tl.store(dbp + tl.cast(ik, tl.int64) * BHT + ibh * N * BT + t, db)
 
 
 @triton.jit
@@ -391,10 +418,13 @@ class _ChunkDeltaRule(torch.autograd.Function):
         meta = dict(BT=BT, DOT_PREC=_prec(q), USE_G=g is not None, num_warps=nw)
         _fwd_wu[(N, B * H)](k, v, bc, gc, tm, w, uu, T, H, K, V, N, BK=BK, BV=BV, **meta)
         _fwd_h[(triton.cdiv(V, BVS), B * H)](k, w, uu, un, gc, h0, hbuf, ht, T, H, K, V, N,
-                                            BK=BKF, BV=BVS, USE_H0=S0 is not None, **meta)
-        _fwd_o[(triton.cdiv(V, BV), N, B * H)](q, k, un, gc, hbuf, o, scale, T, H, K, V, N,
-                                               BK=BK, BV=BV, **meta)
-        ctx.save_for_backward(q, k, v, bc, gc, tm, w, un, hbuf, ht)
+                                            BS=BS, BK=BKF, BV=BVS, USE_H0=S0 is not None,
+                                            **meta)
+        grad = any(ctx.needs_input_grad)
+        aqk = torch.empty(B, H, N, BT, BT, **f32) if grad else bc
+        _fwd_o[(triton.cdiv(V, BV), N, B * H)](q, k, un, gc, hbuf, o, aqk, scale, T, H, K, V, N,
+                                               BK=BK, BV=BV, STORE_A=grad, **meta)
+        ctx.save_for_backward(q, k, v, bc, gc, tm, w, un, hbuf, ht, aqk)
         ctx.meta, ctx.cfg, ctx.scale = meta, cfg, scale
         ctx.has_g, ctx.has_s0 = g is not None, S0 is not None
         ctx.dtypes = (beta.dtype, g.dtype if g is not None else None,
@@ -403,21 +433,21 @@ class _ChunkDeltaRule(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, do, dht):
-        q, k, v, bc, gc, tm, w, un, hbuf, ht = ctx.saved_tensors
+        q, k, v, bc, gc, tm, w, un, hbuf, ht, aqk = ctx.saved_tensors
         B, T, H, K = q.shape
         V = v.shape[-1]
         N = hbuf.shape[2]
         meta, scale, cfg = ctx.meta, ctx.scale, ctx.cfg
-        BKF, BVS, BK, BV = cfg["BKF"], cfg["BVS"], cfg["BK"], cfg["BV"]
+        BKF, BVS, BV = cfg["BKF"], cfg["BVS"], cfg["BV"]
         do = do.contiguous() if do is not None else torch.zeros_like(v)
         dhbuf = torch.empty_like(hbuf)
         dh0 = torch.empty_like(ht) if ctx.has_s0 else bc
         dht = dht.float().contiguous() if dht is not None else None
         du = torch.empty_like(un)
         _bwd_dh[(triton.cdiv(V, BVS), B * H)](
-            q, k, w, do, gc, dht if dht is not None else bc, dhbuf, du, dh0, scale, T, H, K, V,
-            N, BK=BKF, BV=BVS, USE_DHT=dht is not None, USE_DH0=ctx.has_s0, **meta)
-        NV, NK, BHT = triton.cdiv(V, BV), triton.cdiv(K, BK), B * H * N * BT
+            q, k, w, do, aqk, gc, dht if dht is not None else bc, dhbuf, du, dh0, scale, T, H, K, V,
+            N, BS=BS, BK=BKF, BV=BVS, USE_DHT=dht is not None, USE_DH0=ctx.has_s0, **meta)
+        NV, NK, BHT = triton.cdiv(V, BV), triton.cdiv(K, cfg["BKD"]), B * H * N * BT
         dr = torch.empty_like(un)
         dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
         dbv = bc.new_empty(NV, B, H, N * BT)
@@ -426,7 +456,7 @@ class _ChunkDeltaRule(torch.autograd.Function):
         dbk = bc.new_empty(NK, B, H, N * BT)
         dbp = bc.new_empty(NK, B, H, N * BT) if ctx.has_g else bc
         _bwd_dqk[(NK, N, B * H)](q, k, do, un, dr, gc, bc, hbuf, dhbuf, dq, dk, dbk, dbp, scale,
-                                 T, H, K, V, N, BHT, BK=BK, BV=BV, **meta)
+                                 T, H, K, V, N, BHT, BK=cfg["BKD"], BV=BV, **meta)
         beta_dt, g_dt, s0_dt = ctx.dtypes
         dbeta = (dbv.sum(0) + dbk.sum(0))[:, :, :T].transpose(1, 2).to(beta_dt)
         dg = None
@@ -469,7 +499,9 @@ def delta_rule_triton(q, k, v, beta, g, scale, S0):
 
 def aot_configs(full: bool = False):
     """Every (kernel, arg types, constexprs, num_warps) the dispatcher can launch, for the
-    ahead-of-time compile test. ``full=False``: the largest tiles only (the spill risk)."""
+    ahead-of-time compile test. ``full=False``: the largest tiles only (the spill risk), with g;
+    ``full=True``: K, V in {16, 32, 64, 128} (every tile), with and without g, and the
+    inference-only flags."""
     dims = [16, 32, 64, 128] if full else [128]
     for dt, kd, vd, use_g in ((dt, kd, vd, use_g) for dt in ("fp16", "bf16", "fp32")
                               for kd in dims for vd in dims for use_g in (True, False)
@@ -479,19 +511,23 @@ def aot_configs(full: bool = False):
         x = f"*{dt}"
         f = "*fp32"
         types = dict(q=x, k=x, v=x, do=x, dq=x, dk=x, dv=x, o=x, beta=f, g=f, bc=f, gc=f, tm=f,
-                     w=f, uu=f, un=f, du=f, dr=f, h0=f, hbuf=f, ht=f, dht=f, dhbuf=f, dh0=f,
-                     dbv=f, dbk=f, dbp=f, s_in=f, s_out=f, scale="fp32", T="i32", H="i32",
-                     K="i32", V="i32", N="i32", BHT="i32")
-        flags = dict(USE_G=use_g, USE_H0=True, USE_DHT=True, USE_DH0=True, DOT_PREC=prec, BT=BT)
+                     aqk=f, w=f, uu=f, un=f, du=f, dr=f, h0=f, hbuf=f, ht=f, dht=f, dhbuf=f,
+                     dh0=f, dbv=f, dbk=f, dbp=f, s_in=f, s_out=f, scale="fp32", T="i32",
+                     H="i32", K="i32", V="i32", N="i32", BHT="i32")
+        flags = dict(USE_G=use_g, USE_H0=True, USE_DHT=True, USE_DH0=True, STORE_A=True,
+                     DOT_PREC=prec, BT=BT)
         nw = cfg["num_warps"]
         tag = f"{dt} K{kd} V{vd} g={int(use_g)}"
-        state = dict(flags, BK=cfg["BKF"], BV=cfg["BVS"])
+        state = dict(flags, BS=BS, BK=cfg["BKF"], BV=cfg["BVS"])
         chunk = dict(flags, BK=cfg["BK"], BV=cfg["BV"])
         yield f"dr._fwd_wu {tag}", _fwd_wu, types, chunk, nw
         yield f"dr._fwd_h {tag}", _fwd_h, types, state, nw
         yield f"dr._fwd_o {tag}", _fwd_o, types, chunk, nw
         yield f"dr._bwd_dh {tag}", _bwd_dh, types, state, nw
         yield f"dr._bwd_dv {tag}", _bwd_dv, types, chunk, nw
-        yield f"dr._bwd_dqk {tag}", _bwd_dqk, types, chunk, nw
-        yield f"dr._decode {tag}", _decode, types, dict(
-            BK=_full(kd), BV=min(32, _tile(vd)), USE_G=use_g, USE_S0=True), 4
+        yield f"dr._bwd_dqk {tag}", _bwd_dqk, types, dict(chunk, BK=cfg["BKD"]), nw
+        dec = dict(BK=_full(kd), BV=min(32, _tile(vd)), USE_G=use_g, USE_S0=True)
+        yield f"dr._decode {tag}", _decode, types, dec, 4
+        if full:                          # inference: no P for the backward; no initial state
+            yield f"dr._fwd_o {tag} no-grad", _fwd_o, types, dict(chunk, STORE_A=False), nw
+            yield f"dr._decode {tag} S0=0", _decode, types, dict(dec, USE_S0=False), 4
