@@ -5,8 +5,10 @@
     python benchmarks/ops.py --render results/ops_cpu.json    # markdown table from a JSON
     python benchmarks/ops.py --plot results/ops_cpu.json      # redraw the PNG beside a JSON
 
-Ops: linear_attn (B=1, H=4, K=V=64, with decay g) and sliding_window_attn (B=1, H=4, D=64,
-W=64, 4 sinks). Peers are imported optionally (flash-linear-attention's chunk_linear_attn,
+Ops: linear_attn (B=1, H=4, K=V=64, with decay g), sliding_window_attn (B=1, H=4, D=64,
+W=64, 4 sinks), delta_rule (B=1, H=4, K=V=64, L2-normalised q/k, beta, decay g), and the MoM
+layer for both cells (B=1, d_model=256, 4 heads, 4 memories, top-2, shared memory; fwd+bwd
+includes the parameters' gradients; its table adds tokens/s). Peers are imported optionally (flash-linear-attention's chunk_linear_attn,
 fused_chunk_linear_attn and parallel_based; PyTorch SDPA with a banded mask; FlexAttention
 with a sliding-window block mask) and skipped when missing. Time is the median of `reps`
 runs after warm-up (naive: 1 run, no warm-up, it is a token loop). Peak memory is the extra
@@ -30,7 +32,7 @@ import time
 from pathlib import Path
 
 import torch
-from memarch.kernels import linear_attn, sliding_window_attn
+from memarch.kernels import delta_rule, linear_attn, sliding_window_attn
 
 RESULTS = Path(__file__).resolve().parent / "results"
 NAIVE_MAX_T = 4096
@@ -140,6 +142,46 @@ def linear_attn_cases(device, T, dtype, B=1, H=4, K=64, V=64):
     return mk, impls
 
 
+def delta_rule_cases(device, T, dtype, B=1, H=4, K=64, V=64):
+    F = torch.nn.functional
+
+    def mk():
+        q = F.normalize(torch.randn(B, T, H, K, device=device), dim=-1).to(dtype)
+        k = F.normalize(torch.randn(B, T, H, K, device=device), dim=-1).to(dtype)
+        v = torch.randn(B, T, H, V, device=device, dtype=dtype)
+        beta = torch.sigmoid(torch.randn(B, T, H, device=device))
+        g = F.logsigmoid(torch.randn(B, T, H, device=device) + 3)
+        return q, k, v, beta, g
+    impls = {}
+    for impl in (["naive", "torch"] if device == "cpu" else ["torch", "triton"]):
+        impls[impl] = lambda q, k, v, beta, g, impl=impl: delta_rule(q, k, v, beta, g=g,
+                                                                      impl=impl)[0]
+    if device == "cuda":
+        try:  # flash-linear-attention, optional peer
+            from fla.ops.gated_delta_rule import chunk_gated_delta_rule
+            impls["fla_chunk_gated_delta_rule"] = lambda q, k, v, beta, g: (
+                chunk_gated_delta_rule(q, k, v, g, beta)[0])
+        except Exception as e:   # noqa: BLE001
+            print(f"flash-linear-attention not available: {e}", file=sys.stderr)
+    return mk, impls
+
+
+def mom_cases(cell):
+    """The MoM layer (memarch.mixers.MoM) with kernel impl torch (CPU) or triton (GPU)."""
+    def cases(device, T, dtype, B=1, D=256):
+        from memarch.mixers import MoM
+
+        def mk():
+            return (torch.randn(B, T, D, device=device, dtype=dtype),)
+        impls = {}
+        for impl in (["torch"] if device == "cpu" else ["torch", "triton"]):
+            torch.manual_seed(0)
+            m = MoM(D, n_heads=4, n_memories=4, topk=2, cell=cell, impl=impl).to(device)
+            impls[impl] = lambda x, m=m: m(x.to(dtype)).y
+        return mk, impls
+    return cases
+
+
 def sliding_window_cases(device, T, dtype, B=1, H=4, D=64, W=64, S=4):
     def mk():
         r = lambda *s: torch.randn(*s, device=device, dtype=dtype)
@@ -200,8 +242,11 @@ def _cpu_name():
 
 def run_all(device, Ts, reps, dtype):
     rows = []
-    for op, cases in (("linear_attn", linear_attn_cases), ("sliding_window_attn",
-                                                          sliding_window_cases)):
+    for op, cases in (("linear_attn", linear_attn_cases),
+                      ("sliding_window_attn", sliding_window_cases),
+                      ("delta_rule", delta_rule_cases),
+                      ("mom_layer_gated_delta", mom_cases("gated_delta")),
+                      ("mom_layer_linear", mom_cases("linear"))):
         for T in Ts:
             mk, impls = cases(device, T, dtype)
             for name, fn in impls.items():
@@ -241,12 +286,15 @@ def render(data) -> str:
     lines = [f"Device: {m.get('gpu') or m.get('cpu')} ({m['device']}), torch {m['torch']}, "
              f"triton {m.get('triton')}, {m['threads']} thread(s), {m['date']}", ""]
     for op in dict.fromkeys(r["op"] for r in data["results"]):
-        lines += [f"### {op} ({data['shapes'][op]})", "",
-                  "| impl | T | fwd ms | fwd+bwd ms | peak MB (fwd+bwd) |",
-                  "|---|---:|---:|---:|---:|"]
+        layer = op.startswith("mom_layer")
+        lines += [f"### {op} ({data['shapes'].get(op, '')})", "",
+                  "| impl | T | fwd ms | fwd+bwd ms | peak MB (fwd+bwd) |"
+                  + (" fwd+bwd tokens/s |" if layer else ""),
+                  "|---|---:|---:|---:|---:|" + ("---:|" if layer else "")]
         for r in (r for r in data["results"] if r["op"] == op):
+            tps = f" {r['T'] / r['fwd_bwd_ms'] * 1e3:,.0f} |" if layer else ""
             lines.append(f"| {r['impl']} | {r['T']} | {r['fwd_ms']:.2f} | {r['fwd_bwd_ms']:.2f} "
-                         f"| {r['peak_mb']:.1f} |")
+                         f"| {r['peak_mb']:.1f} |{tps}")
         lines.append("")
     if data.get("speedups"):
         lines += ["Speedup torch vs naive:", "", "| case | fwd | fwd+bwd |", "|---|---:|---:|"]
@@ -310,7 +358,11 @@ def main(argv=None):
     rows = run_all(a.device, Ts, a.reps, dtype)
     data = dict(meta=meta(a.device, a.threads),
                 shapes=dict(linear_attn=f"B=1, H=4, K=V=64, decay g, {dtype}",
-                            sliding_window_attn=f"B=1, H=4, D=64, W=64, 4 sinks, {dtype}"),
+                            sliding_window_attn=f"B=1, H=4, D=64, W=64, 4 sinks, {dtype}",
+                            delta_rule=f"B=1, H=4, K=V=64, beta, decay g, {dtype}",
+                            **{f"mom_layer_{c}": f"B=1, d_model=256, 4 heads, 4 memories, "
+                               f"top-2, shared memory, {c} cell, {dtype}"
+                               for c in ("gated_delta", "linear")}),
                 results=rows, speedups=speedups(rows))
     if a.device == "cpu":
         data["gpu"] = dict(status="not measured", reason=(

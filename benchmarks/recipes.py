@@ -16,6 +16,8 @@ and run through ``memarch.lit.train.run``; checkpoints go to a temporary directo
   ``titans_mag_tiny``, ``titans_mac_tiny``, and the window-only baselines of the same window,
   width and steps, ``swa_longrange_tiny`` (4 layers, as MAL) and ``swa_longrange_tiny_2l``
   (2 layers, as MAG and MAC)
+* MoM on a crowded MQAR (8 pairs in 64 tokens): ``mom_gdn_tiny``, ``mom_linear_tiny`` and
+  their single-memory baselines (``*_1mem``: one memory of the same size, same steps)
 
 Training is deterministic for a given machine and torch build, but the held-out accuracy
 can differ by a few points between CPUs (floating-point summation order), which is why the
@@ -39,6 +41,10 @@ from ops import RESULTS, meta
 
 ROOT = Path(__file__).resolve().parents[1]
 
+# MoM's single-memory baseline: one memory of the same size, no shared memory, same steps
+_ONE_MEMORY = ["model.mixers.mom.n_memories=1", "model.mixers.mom.topk=1",
+               "model.mixers.mom.shared_memory=false"]
+
 # name -> (Hydra overrides, the command a user types)
 RECIPES = {
     "default": ([], "make train"),
@@ -57,6 +63,14 @@ RECIPES = {
                         "python train.py experiment=titans_mag_tiny"),
     "titans_mac_tiny": (["experiment=titans_mac_tiny"],
                         "python train.py experiment=titans_mac_tiny"),
+    "mom_gdn_tiny": (["experiment=mom_gdn_tiny"], "python train.py experiment=mom_gdn_tiny"),
+    "mom_gdn_tiny_1mem": (["experiment=mom_gdn_tiny", *_ONE_MEMORY],
+                          "python train.py experiment=mom_gdn_tiny " + " ".join(_ONE_MEMORY)),
+    "mom_linear_tiny": (["experiment=mom_linear_tiny"],
+                        "python train.py experiment=mom_linear_tiny"),
+    "mom_linear_tiny_1mem": (["experiment=mom_linear_tiny", *_ONE_MEMORY],
+                             "python train.py experiment=mom_linear_tiny "
+                             + " ".join(_ONE_MEMORY)),
 }
 
 
@@ -87,12 +101,15 @@ def run_recipe(name) -> dict:
     with tempfile.TemporaryDirectory(prefix=f"recipe_{name}_") as tmp:
         cfg = compose([*overrides, "trainer.enable_progress_bar=false"], tmp)
         gap = cfg.data.dataset.get("gap", 0) or 0
+        pairs, seq = cfg.data.dataset.get("num_kv_pairs"), cfg.data.dataset.get("seq_len")
+        task = (f"long-range MQAR (gap {gap})" if gap else "MQAR" if (pairs, seq) == (4, 64)
+                else f"MQAR ({pairs} pairs in {seq} tokens)")
         t0 = time.perf_counter()
         res = run(cfg, extra_callbacks=[_Probe()])
         seconds = time.perf_counter() - t0
     chance = seen.get("chance")
     return {"name": name, "command": command,
-            "task": f"long-range MQAR (gap {gap})" if gap else "MQAR",
+            "task": task,
             "experiment": overrides[0].split("=", 1)[1] if overrides else "hybrid_tiny",
             "val_acc": round(float(res["val/acc"]), 4),
             "val_loss": round(float(res["val/loss"]), 4),
