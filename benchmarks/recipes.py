@@ -17,7 +17,9 @@ and run through ``memarch.lit.train.run``; checkpoints go to a temporary directo
   width and steps, ``swa_longrange_tiny`` (4 layers, as MAL) and ``swa_longrange_tiny_2l``
   (2 layers, as MAG and MAC)
 * MoM on a crowded MQAR (8 pairs in 64 tokens): ``mom_gdn_tiny``, ``mom_linear_tiny`` and
-  their single-memory baselines (``*_1mem``: one memory of the same size, same steps)
+  their single-memory baselines (``*_1mem``: one memory of the same size, same steps), and
+  two ablations: ``mom_gdn_tiny_1mem_shared`` (one routed memory plus the shared memory)
+  and ``mom_gdn_tiny_noshared`` (the routed memories alone, without the shared memory)
 
 Training is deterministic for a given machine and torch build, but the held-out accuracy
 can differ by a few points between CPUs (floating-point summation order), which is why the
@@ -66,6 +68,12 @@ RECIPES = {
     "mom_gdn_tiny": (["experiment=mom_gdn_tiny"], "python train.py experiment=mom_gdn_tiny"),
     "mom_gdn_tiny_1mem": (["experiment=mom_gdn_tiny", *_ONE_MEMORY],
                           "python train.py experiment=mom_gdn_tiny " + " ".join(_ONE_MEMORY)),
+    "mom_gdn_tiny_1mem_shared": (["experiment=mom_gdn_tiny", *_ONE_MEMORY[:2]],
+                                 "python train.py experiment=mom_gdn_tiny "
+                                 + " ".join(_ONE_MEMORY[:2])),
+    "mom_gdn_tiny_noshared": (["experiment=mom_gdn_tiny", "model.mixers.mom.shared_memory=false"],
+                              "python train.py experiment=mom_gdn_tiny "
+                              "model.mixers.mom.shared_memory=false"),
     "mom_linear_tiny": (["experiment=mom_linear_tiny"],
                         "python train.py experiment=mom_linear_tiny"),
     "mom_linear_tiny_1mem": (["experiment=mom_linear_tiny", *_ONE_MEMORY],

@@ -271,6 +271,13 @@ def test_auto_picks_torch_on_cpu_and_honours_env(monkeypatch, checks):
         monkeypatch.setenv(_common.ENV_VAR, forced)
         delta_rule(q, k, v, beta, g=g)
         checks.true(seen == [name], f"${_common.ENV_VAR}={forced} -> {name}, got {seen}")
+    seen.clear()                      # heads wider than the kernels take: auto -> torch
+    wide = make(1, 5, 1, op.MAX_TRITON_DIM + 8, 4, torch.float32, True, False)[:5]
+    monkeypatch.setenv(_common.ENV_VAR, "triton")
+    delta_rule(*wide[:4], g=wide[4])
+    checks.true(seen == ["chunk_delta_rule"], f"auto (env triton), K > max -> torch, got {seen}")
+    with pytest.raises(ValueError, match=r"impl='triton' supports K, V <= 128"):
+        delta_rule(*wide[:4], g=wide[4], impl="triton")
     seen.clear()
     monkeypatch.setenv(_common.ENV_VAR, "naive")
     delta_rule(q, k, v, beta, g=g, impl="torch")
