@@ -65,9 +65,13 @@ def chunk_delta_rule(q, k, v, beta, g, scale: float, S0, chunk_size: int | None 
     decay = b[..., -1].exp()                                           # [B, H, N]
     h = S0.to(ct) if S0 is not None else q.new_zeros(B, H, K, V, dtype=ct)
     outs = []
-    for n in range(N):
-        u = U[:, :, n] - W[:, :, n] @ h                                # [B, H, C, V]
-        outs.append(q_in[:, :, n] @ h + Aqk[:, :, n] @ u)
-        h = decay[:, :, n, None, None] * h + k_out[:, :, n].transpose(-1, -2) @ u
+    # unbind once: indexing [:, :, n] inside the loop would make autograd add a full-size
+    # zero gradient per chunk (quadratic in T)
+    per_chunk = zip(U.unbind(2), W.unbind(2), q_in.unbind(2), Aqk.unbind(2),
+                    k_out.transpose(-1, -2).unbind(2), decay[..., None, None].unbind(2))
+    for U_n, W_n, q_n, A_n, kT_n, d_n in per_chunk:
+        u = U_n - W_n @ h                                              # [B, H, C, V]
+        outs.append(q_n @ h + A_n @ u)
+        h = d_n * h + kT_n @ u
     o = torch.stack(outs, 2).flatten(2, 3)[:, :, :T].transpose(1, 2)   # [B, T, H, V]
     return o.to(v.dtype), h

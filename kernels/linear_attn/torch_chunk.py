@@ -68,9 +68,12 @@ def chunk_linear_attn(q, k, v, g, scale: float, S0, chunk_size: int = 64):
     dS = k_out.transpose(-1, -2) @ vc                                    # [B, H, N, K, V]
     Hs = []
     h = S0.to(ct) if S0 is not None else q.new_zeros(B, H, K, V, dtype=ct)
-    for n in range(N):
+    # unbind once: indexing [:, :, n] in the loop would make autograd add a full-size zero
+    # gradient per chunk (quadratic in T)
+    decays = chunk_decay[..., None, None].unbind(2) if chunk_decay is not None else [None] * N
+    for dS_n, d_n in zip(dS.unbind(2), decays):
         Hs.append(h)
-        h = (h * chunk_decay[:, :, n, None, None] if chunk_decay is not None else h) + dS[:, :, n]
+        h = (h * d_n if d_n is not None else h) + dS_n
     o = o + q_in @ torch.stack(Hs, 2)                                    # inter-chunk term
     o = o.flatten(2, 3)[:, :, :T].transpose(1, 2)                        # [B, T, H, V]
     return o, h
