@@ -18,6 +18,7 @@ and run through ``memarch.lit.train.run``; checkpoints go to a temporary directo
   (2 layers, as MAG and MAC)
 * MoM on a crowded MQAR (8 pairs in 64 tokens): ``mom_gdn_tiny``, ``mom_linear_tiny`` and
   their single-memory baselines (``*_1mem``: one memory of the same size, same steps), and
+  one memory with MoM's total state (``mom_gdn_tiny_1mem_5x``: values 5x wider), and
   two ablations: ``mom_gdn_tiny_1mem_shared`` (one routed memory plus the shared memory)
   and ``mom_gdn_tiny_noshared`` (the routed memories alone, without the shared memory)
 
@@ -68,6 +69,9 @@ RECIPES = {
     "mom_gdn_tiny": (["experiment=mom_gdn_tiny"], "python train.py experiment=mom_gdn_tiny"),
     "mom_gdn_tiny_1mem": (["experiment=mom_gdn_tiny", *_ONE_MEMORY],
                           "python train.py experiment=mom_gdn_tiny " + " ".join(_ONE_MEMORY)),
+    "mom_gdn_tiny_1mem_5x": (["experiment=mom_gdn_tiny", *_ONE_MEMORY, "model.mixers.mom.expand_v=5"],
+                             "python train.py experiment=mom_gdn_tiny " + " ".join(_ONE_MEMORY)
+                             + " model.mixers.mom.expand_v=5"),
     "mom_gdn_tiny_1mem_shared": (["experiment=mom_gdn_tiny", *_ONE_MEMORY[:2]],
                                  "python train.py experiment=mom_gdn_tiny "
                                  + " ".join(_ONE_MEMORY[:2])),

@@ -90,7 +90,7 @@ CASES.update({
                        [3, 5, 6]),
 })
 
-# MoM: boundaries at the conv width (4) and the kernels' 64-token chunk; 3 memories so that
+# MoM: boundaries at the conv width (4) and the kernels' 32/64-token chunks; 3 memories so that
 # top-k leaves one out; both cells, shared memory on and off, top-k 1 and 2.
 CASES.update({
     "mom_gdn_shared_top2": Case(mx.MoM, dict(n_heads=2, n_memories=3, topk=2), [3, 4, 64]),

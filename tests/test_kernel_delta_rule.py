@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from memarch.kernels import LinearAttnState, delta_rule
 
-TS = (1, 63, 64, 65, 150)                             # chunks of 32 (triton) and 64 (torch)
+TS = (1, 63, 64, 65, 150)                             # chunks of 32 (triton; torch at K, V <= 32), 64 (torch)
 DIMS = ((16, 24, 2), (40, 16, 3))                     # K, V, H: K != V, H = 3 once
 GRID = [(T, K, V, H, use_g, init) for T, (K, V, H), use_g, init
         in itertools.product(TS, DIMS, (False, True), (False, True))]
@@ -274,7 +274,8 @@ def test_auto_picks_torch_on_cpu_and_honours_env(monkeypatch, checks):
     seen.clear()                      # heads wider than the kernels take: auto -> torch
     wide = make(1, 5, 1, op.MAX_TRITON_DIM + 8, 4, torch.float32, True, False)[:5]
     monkeypatch.setenv(_common.ENV_VAR, "triton")
-    delta_rule(*wide[:4], g=wide[4])
+    with pytest.warns(UserWarning, match=r"exceed the Triton kernels' 128; impl='auto' runs"):
+        delta_rule(*wide[:4], g=wide[4])
     checks.true(seen == ["chunk_delta_rule"], f"auto (env triton), K > max -> torch, got {seen}")
     with pytest.raises(ValueError, match=r"impl='triton' supports K, V <= 128"):
         delta_rule(*wide[:4], g=wide[4], impl="triton")

@@ -154,6 +154,29 @@ def test_unrouted_memory_is_bitwise_untouched(cell, checks):
 
 
 @pytest.mark.parametrize("cell", ["gated_delta", "linear"])
+def test_nonfinite_token_reaches_only_its_memories(cell, checks):
+    """A NaN token poisons only the memories it is routed to (its router logits are NaN too,
+    so which ones is top-k's choice): they are NaN, every other memory stays finite, and
+    one call, any split and token by token agree (NaN where NaN, else to 1e-12)."""
+    m = build(cell=cell, n_memories=4, topk=2, shared_memory=False, conv_size=0)
+    bad = torch.randn(2, 12, D, dtype=torch.float64)
+    bad[:, 8, 1] = float("nan")
+    hit = m.route(bad[:, 8:9])[1][:, 0]                                  # [B, M] routed at t
+    checks.true(bool((~hit).any()), "some memory is not routed the NaN token")
+    nan_eq = lambda a, b: torch.allclose(a, b, atol=1e-12, rtol=0, equal_nan=True)
+    ref_y, ref_s = None, None
+    for lengths in ([12], [8, 4], [9, 3], [1] * 12):
+        y, s = run_chunks(m, bad, lengths)
+        checks.true(bool(y[:, :8].isfinite().all() and y[:, 8].isnan().all()),
+                    f"{lengths}: outputs before t finite, at t NaN")
+        checks.equal(s.S.isnan().flatten(2).all(-1), hit, f"{lengths}: NaN exactly where routed")
+        checks.true(bool(s.S[~hit].isfinite().all()), f"{lengths}: the others stay finite")
+        if ref_s is None:
+            ref_y, ref_s = y, s
+        checks.true(nan_eq(y, ref_y) and nan_eq(s.S, ref_s.S), f"{lengths}: split invariant")
+
+
+@pytest.mark.parametrize("cell", ["gated_delta", "linear"])
 def test_one_memory_reduces_to_the_plain_memory(cell, checks):
     """M = 1, top-1, no shared memory: the plain gated delta / gated linear memory with the
     same weights (q, k, v -> conv -> SiLU; L2 for delta; one op call; gated RMSNorm)."""
@@ -190,6 +213,13 @@ def test_balance_loss(checks):
         m.router.weight.zero_()                          # uniform router: perfect balance
     checks.close(m(x).aux_loss, torch.tensor(0.05), atol=1e-7, msg="balanced")
     checks.true(build(aux_loss_coef=0).forward(x).aux_loss is None, "coef 0 -> None")
+    # every token forced to memories {0, 1}: f = P = [1/2, 1/2, 0, 0] -> coef * 4 * 1/2
+    xf = torch.randn(3, 20, D, dtype=torch.float64)
+    xf[..., 0] = 1.0
+    with torch.no_grad():
+        m.router.weight[:, 0] = torch.tensor([50.0, 50.0, -50.0, -50.0], dtype=torch.float64)
+        m.router.weight[:, 1:] = 0.0
+    checks.close(m(xf).aux_loss, torch.tensor(0.05 * 2.0), atol=1e-7, msg="all on {0, 1}")
 
 
 def test_training_adds_and_logs_the_aux_loss(checks):

@@ -8,6 +8,8 @@ The equations, shapes, state and implementations are in ``delta_rule``'s own doc
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 
 from .._common import check, check_float, check_triton, pick_impl
@@ -31,7 +33,7 @@ def delta_rule(q, k, v, beta, *, g=None, scale=None, initial_state=None,
     (I - beta_t k_t k_t^T) + beta_t v_t k_t^T is its transpose.) Equivalently: decay
     S' = exp(g_t) S_{t-1}, then move the value stored under k_t towards v_t by beta_t,
     S_t = S' + beta_t k_t (v_t - k_t^T S')^T. With unit-norm k and beta in [0, 1] the
-    write is a contraction; callers normally L2-normalise q and k (MoM's delta cell does).
+    write is non-expansive; callers normally L2-normalise q and k (MoM's delta cell does).
 
     Args:
         q, k: [B, T, H, K]; same dtype as v.
@@ -102,8 +104,12 @@ def delta_rule(q, k, v, beta, *, g=None, scale=None, initial_state=None,
     scale = K ** -0.5 if scale is None else float(scale)
     asked = impl
     impl = pick_impl(OP, impl, q)
-    if impl == "triton" and (T == 0 or (asked == "auto" and max(K, V) > MAX_TRITON_DIM)):
-        impl = "torch"     # nothing to launch, or auto with heads wider than the kernels take
+    if impl == "triton" and T == 0:       # nothing to launch: what the torch path returns
+        impl = "torch"
+    if impl == "triton" and asked == "auto" and max(K, V) > MAX_TRITON_DIM:
+        warnings.warn(f"{OP}: K={K}, V={V} exceed the Triton kernels' {MAX_TRITON_DIM}; "
+                      "impl='auto' runs the chunked torch path (slower on a GPU)", stacklevel=2)
+        impl = "torch"
     if impl == "triton":
         check_triton(OP, q)
         check(K <= MAX_TRITON_DIM and V <= MAX_TRITON_DIM, OP,

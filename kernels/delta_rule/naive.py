@@ -27,7 +27,7 @@ def delta_rule_naive(q, k, v, beta, g, scale: float, S0):
     V = v.shape[-1]
     ct = torch.float64 if q.dtype == torch.float64 else torch.float32
     qf, kf, vf, bf = q.to(ct) * scale, k.to(ct), v.to(ct), beta.to(ct)
-    S = S0.to(ct) if S0 is not None else q.new_zeros(B, H, K, V, dtype=ct)
+    S = S0.to(ct).clone() if S0 is not None else q.new_zeros(B, H, K, V, dtype=ct)
     outs = []
     for t in range(T):
         kt, vt, qt = kf[:, t], vf[:, t], qf[:, t]                      # [B, H, K|V]

@@ -21,7 +21,9 @@ Per token x_t (heads h = 1..H; memories m = 1..M, plus the shared memory m = 0):
     y_t = W_o [ RMSNorm(o_t) * SiLU(W_g x_t) ]         (per-head gated RMSNorm)
 
 conv is a depthwise causal convolution of width ``conv_size`` (then SiLU; no conv when
-``conv_size`` is 0: SiLU only), computed on the original timeline for every memory. The
+``conv_size`` is 0: SiLU only), computed on the original timeline for every memory, with
+its own weights per channel, so each memory's k and v have their own conv (the MoM code
+shares one k conv and one v conv across the memories). The
 reference repositories pack each memory's tokens into its own sequence, run the convolution
 there (across memory boundaries: a token's window holds other tokens routed to the same
 memory, and in training even the neighbouring memory's tokens) and sort tokens with an
@@ -36,10 +38,16 @@ reaches keeps its state bitwise. This costs (M + 1) / (k + 1) of a packed path i
 (5/3 at the paper's M = 4, k = 2) and needs no sort, gather or host sync.
 
 Load balancing (Switch Transformer, 2101.03961, eq. 4, with top-k): over the tokens of the
-call, f_m = (number of top-k slots routed to m) / (N k), P_m = mean p_t[m];
-``aux_loss = aux_loss_coef * M * sum_m f_m P_m`` (= aux_loss_coef at perfect balance; the
-Mixtral form used by the MoM code is k times this). Training adds ``aux_loss`` to the loss
-as it is (``LitLM.aux_loss_weight`` = 1).
+call, f_m = (number of top-k slots routed to m) / (N k), P_m = mean p_t[m] (the full
+softmax); ``aux_loss = aux_loss_coef * M * sum_m f_m P_m`` (= aux_loss_coef at perfect
+balance). ``MemLM`` sums its layers' aux losses and training adds the sum to the loss as it
+is (``LitLM.aux_loss_weight`` = 1). The MoM code differs in scale: it averages the layers
+(memarch sums them) and its per-layer term is about k times this one (Mixtral's form, with
+P from the renormalised top-k weights), so with L MoM layers memarch's default pulls the
+router about L / k times harder (12x for model=mom's 24 layers at top-2; 1x for the 2-layer
+tiny models): set ``aux_loss_coef = 0.01 * k / L`` to match it. With top-1 the renormalised
+weight is always 1, so only the balance loss trains the router (as in the MoM code; Switch
+scales by the unnormalised probability).
 
 State ``MoMState(S [B, M, H, K, V], shared [B, H, K, V] | None, conv [B, conv_size-1, C] |
 None, pos [B])``: the memories, the shared memory and the window of the last conv_size - 1
@@ -220,11 +228,16 @@ class MoM(Mixer):
             q, k = _l2(q), _l2(k)
             beta = torch.sigmoid(self.b_proj(x).to(ct).view(B, T, E, H))
             beta = torch.where(live, beta, 0.0)                              # zero write
+            # unrouted k, v selected out too: a non-finite token then only reaches the
+            # memories it is routed to (the op poisons every head that sees a bad k or v)
+            k = torch.where(live[..., None], k, 0.0)
+            v = torch.where(live[..., None], v, 0.0)
             o, S = delta_rule(heads(q), heads(k), heads(v), heads(beta), g=heads(g),
                               initial_state=S0.flatten(1, 2), output_final_state=True,
                               impl=self.impl)
         else:
             k = torch.where(live[..., None], k, 0.0)                         # zero write
+            v = torch.where(live[..., None], v, 0.0)
             o, (S, _) = linear_attn(heads(q), heads(k), heads(v), g=heads(g),
                                     initial_state=S0.flatten(1, 2), output_final_state=True,
                                     impl=self.impl)
