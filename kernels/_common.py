@@ -43,3 +43,40 @@ def check_triton(op: str, x: torch.Tensor) -> None:
     if not x.is_cuda and os.environ.get("TRITON_INTERPRET", "0") != "1":
         raise RuntimeError(f"{op}: impl='triton' needs CUDA tensors (or TRITON_INTERPRET=1 "
                            f"set before the kernels are imported), got device {x.device}")
+
+
+def check_qkv_g(op: str, q, k, v, g, **extra) -> tuple[int, int, int, int, int]:
+    """The checks every recurrent op shares: q, k [B, T, H, K] and v [B, T, H, V] floating
+    point of one dtype, g [B, T, H] <= 0 (checked off CUDA only: no host sync) or None, and
+    any ``extra`` per-token tensor [B, T, H] (e.g. beta); all on q's device. Returns
+    (B, T, H, K, V)."""
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        check(isinstance(t, torch.Tensor) and t.dim() == 4, op,
+              f"{name} must be a 4-d tensor [B, T, H, D], got "
+              f"{tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__}")
+    for name, t in extra.items():
+        check(isinstance(t, torch.Tensor), op, f"{name} must be a tensor [B, T, H], got "
+              f"{type(t).__name__}")
+    check_float(op, q=q, k=k, v=v, g=g, **extra)
+    B, T, H, K = q.shape
+    V = v.shape[-1]
+    check(tuple(k.shape) == (B, T, H, K), op, f"k must have q's shape {list(q.shape)}, got "
+          f"{list(k.shape)}")
+    check(tuple(v.shape[:3]) == (B, T, H), op, f"v must have shape [B, T, H, V] with [B, T, H] "
+          f"= {[B, T, H]}, got {list(v.shape)}")
+    check(q.dtype == k.dtype == v.dtype, op, f"q, k, v must share a dtype, got {q.dtype}, "
+          f"{k.dtype}, {v.dtype}")
+    check(K >= 1 and V >= 1, op, f"K and V must be >= 1, got K={K}, V={V}")
+    for name, t in extra.items():
+        check(tuple(t.shape) == (B, T, H), op, f"{name} must have shape [B, T, H] = "
+              f"{[B, T, H]}, got {list(t.shape)}")
+    if g is not None:
+        check(tuple(g.shape) == (B, T, H), op, f"g must have shape [B, T, H] = {[B, T, H]}, got "
+              f"{list(g.shape)}")
+        if not g.is_cuda and bool((g > 0).any()):        # no host sync on CUDA
+            raise ValueError(f"{op}: g must be <= 0 (log-space decay; exp(g) > 1 grows the "
+                             f"state until it overflows), got max(g) = "
+                             f"{g.detach()[g > 0].max().item():.4g}")
+    for name, t in (("k", k), ("v", v), ("g", g), *extra.items()):
+        check(t is None or t.device == q.device, op, f"{name} must be on q's device {q.device}")
+    return B, T, H, K, V

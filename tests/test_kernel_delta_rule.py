@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from memarch.kernels import LinearAttnState, delta_rule
 
-TS = (1, 63, 64, 65, 150)                             # chunks of 32 (triton; torch at K, V <= 32), 64 (torch)
+TS = (1, 63, 64, 65, 150)             # chunks of 32 (triton; torch at K, V <= 32), 64 (torch)
 DIMS = ((16, 24, 2), (40, 16, 3))                     # K, V, H: K != V, H = 3 once
 GRID = [(T, K, V, H, use_g, init) for T, (K, V, H), use_g, init
         in itertools.product(TS, DIMS, (False, True), (False, True))]
@@ -24,7 +24,8 @@ def make(B, T, H, K, V, dtype, use_g, init, seed=0):
     """Inputs as real callers build them: L2-normalised q and k, beta = sigmoid(.), g =
     logsigmoid(.) (a log decay in (-inf, 0))."""
     gen = torch.Generator().manual_seed(seed)
-    r = lambda *s: torch.randn(*s, generator=gen)
+    def r(*shape):
+        return torch.randn(*shape, generator=gen)
     q, k = F.normalize(r(B, T, H, K), dim=-1), F.normalize(r(B, T, H, K), dim=-1)
     v = r(B, T, H, V)
     beta = torch.sigmoid(r(B, T, H))
@@ -152,7 +153,8 @@ def low_precision_case(checks, impl, T, K, V, use_g, init, dtype=torch.float16):
     plain token loop run in `dtype`, plus a small floor."""
     q, k, v, beta, g, S0 = make(1, T, 2, K, V, dtype, use_g, init)
     cot = cotangents(1, T, 2, K, V)
-    up = lambda x: x.float()
+    def up(x):
+        return x.float()
     ref_out, ref_grad = run("naive", up(q), up(k), up(v), beta, g, S0, cot)
     out, grad = run(impl, q, k, v, beta, g, S0, cot)
     ins = [None if x is None else x.detach().to(dtype).requires_grad_()

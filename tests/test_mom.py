@@ -163,7 +163,8 @@ def test_nonfinite_token_reaches_only_its_memories(cell, checks):
     bad[:, 8, 1] = float("nan")
     hit = m.route(bad[:, 8:9])[1][:, 0]                                  # [B, M] routed at t
     checks.true(bool((~hit).any()), "some memory is not routed the NaN token")
-    nan_eq = lambda a, b: torch.allclose(a, b, atol=1e-12, rtol=0, equal_nan=True)
+    def nan_eq(a, b):
+        return torch.allclose(a, b, atol=1e-12, rtol=0, equal_nan=True)
     ref_y, ref_s = None, None
     for lengths in ([12], [8, 4], [9, 3], [1] * 12):
         y, s = run_chunks(m, bad, lengths)

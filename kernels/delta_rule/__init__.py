@@ -12,7 +12,7 @@ import warnings
 
 import torch
 
-from .._common import check, check_float, check_triton, pick_impl
+from .._common import check, check_float, check_qkv_g, check_triton, pick_impl
 from .naive import delta_rule_naive
 from .torch_chunk import chunk_delta_rule
 
@@ -73,33 +73,7 @@ def delta_rule(q, k, v, beta, *, g=None, scale=None, initial_state=None,
         o, S = delta_rule(q, k, v, beta, g=g, output_final_state=True)
         o2, _ = delta_rule(q, k, v, beta, g=g, initial_state=S)   # continues
     """
-    for name, t in (("q", q), ("k", k), ("v", v)):
-        check(isinstance(t, torch.Tensor) and t.dim() == 4, OP,
-              f"{name} must be a 4-d tensor [B, T, H, D], got "
-              f"{tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__}")
-    check(isinstance(beta, torch.Tensor), OP, f"beta must be a tensor [B, T, H], got "
-          f"{type(beta).__name__}")
-    check_float(OP, q=q, k=k, v=v, beta=beta, g=g)
-    B, T, H, K = q.shape
-    V = v.shape[-1]
-    check(tuple(k.shape) == (B, T, H, K), OP, f"k must have q's shape {list(q.shape)}, got "
-          f"{list(k.shape)}")
-    check(tuple(v.shape[:3]) == (B, T, H), OP, f"v must have shape [B, T, H, V] with [B, T, H] "
-          f"= {[B, T, H]}, got {list(v.shape)}")
-    check(q.dtype == k.dtype == v.dtype, OP, f"q, k, v must share a dtype, got {q.dtype}, "
-          f"{k.dtype}, {v.dtype}")
-    check(K >= 1 and V >= 1, OP, f"K and V must be >= 1, got K={K}, V={V}")
-    check(tuple(beta.shape) == (B, T, H), OP, f"beta must have shape [B, T, H] = {[B, T, H]}, "
-          f"got {list(beta.shape)}")
-    if g is not None:
-        check(tuple(g.shape) == (B, T, H), OP, f"g must have shape [B, T, H] = {[B, T, H]}, got "
-              f"{list(g.shape)}")
-        if not g.is_cuda and bool((g > 0).any()):        # no host sync on CUDA
-            raise ValueError(f"{OP}: g must be <= 0 (log-space decay; exp(g) > 1 grows the "
-                             f"state until it overflows), got max(g) = "
-                             f"{g.detach()[g > 0].max().item():.4g}")
-    for name, t in (("k", k), ("v", v), ("beta", beta), ("g", g)):
-        check(t is None or t.device == q.device, OP, f"{name} must be on q's device {q.device}")
+    B, T, H, K, V = check_qkv_g(OP, q, k, v, g, beta=beta)
     S0 = _unpack_state(initial_state, B, H, K, V)
     scale = K ** -0.5 if scale is None else float(scale)
     asked = impl

@@ -12,7 +12,7 @@ from typing import NamedTuple
 
 import torch
 
-from .._common import check, check_float, check_triton, pick_impl
+from .._common import check, check_float, check_qkv_g, check_triton, pick_impl
 from .naive import linear_attn_naive
 from .torch_chunk import chunk_linear_attn
 
@@ -95,30 +95,8 @@ def linear_attn(q, k, v, *, g=None, scale=None, normalize: bool = False, eps: fl
         o, st = linear_attn(q, k, v, g=g, normalize=True, output_final_state=True)
         o2, _ = linear_attn(q, k, v, g=g, normalize=True, initial_state=st)  # continues
     """
-    for name, t in (("q", q), ("k", k), ("v", v)):
-        check(isinstance(t, torch.Tensor) and t.dim() == 4, OP,
-              f"{name} must be a 4-d tensor [B, T, H, D], got "
-              f"{tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__}")
-    check_float(OP, q=q, k=k, v=v, g=g)
-    B, T, H, K = q.shape
-    V = v.shape[-1]
-    check(tuple(k.shape) == (B, T, H, K), OP, f"k must have q's shape {list(q.shape)}, got "
-          f"{list(k.shape)}")
-    check(tuple(v.shape[:3]) == (B, T, H), OP, f"v must have shape [B, T, H, V] with [B, T, H] "
-          f"= {[B, T, H]}, got {list(v.shape)}")
-    check(q.dtype == k.dtype == v.dtype, OP, f"q, k, v must share a dtype, got {q.dtype}, "
-          f"{k.dtype}, {v.dtype}")
-    check(K >= 1 and V >= 1, OP, f"K and V must be >= 1, got K={K}, V={V}")
-    if g is not None:
-        check(tuple(g.shape) == (B, T, H), OP, f"g must have shape [B, T, H] = {[B, T, H]}, got "
-              f"{list(g.shape)}")
-        if not g.is_cuda and bool((g > 0).any()):        # no host sync on CUDA (module doc)
-            raise ValueError(f"{OP}: g must be <= 0 (log-space decay; exp(g) > 1 grows the "
-                             f"state until it overflows), got max(g) = "
-                             f"{g.detach()[g > 0].max().item():.4g}")
+    B, T, H, K, V = check_qkv_g(OP, q, k, v, g)
     check(eps >= 0, OP, f"eps must be >= 0, got {eps}")
-    for name, t in (("k", k), ("v", v), ("g", g)):
-        check(t is None or t.device == q.device, OP, f"{name} must be on q's device {q.device}")
     S0, z0 = _unpack_state(initial_state, normalize, B, H, K, V)
     scale = K ** -0.5 if scale is None else float(scale)
     impl = pick_impl(OP, impl, q)

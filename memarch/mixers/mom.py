@@ -169,7 +169,9 @@ class MoM(Mixer):
     def init_state(self, batch_size, *, device=None, dtype=None) -> MoMState:
         dtype = dtype or torch.float32
         H, K, V, M = self.n_heads, self.head_dim, self.v_dim, self.n_memories
-        z = lambda *s: torch.zeros(batch_size, *s, device=device, dtype=dtype)
+
+        def z(*shape):
+            return torch.zeros(batch_size, *shape, device=device, dtype=dtype)
         return MoMState(z(M, H, K, V), z(H, K, V) if self.shared_memory else None,
                         z(self.conv_size - 1, self.n_channels) if self.conv_size else None,
                         torch.zeros(batch_size, dtype=torch.long, device=device))
@@ -222,7 +224,6 @@ class MoM(Mixer):
             self.a_proj(x).to(ct).view(B, T, E, H) + self.dt_bias.to(ct))    # [B, T, E, H]
         g = torch.where(live, g, 0.0)                                        # no decay
         S0 = state.S if state.shared is None else torch.cat([state.S, state.shared[:, None]], 1)
-        heads = lambda t: t.flatten(2, 3)                                    # [B, T, E H, ...]
         q = q.expand(B, T, E, H, K)
         if self.cell == "gated_delta":
             q, k = _l2(q), _l2(k)
@@ -232,13 +233,13 @@ class MoM(Mixer):
             # memories it is routed to (the op poisons every head that sees a bad k or v)
             k = torch.where(live[..., None], k, 0.0)
             v = torch.where(live[..., None], v, 0.0)
-            o, S = delta_rule(heads(q), heads(k), heads(v), heads(beta), g=heads(g),
+            o, S = delta_rule(_heads(q), _heads(k), _heads(v), _heads(beta), g=_heads(g),
                               initial_state=S0.flatten(1, 2), output_final_state=True,
                               impl=self.impl)
         else:
             k = torch.where(live[..., None], k, 0.0)                         # zero write
             v = torch.where(live[..., None], v, 0.0)
-            o, (S, _) = linear_attn(heads(q), heads(k), heads(v), g=heads(g),
+            o, (S, _) = linear_attn(_heads(q), _heads(k), _heads(v), g=_heads(g),
                                     initial_state=S0.flatten(1, 2), output_final_state=True,
                                     impl=self.impl)
         o = o.view(B, T, E, H, V)
@@ -250,6 +251,11 @@ class MoM(Mixer):
         y = self.o_proj(y.reshape(B, T, H * V).to(x.dtype))
         new = MoMState(S[:, :M], S[:, M] if self.shared_memory else None, conv, state.pos + T)
         return MixerOutput(y, new, self.balance_loss(probs, routed))
+
+
+def _heads(t: torch.Tensor) -> torch.Tensor:
+    """[B, T, E, H, ...] -> [B, T, E H, ...]: the memories as groups of heads."""
+    return t.flatten(2, 3)
 
 
 def _l2(x: torch.Tensor) -> torch.Tensor:
