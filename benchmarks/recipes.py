@@ -20,7 +20,8 @@ and run through ``memarch.lit.train.run``; checkpoints go to a temporary directo
   their single-memory baselines (``*_1mem``: one memory of the same size, same steps), and
   one memory with MoM's total state (``mom_gdn_tiny_1mem_5x``: values 5x wider), and
   two ablations: ``mom_gdn_tiny_1mem_shared`` (one routed memory plus the shared memory)
-  and ``mom_gdn_tiny_noshared`` (the routed memories alone, without the shared memory)
+  and ``mom_gdn_tiny_noshared`` (the routed memories alone, without the shared memory);
+  ``*_seed1``, ``*_seed2``: MoM, one memory and one memory + shared with two more seeds
 
 Training is deterministic for a given machine and torch build, but the held-out accuracy
 can differ by a few points between CPUs (floating-point summation order), which is why the
@@ -48,6 +49,16 @@ ROOT = Path(__file__).resolve().parents[1]
 _ONE_MEMORY = ["model.mixers.mom.n_memories=1", "model.mixers.mom.topk=1",
                "model.mixers.mom.shared_memory=false"]
 
+# the MoM gated-delta set-ups that are also run with seeds 1 and 2
+RECIPE_MOM = {
+    "mom_gdn_tiny": (["experiment=mom_gdn_tiny"], "python train.py experiment=mom_gdn_tiny"),
+    "mom_gdn_tiny_1mem": (["experiment=mom_gdn_tiny", *_ONE_MEMORY],
+                          "python train.py experiment=mom_gdn_tiny " + " ".join(_ONE_MEMORY)),
+    "mom_gdn_tiny_1mem_shared": (["experiment=mom_gdn_tiny", *_ONE_MEMORY[:2]],
+                                 "python train.py experiment=mom_gdn_tiny "
+                                 + " ".join(_ONE_MEMORY[:2])),
+}
+
 # name -> (Hydra overrides, the command a user types)
 RECIPES = {
     "default": ([], "make train"),
@@ -66,18 +77,19 @@ RECIPES = {
                         "python train.py experiment=titans_mag_tiny"),
     "titans_mac_tiny": (["experiment=titans_mac_tiny"],
                         "python train.py experiment=titans_mac_tiny"),
-    "mom_gdn_tiny": (["experiment=mom_gdn_tiny"], "python train.py experiment=mom_gdn_tiny"),
-    "mom_gdn_tiny_1mem": (["experiment=mom_gdn_tiny", *_ONE_MEMORY],
-                          "python train.py experiment=mom_gdn_tiny " + " ".join(_ONE_MEMORY)),
+    "mom_gdn_tiny": RECIPE_MOM["mom_gdn_tiny"],
+    "mom_gdn_tiny_1mem": RECIPE_MOM["mom_gdn_tiny_1mem"],
     "mom_gdn_tiny_1mem_5x": (["experiment=mom_gdn_tiny", *_ONE_MEMORY, "model.mixers.mom.expand_v=5"],
                              "python train.py experiment=mom_gdn_tiny " + " ".join(_ONE_MEMORY)
                              + " model.mixers.mom.expand_v=5"),
-    "mom_gdn_tiny_1mem_shared": (["experiment=mom_gdn_tiny", *_ONE_MEMORY[:2]],
-                                 "python train.py experiment=mom_gdn_tiny "
-                                 + " ".join(_ONE_MEMORY[:2])),
+    "mom_gdn_tiny_1mem_shared": RECIPE_MOM["mom_gdn_tiny_1mem_shared"],
     "mom_gdn_tiny_noshared": (["experiment=mom_gdn_tiny", "model.mixers.mom.shared_memory=false"],
                               "python train.py experiment=mom_gdn_tiny "
                               "model.mixers.mom.shared_memory=false"),
+    **{f"{name}_seed{sd}": ([*RECIPE_MOM[name][0], f"seed={sd}"],
+                            f"{RECIPE_MOM[name][1]} seed={sd}")
+       for name in ("mom_gdn_tiny", "mom_gdn_tiny_1mem", "mom_gdn_tiny_1mem_shared")
+       for sd in (1, 2)},
     "mom_linear_tiny": (["experiment=mom_linear_tiny"],
                         "python train.py experiment=mom_linear_tiny"),
     "mom_linear_tiny_1mem": (["experiment=mom_linear_tiny", *_ONE_MEMORY],
