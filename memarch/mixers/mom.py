@@ -224,9 +224,10 @@ class MoM(Mixer):
             self.a_proj(x).to(ct).view(B, T, E, H) + self.dt_bias.to(ct))    # [B, T, E, H]
         g = torch.where(live, g, 0.0)                                        # no decay
         S0 = state.S if state.shared is None else torch.cat([state.S, state.shared[:, None]], 1)
-        q = q.expand(B, T, E, H, K)
         if self.cell == "gated_delta":
             q, k = _l2(q), _l2(k)
+        q = q.expand(B, T, E, H, K)                                          # no copy
+        if self.cell == "gated_delta":
             beta = torch.sigmoid(self.b_proj(x).to(ct).view(B, T, E, H))
             beta = torch.where(live, beta, 0.0)                              # zero write
             # unrouted k, v selected out too: a non-finite token then only reaches the
