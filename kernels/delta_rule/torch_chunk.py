@@ -39,6 +39,7 @@ def chunk_delta_rule(q, k, v, beta, g, scale: float, S0, chunk_size: int | None 
     B, T, H, K = q.shape
     V = v.shape[-1]
     C = chunk_size or (32 if max(K, V) <= 32 else 64)
+    C = max(1, min(C, T))          # a short call (decode: T = 1) pads to T, not to a chunk
     N = max(1, -(-T // C))
     pad = N * C - T
     ct = torch.float64 if q.dtype == torch.float64 else torch.float32

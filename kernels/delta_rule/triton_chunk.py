@@ -49,13 +49,11 @@ import torch
 import triton
 import triton.language as tl
 
+from .._triton_common import chunk_cumsum, chunked, dot_precision, tile
+
 BT = 32
 BS = 16                   # row block of a chunk in the state kernels
 DECODE_CALLS = 0          # counts decode-kernel launches (tests check the path is taken)
-
-
-def _tile(d: int) -> int:
-    return min(64, max(16, triton.next_power_of_2(d)))
 
 
 def _full(d: int) -> int:
@@ -68,8 +66,8 @@ def config(K: int, V: int) -> dict:
     tile (more programs for the sequential loop, fewer registers); the per-chunk kernels use
     BK, BV <= 32 tiles, _bwd_dqk BKD = 16 (it holds five fp32 [BT, BT|BK] accumulators; at
     BK = 32 it spills). 8 warps; every kernel is spill-free at K = V = 128."""
-    return dict(BKF=_full(K), BVS=16, BK=min(32, _tile(K)), BKD=16,
-                BV=min(32, _tile(V)), num_warps=8)
+    return dict(BKF=_full(K), BVS=16, BK=min(32, tile(K)), BKD=16,
+                BV=min(32, tile(V)), num_warps=8)
 
 
 @triton.jit
@@ -377,24 +375,6 @@ def _decode(q, k, v, beta, g, s_in, s_out, o, scale, K, V,
     tl.store(o + ibh * V + ov, out.to(o.dtype.element_ty), mask=mv)
 
 
-def _prec(x: torch.Tensor) -> str:
-    return "ieee" if x.dtype == torch.float32 else "tf32"
-
-
-def _chunked(x, N):
-    """[B, T, H] -> [B, H, N*BT] fp32, zero-padded."""
-    B, T, H = x.shape
-    out = torch.zeros(B, H, N * BT, device=x.device, dtype=torch.float32)
-    out[:, :, :T] = x.float().transpose(1, 2)
-    return out
-
-
-def _chunk_cumsum(g, N):
-    """g [B, T, H] -> chunk-local cumsum gc [B, H, N*BT] fp32 (zero-padded: no decay)."""
-    B, _, H = g.shape
-    return _chunked(g, N).view(B, H, N, BT).cumsum(-1).view(B, H, N * BT).contiguous()
-
-
 class _ChunkDeltaRule(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, k, v, beta, g, S0, scale):
@@ -404,8 +384,8 @@ class _ChunkDeltaRule(torch.autograd.Function):
         N = max(1, triton.cdiv(T, BT))
         cfg = config(K, V)
         BKF, BVS, BK, BV, nw = cfg["BKF"], cfg["BVS"], cfg["BK"], cfg["BV"], cfg["num_warps"]
-        bc = _chunked(beta, N)
-        gc = _chunk_cumsum(g, N) if g is not None else bc
+        bc = chunked(beta, N, BT)
+        gc = chunk_cumsum(g, N, BT) if g is not None else bc
         h0 = S0.float().contiguous() if S0 is not None else bc
         f32 = dict(device=q.device, dtype=torch.float32)
         tm = torch.empty(B, H, N, BT, BT, **f32)
@@ -415,7 +395,7 @@ class _ChunkDeltaRule(torch.autograd.Function):
         hbuf = torch.empty(B, H, N, K, V, **f32)
         ht = torch.empty(B, H, K, V, **f32)
         o = q.new_empty(B, T, H, V, dtype=v.dtype)
-        meta = dict(BT=BT, DOT_PREC=_prec(q), USE_G=g is not None, num_warps=nw)
+        meta = dict(BT=BT, DOT_PREC=dot_precision(q), USE_G=g is not None, num_warps=nw)
         _fwd_wu[(N, B * H)](k, v, bc, gc, tm, w, uu, T, H, K, V, N, BK=BK, BV=BV, **meta)
         _fwd_h[(triton.cdiv(V, BVS), B * H)](k, w, uu, un, gc, h0, hbuf, ht, T, H, K, V, N,
                                             BS=BS, BK=BKF, BV=BVS, USE_H0=S0 is not None,
@@ -481,7 +461,7 @@ def _decode_step(q, k, v, beta, g, scale, S0):
     o = q.new_empty(B, 1, H, V, dtype=v.dtype)
     s_in = S0.float().contiguous() if S0 is not None else S
     gg = g.float().contiguous() if g is not None else bb
-    BK, BV = _full(K), min(32, _tile(V))
+    BK, BV = _full(K), min(32, tile(V))
     _decode[(triton.cdiv(V, BV), B * H)](q, k, v, bb, gg, s_in, S, o, scale, K, V, BK=BK, BV=BV,
                                          USE_G=g is not None, USE_S0=S0 is not None)
     return o, S
@@ -526,7 +506,7 @@ def aot_configs(full: bool = False):
         yield f"dr._bwd_dh {tag}", _bwd_dh, types, state, nw
         yield f"dr._bwd_dv {tag}", _bwd_dv, types, chunk, nw
         yield f"dr._bwd_dqk {tag}", _bwd_dqk, types, dict(chunk, BK=cfg["BKD"]), nw
-        dec = dict(BK=_full(kd), BV=min(32, _tile(vd)), USE_G=use_g, USE_S0=True)
+        dec = dict(BK=_full(kd), BV=min(32, tile(vd)), USE_G=use_g, USE_S0=True)
         yield f"dr._decode {tag}", _decode, types, dec, 4
         if full:                          # inference: no P for the backward; no initial state
             yield f"dr._fwd_o {tag} no-grad", _fwd_o, types, dict(chunk, STORE_A=False), nw

@@ -39,7 +39,7 @@ def chunk_linear_attn(q, k, v, g, scale: float, S0, chunk_size: int = 64):
     (fp64 for fp64 inputs)."""
     B, T, H, K = q.shape
     V = v.shape[-1]
-    C = chunk_size
+    C = max(1, min(chunk_size, T))  # a short call (decode: T = 1) pads to T, not to a chunk
     N = max(1, -(-T // C))
     pad = N * C - T
     ct = torch.float64 if q.dtype == torch.float64 else torch.float32

@@ -33,19 +33,17 @@ import torch
 import triton
 import triton.language as tl
 
+from .._triton_common import chunk_cumsum, dot_precision, tile
+
 BT = 64
 DECODE_CALLS = 0          # counts decode-kernel launches (tests check the path is taken)
-
-
-def _tile(d: int) -> int:
-    return min(64, max(16, triton.next_power_of_2(d)))
 
 
 def config(K: int, V: int) -> dict:
     """Tiles the dispatcher launches (checked ahead of time for sm_80/sm_90 in the tests):
     state kernels (_fwd_h, _bwd_dh) use [BKS, BV] tiles, the per-chunk kernels BK <= 32 (at
     BK = 64 the fp32 accumulators spill); 8 warps keep every kernel spill-free."""
-    return dict(BKS=_tile(K), BK=min(32, _tile(K)), BV=_tile(V), num_warps=8)
+    return dict(BKS=tile(K), BK=min(32, tile(K)), BV=tile(V), num_warps=8)
 
 
 @triton.jit
@@ -291,18 +289,6 @@ def _decode(q, k, v, g, s_in, z_in, s_out, z_out, o, scale, eps, K, V,
     tl.store(o + ibh * V + ov, out.to(o.dtype.element_ty), mask=mv)
 
 
-def _prec(x: torch.Tensor) -> str:
-    return "ieee" if x.dtype == torch.float32 else "tf32"
-
-
-def _chunk_cumsum(g, N):
-    """g [B, T, H] -> chunk-local cumsum gc [B, H, N*BT] fp32 (zero-padded: no decay)."""
-    B, T, H = g.shape
-    gc = torch.zeros(B, H, N * BT, device=g.device, dtype=torch.float32)
-    gc[:, :, :T] = g.float().transpose(1, 2)
-    return gc.view(B, H, N, BT).cumsum(-1).view(B, H, N * BT).contiguous()
-
-
 class _ChunkLinearAttn(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, k, v, g, S0, scale, out_dtype):
@@ -312,12 +298,12 @@ class _ChunkLinearAttn(torch.autograd.Function):
         N = max(1, triton.cdiv(T, BT))
         cfg = config(K, V)
         BKS, BK, BV = cfg["BKS"], cfg["BK"], cfg["BV"]
-        gc = _chunk_cumsum(g, N) if g is not None else q.new_zeros(1, dtype=torch.float32)
+        gc = chunk_cumsum(g, N, BT) if g is not None else q.new_zeros(1, dtype=torch.float32)
         h0 = S0.float().contiguous() if S0 is not None else gc
         hbuf = q.new_empty(B, H, N, K, V, dtype=torch.float32)
         ht = q.new_empty(B, H, K, V, dtype=torch.float32)
         o = q.new_empty(B, T, H, V, dtype=out_dtype)
-        meta = dict(BT=BT, BV=BV, DOT_PREC=_prec(q), USE_G=g is not None,
+        meta = dict(BT=BT, BV=BV, DOT_PREC=dot_precision(q), USE_G=g is not None,
                     num_warps=cfg["num_warps"])
         _fwd_h[(triton.cdiv(K, BKS), triton.cdiv(V, BV), B * H)](
             k, v, gc, h0, hbuf, ht, T, H, K, V, N, BK=BKS, USE_H0=S0 is not None, **meta)
@@ -373,7 +359,7 @@ def _decode_step(q, k, v, g, scale, normalize, eps, S0, z0):
     s_in = S0.float().contiguous() if S0 is not None else S
     z_in = z0.float().contiguous() if (normalize and z0 is not None) else z
     gg = g.float().contiguous() if g is not None else S
-    BK, BV = _tile(K), _tile(V)
+    BK, BV = tile(K), tile(V)
     _decode[(triton.cdiv(V, BV), B * H)](q, k, v, gg, s_in, z_in, S, z, o, scale, eps, K, V,
                                          BK=BK, BV=BV, USE_G=g is not None,
                                          USE_S0=S0 is not None, USE_Z=normalize)
@@ -424,4 +410,4 @@ def aot_configs(full: bool = False):
             yield f"la._fwd_o {tag} o=fp32", _fwd_o, dict(types, o="*fp32"), dict(
                 flags, BK=cfg["BK"]), nw
         yield f"la._decode {tag}", _decode, types, dict(
-            BK=_tile(kt), BV=_tile(vt), USE_G=use_g, USE_S0=True, USE_Z=True), 4
+            BK=tile(kt), BV=tile(vt), USE_G=use_g, USE_S0=True, USE_Z=True), 4

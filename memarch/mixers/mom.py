@@ -32,9 +32,9 @@ the tokens routed to them and keeps the conv a per-token feature of x (the issue
 so routing never changes what a token writes, only where.
 
 Implementation: the masked form. All M + 1 memories run over the whole timeline as M + 1
-groups of heads in one kernel call; unrouted tokens are masked by selection (never by
-multiplying a possibly non-finite value by zero), and a memory that no token of the call
-reaches keeps its state bitwise. This costs (M + 1) / (k + 1) of a packed path in flops
+groups of heads in one kernel call; an unrouted token is an exact identity step (selected,
+never multiplied by zero), so a memory that no token of the call reaches keeps its state
+bitwise. This costs (M + 1) / (k + 1) of a packed path in flops
 (5/3 at the paper's M = 4, k = 2) and needs no sort, gather or host sync.
 
 Load balancing (Switch Transformer, 2101.03961, eq. 4, with top-k): over the tokens of the
@@ -70,7 +70,7 @@ from torch import nn
 from memarch.kernels.delta_rule import delta_rule
 from memarch.kernels.linear_attn import linear_attn
 from memarch.mixers.base import Mixer, MixerOutput, check_positive_int
-from memarch.mixers.short_conv import causal_conv
+from memarch.mixers.short_conv import causal_conv_step
 from memarch.modules.norm import RMSNorm
 
 __all__ = ["MoM", "MoMState"]
@@ -208,9 +208,7 @@ class MoM(Mixer):
         u = self.qkv_proj(x).to(ct)                                          # [B, T, C]
         conv = state.conv
         if self.conv_weight is not None:
-            uu = torch.cat([state.conv, u], 1)                               # [B, K-1+T, C]
-            u = causal_conv(uu, self.conv_weight.to(ct))
-            conv = uu[:, uu.shape[1] - (self.conv_size - 1):]
+            u, conv = causal_conv_step(u, conv, self.conv_weight.to(ct))
         u = F.silu(u)
         q = u[..., :H * K].view(B, T, 1, H, K)                               # shared query
         k = u[..., H * K:H * K + E * H * K].view(B, T, E, H, K)
@@ -222,31 +220,27 @@ class MoM(Mixer):
         mix = torch.cat([w, on.to(w.dtype)], -1).to(ct)                      # [B, T, E]
         g = -self.A_log.to(ct).exp() * F.softplus(
             self.a_proj(x).to(ct).view(B, T, E, H) + self.dt_bias.to(ct))    # [B, T, E, H]
-        g = torch.where(live, g, 0.0)                                        # no decay
         S0 = state.S if state.shared is None else torch.cat([state.S, state.shared[:, None]], 1)
         if self.cell == "gated_delta":
-            q, k = _l2(q), _l2(k)
+            q, k = F.normalize(q, dim=-1, eps=_L2_EPS), F.normalize(k, dim=-1, eps=_L2_EPS)
+        # an unrouted token is an exact identity step: no decay (g = 0), no write (k = v = 0,
+        # beta = 0), so the memory's state keeps its bits; selecting (not multiplying) keeps
+        # a non-finite token out of the memories it is not routed to
+        g = torch.where(live, g, 0.0)
+        k = torch.where(live[..., None], k, 0.0)
+        v = torch.where(live[..., None], v, 0.0)
         q = q.expand(B, T, E, H, K)                                          # no copy
         if self.cell == "gated_delta":
-            beta = torch.sigmoid(self.b_proj(x).to(ct).view(B, T, E, H))
-            beta = torch.where(live, beta, 0.0)                              # zero write
-            # unrouted k, v selected out too: a non-finite token then only reaches the
-            # memories it is routed to (the op poisons every head that sees a bad k or v)
-            k = torch.where(live[..., None], k, 0.0)
-            v = torch.where(live[..., None], v, 0.0)
+            beta = torch.where(live, torch.sigmoid(self.b_proj(x).to(ct).view(B, T, E, H)), 0.0)
             o, S = delta_rule(_heads(q), _heads(k), _heads(v), _heads(beta), g=_heads(g),
                               initial_state=S0.flatten(1, 2), output_final_state=True,
                               impl=self.impl)
         else:
-            k = torch.where(live[..., None], k, 0.0)                         # zero write
-            v = torch.where(live[..., None], v, 0.0)
             o, (S, _) = linear_attn(_heads(q), _heads(k), _heads(v), g=_heads(g),
                                     initial_state=S0.flatten(1, 2), output_final_state=True,
                                     impl=self.impl)
         o = o.view(B, T, E, H, V)
         S = S.view(B, E, H, K, V)
-        reached = live[:, :, :, 0].any(1)[..., None, None, None]            # [B, E, 1, 1, 1]
-        S = torch.where(reached, S, S0)                # an unreached memory keeps its bits
         o = torch.where(live[..., None], o * mix[..., None, None], 0.0).sum(2)   # [B, T, H, V]
         y = self.o_norm(o) * F.silu(self.g_proj(x).to(ct).view(B, T, H, V))
         y = self.o_proj(y.reshape(B, T, H * V).to(x.dtype))
@@ -257,7 +251,3 @@ class MoM(Mixer):
 def _heads(t: torch.Tensor) -> torch.Tensor:
     """[B, T, E, H, ...] -> [B, T, E H, ...]: the memories as groups of heads."""
     return t.flatten(2, 3)
-
-
-def _l2(x: torch.Tensor) -> torch.Tensor:
-    return x / x.norm(dim=-1, keepdim=True).clamp_min(_L2_EPS)

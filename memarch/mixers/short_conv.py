@@ -17,7 +17,7 @@ from torch import nn
 
 from memarch.mixers.base import Mixer, MixerOutput
 
-__all__ = ["ShortConv", "ShortConvState", "causal_conv"]
+__all__ = ["ShortConv", "ShortConvState", "causal_conv", "causal_conv_step"]
 
 _ACTS = {None: lambda x: x, "identity": lambda x: x, "silu": F.silu}
 
@@ -32,6 +32,13 @@ def causal_conv(uu: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     for i in range(1, K):
         out = out + uu[:, i:i + T] * w[:, 0, i]
     return out
+
+
+def causal_conv_step(u: torch.Tensor, window: torch.Tensor, w: torch.Tensor):
+    """The conv over a call's inputs u [B, T, C] continued from ``window`` [B, K-1, C] (the
+    last K-1 inputs before them): (out [B, T, C], the new window [B, K-1, C])."""
+    uu = torch.cat([window, u], 1)                                         # [B, K-1+T, C]
+    return causal_conv(uu, w), uu[:, uu.shape[1] - (w.shape[-1] - 1):]
 
 
 class ShortConvState(NamedTuple):

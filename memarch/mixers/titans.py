@@ -85,7 +85,7 @@ from torch import nn
 
 from memarch.mixers.attention import Attention, _finite_kv
 from memarch.mixers.base import Mixer, MixerOutput, check_positive_int
-from memarch.mixers.short_conv import causal_conv as _causal_conv
+from memarch.mixers.short_conv import causal_conv_step
 from memarch.modules.norm import RMSNorm
 from memarch.modules.rotary import apply_rotary
 
@@ -104,10 +104,7 @@ def _silu_conv(u: torch.Tensor, conv: torch.Tensor, w: torch.Tensor | None, ct):
     """SiLU then the depthwise causal conv over [window, new]: u [B, T, C] (a projection),
     conv [B, K-1, C] the window. Returns (out [B, T, C] in ct, the new window)."""
     u = F.silu(u).to(ct)
-    if w is None:
-        return u, conv
-    uu = torch.cat([conv, u], 1)                                           # [B, K-1+T, C]
-    return _causal_conv(uu, w.to(ct)), uu[:, uu.shape[1] - (w.shape[-1] - 1):]
+    return (u, conv) if w is None else causal_conv_step(u, conv, w.to(ct))
 
 
 def _rms(u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
