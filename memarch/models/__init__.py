@@ -1,5 +1,6 @@
-"""Models: the LM backbone (and, in later issues, Titans MAC/MAG/MAL and HMT)."""
+"""Models: the LM backbone (``MemLM``) and wrappers around it (``HMT``)."""
 
+from memarch.models.hmt import HMT, HMTState
 from memarch.models.lm import Block, LMOutput, MemLM
 
-__all__ = ["MemLM", "Block", "LMOutput"]
+__all__ = ["MemLM", "Block", "LMOutput", "HMT", "HMTState"]

@@ -22,7 +22,7 @@ from memarch.mixers.base import Mixer, check_positive_int
 from memarch.modules.mlp import SwiGLU
 from memarch.modules.norm import RMSNorm
 
-__all__ = ["MemLM", "Block", "LMOutput"]
+__all__ = ["MemLM", "Block", "LMOutput", "check_ids"]
 
 
 class LMOutput(NamedTuple):
@@ -119,31 +119,42 @@ class MemLM(nn.Module):
 
     # -- forward -----------------------------------------------------------------------
     def forward(self, ids: torch.Tensor, state: tuple | None = None) -> LMOutput:
-        if not isinstance(ids, torch.Tensor) or ids.dim() != 2 or ids.dtype not in (
-                torch.long, torch.int32, torch.int16, torch.uint8):
-            raise ValueError(
-                "MemLM: ids must be an integer tensor [B, T], got "
-                f"{getattr(ids, 'dtype', type(ids).__name__)} "
-                f"with shape {tuple(getattr(ids, 'shape', ()))}")
-        if ids.numel() and not ids.is_cuda and (ids.min() < 0 or ids.max() >= self.vocab_size):
-            raise ValueError(
-                f"MemLM: ids must lie in [0, vocab_size={self.vocab_size}), got values in "
-                f"[{int(ids.min())}, {int(ids.max())}]")
+        check_ids("MemLM", ids, self.vocab_size)
+        h = self.embed(ids if ids.dtype in (torch.long, torch.int32) else ids.long())  # [B, T, D]
+        h, new_state, aux = self.forward_embeds(h, state)
+        return LMOutput(self.head(h), new_state, aux)                  # logits [B, T, V]
+
+    def forward_embeds(self, h: torch.Tensor, state: tuple | None = None):
+        """The stack on input embeddings ``h [B, T, D]`` (what wrappers such as HMT feed:
+        token embeddings mixed with memory embeddings). Returns ``(norm(h_L) [B, T, D],
+        state, aux_loss)``; ``head`` of the first gives ``forward``'s logits."""
         if state is None:
             state = (None,) * len(self.blocks)
         elif not isinstance(state, tuple) or len(state) != len(self.blocks):
             raise ValueError(
                 f"MemLM: state must be a tuple with one entry per layer ({len(self.blocks)}), "
                 f"got {type(state).__name__} of length {len(state) if hasattr(state, '__len__') else '?'}")
-        h = self.embed(ids if ids.dtype in (torch.long, torch.int32) else ids.long())  # [B, T, D]
         new_states, aux = [], None
         for block, s in zip(self.blocks, state):
             h, s, a = block(h, s)
             new_states.append(s)
             if a is not None:
                 aux = a if aux is None else aux + a
-        logits = self.head(self.norm(h))                                # [B, T, V]
-        return LMOutput(logits, tuple(new_states), aux)
+        return self.norm(h), tuple(new_states), aux
+
+
+def check_ids(owner: str, ids, vocab_size: int) -> None:
+    """Raise ``ValueError`` unless ``ids`` is an integer tensor [B, T] in [0, vocab_size)."""
+    if not isinstance(ids, torch.Tensor) or ids.dim() != 2 or ids.dtype not in (
+            torch.long, torch.int32, torch.int16, torch.uint8):
+        raise ValueError(
+            f"{owner}: ids must be an integer tensor [B, T], got "
+            f"{getattr(ids, 'dtype', type(ids).__name__)} "
+            f"with shape {tuple(getattr(ids, 'shape', ()))}")
+    if ids.numel() and not ids.is_cuda and (ids.min() < 0 or ids.max() >= vocab_size):
+        raise ValueError(
+            f"{owner}: ids must lie in [0, vocab_size={vocab_size}), got values in "
+            f"[{int(ids.min())}, {int(ids.max())}]")
 
 
 def _init(m: nn.Module, std: float) -> None:

@@ -1,0 +1,284 @@
+"""HMT: the Hierarchical Memory Transformer (He et al., 2405.06067) around any ``MemLM``.
+
+The sequence is cut into segments of ``L = segment_len`` tokens; segment n holds the tokens
+``H_n`` (embeddings ``E[H_n]``). The backbone (BBM) sees one segment at a time; what lies
+further back reaches it only through memory embeddings. For segment n:
+
+    S_n = BBM([T, E[q_n], T])[-1]                       # (1) summary: the trailing T slot
+    P_n = softmax((S_n W_q)(M W_k)^T / sqrt(d_h)) M     # (2) recall over the cache M
+    P_0 = m_init                                         #     (empty cache: learned)
+    Y   = BBM([P_n, E[H_{n-1}[L-k:]], E[H_n], P_n])      # (3) augmented pass
+    logits(H_n) = head(Y[1+k : 1+k+L]),  m_n = Y[-1]     #     m_n enters the cache
+
+* ``BBM(x)`` is the backbone on input embeddings: its final-norm hidden states
+  (``MemLM.forward_embeds``; HF's ``hidden_states[-1]``). Each pass starts from a fresh
+  backbone state, so the backbone's positions restart at every segment.
+* ``T [D]``: the learned segment-summarisation prompt, at both ends of the summary pass as in
+  the paper's equation (HMT-pytorch puts its summary prompt first and its initial memory
+  embedding last). ``m_init [D]``: the learned memory of the first segment (HMT-pytorch's
+  ``init_pre_memory_state``). Both start as N(0, std(E)) like HMT-pytorch's.
+* Recall (the paper's equation): queries and keys are projected to ``d_h = recall_dim``
+  (default ``d_model``; HMT-pytorch: 4096), values are the cached memory embeddings
+  themselves, the scale is ``1/sqrt(d_h)`` always. HMT-pytorch divides by ``d_h`` instead
+  when ``d_model >= 4096`` in training but not in generation; memarch does not. The cache
+  ``M`` holds the memory embeddings of the last ``N = n_memories`` segments (fewer at the
+  start: only those that exist are attended). ``n_memories = 0``: no cache, no recall,
+  ``P_n = m_init`` always (the same segmentation and sensory memory without HMT's memory:
+  the ablation baseline).
+* Sensory memory: the last ``k = sensory_len`` tokens of segment n-1, embedded again (exactly
+  the embeddings the paper carries; the state keeps their token ids).
+* ``q_n``, the tokens the summary reads (``recall_query``):
+  - ``"causal"`` (default): the last ``h = summary_len`` tokens of segment n-1. Strictly
+    causal: the token-level streaming contract holds (one call == any split == token by
+    token).
+  - ``"paper"``: the first ``h`` tokens of segment n, as the paper and HMT-pytorch
+    (``seg['input_ids'][:, :round(segment_size * sum_fraction)]``). The memory recalled for
+    every token of segment n then depends on tokens up to ``h`` of that same segment: a
+    look-ahead for the tokens before ``h``, which the paper's perplexities include. Exact at
+    segment granularity (calls whose boundaries fall on segment boundaries); the recall is
+    made once, at the first call that reaches the segment, from the tokens of the segment
+    that call holds (at most ``h``; fewer for a shorter call or a shorter last segment) and
+    kept for the rest of the segment, which is what HMT-pytorch's ``generate`` does with
+    the last segment of a prompt.
+* Streaming: the state holds the cache, the last ``max(k, h)`` tokens (sensory and causal
+  query), the open segment's ``P_n`` and the backbone state over ``[P_n, sensory, the
+  segment so far]``. Tokens of an incomplete segment are answered at once, with exactly the
+  logits a longer call would give them (they do not depend on later tokens); the trailing
+  ``P_n`` slot and ``m_n`` are computed when the segment's L-th token arrives. A call
+  ending inside a segment therefore equals a longer call on every token it returns and in
+  the state it leaves.
+* Training: backpropagation through time over ``bptt_segments`` segments: the cache is
+  detached at the start of every segment whose index is a multiple of ``bptt_segments``
+  (absolute indices, so windows do not depend on how the stream is cut into calls; None:
+  no cut inside a call). Carried between training steps (``data.stateful=true``), the
+  state is detached by ``LitLM``.
+
+All rows of a batch must be at the same position (their segments must line up).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from memarch.mixers.base import check_positive_int
+from memarch.models.lm import LMOutput, check_ids
+
+__all__ = ["HMT", "HMTState"]
+
+log = logging.getLogger(__name__)
+
+RECALL_QUERIES = ("causal", "paper")
+
+
+class HMTState(NamedTuple):
+    cache: torch.Tensor     # [B, N, D] memory embeddings of the last N segments, newest last
+    recent: torch.Tensor    # [B, R] int64: the last R = max(k, h) tokens seen
+    prompt: torch.Tensor    # [B, D] P_n of the open segment (zeros at a segment boundary)
+    backbone: tuple         # backbone state over [P_n, sensory, the open segment so far]
+    pos: torch.Tensor       # [B] int64 tokens seen
+
+
+class HMT(nn.Module):
+    """Args:
+        backbone: a ``MemLM`` (any mixers; ``forward_embeds``, ``embed``, ``head``).
+        segment_len: L, tokens per segment.
+        sensory_len: k <= L, tokens of the previous segment prepended (sensory memory).
+        n_memories: N >= 0, cached memory embeddings recalled from (0: no memory).
+        summary_len: h in [1, L], tokens the summary reads (default round(L / 2), the
+            paper's ``sum_fraction = 0.5``).
+        recall_dim: d_h of the recall projections (default d_model).
+        recall_query: ``"causal"`` (default) or ``"paper"``; see the module docstring.
+        bptt_segments: segments per backpropagation window (None: the whole call).
+    """
+
+    def __init__(self, backbone: nn.Module, *, segment_len: int, sensory_len: int,
+                 n_memories: int, summary_len: int | None = None,
+                 recall_dim: int | None = None, recall_query: str = "causal",
+                 bptt_segments: int | None = None):
+        super().__init__()
+        for attr in ("embed", "head", "forward_embeds", "init_state", "state_size"):
+            if not hasattr(backbone, attr):
+                raise TypeError(f"HMT: backbone must be a memarch MemLM (with {attr!r}), got "
+                                f"{type(backbone).__name__}")
+        check_positive_int("HMT", "segment_len", segment_len)
+        L = segment_len
+        if summary_len is None:
+            summary_len = max(1, int(round(L * 0.5)))
+        for name, v, lo, hi in (("sensory_len", sensory_len, 0, L),
+                                ("summary_len", summary_len, 1, L),
+                                ("n_memories", n_memories, 0, None)):
+            if not isinstance(v, int) or isinstance(v, bool) or v < lo or (
+                    hi is not None and v > hi):
+                rng = f"in [{lo}, segment_len={L}]" if hi is not None else f">= {lo}"
+                raise ValueError(f"HMT: {name} must be an int {rng}, got {v!r}")
+        if recall_query not in RECALL_QUERIES:
+            raise ValueError(f"HMT: recall_query must be one of {RECALL_QUERIES}, got "
+                             f"{recall_query!r}")
+        if bptt_segments is not None:
+            check_positive_int("HMT", "bptt_segments", bptt_segments)
+        D = backbone.d_model
+        if recall_dim is None:
+            recall_dim = D
+        check_positive_int("HMT", "recall_dim", recall_dim)
+        self.backbone = backbone
+        self.segment_len, self.sensory_len, self.n_memories = L, sensory_len, n_memories
+        self.summary_len, self.recall_dim, self.recall_query = summary_len, recall_dim, recall_query
+        self.bptt_segments = bptt_segments
+        self.vocab_size, self.d_model = backbone.vocab_size, D
+        self.n_recent = max(sensory_len, summary_len if recall_query == "causal" else 0)
+        std = float(backbone.embed.weight.detach().float().std())
+        self.init_memory = nn.Parameter(torch.randn(D) * std)                  # m_init [D]
+        if n_memories > 0:
+            self.summary_prompt = nn.Parameter(torch.randn(D) * std)           # T [D]
+            self.wq = nn.Linear(D, recall_dim, bias=False)
+            self.wk = nn.Linear(D, recall_dim, bias=False)
+        else:
+            self.summary_prompt, self.wq, self.wk = None, None, None
+        n_extra = sum(p.numel() for p in self.extra_parameters())
+        n_bb = sum(p.numel() for p in backbone.parameters())
+        self.extra_fraction = n_extra / max(n_bb, 1)
+        log.info("HMT: %s extra parameters (%.2f %% of the backbone's %s)",
+                 f"{n_extra:,}", 100 * self.extra_fraction, f"{n_bb:,}")
+
+    def extra_parameters(self) -> list[nn.Parameter]:
+        """The parameters HMT adds to its backbone (m_init, T, W_q, W_k)."""
+        return [p for n, p in self.named_parameters() if not n.startswith("backbone.")]
+
+    # -- state -------------------------------------------------------------------------
+    def init_state(self, batch_size: int, *, device=None, dtype=None) -> HMTState:
+        dtype = dtype or self.backbone.embed.weight.dtype
+        B, D = batch_size, self.d_model
+        return HMTState(
+            torch.zeros(B, self.n_memories, D, device=device, dtype=dtype),
+            torch.zeros(B, self.n_recent, device=device, dtype=torch.long),
+            torch.zeros(B, D, device=device, dtype=dtype),
+            self.backbone.init_state(B, device=device, dtype=dtype),
+            torch.zeros(B, device=device, dtype=torch.long))
+
+    def state_size(self, seq_len: int) -> int:
+        """Floating-point state scalars per sequence after ``seq_len`` tokens."""
+        r = seq_len % self.segment_len
+        inside = 0 if r == 0 else (
+            1 + (self.sensory_len if seq_len >= self.segment_len else 0) + r)
+        return (self.n_memories + 1) * self.d_model + self.backbone.state_size(inside)
+
+    def _check_state(self, state, B: int) -> None:
+        if not isinstance(state, HMTState):
+            raise ValueError(f"HMT: state must be an HMTState (from init_state or a previous "
+                             f"call), got {type(state).__name__}")
+        want = {"cache": (B, self.n_memories, self.d_model), "recent": (B, self.n_recent),
+                "prompt": (B, self.d_model), "pos": (B,)}
+        for name, shape in want.items():
+            t = getattr(state, name)
+            if not isinstance(t, torch.Tensor) or tuple(t.shape) != shape:
+                raise ValueError(
+                    f"HMT: state field {name!r} must have shape {shape} for batch size {B} "
+                    f"(segment_len={self.segment_len}, n_memories={self.n_memories}), got "
+                    f"{tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__}")
+        if state.pos.numel() and not bool((state.pos == state.pos[0]).all()):
+            raise ValueError(f"HMT: all rows of a batch must be at the same position (their "
+                             f"segments line up), got state.pos={state.pos.tolist()}; run "
+                             "them as separate batches")
+
+    # -- the three steps -----------------------------------------------------------------
+    def summarize(self, q_ids: torch.Tensor):
+        """S_n = BBM([T, E[q], T])[-1] for q [B, h] -> ([B, D], aux)."""
+        B = q_ids.shape[0]
+        T = self.summary_prompt.to(self.backbone.embed.weight.dtype)[None, None].expand(B, 1, -1)
+        x = torch.cat([T, self.backbone.embed(q_ids), T], 1)                   # [B, h+2, D]
+        h, _, aux = self.backbone.forward_embeds(x, None)
+        return h[:, -1], aux
+
+    def recall(self, s: torch.Tensor, memories: torch.Tensor):
+        """Cross-attention of the summary s [B, D] over memories [B, n, D] (n >= 1):
+        returns (P [B, D], attention weights [B, n])."""
+        q = self.wq(s)                                                          # [B, d_h]
+        k = self.wk(memories)                                                   # [B, n, d_h]
+        scores = torch.einsum("bd,bnd->bn", q, k) / math.sqrt(self.recall_dim)
+        w = F.softmax(scores.to(torch.promote_types(scores.dtype, torch.float32)),
+                      dim=-1).to(memories.dtype)                                # [B, n]
+        return torch.einsum("bn,bnd->bd", w, memories), w
+
+    # -- forward -----------------------------------------------------------------------
+    def forward(self, ids: torch.Tensor, state: HMTState | None = None) -> LMOutput:
+        check_ids("HMT", ids, self.vocab_size)
+        B, n_tok = ids.shape
+        bb = self.backbone
+        dtype = bb.embed.weight.dtype
+        if state is None:
+            state = self.init_state(B, device=ids.device, dtype=dtype)
+        else:
+            self._check_state(state, B)
+        ids = ids.long()
+        L, k, h, N, R = (self.segment_len, self.sensory_len, self.summary_len,
+                         self.n_memories, self.n_recent)
+        p0 = int(state.pos[0]) if B else 0
+        end = p0 + n_tok
+        ext = torch.cat([state.recent, ids], 1)          # ext[:, j]: position p0 - R + j
+
+        def tokens(a: int, b: int) -> torch.Tensor:      # tokens at positions [a, b)
+            return ext[:, a - p0 + R: b - p0 + R]
+
+        # (1) the summaries of every segment that starts in this call and recalls (batched)
+        starts = range(-(-p0 // L) * L, end, L)
+        queries = {}
+        for b in starts:
+            if N > 0 and b > 0:
+                queries[b] = (tokens(b - h, b) if self.recall_query == "causal"
+                              else tokens(b, min(b + h, end)))
+        summaries, aux = {}, None
+        for length in sorted({q.shape[1] for q in queries.values()}):
+            group = [b for b, q in queries.items() if q.shape[1] == length]
+            s, a = self.summarize(torch.cat([queries[b] for b in group], 0))
+            aux = _add(aux, a)
+            for i, b in enumerate(group):
+                summaries[b] = s[i * B:(i + 1) * B]
+
+        cache, prompt, bstate = state.cache, state.prompt, state.backbone
+        logits, t = [], p0
+        while t < end:
+            n, off = divmod(t, L)
+            take = min(L - off, end - t)
+            parts = []
+            if off == 0:                                 # (2) open segment n: recall
+                if t in summaries:
+                    if self.bptt_segments is not None and n % self.bptt_segments == 0:
+                        cache = cache.detach()
+                    prompt, _ = self.recall(summaries[t], cache[:, N - min(n, N):])
+                else:
+                    prompt = self.init_memory.to(dtype)[None].expand(B, -1)
+                bstate = None
+                parts.append(prompt[:, None])
+                if n > 0 and k > 0:
+                    parts.append(bb.embed(tokens(t - k, t)))
+            n_pre = sum(x.shape[1] for x in parts)
+            parts.append(bb.embed(tokens(t, t + take)))
+            closes = off + take == L
+            if closes:
+                parts.append(prompt[:, None])
+            y, bstate, a = bb.forward_embeds(torch.cat(parts, 1), bstate)   # (3) [B, *, D]
+            aux = _add(aux, a)
+            logits.append(bb.head(y[:, n_pre:n_pre + take]))                # [B, take, V]
+            if closes:                                   # m_n = Y[-1] enters the cache
+                if N > 0:
+                    cache = torch.cat([cache[:, 1:], y[:, -1:]], 1)
+                bstate = None
+            t += take
+        if end % L == 0:                                 # at a boundary: nothing is open
+            prompt = torch.zeros_like(state.prompt)
+        if bstate is None:
+            bstate = bb.init_state(B, device=ids.device, dtype=dtype)
+        out = (torch.cat(logits, 1) if logits else
+               torch.zeros(B, 0, self.vocab_size, device=ids.device, dtype=dtype))
+        new = HMTState(cache, ext[:, ext.shape[1] - R:], prompt, bstate, state.pos + n_tok)
+        return LMOutput(out, new, aux)
+
+
+def _add(a, b):
+    return b if a is None else (a if b is None else a + b)

@@ -1,0 +1,292 @@
+"""HMT (memarch.models.HMT): an independent segment-loop reference, the streaming contract
+(causal: any split; paper: segment-aligned splits), the paper mode's look-ahead, recall,
+backpropagation windows, state size, errors, and generation / checkpoints / training."""
+
+from __future__ import annotations
+
+import math
+from functools import partial
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from memarch import state as st
+from memarch.generation import generate
+from memarch.mixers import Attention, BaseConv, BasedLinearAttention, ShortConv
+from memarch.models import HMT, MemLM
+
+V = 37
+
+
+def attention_lm(d=16):
+    return MemLM(vocab_size=V, d_model=d, layer_pattern=["attn", "attn"],
+                 mixers={"attn": partial(Attention, n_heads=2)})
+
+
+def based_lm(d=16):
+    return MemLM(vocab_size=V, d_model=d, layer_pattern=["conv", "based", "swa"],
+                 mixers={"conv": partial(BaseConv, kernel_size=3),
+                         "based": partial(BasedLinearAttention, n_heads=2, feature_dim=4),
+                         "swa": partial(Attention, n_heads=2, window=4, n_sinks=1)})
+
+
+def sinks_lm(d=16):
+    return MemLM(vocab_size=V, d_model=d, layer_pattern=["conv", "swa"],
+                 mixers={"conv": partial(ShortConv, kernel_size=3),
+                         "swa": partial(Attention, n_heads=2, window=5, n_sinks=2,
+                                        sink_positions="cache")})
+
+
+BACKBONES = {"attention": attention_lm, "based": based_lm, "sinks": sinks_lm}
+
+
+def hmt(backbone="attention", dtype=torch.float64, **kw):
+    kw = {"segment_len": 8, "sensory_len": 3, "n_memories": 2, **kw}
+    model = HMT(BACKBONES[backbone](), **kw).to(dtype)
+    with torch.no_grad():                 # bring the memories to the tokens' scale
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    return model
+
+
+def reference(model: HMT, ids: torch.Tensor):
+    """The paper's loop, written from the equations (no state, no streaming): returns the
+    logits [B, T, V] and the memory embeddings of every complete segment."""
+    bb, L, k, h, N = (model.backbone, model.segment_len, model.sensory_len,
+                      model.summary_len, model.n_memories)
+    B, T = ids.shape
+    E = bb.embed
+    logits, memories = [], []
+    for n, a in enumerate(range(0, T, L)):
+        seg = ids[:, a:a + L]
+        if n == 0 or N == 0:
+            P = model.init_memory.expand(B, -1)
+        else:
+            q = ids[:, a - h:a] if model.recall_query == "causal" else seg[:, :h]
+            Tp = model.summary_prompt.expand(B, 1, -1)
+            S = bb.forward_embeds(torch.cat([Tp, E(q), Tp], 1))[0][:, -1]       # [B, D]
+            M = torch.stack(memories[-N:], 1)                                    # [B, n, D]
+            w = F.softmax((model.wq(S)[:, None] * model.wk(M)).sum(-1)
+                          / math.sqrt(model.recall_dim), -1)
+            P = (w[..., None] * M).sum(1)
+        sens = E(ids[:, a - k:a]) if n > 0 else E(ids[:, :0])
+        x = torch.cat([P[:, None], sens, E(seg)] + ([P[:, None]] if seg.shape[1] == L else []), 1)
+        y = bb.forward_embeds(x)[0]
+        pre = 1 + sens.shape[1]
+        logits.append(bb.head(y[:, pre:pre + seg.shape[1]]))
+        if seg.shape[1] == L:
+            memories.append(y[:, -1])
+    return torch.cat(logits, 1), memories
+
+
+def run_split(model, ids, sizes):
+    """Calls of the given sizes (cycled) with the state carried."""
+    state, out, t, i = None, [], 0, 0
+    while t < ids.shape[1]:
+        n = sizes[i % len(sizes)]
+        o = model(ids[:, t:t + n], state)
+        out.append(o.logits)
+        state, t, i = o.state, t + n, i + 1
+    return torch.cat(out, 1), state
+
+
+@pytest.mark.parametrize("mode", ["causal", "paper"])
+@pytest.mark.parametrize("backbone", list(BACKBONES))
+@pytest.mark.parametrize("T", [32, 37])
+def test_matches_reference(backbone, mode, T, checks):
+    model = hmt(backbone, recall_query=mode, n_memories=2)
+    ids = torch.randint(0, V, (2, T))
+    out = model(ids)
+    ref, memories = reference(model, ids)
+    checks.close(out.logits, ref, atol=1e-12, rtol=1e-12, msg="logits")
+    cache = torch.stack(memories[-2:], 1)
+    checks.close(out.state.cache, cache, atol=1e-12, rtol=1e-12, msg="cache")
+    checks.equal(out.state.pos, torch.full((2,), T), "pos")
+
+
+@pytest.mark.parametrize("backbone", ["attention", "based"])
+@pytest.mark.parametrize("T", [40, 45])
+def test_causal_streams_exactly(backbone, T, checks):
+    """One call == segment by segment == odd chunks straddling every boundary == token by
+    token, for the logits and the final state, at lengths that are and are not multiples
+    of the segment length."""
+    model = hmt(backbone, n_memories=3)
+    ids = torch.randint(0, V, (2, T))
+    full = model(ids)
+    for sizes in ([8], [5], [3, 7, 1], [1]):
+        logits, state = run_split(model, ids, sizes)
+        checks.close(logits, full.logits, atol=1e-10, rtol=0, msg=f"logits {sizes}")
+        checks.close(state, full.state, atol=1e-10, rtol=0, msg=f"state {sizes}")
+
+
+@pytest.mark.parametrize("T", [32, 37])
+def test_paper_streams_at_segment_granularity(T, checks):
+    model = hmt("based", recall_query="paper")
+    ids = torch.randint(0, V, (2, T))
+    full = model(ids)
+    for sizes in ([8], [16, 8]):
+        logits, state = run_split(model, ids, sizes)
+        checks.close(logits, full.logits, atol=1e-10, rtol=0, msg=f"logits {sizes}")
+        checks.close(state, full.state, atol=1e-10, rtol=0, msg=f"state {sizes}")
+
+
+def test_paper_decode_recalls_once_from_the_prompt(checks):
+    """A call that ends inside a segment recalls from the tokens it holds and keeps that
+    memory for the rest of the segment (HMT-pytorch's generate): continuing it token by
+    token equals one call over the prompt plus the one-token calls, not one long call."""
+    model = hmt("attention", recall_query="paper")
+    with torch.no_grad():                               # a recall that the summary moves
+        model.wq.weight.mul_(4)
+        model.wk.weight.mul_(4)
+    ids = torch.randint(0, V, (1, 19))                  # segment 2 opens at 16 with 3 tokens
+    pre = model(ids[:, :18])                            # recall of segment 2 from 2 tokens
+    step = model(ids[:, 18:], pre.state)
+    long = model(ids)                                   # recall from 3 tokens
+    checks.close(torch.cat([pre.logits, step.logits], 1)[:, :16], long.logits[:, :16],
+                 atol=1e-12, msg="complete segments agree")
+    checks.true((step.logits - long.logits[:, 18:]).abs().max() > 1e-6,
+                "the recall of segment 2 is not redone for the new token")
+    checks.close(step.state.prompt, pre.state.prompt, atol=0, msg="P_2 kept")
+
+
+@pytest.mark.parametrize("mode", ["causal", "paper"])
+def test_look_ahead(mode, checks):
+    """Changing a token in the first half of segment n changes the logits of the earlier
+    tokens of segment n in paper mode, and never in causal mode (every position checked)."""
+    model = hmt("attention", recall_query=mode, segment_len=8, summary_len=4)
+    T = 32
+    ids = torch.randint(0, V, (1, T))
+    base = model(ids).logits
+    moved = 0.0
+    for i in range(T):
+        x = ids.clone()
+        x[0, i] = (x[0, i] + 1) % V
+        d = (model(x).logits - base).abs().amax(-1)[0]              # [T]
+        if mode == "causal":
+            checks.true(bool((d[:i] == 0).all()), f"position {i} reaches earlier logits")
+        elif i % 8 in (1, 2, 3) and i >= 8:                         # first half, not first
+            moved = max(moved, float(d[i - i % 8:i].max()))
+    if mode == "paper":
+        checks.true(moved > 1e-6, "the paper mode looks ahead inside the segment")
+
+
+def test_recall_selects_the_matching_memory(checks):
+    """Hand-set projections: the summary equals (a scaled) memory j, keys = queries = the
+    identity, so the attention picks memory j and P_n is that memory."""
+    D = 16
+    model = HMT(attention_lm(D), segment_len=4, sensory_len=0, n_memories=4).double()
+    with torch.no_grad():
+        model.wq.weight.copy_(torch.eye(D))
+        model.wk.weight.copy_(torch.eye(D))
+    memories = 6.0 * torch.eye(D, dtype=torch.float64)[:4][None].repeat(2, 1, 1)
+    for j in range(4):
+        s = memories[:, j]
+        P, w = model.recall(s, memories)
+        checks.true(bool((w.argmax(-1) == j).all()) and bool((w[:, j] > 0.99).all()),
+                    f"memory {j}: weights {w[0].tolist()}")
+        checks.close(P, memories[:, j], atol=0.1, msg=f"P = memory {j}")
+
+
+def test_recall_in_the_forward_uses_the_summary_and_the_cache(checks):
+    """Inside forward, the attention of segment n is recall(summarize(q_n), cache)."""
+    model = hmt("attention", n_memories=2)
+    ids = torch.randint(0, V, (2, 24))
+    seen = []
+    real = model.recall
+    model.recall = lambda s, m: seen.append((s, m)) or real(s, m)
+    out = model(ids[:, :16])
+    model.recall = real
+    s, _ = model.summarize(ids[:, 4:8])                 # last half of segment 0
+    checks.close(seen[0][0], s, atol=1e-12, msg="summary of segment 1")
+    checks.true(seen[0][1].shape[1] == 1 and len(seen) == 1, "one memory at segment 1")
+    checks.close(out.state.cache[:, -1], reference(model, ids[:, :16])[1][-1], atol=1e-12,
+                 msg="m_1")
+
+
+def test_no_memory_is_the_segment_baseline(checks):
+    """n_memories=0: a token sees its segment and the k sensory tokens, nothing older."""
+    model = hmt("attention", n_memories=0)
+    checks.true(model.extra_parameters()[0] is model.init_memory
+                and len(model.extra_parameters()) == 1, "only m_init")
+    ids = torch.randint(0, V, (1, 32))
+    x = ids.clone()
+    x[0, :20] = (x[0, :20] + 1) % V                     # segment 3 sees from 24 - 3 = 21 on
+    checks.close(model(x).logits[:, 24:], model(ids).logits[:, 24:], atol=0, msg="unchanged")
+
+
+def test_bptt_segments_cut_the_gradient(checks):
+    """With bptt_segments=2 the loss of segment 2 (a window start) has no gradient on m_init
+    (used by segment 0 only); without a cut, or with windows of 3, it does. Values agree."""
+    ids = torch.randint(0, V, (1, 24))
+    grads, values = {}, {}
+    for b in (None, 2, 3):
+        torch.manual_seed(1)
+        model = hmt("attention", bptt_segments=b)
+        out = model(ids)
+        out.logits[:, 16:].sum().backward()
+        g = model.init_memory.grad
+        grads[b] = 0.0 if g is None else float(g.abs().max())
+        values[b] = out.logits.detach()
+    checks.true(grads[2] == 0.0 and grads[None] > 0 and grads[3] > 0, f"grads {grads}")
+    checks.close(values[2], values[None], atol=0, msg="values")
+
+
+@pytest.mark.parametrize("T", [0, 5, 8, 13, 16, 21])
+def test_state_size_counts_the_state(T, checks):
+    model = hmt("attention", n_memories=3)
+    state = model(torch.randint(0, V, (1, T))).state if T else model.init_state(1)
+    checks.true(model.state_size(T) == st.float_numel(state),
+                f"state_size({T}) = {model.state_size(T)} vs {st.float_numel(state)}")
+
+
+def test_extra_parameters_and_their_share(checks):
+    bb = attention_lm(32)
+    model = HMT(bb, segment_len=8, sensory_len=2, n_memories=4)
+    n_extra = sum(p.numel() for p in model.extra_parameters())
+    checks.true(n_extra == 2 * 32 + 2 * 32 * 32, f"{n_extra}")
+    n_bb = sum(p.numel() for p in bb.parameters())
+    checks.true(abs(model.extra_fraction - n_extra / n_bb) < 1e-12, "fraction")
+
+
+@pytest.mark.parametrize("kw, pattern", [
+    ({"segment_len": 0}, "segment_len must be a positive int"),
+    ({"sensory_len": 9}, r"sensory_len must be an int in \[0, segment_len=8\]"),
+    ({"n_memories": -1}, "n_memories must be an int >= 0"),
+    ({"summary_len": 0}, "summary_len"),
+    ({"recall_query": "future"}, "recall_query must be one of"),
+    ({"bptt_segments": 0}, "bptt_segments must be a positive int"),
+])
+def test_bad_arguments(kw, pattern, checks):
+    with pytest.raises(ValueError, match=pattern):
+        HMT(attention_lm(), **{"segment_len": 8, "sensory_len": 2, "n_memories": 2, **kw})
+    checks.true(True)
+
+
+def test_bad_state_and_input(checks):
+    model = hmt("attention")
+    with pytest.raises(TypeError, match="backbone must be a memarch MemLM"):
+        HMT(torch.nn.Linear(2, 2), segment_len=8, sensory_len=2, n_memories=2)
+    with pytest.raises(ValueError, match="ids must be an integer tensor"):
+        model(torch.zeros(2, 3))
+    with pytest.raises(ValueError, match=r"ids must lie in \[0, vocab_size=37\)"):
+        model(torch.full((1, 3), V))
+    state = model(torch.randint(0, V, (2, 5))).state
+    with pytest.raises(ValueError, match="state field 'cache' must have shape"):
+        model(torch.randint(0, V, (3, 2)), state)
+    with pytest.raises(ValueError, match="same position"):
+        model(torch.randint(0, V, (2, 2)), state._replace(pos=torch.tensor([5, 6])))
+    with pytest.raises(ValueError, match="must be an HMTState"):
+        model(torch.randint(0, V, (2, 2)), (1, 2))
+    checks.true(True)
+
+
+def test_generation_cached_equals_uncached(checks):
+    """Greedy decoding through the state == argmax of one call over the growing sequence."""
+    model = hmt("sinks", dtype=torch.float32).eval()
+    prompt = torch.randint(0, V, (2, 13))
+    out = generate(model, prompt, max_new_tokens=12, temperature=0)
+    seq = prompt
+    for _ in range(12):
+        seq = torch.cat([seq, model(seq).logits[:, -1].argmax(-1, keepdim=True)], 1)
+    checks.equal(out.tokens, seq[:, 13:], "tokens")
