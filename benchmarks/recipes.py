@@ -22,6 +22,10 @@ and run through ``memarch.lit.train.run``; checkpoints go to a temporary directo
   two ablations: ``mom_gdn_tiny_1mem_shared`` (one routed memory plus the shared memory)
   and ``mom_gdn_tiny_noshared`` (the routed memories alone, without the shared memory);
   ``*_seed1``, ``*_seed2``: MoM, one memory and one memory + shared with two more seeds
+* HMT on long-range MQAR cut into segments of 32 (the pairs in segment 0, the queries in
+  segments 2 and 3): ``hmt_attention_tiny``, ``hmt_sinks_tiny`` and the same backbone and
+  segmentation without HMT's memory (``*_nomem``: ``model.n_memories=0``); their rows also
+  record HMT's extra parameters (``--render-hmt`` prints that table)
 
 Training is deterministic for a given machine and torch build, but the held-out accuracy
 can differ by a few points between CPUs (floating-point summation order), which is why the
@@ -90,6 +94,10 @@ RECIPES = {
                             f"{RECIPE_MOM[name][1]} seed={sd}")
        for name in ("mom_gdn_tiny", "mom_gdn_tiny_1mem", "mom_gdn_tiny_1mem_shared")
        for sd in (1, 2)},
+    **{f"hmt_{bb}_tiny{tag}": ([f"experiment=hmt_{bb}_tiny", *over],
+                               " ".join([f"python train.py experiment=hmt_{bb}_tiny", *over]))
+       for bb in ("attention", "sinks")
+       for tag, over in (("", []), ("_nomem", ["model.n_memories=0"]))},
     "mom_linear_tiny": (["experiment=mom_linear_tiny"],
                         "python train.py experiment=mom_linear_tiny"),
     "mom_linear_tiny_1mem": (["experiment=mom_linear_tiny", *_ONE_MEMORY],
@@ -121,6 +129,10 @@ def run_recipe(name) -> dict:
             ds = getattr(trainer.datamodule, "val_ds", None)
             seen["chance"] = getattr(ds, "chance", None)
             seen["params"] = sum(p.numel() for p in module.parameters())
+            net = module.net
+            if hasattr(net, "extra_parameters"):           # HMT: what it adds
+                seen["extra_params"] = sum(p.numel() for p in net.extra_parameters())
+                seen["backbone_params"] = sum(p.numel() for p in net.backbone.parameters())
 
     with tempfile.TemporaryDirectory(prefix=f"recipe_{name}_") as tmp:
         cfg = compose([*overrides, "trainer.enable_progress_bar=false"], tmp)
@@ -139,7 +151,8 @@ def run_recipe(name) -> dict:
             "val_loss": round(float(res["val/loss"]), 4),
             "chance": None if chance is None else round(float(chance), 4),
             "global_step": int(res["global_step"]), "params": seen.get("params"),
-            "train_s": round(seconds, 1)}
+            "train_s": round(seconds, 1),
+            **{k: seen[k] for k in ("extra_params", "backbone_params") if k in seen}}
 
 
 def _pct(x):
@@ -173,6 +186,33 @@ def render(data) -> str:
     return "\n".join(lines) + "\n"
 
 
+def render_hmt(data) -> str:
+    """HMT's table: accuracy with and without its memory (same backbone, segment length
+    and steps) and the parameters it adds, from the ``hmt_*`` rows of a recipes JSON."""
+    rows = {r["name"]: r for r in data["rows"]}
+    lines = ["HMT on long-range MQAR (gap 72, 128 tokens; segments of 32 tokens, 8 sensory "
+             "tokens, 4 cached memories), cpu:", "",
+             "| backbone | command | held-out accuracy with HMT | without HMT's memory "
+             "(`model.n_memories=0`) | gain | chance | HMT's extra parameters | steps | "
+             "train time (wall, with / without) |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for bb in ("attention", "sinks"):
+        on, off = rows.get(f"hmt_{bb}_tiny"), rows.get(f"hmt_{bb}_tiny_nomem")
+        if on is None or off is None:
+            continue
+        extra = (f"{on['extra_params']:,} ({100 * on['extra_params'] / on['backbone_params']:.1f} "
+                 "% of the backbone)" if on.get("extra_params") is not None else "—")
+        gain = 100 * (on["val_acc"] - off["val_acc"])
+        lines.append(f"| {bb} | `{on['command']}` | {_pct(on['val_acc'])} | "
+                     f"{_pct(off['val_acc'])} | {gain:+.1f} points | {_pct(on['chance'])} | "
+                     f"{extra} | {on['global_step']} | {on['train_s']:.0f} s / "
+                     f"{off['train_s']:.0f} s |")
+    m = next(iter(rows.values()), data["meta"])
+    lines += ["", f"Machine: {m.get('cpu')}, {m.get('threads')} thread(s), torch "
+                  f"{m.get('torch')}; raw rows in `benchmarks/results/recipes_cpu.json`."]
+    return "\n".join(lines) + "\n"
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--only", choices=list(RECIPES), action="append",
@@ -182,12 +222,16 @@ def main(argv=None):
                     help="torch intra-op threads (default: torch's, as `make train` uses); the "
                          "table records the count")
     ap.add_argument("--render", default=None, help="print the markdown table of a JSON and exit")
+    ap.add_argument("--render-hmt", default=None, help="print HMT's table of a JSON and exit")
     ap.add_argument("--merge", nargs="+", default=None, metavar="JSON",
                     help="copy the rows of these results files (runs made with --out elsewhere, "
                          "e.g. in parallel) into --out, re-render it and exit")
     a = ap.parse_args(argv)
     if a.render:
         print(render(a.render), end="")
+        return
+    if a.render_hmt:
+        print(render_hmt(json.loads(Path(a.render_hmt).read_text())), end="")
         return
     import torch
     if a.threads:

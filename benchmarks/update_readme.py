@@ -6,7 +6,8 @@
 Each block ``<!-- bench:NAME -->`` ... ``<!-- /bench:NAME -->`` gets the markdown table that
 the script owning ``results/NAME.json`` prints with ``--render`` (``decode.py`` for
 ``decode_*``, ``recipes.py`` for ``recipes_*``, ``titans.py`` for ``titans_*``, ``ops.py``
-otherwise). The renderers run in-process; tests/test_readme.py checks that the README
+otherwise). A block ``NAME__VIEW`` gets ``render_VIEW`` of the same script on
+``results/NAME.json`` (``recipes_cpu__hmt``: HMT's table). The renderers run in-process; tests/test_readme.py checks that the README
 matches.
 """
 
@@ -39,9 +40,10 @@ def render_block(name: str) -> str:
     """The table for ``results/NAME.json`` (what ``SCRIPT.py --render`` prints), stripped."""
     if str(BENCH) not in sys.path:
         sys.path.insert(0, str(BENCH))
-    mod = importlib.import_module(script_for(name))
-    data = json.loads((RESULTS / f"{name}.json").read_text())
-    return mod.render(data).strip()
+    base, _, view = name.partition("__")
+    mod = importlib.import_module(script_for(base))
+    data = json.loads((RESULTS / f"{base}.json").read_text())
+    return (getattr(mod, f"render_{view}") if view else mod.render)(data).strip()
 
 
 def update(text: str) -> str:

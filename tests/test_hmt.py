@@ -256,6 +256,8 @@ def test_extra_parameters_and_their_share(checks):
     ({"summary_len": 0}, "summary_len"),
     ({"recall_query": "future"}, "recall_query must be one of"),
     ({"bptt_segments": 0}, "bptt_segments must be a positive int"),
+    ({"recall_dim": 0}, "recall_dim must be a positive int"),
+    ({"d_model": 7}, "d_model=7 differs from the backbone's d_model=16"),
 ])
 def test_bad_arguments(kw, pattern, checks):
     with pytest.raises(ValueError, match=pattern):
@@ -290,3 +292,54 @@ def test_generation_cached_equals_uncached(checks):
     for _ in range(12):
         seq = torch.cat([seq, model(seq).logits[:, -1].argmax(-1, keepdim=True)], 1)
     checks.equal(out.tokens, seq[:, 13:], "tokens")
+
+
+def test_stateful_training_resume_and_checkpoint_load(tmp_path, checks):
+    """experiment=hmt_attention_tiny trains with the state carried between steps
+    (data.stateful=true, 64-token steps: segments of 24 straddle the steps), resumes
+    exactly from a checkpoint that holds the carried HMT state, and
+    memarch.checkpoint.load rebuilds the HMT."""
+    from memarch.checkpoint import load
+    from memarch.lit.train import run
+    from train_helpers import compose_cfg
+
+    common = ["experiment=hmt_attention_tiny", "model.d_model=16", "data.batch_size=2",
+              "data.val_size=4", "logger={}", "trainer.enable_progress_bar=false",
+              "data.stateful=true", "data.segment_len=64", "model.segment_len=24", "checkpoint.every_n_steps=2",
+              "validate_at_end=false", "+sched.total_steps=4", "trainer.max_steps=4"]
+    straight = run(compose_cfg(common, tmp_path / "a"))
+    carry = straight["module"]._carry
+    checks.true(type(carry).__name__ == "HMTState" and int(carry.pos[0]) == 128,
+                f"carried HMT state at position {carry.pos.tolist()}")
+    checks.true(all(not t.requires_grad for t in st.tensors(carry)), "detached")
+    run(compose_cfg([*common, "trainer.max_steps=2"], tmp_path / "b"))
+    ckpt = tmp_path / "b" / "checkpoints" / "step_000002.ckpt"
+    resumed = run(compose_cfg([*common, f"ckpt_path='{ckpt}'"], tmp_path / "c"))
+    checks.close(resumed["module"]._carry, carry, atol=0, msg="carry after resume")
+    model = load(tmp_path / "a" / "checkpoints" / "last.ckpt").model
+    checks.true(isinstance(model, HMT), "load builds an HMT")
+    ids = torch.randint(0, 65, (2, 40))
+    with torch.no_grad():
+        checks.close(model(ids).logits, straight["module"].net.eval()(ids).logits, atol=0,
+                     msg="same network")
+
+
+@pytest.mark.parametrize("backbone, over", [
+    ("based", ["model.backbone.layer_pattern=[conv,based,swa]"]),
+    ("attention", ["model.backbone.layer_pattern=[swa,attn]"]),
+    ("sinks", []),
+])
+def test_any_backbone_config(backbone, over, tmp_path, checks):
+    """model/backbone=<name> swaps the backbone under HMT; model.d_model sizes it."""
+    from memarch.config import instantiate
+    from omegaconf import OmegaConf
+    from train_helpers import compose_cfg
+
+    cfg = compose_cfg(["experiment=hmt_sinks_tiny", f"model/backbone={backbone}",
+                       "model.d_model=32", *over], tmp_path)
+    model = instantiate(OmegaConf.to_container(cfg.model, resolve=True))
+    checks.true(isinstance(model, HMT) and model.backbone.d_model == 32, "HMT of width 32")
+    ids = torch.randint(0, 65, (1, 40))
+    with torch.no_grad():
+        logits, state = run_split(model, ids, [7])
+        checks.close(logits, model(ids).logits, atol=1e-5, msg=f"{backbone}: streams")

@@ -95,12 +95,15 @@ class HMT(nn.Module):
         recall_dim: d_h of the recall projections (default d_model).
         recall_query: ``"causal"`` (default) or ``"paper"``; see the module docstring.
         bptt_segments: segments per backpropagation window (None: the whole call).
+        d_model: the backbone's width, checked when given (None: taken from the backbone);
+            ``configs/model/hmt.yaml`` sets the backbone's width from it, so
+            ``model.d_model=...`` sizes HMT as it sizes a ``MemLM``.
     """
 
     def __init__(self, backbone: nn.Module, *, segment_len: int, sensory_len: int,
                  n_memories: int, summary_len: int | None = None,
                  recall_dim: int | None = None, recall_query: str = "causal",
-                 bptt_segments: int | None = None):
+                 bptt_segments: int | None = None, d_model: int | None = None):
         super().__init__()
         for attr in ("embed", "head", "forward_embeds", "init_state", "state_size"):
             if not hasattr(backbone, attr):
@@ -123,6 +126,8 @@ class HMT(nn.Module):
         if bptt_segments is not None:
             check_positive_int("HMT", "bptt_segments", bptt_segments)
         D = backbone.d_model
+        if d_model is not None and d_model != D:
+            raise ValueError(f"HMT: d_model={d_model!r} differs from the backbone's d_model={D}")
         if recall_dim is None:
             recall_dim = D
         check_positive_int("HMT", "recall_dim", recall_dim)
