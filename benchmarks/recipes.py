@@ -97,7 +97,11 @@ RECIPES = {
     **{f"hmt_{bb}_tiny{tag}": ([f"experiment=hmt_{bb}_tiny", *over],
                                " ".join([f"python train.py experiment=hmt_{bb}_tiny", *over]))
        for bb in ("attention", "sinks")
-       for tag, over in (("", []), ("_nomem", ["model.n_memories=0"]))},
+       for tag, over in (("", []), ("_nomem", ["model.n_memories=0"]),
+                         ("_4pairs", ["data.dataset.num_kv_pairs=4"]),
+                         ("_4pairs_nomem", ["data.dataset.num_kv_pairs=4", "model.n_memories=0"]),
+                         ("_seed1", ["seed=1"]))
+       if bb == "attention" or tag in ("", "_nomem")},
     "mom_linear_tiny": (["experiment=mom_linear_tiny"],
                         "python train.py experiment=mom_linear_tiny"),
     "mom_linear_tiny_1mem": (["experiment=mom_linear_tiny", *_ONE_MEMORY],
@@ -138,7 +142,8 @@ def run_recipe(name) -> dict:
         cfg = compose([*overrides, "trainer.enable_progress_bar=false"], tmp)
         gap = cfg.data.dataset.get("gap", 0) or 0
         pairs, seq = cfg.data.dataset.get("num_kv_pairs"), cfg.data.dataset.get("seq_len")
-        task = (f"long-range MQAR (gap {gap})" if gap else "MQAR" if (pairs, seq) == (4, 64)
+        task = ((f"long-range MQAR (gap {gap})" if pairs == 4 else
+                 f"long-range MQAR (gap {gap}, {pairs} pairs)") if gap else "MQAR" if (pairs, seq) == (4, 64)
                 else f"MQAR ({pairs} pairs in {seq} tokens)")
         t0 = time.perf_counter()
         res = run(cfg, extra_callbacks=[_Probe()])

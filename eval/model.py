@@ -79,6 +79,8 @@ class EvalModel:
                                  f"'float32' or 'bfloat16', got {dtype!r}")
             dtype = getattr(torch, dtype)
         self.net = net.to(device=device, dtype=dtype).eval()
+        # a model that works in segments (HMT) gets calls cut on segment boundaries
+        chunk_size = generation.segment_aligned(net, chunk_size)
         self.device, self.chunk_size, self.name = torch.device(device), chunk_size, name
         self.title = title or short_name(name)
         if reads not in (None, "text", "tokens"):

@@ -22,7 +22,8 @@ import torch
 
 from memarch.state import fields_repr
 
-__all__ = ["prefill", "sample_next", "stream", "generate", "DecodeStep", "GenerationOutput"]
+__all__ = ["prefill", "sample_next", "stream", "generate", "DecodeStep", "GenerationOutput",
+           "segment_aligned"]
 
 
 class DecodeStep(NamedTuple):
@@ -205,6 +206,16 @@ def _sample(logits: torch.Tensor, temperature: float, top_k: int | None, top_p: 
     return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
 
 
+def segment_aligned(model, chunk_size: int | None) -> int | None:
+    """``chunk_size`` rounded up to a multiple of ``model.segment_len`` (models that work in
+    segments, e.g. HMT: its ``recall_query="paper"`` is exact for calls cut on segment
+    boundaries); unchanged for other models."""
+    seg = getattr(model, "segment_len", None)
+    if chunk_size is None or not isinstance(seg, int) or seg < 1:
+        return chunk_size
+    return -(-chunk_size // seg) * seg
+
+
 @torch.no_grad()
 def prefill(model, ids: torch.Tensor | Sequence, state: Any = None, *,
             chunk_size: int | None = 2048):
@@ -212,13 +223,14 @@ def prefill(model, ids: torch.Tensor | Sequence, state: Any = None, *,
 
     ``ids`` may also be a list of ints (one sequence, [1, T]) or a list of equal-length lists
     of ints ([B, T]); they become int64 on the model's device (its first parameter's, else
-    cpu)."""
+    cpu). For a model with ``segment_len`` (HMT) the chunks are rounded up to a multiple of
+    it (``segment_aligned``)."""
     ids = _as_ids("prefill", model, ids)
     if not isinstance(ids, torch.Tensor) or ids.dim() != 2 or ids.shape[1] < 1:
         shape = tuple(ids.shape) if isinstance(ids, torch.Tensor) else type(ids).__name__
         raise ValueError(f"prefill: ids must be [B, T] with T >= 1, got shape {shape}")
     chunk_size = _int("prefill", "chunk_size", chunk_size, minimum=1, allow_none=True)
-    step = chunk_size or ids.shape[1]
+    step = segment_aligned(model, chunk_size) or ids.shape[1]
     logits = None
     for a in range(0, ids.shape[1], step):
         logits, state, _ = model(ids[:, a:a + step], state)

@@ -38,7 +38,17 @@ def sinks_lm(d=16):
                                         sink_positions="cache")})
 
 
-BACKBONES = {"attention": attention_lm, "based": based_lm, "sinks": sinks_lm}
+def memory_lm(d=16):
+    """Titans MAG and MoM layers: HMT around a backbone that has memories of its own."""
+    from memarch.mixers import MemoryAsGate, MoM
+    return MemLM(vocab_size=V, d_model=d, layer_pattern=["mag", "mom"],
+                 mixers={"mag": partial(MemoryAsGate, n_heads=2, window=6, n_persistent=2,
+                                        memory={"chunk_size": 3}),
+                         "mom": partial(MoM, n_heads=2, n_memories=3, topk=2)})
+
+
+BACKBONES = {"attention": attention_lm, "based": based_lm, "sinks": sinks_lm,
+             "memory": memory_lm}
 
 
 def hmt(backbone="attention", dtype=torch.float64, **kw):
@@ -81,7 +91,7 @@ def reference(model: HMT, ids: torch.Tensor):
 
 
 def run_split(model, ids, sizes):
-    """Calls of the given sizes (cycled) with the state carried."""
+    """Calls of the given sizes (cycled; 0: an empty call) with the state carried."""
     state, out, t, i = None, [], 0, 0
     while t < ids.shape[1]:
         n = sizes[i % len(sizes)]
@@ -105,7 +115,7 @@ def test_matches_reference(backbone, mode, T, checks):
     checks.equal(out.state.pos, torch.full((2,), T), "pos")
 
 
-@pytest.mark.parametrize("backbone", ["attention", "based"])
+@pytest.mark.parametrize("backbone", ["attention", "based", "memory"])
 @pytest.mark.parametrize("T", [40, 45])
 def test_causal_streams_exactly(backbone, T, checks):
     """One call == segment by segment == odd chunks straddling every boundary == token by
@@ -114,21 +124,42 @@ def test_causal_streams_exactly(backbone, T, checks):
     model = hmt(backbone, n_memories=3)
     ids = torch.randint(0, V, (2, T))
     full = model(ids)
-    for sizes in ([8], [5], [3, 7, 1], [1]):
+    for sizes in ([8], [5], [3, 7, 0, 1], [1]):
         logits, state = run_split(model, ids, sizes)
         checks.close(logits, full.logits, atol=1e-10, rtol=0, msg=f"logits {sizes}")
         checks.close(state, full.state, atol=1e-10, rtol=0, msg=f"state {sizes}")
 
 
+@pytest.mark.parametrize("backbone", ["based", "sinks"])
 @pytest.mark.parametrize("T", [32, 37])
-def test_paper_streams_at_segment_granularity(T, checks):
-    model = hmt("based", recall_query="paper")
+def test_paper_streams_at_segment_granularity(backbone, T, checks):
+    model = hmt(backbone, recall_query="paper")
     ids = torch.randint(0, V, (2, T))
     full = model(ids)
     for sizes in ([8], [16, 8]):
         logits, state = run_split(model, ids, sizes)
         checks.close(logits, full.logits, atol=1e-10, rtol=0, msg=f"logits {sizes}")
         checks.close(state, full.state, atol=1e-10, rtol=0, msg=f"state {sizes}")
+
+
+EDGES = {"no memory": dict(n_memories=0), "no sensory": dict(sensory_len=0),
+         "summary = segment": dict(summary_len=8, sensory_len=8),
+         "one-token segments": dict(segment_len=1, sensory_len=1, summary_len=1),
+         "more memories than segments": dict(segment_len=3, sensory_len=3, n_memories=20)}
+
+
+@pytest.mark.parametrize("mode", ["causal", "paper"])
+@pytest.mark.parametrize("edge", list(EDGES))
+def test_edge_configurations(edge, mode, checks):
+    """Against the reference, and streamed (token by token in causal mode, segment by
+    segment in paper mode)."""
+    model = hmt("sinks", recall_query=mode, **EDGES[edge])
+    ids = torch.randint(0, V, (2, 22))
+    full = model(ids)
+    checks.close(full.logits, reference(model, ids)[0], atol=1e-12, msg="reference")
+    logits, state = run_split(model, ids, [1] if mode == "causal" else [model.segment_len])
+    checks.close(logits, full.logits, atol=1e-10, msg="streamed")
+    checks.close(state, full.state, atol=1e-10, msg="state")
 
 
 def test_paper_decode_recalls_once_from_the_prompt(checks):
@@ -157,16 +188,17 @@ def test_look_ahead(mode, checks):
     model = hmt("attention", recall_query=mode, segment_len=8, summary_len=4)
     T = 32
     ids = torch.randint(0, V, (1, T))
-    base = model(ids).logits
-    moved = 0.0
-    for i in range(T):
-        x = ids.clone()
-        x[0, i] = (x[0, i] + 1) % V
-        d = (model(x).logits - base).abs().amax(-1)[0]              # [T]
-        if mode == "causal":
-            checks.true(bool((d[:i] == 0).all()), f"position {i} reaches earlier logits")
-        elif i % 8 in (1, 2, 3) and i >= 8:                         # first half, not first
-            moved = max(moved, float(d[i - i % 8:i].max()))
+    with torch.no_grad():
+        base = model(ids).logits
+        moved = 0.0
+        for i in range(T):
+            x = ids.clone()
+            x[0, i] = (x[0, i] + 1) % V
+            d = (model(x).logits - base).abs().amax(-1)[0]              # [T]
+            if mode == "causal":
+                checks.true(bool((d[:i] == 0).all()), f"position {i} reaches earlier logits")
+            elif i % 8 in (1, 2, 3) and i >= 8:                         # first half, not first
+                moved = max(moved, float(d[i - i % 8:i].max()))
     if mode == "paper":
         checks.true(moved > 1e-6, "the paper mode looks ahead inside the segment")
 
@@ -232,9 +264,53 @@ def test_bptt_segments_cut_the_gradient(checks):
     checks.close(values[2], values[None], atol=0, msg="values")
 
 
+def test_bptt_window_keeps_the_previous_segment(checks):
+    """bptt_segments=2: segment 3 (inside the window [2, 3]) has gradient through m_2 (the
+    summary of segment 2 reads T and W_q; m_2 then feeds P_3), none into segment 0 or 1."""
+    ids = torch.randint(0, V, (1, 32))
+    torch.manual_seed(1)
+    model = hmt("attention", bptt_segments=2, n_memories=3)
+    seen = {}
+    real = model.recall
+
+    def spy(s, m):                                       # record the memories P_3 reads
+        if m.requires_grad:
+            m.retain_grad()
+        seen[m.shape[1]] = m
+        return real(s, m)
+
+    model.recall = spy
+    model(ids).logits[:, 24:].sum().backward()
+    g = seen[3].grad[0].abs().amax(-1)                   # per memory m_0, m_1, m_2
+    checks.true(bool(g[2] > 0), f"m_2 gets gradient: {g.tolist()}")
+    checks.true(not seen[2].requires_grad, "the cache read at segment 2 is detached")
+    checks.true(model.init_memory.grad is None or float(model.init_memory.grad.abs().max()) == 0,
+                "segment 0 gets none")
+
+
+def test_aux_loss_is_a_length_weighted_mean(checks):
+    """MoM's balance loss through HMT: a mean over the backbone passes, so one segment and
+    four segments give aux losses of the same scale (aux_loss_coef at perfect balance)."""
+    from memarch.mixers import MoM
+    bb = MemLM(vocab_size=V, d_model=16, layer_pattern=["mom"],
+               mixers={"mom": partial(MoM, n_heads=2, n_memories=3, topk=2)})
+    model = HMT(bb, segment_len=8, sensory_len=2, n_memories=2)
+    ids = torch.randint(0, V, (2, 32))
+    one, four = model(ids[:, :8]).aux_loss, model(ids).aux_loss
+    checks.true(0 < float(one) < 0.05 and 0 < float(four) < 0.05, f"{one} {four}")
+
+
+def test_state_does_not_alias_parameters(checks):
+    model = hmt("attention")
+    state = model(torch.randint(0, V, (2, 3))).state        # inside segment 0: P_0 = m_init
+    checks.true(state.prompt.data_ptr() != model.init_memory.data_ptr()
+                and state.prompt.stride(0) != 0, "a copy of m_init")
+
+
+@pytest.mark.parametrize("backbone", list(BACKBONES))
 @pytest.mark.parametrize("T", [0, 5, 8, 13, 16, 21])
-def test_state_size_counts_the_state(T, checks):
-    model = hmt("attention", n_memories=3)
+def test_state_size_counts_the_state(backbone, T, checks):
+    model = hmt(backbone, n_memories=3)
     state = model(torch.randint(0, V, (1, T))).state if T else model.init_state(1)
     checks.true(model.state_size(T) == st.float_numel(state),
                 f"state_size({T}) = {model.state_size(T)} vs {st.float_numel(state)}")
@@ -343,3 +419,23 @@ def test_any_backbone_config(backbone, over, tmp_path, checks):
     with torch.no_grad():
         logits, state = run_split(model, ids, [7])
         checks.close(logits, model(ids).logits, atol=1e-5, msg=f"{backbone}: streams")
+
+
+def test_evaluation_harness_takes_hmt(tmp_path, checks):
+    """memarch.eval reads an HMT chunk by chunk through its state, in calls cut on segment
+    boundaries (chunk_size 5 -> 32): the same predictions as one call, also in paper mode;
+    the MQAR suite runs on it."""
+    from memarch.eval.model import EvalModel
+    from memarch.eval.synthetic import mqar as mq
+
+    model = HMT(MemLM(vocab_size=65, d_model=16, layer_pattern=["attn"],
+                      mixers={"attn": partial(Attention, n_heads=2)}),
+                segment_len=32, sensory_len=8, n_memories=4, recall_query="paper").eval()
+    m = EvalModel(model, None, chunk_size=5)
+    checks.true(m.chunk_size == 32, f"chunk_size {m.chunk_size}")
+    ids = torch.randint(0, 65, (2, 128))
+    with torch.no_grad():
+        checks.equal(mq.mqar_predictions(m, ids), model(ids).logits.argmax(-1), "argmax")
+    out = mq.run_mqar(m, tmp_path, lengths=[128], num_kv_pairs=2, gap=72, n_per_length=4,
+                      batch_size=4)
+    checks.true(0 <= out["score"] <= 100, f"{out['score']}")

@@ -17,10 +17,14 @@ further back reaches it only through memory embeddings. For segment n:
   the paper's equation (HMT-pytorch puts its summary prompt first and its initial memory
   embedding last). ``m_init [D]``: the learned memory of the first segment (HMT-pytorch's
   ``init_pre_memory_state``). Both start as N(0, std(E)) like HMT-pytorch's.
+* The augmented pass ends with ``P_n`` as the paper's equation; HMT-pytorch's
+  ``MemoryCell`` ends it with ``m_init`` (its ``suf_memory_state`` is never passed).
 * Recall (the paper's equation): queries and keys are projected to ``d_h = recall_dim``
   (default ``d_model``; HMT-pytorch: 4096), values are the cached memory embeddings
-  themselves, the scale is ``1/sqrt(d_h)`` always. HMT-pytorch divides by ``d_h`` instead
-  when ``d_model >= 4096`` in training but not in generation; memarch does not. The cache
+  themselves, the scale is ``1/sqrt(d_h)`` always. HMT-pytorch's ``long_mem_cross_attn.py``
+  divides by ``d_h`` instead when ``d_model >= 4096`` in training but not in generation (its
+  ``long_mem_cross_attn_vanilla.py``, the one ``language_modeling.py`` imports, always uses
+  the square root); memarch does not. The cache
   ``M`` holds the memory embeddings of the last ``N = n_memories`` segments (fewer at the
   start: only those that exist are attended). ``n_memories = 0``: no cache, no recall,
   ``P_n = m_init`` always (the same segmentation and sensory memory without HMT's memory:
@@ -40,13 +44,19 @@ further back reaches it only through memory embeddings. For segment n:
     that call holds (at most ``h``; fewer for a shorter call or a shorter last segment) and
     kept for the rest of the segment, which is what HMT-pytorch's ``generate`` does with
     the last segment of a prompt.
-* Streaming: the state holds the cache, the last ``max(k, h)`` tokens (sensory and causal
-  query), the open segment's ``P_n`` and the backbone state over ``[P_n, sensory, the
-  segment so far]``. Tokens of an incomplete segment are answered at once, with exactly the
-  logits a longer call would give them (they do not depend on later tokens); the trailing
-  ``P_n`` slot and ``m_n`` are computed when the segment's L-th token arrives. A call
-  ending inside a segment therefore equals a longer call on every token it returns and in
-  the state it leaves.
+* Streaming: the state holds the cache, the last R tokens (``R = max(k, h)`` in causal mode
+  with memories, else ``k``: sensory tokens and causal query), the open segment's ``P_n``
+  and the backbone state over ``[P_n, sensory, the segment so far]``. Tokens of an
+  incomplete segment are answered at once; the trailing ``P_n`` slot and ``m_n`` are
+  computed when the segment's L-th token arrives. In causal mode those tokens get exactly
+  the logits a longer call gives them (nothing in them depends on later tokens), so a call
+  ending inside a segment equals a longer call on every token it returns and in the state
+  it leaves; in paper mode that holds once the call has reached ``h`` tokens of the
+  segment (before, the recall had fewer tokens to read). The generation and evaluation
+  harness cut their calls on segment boundaries (``memarch.generation.segment_aligned``).
+* ``aux_loss``: the backbone's aux losses (e.g. MoM's balance loss) averaged over its
+  passes, weighted by each pass's length, so its scale does not grow with the number of
+  segments.
 * Training: backpropagation through time over ``bptt_segments`` segments: the cache is
   detached at the start of every segment whose index is a multiple of ``bptt_segments``
   (absolute indices, so windows do not depend on how the stream is cut into calls; None:
@@ -136,7 +146,8 @@ class HMT(nn.Module):
         self.summary_len, self.recall_dim, self.recall_query = summary_len, recall_dim, recall_query
         self.bptt_segments = bptt_segments
         self.vocab_size, self.d_model = backbone.vocab_size, D
-        self.n_recent = max(sensory_len, summary_len if recall_query == "causal" else 0)
+        causal_query = recall_query == "causal" and n_memories > 0
+        self.n_recent = max(sensory_len, summary_len if causal_query else 0)
         std = float(backbone.embed.weight.detach().float().std())
         self.init_memory = nn.Parameter(torch.randn(D) * std)                  # m_init [D]
         if n_memories > 0:
@@ -186,6 +197,13 @@ class HMT(nn.Module):
                     f"HMT: state field {name!r} must have shape {shape} for batch size {B} "
                     f"(segment_len={self.segment_len}, n_memories={self.n_memories}), got "
                     f"{tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__}")
+        for name, ok, want in (("cache", state.cache.is_floating_point(), "floating point"),
+                               ("prompt", state.prompt.is_floating_point(), "floating point"),
+                               ("recent", state.recent.dtype == torch.long, "int64"),
+                               ("pos", state.pos.dtype == torch.long, "int64")):
+            if not ok:
+                raise ValueError(f"HMT: state field {name!r} must be {want}, got "
+                                 f"{getattr(state, name).dtype}")
         if state.pos.numel() and not bool((state.pos == state.pos[0]).all()):
             raise ValueError(f"HMT: all rows of a batch must be at the same position (their "
                              f"segments line up), got state.pos={state.pos.tolist()}; run "
@@ -237,11 +255,11 @@ class HMT(nn.Module):
             if N > 0 and b > 0:
                 queries[b] = (tokens(b - h, b) if self.recall_query == "causal"
                               else tokens(b, min(b + h, end)))
-        summaries, aux = {}, None
+        summaries, aux = {}, _Mean()
         for length in sorted({q.shape[1] for q in queries.values()}):
             group = [b for b, q in queries.items() if q.shape[1] == length]
             s, a = self.summarize(torch.cat([queries[b] for b in group], 0))
-            aux = _add(aux, a)
+            aux.add(a, len(group) * (length + 2))
             for i, b in enumerate(group):
                 summaries[b] = s[i * B:(i + 1) * B]
 
@@ -257,7 +275,7 @@ class HMT(nn.Module):
                         cache = cache.detach()
                     prompt, _ = self.recall(summaries[t], cache[:, N - min(n, N):])
                 else:
-                    prompt = self.init_memory.to(dtype)[None].expand(B, -1)
+                    prompt = self.init_memory.to(dtype)[None].expand(B, -1).clone()
                 bstate = None
                 parts.append(prompt[:, None])
                 if n > 0 and k > 0:
@@ -267,8 +285,9 @@ class HMT(nn.Module):
             closes = off + take == L
             if closes:
                 parts.append(prompt[:, None])
-            y, bstate, a = bb.forward_embeds(torch.cat(parts, 1), bstate)   # (3) [B, *, D]
-            aux = _add(aux, a)
+            x = torch.cat(parts, 1)
+            y, bstate, a = bb.forward_embeds(x, bstate)                      # (3) [B, *, D]
+            aux.add(a, x.shape[1])
             logits.append(bb.head(y[:, n_pre:n_pre + take]))                # [B, take, V]
             if closes:                                   # m_n = Y[-1] enters the cache
                 if N > 0:
@@ -281,9 +300,22 @@ class HMT(nn.Module):
             bstate = bb.init_state(B, device=ids.device, dtype=dtype)
         out = (torch.cat(logits, 1) if logits else
                torch.zeros(B, 0, self.vocab_size, device=ids.device, dtype=dtype))
-        new = HMTState(cache, ext[:, ext.shape[1] - R:], prompt, bstate, state.pos + n_tok)
-        return LMOutput(out, new, aux)
+        sd = state.cache.dtype                           # autocast: keep the state's dtype
+        new = HMTState(cache.to(sd), ext[:, ext.shape[1] - R:], prompt.to(sd), bstate,
+                       state.pos + n_tok)
+        return LMOutput(out, new, aux.value())
 
 
-def _add(a, b):
-    return b if a is None else (a if b is None else a + b)
+class _Mean:
+    """Length-weighted mean of the backbone passes' aux losses (None if none has one)."""
+
+    def __init__(self):
+        self.total, self.n = None, 0
+
+    def add(self, a, n: int) -> None:
+        if a is not None:
+            self.total = a * n if self.total is None else self.total + a * n
+            self.n += n
+
+    def value(self):
+        return None if self.total is None else self.total / self.n
