@@ -25,7 +25,8 @@ and run through ``memarch.lit.train.run``; checkpoints go to a temporary directo
 * HMT on long-range MQAR cut into segments of 32 (the pairs in segment 0, the queries in
   segments 2 and 3): ``hmt_attention_tiny``, ``hmt_sinks_tiny`` and the same backbone and
   segmentation without HMT's memory (``*_nomem``: ``model.n_memories=0``); their rows also
-  record HMT's extra parameters (``--render-hmt`` prints that table)
+  record HMT's extra parameters; they have their own table (``--render-hmt``, README
+  block ``recipes_cpu__hmt``), not the main one
 
 Training is deterministic for a given machine and torch build, but the held-out accuracy
 can differ by a few points between CPUs (floating-point summation order), which is why the
@@ -100,7 +101,7 @@ RECIPES = {
        for tag, over in (("", []), ("_nomem", ["model.n_memories=0"]),
                          ("_4pairs", ["data.dataset.num_kv_pairs=4"]),
                          ("_4pairs_nomem", ["data.dataset.num_kv_pairs=4", "model.n_memories=0"]),
-                         ("_seed1", ["seed=1"]))
+                         ("_seed1", ["seed=1"]), ("_seed2", ["seed=2"]))
        if bb == "attention" or tag in ("", "_nomem")},
     "mom_linear_tiny": (["experiment=mom_linear_tiny"],
                         "python train.py experiment=mom_linear_tiny"),
@@ -142,8 +143,9 @@ def run_recipe(name) -> dict:
         cfg = compose([*overrides, "trainer.enable_progress_bar=false"], tmp)
         gap = cfg.data.dataset.get("gap", 0) or 0
         pairs, seq = cfg.data.dataset.get("num_kv_pairs"), cfg.data.dataset.get("seq_len")
-        task = ((f"long-range MQAR (gap {gap})" if pairs == 4 else
-                 f"long-range MQAR (gap {gap}, {pairs} pairs)") if gap else "MQAR" if (pairs, seq) == (4, 64)
+        longrange = (f"long-range MQAR (gap {gap})" if pairs == 4 else
+                     f"long-range MQAR (gap {gap}, {pairs} pairs)")
+        task = (longrange if gap else "MQAR" if (pairs, seq) == (4, 64)
                 else f"MQAR ({pairs} pairs in {seq} tokens)")
         t0 = time.perf_counter()
         res = run(cfg, extra_callbacks=[_Probe()])
@@ -169,7 +171,7 @@ def render(data) -> str:
     and commit it ran on; the header names them (per row when rows differ)."""
     if isinstance(data, (str, Path)):
         data = json.loads(Path(data).read_text())
-    rows = data["rows"]
+    rows = [r for r in data["rows"] if not r["name"].startswith("hmt_")]   # own table
     where = lambda r: f"{r.get('cpu')}, {r.get('threads')} thread(s), torch {r.get('torch')}"
     same = len({where(r) for r in rows}) <= 1
     m = rows[0] if rows else data["meta"]
@@ -191,30 +193,42 @@ def render(data) -> str:
     return "\n".join(lines) + "\n"
 
 
+# HMT's table: (label, recipe with HMT, the same without its memory)
+HMT_ROWS = [("attention", "hmt_attention_tiny", "hmt_attention_tiny_nomem"),
+            ("attention, seed 1", "hmt_attention_tiny_seed1", "hmt_attention_tiny_nomem"),
+            ("attention, seed 2", "hmt_attention_tiny_seed2", "hmt_attention_tiny_nomem"),
+            ("window 16 + 4 sinks", "hmt_sinks_tiny", "hmt_sinks_tiny_nomem"),
+            ("attention, 4 pairs", "hmt_attention_tiny_4pairs",
+             "hmt_attention_tiny_4pairs_nomem")]
+
+
 def render_hmt(data) -> str:
-    """HMT's table: accuracy with and without its memory (same backbone, segment length
-    and steps) and the parameters it adds, from the ``hmt_*`` rows of a recipes JSON."""
+    """HMT's table: held-out accuracy with and without its memory (same backbone, task,
+    segment length and steps) and the parameters it adds, from the ``hmt_*`` rows of a
+    recipes JSON."""
     rows = {r["name"]: r for r in data["rows"]}
-    lines = ["HMT on long-range MQAR (gap 72, 128 tokens; segments of 32 tokens, 8 sensory "
-             "tokens, 4 cached memories), cpu:", "",
-             "| backbone | command | held-out accuracy with HMT | without HMT's memory "
-             "(`model.n_memories=0`) | gain | chance | HMT's extra parameters | steps | "
-             "train time (wall, with / without) |",
-             "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
-    for bb in ("attention", "sinks"):
-        on, off = rows.get(f"hmt_{bb}_tiny"), rows.get(f"hmt_{bb}_tiny_nomem")
+    lines = ["HMT, segments of 32 tokens, 8 sensory tokens, 4 cached memories, d_model 96, "
+             "2 layers, cpu:", "",
+             "| backbone | command | task | with HMT | without HMT's memory | gain | chance | "
+             "HMT's extra parameters | steps | train time (wall) |",
+             "|---|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+    used = []
+    for label, on_name, off_name in HMT_ROWS:
+        on, off = rows.get(on_name), rows.get(off_name)
         if on is None or off is None:
             continue
+        used += [on, off]
         extra = (f"{on['extra_params']:,} ({100 * on['extra_params'] / on['backbone_params']:.1f} "
                  "% of the backbone)" if on.get("extra_params") is not None else "—")
-        gain = 100 * (on["val_acc"] - off["val_acc"])
-        lines.append(f"| {bb} | `{on['command']}` | {_pct(on['val_acc'])} | "
-                     f"{_pct(off['val_acc'])} | {gain:+.1f} points | {_pct(on['chance'])} | "
-                     f"{extra} | {on['global_step']} | {on['train_s']:.0f} s / "
-                     f"{off['train_s']:.0f} s |")
-    m = next(iter(rows.values()), data["meta"])
-    lines += ["", f"Machine: {m.get('cpu')}, {m.get('threads')} thread(s), torch "
-                  f"{m.get('torch')}; raw rows in `benchmarks/results/recipes_cpu.json`."]
+        lines.append(f"| {label} | `{on['command']}` | {on['task']} | {_pct(on['val_acc'])} | "
+                     f"{_pct(off['val_acc'])} | {100 * (on['val_acc'] - off['val_acc']):+.1f} "
+                     f"points | {_pct(on['chance'])} | {extra} | {on['global_step']} | "
+                     f"{on['train_s']:.0f} s ({on.get('threads')} thread(s)) |")
+    where = sorted({f"{r.get('cpu')}, {r.get('threads')} thread(s), torch {r.get('torch')}"
+                    for r in used})
+    lines += ["", "Without HMT's memory: the same command with `model.n_memories=0` (seed 0). "
+              f"Machines: {'; '.join(where) or '—'} (runs with 1 thread shared the 2 cores "
+              "with another run); raw rows in `benchmarks/results/recipes_cpu.json`."]
     return "\n".join(lines) + "\n"
 
 

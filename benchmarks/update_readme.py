@@ -7,7 +7,8 @@ Each block ``<!-- bench:NAME -->`` ... ``<!-- /bench:NAME -->`` gets the markdow
 the script owning ``results/NAME.json`` prints with ``--render`` (``decode.py`` for
 ``decode_*``, ``recipes.py`` for ``recipes_*``, ``titans.py`` for ``titans_*``, ``ops.py``
 otherwise). A block ``NAME__VIEW`` gets ``render_VIEW`` of the same script on
-``results/NAME.json`` (``recipes_cpu__hmt``: HMT's table). The renderers run in-process; tests/test_readme.py checks that the README
+``results/NAME.json`` (``recipes_cpu__hmt``: HMT's table).
+The renderers run in-process; tests/test_readme.py checks that the README
 matches.
 """
 

@@ -375,13 +375,15 @@ def test_stateful_training_resume_and_checkpoint_load(tmp_path, checks):
     (data.stateful=true, 64-token steps: segments of 24 straddle the steps), resumes
     exactly from a checkpoint that holds the carried HMT state, and
     memarch.checkpoint.load rebuilds the HMT."""
+    from train_helpers import compose_cfg
+
     from memarch.checkpoint import load
     from memarch.lit.train import run
-    from train_helpers import compose_cfg
 
     common = ["experiment=hmt_attention_tiny", "model.d_model=16", "data.batch_size=2",
               "data.val_size=4", "logger={}", "trainer.enable_progress_bar=false",
-              "data.stateful=true", "data.segment_len=64", "model.segment_len=24", "checkpoint.every_n_steps=2",
+              "data.stateful=true", "data.segment_len=64", "model.segment_len=24",
+              "checkpoint.every_n_steps=2",
               "validate_at_end=false", "+sched.total_steps=4", "trainer.max_steps=4"]
     straight = run(compose_cfg(common, tmp_path / "a"))
     carry = straight["module"]._carry
@@ -407,9 +409,10 @@ def test_stateful_training_resume_and_checkpoint_load(tmp_path, checks):
 ])
 def test_any_backbone_config(backbone, over, tmp_path, checks):
     """model/backbone=<name> swaps the backbone under HMT; model.d_model sizes it."""
-    from memarch.config import instantiate
     from omegaconf import OmegaConf
     from train_helpers import compose_cfg
+
+    from memarch.config import instantiate
 
     cfg = compose_cfg(["experiment=hmt_sinks_tiny", f"model/backbone={backbone}",
                        "model.d_model=32", *over], tmp_path)

@@ -131,9 +131,10 @@ class MemLM(nn.Module):
         if state is None:
             state = (None,) * len(self.blocks)
         elif not isinstance(state, tuple) or len(state) != len(self.blocks):
+            n = len(state) if hasattr(state, "__len__") else "?"
             raise ValueError(
                 f"MemLM: state must be a tuple with one entry per layer ({len(self.blocks)}), "
-                f"got {type(state).__name__} of length {len(state) if hasattr(state, '__len__') else '?'}")
+                f"got {type(state).__name__} of length {n}")
         new_states, aux = [], None
         for block, s in zip(self.blocks, state):
             h, s, a = block(h, s)
