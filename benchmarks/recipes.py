@@ -64,6 +64,16 @@ RECIPE_MOM = {
                                  + " ".join(_ONE_MEMORY[:2])),
 }
 
+
+
+def _recipe(experiment: str, *overrides: str) -> tuple[list[str], str]:
+    """(Hydra overrides, the command a user types) of ``train.py experiment=... overrides``."""
+    over = [f"experiment={experiment}", *overrides]
+    return over, " ".join(["python train.py", *over])
+
+
+_NO_MEMORY, _4_PAIRS = "model.n_memories=0", "data.dataset.num_kv_pairs=4"   # HMT's rows
+
 # name -> (Hydra overrides, the command a user types)
 RECIPES = {
     "default": ([], "make train"),
@@ -95,14 +105,14 @@ RECIPES = {
                             f"{RECIPE_MOM[name][1]} seed={sd}")
        for name in ("mom_gdn_tiny", "mom_gdn_tiny_1mem", "mom_gdn_tiny_1mem_shared")
        for sd in (1, 2)},
-    **{f"hmt_{bb}_tiny{tag}": ([f"experiment=hmt_{bb}_tiny", *over],
-                               " ".join([f"python train.py experiment=hmt_{bb}_tiny", *over]))
-       for bb in ("attention", "sinks")
-       for tag, over in (("", []), ("_nomem", ["model.n_memories=0"]),
-                         ("_4pairs", ["data.dataset.num_kv_pairs=4"]),
-                         ("_4pairs_nomem", ["data.dataset.num_kv_pairs=4", "model.n_memories=0"]),
-                         ("_seed1", ["seed=1"]), ("_seed2", ["seed=2"]))
-       if bb == "attention" or tag in ("", "_nomem")},
+    "hmt_attention_tiny": _recipe("hmt_attention_tiny"),
+    "hmt_attention_tiny_nomem": _recipe("hmt_attention_tiny", _NO_MEMORY),
+    "hmt_attention_tiny_4pairs": _recipe("hmt_attention_tiny", _4_PAIRS),
+    "hmt_attention_tiny_4pairs_nomem": _recipe("hmt_attention_tiny", _4_PAIRS, _NO_MEMORY),
+    "hmt_attention_tiny_seed1": _recipe("hmt_attention_tiny", "seed=1"),
+    "hmt_attention_tiny_seed2": _recipe("hmt_attention_tiny", "seed=2"),
+    "hmt_sinks_tiny": _recipe("hmt_sinks_tiny"),
+    "hmt_sinks_tiny_nomem": _recipe("hmt_sinks_tiny", _NO_MEMORY),
     "mom_linear_tiny": (["experiment=mom_linear_tiny"],
                         "python train.py experiment=mom_linear_tiny"),
     "mom_linear_tiny_1mem": (["experiment=mom_linear_tiny", *_ONE_MEMORY],

@@ -289,15 +289,27 @@ def test_bptt_window_keeps_the_previous_segment(checks):
 
 
 def test_aux_loss_is_a_length_weighted_mean(checks):
-    """MoM's balance loss through HMT: a mean over the backbone passes, so one segment and
-    four segments give aux losses of the same scale (aux_loss_coef at perfect balance)."""
+    """MoM's balance loss through HMT: the mean of the backbone passes' aux losses weighted by
+    their lengths (so its scale does not grow with the number of segments)."""
     from memarch.mixers import MoM
     bb = MemLM(vocab_size=V, d_model=16, layer_pattern=["mom"],
                mixers={"mom": partial(MoM, n_heads=2, n_memories=3, topk=2)})
     model = HMT(bb, segment_len=8, sensory_len=2, n_memories=2)
-    ids = torch.randint(0, V, (2, 32))
-    one, four = model(ids[:, :8]).aux_loss, model(ids).aux_loss
-    checks.true(0 < float(one) < 0.05 and 0 < float(four) < 0.05, f"{one} {four}")
+    passes = []
+    real = bb.forward_embeds
+
+    def spy(x, state=None):                              # record (aux, length) of each pass
+        out = real(x, state)
+        passes.append((out[2], x.shape[1] * x.shape[0] // 2))
+        return out
+
+    bb.forward_embeds = spy
+    ids = torch.randint(0, V, (2, 29))    # 3 summaries (one batched pass), 4 segments
+    aux = model(ids).aux_loss
+    want = sum(a * n for a, n in passes) / sum(n for _, n in passes)
+    checks.true(len(passes) == 5, f"{len(passes)} passes")
+    checks.close(aux, want, atol=1e-7, msg="length-weighted mean")
+    checks.true(0 < float(aux) < 0.05, f"scale of aux_loss_coef: {float(aux)}")
 
 
 def test_state_does_not_alias_parameters(checks):
@@ -350,12 +362,17 @@ def test_bad_state_and_input(checks):
     with pytest.raises(ValueError, match=r"ids must lie in \[0, vocab_size=37\)"):
         model(torch.full((1, 3), V))
     state = model(torch.randint(0, V, (2, 5))).state
-    with pytest.raises(ValueError, match="state field 'cache' must have shape"):
+    with pytest.raises(ValueError, match=r"HMT: state field 'cache' has shape \(2, 2, 16\) but "
+                                         r"this configuration expects \(3, 2, 16\)"):
         model(torch.randint(0, V, (3, 2)), state)
     with pytest.raises(ValueError, match="same position"):
         model(torch.randint(0, V, (2, 2)), state._replace(pos=torch.tensor([5, 6])))
     with pytest.raises(ValueError, match="must be an HMTState"):
         model(torch.randint(0, V, (2, 2)), (1, 2))
+    with pytest.raises(ValueError, match="state field 'recent' must have dtype torch.int64"):
+        model(torch.randint(0, V, (2, 2)), state._replace(recent=state.recent.double()))
+    with pytest.raises(ValueError, match="state field 'cache' must be floating point"):
+        model(torch.randint(0, V, (2, 2)), state._replace(cache=state.cache.long()))
     checks.true(True)
 
 
@@ -375,15 +392,13 @@ def test_stateful_training_resume_and_checkpoint_load(tmp_path, checks):
     (data.stateful=true, 64-token steps: segments of 24 straddle the steps), resumes
     exactly from a checkpoint that holds the carried HMT state, and
     memarch.checkpoint.load rebuilds the HMT."""
-    from train_helpers import compose_cfg
+    from train_helpers import TINY, compose_cfg
 
     from memarch.checkpoint import load
     from memarch.lit.train import run
 
-    common = ["experiment=hmt_attention_tiny", "model.d_model=16", "data.batch_size=2",
-              "data.val_size=4", "logger={}", "trainer.enable_progress_bar=false",
-              "data.stateful=true", "data.segment_len=64", "model.segment_len=24",
-              "checkpoint.every_n_steps=2",
+    common = ["experiment=hmt_attention_tiny", *TINY, "data.stateful=true",
+              "data.segment_len=64", "model.segment_len=24", "checkpoint.every_n_steps=2",
               "validate_at_end=false", "+sched.total_steps=4", "trainer.max_steps=4"]
     straight = run(compose_cfg(common, tmp_path / "a"))
     carry = straight["module"]._carry

@@ -26,6 +26,8 @@ import torch
 import triton
 import triton.language as tl
 
+from .._triton_common import dot_precision
+
 BS = 16                       # sinks per block
 
 
@@ -217,10 +219,6 @@ def _bwd_dkv(q, k, v, do, lse, delta, dk, dv, scale, Tq, Tk, H, Hkv, D, W, q_off
     tl.store(dv + ooff, dva, mask=mk)
 
 
-def _prec(x):
-    return "ieee" if x.dtype == torch.float32 else "tf32"
-
-
 def _group_sum(x, Hkv):
     """[B, T, H, D] per-query-head grads -> [B, T, Hkv, D] (sum over the GQA group)."""
     B, T, H, D = x.shape
@@ -243,7 +241,7 @@ class _SWA(torch.autograd.Function):
         _fwd[(triton.cdiv(Tq, BM), B * H)](
             q, k, v, sq if has_sink else q, sk if has_sink else k, sv if has_sink else v, o, lse,
             scale, Tq, Tk, H, Hkv, D, S, window, q_offset, BM=BM, BN=BN, BD=BD, BS=BS,
-            HAS_SINK=has_sink, DOT_PREC=_prec(q), num_warps=nw)
+            HAS_SINK=has_sink, DOT_PREC=dot_precision(q), num_warps=nw)
         ctx.save_for_backward(q, k, v, sq, sk, sv, o, lse)
         ctx.args = (window, q_offset, scale, has_sink)
         return o
@@ -261,7 +259,7 @@ class _SWA(torch.autograd.Function):
         f32 = dict(dtype=torch.float32, device=q.device)
         dq = torch.empty(B, Tq, H, D, **f32)
         dsq = torch.empty(B, Tq, H, D, **f32) if has_sink else dq
-        meta = dict(BD=BD, DOT_PREC=_prec(q), num_warps=nw)
+        meta = dict(BD=BD, DOT_PREC=dot_precision(q), num_warps=nw)
         _bwd_dq[(triton.cdiv(Tq, BM), B * H)](
             q, k, v, sq if has_sink else q, sk if has_sink else k, sv if has_sink else v, do,
             lse, delta, dq, dsq, scale, Tq, Tk, H, Hkv, D, S, window, q_offset, BM=BM, BN=BN,

@@ -76,6 +76,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from memarch import state as st
 from memarch.mixers.base import check_positive_int
 from memarch.models.lm import LMOutput, check_ids
 
@@ -185,29 +186,27 @@ class HMT(nn.Module):
         return (self.n_memories + 1) * self.d_model + self.backbone.state_size(inside)
 
     def _check_state(self, state, B: int) -> None:
+        """Structure, shapes and integer dtypes as ``init_state`` builds them (the backbone's
+        state is checked by its own mixers), and floating-point memories."""
         if not isinstance(state, HMTState):
             raise ValueError(f"HMT: state must be an HMTState (from init_state or a previous "
                              f"call), got {type(state).__name__}")
-        want = {"cache": (B, self.n_memories, self.d_model), "recent": (B, self.n_recent),
-                "prompt": (B, self.d_model), "pos": (B,)}
-        for name, shape in want.items():
-            t = getattr(state, name)
-            if not isinstance(t, torch.Tensor) or tuple(t.shape) != shape:
-                raise ValueError(
-                    f"HMT: state field {name!r} must have shape {shape} for batch size {B} "
-                    f"(segment_len={self.segment_len}, n_memories={self.n_memories}), got "
-                    f"{tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__}")
-        for name, ok, want in (("cache", state.cache.is_floating_point(), "floating point"),
-                               ("prompt", state.prompt.is_floating_point(), "floating point"),
-                               ("recent", state.recent.dtype == torch.long, "int64"),
-                               ("pos", state.pos.dtype == torch.long, "int64")):
-            if not ok:
-                raise ValueError(f"HMT: state field {name!r} must be {want}, got "
+        spec = self.init_state(B, device="meta")._replace(backbone=None)
+        st.check_like(state._replace(backbone=None), spec, owner="HMT")
+        for name in ("cache", "prompt"):
+            if not getattr(state, name).is_floating_point():
+                raise ValueError(f"HMT: state field {name!r} must be floating point, got "
                                  f"{getattr(state, name).dtype}")
-        if state.pos.numel() and not bool((state.pos == state.pos[0]).all()):
+
+    @staticmethod
+    def _position(state: HMTState) -> int:
+        """The batch's common position (one host sync per call), or a clear error."""
+        pos = state.pos.tolist()
+        if any(p != pos[0] for p in pos):
             raise ValueError(f"HMT: all rows of a batch must be at the same position (their "
-                             f"segments line up), got state.pos={state.pos.tolist()}; run "
-                             "them as separate batches")
+                             f"segments line up), got state.pos={pos}; run them as separate "
+                             "batches")
+        return pos[0] if pos else 0
 
     # -- the three steps -----------------------------------------------------------------
     def summarize(self, q_ids: torch.Tensor):
@@ -235,13 +234,13 @@ class HMT(nn.Module):
         bb = self.backbone
         dtype = bb.embed.weight.dtype
         if state is None:
-            state = self.init_state(B, device=ids.device, dtype=dtype)
+            state, p0 = self.init_state(B, device=ids.device, dtype=dtype), 0
         else:
             self._check_state(state, B)
+            p0 = self._position(state)
         ids = ids.long()
         L, k, h, N, R = (self.segment_len, self.sensory_len, self.summary_len,
                          self.n_memories, self.n_recent)
-        p0 = int(state.pos[0]) if B else 0
         end = p0 + n_tok
         ext = torch.cat([state.recent, ids], 1)          # ext[:, j]: position p0 - R + j
 
