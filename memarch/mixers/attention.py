@@ -64,7 +64,7 @@ from torch import nn
 
 from memarch.kernels.sliding_window import sliding_window_attn
 from memarch.mixers.base import Mixer, MixerOutput, check_positive_int
-from memarch.modules.rotary import Rotary, apply_rotary
+from memarch.modules.rotary import Rotary, apply_rotary, check_rope_scaling
 
 __all__ = ["Attention", "KVCacheState", "SinkWindowState"]
 
@@ -104,6 +104,13 @@ class Attention(Mixer):
             ``n_persistent=1`` (kept for configs and checkpoints that use it; with
             ``n_persistent`` other than 0 or 1 it is an error).
         rope_base: RoPE base.
+        rope_scaling: RoPE frequency scaling of pretrained checkpoints (``None``, or a dict
+            of type ``"linear"`` or ``"llama3"``; see ``memarch.modules.rotary``).
+        head_dim: per-head width (default: d_model // n_heads; pretrained models such as
+            Mistral-Nemo use another): q_proj maps d_model -> n_heads * head_dim.
+        bias: biases on all four projections (Llama's ``attention_bias``).
+        qkv_bias, o_bias: override ``bias`` for the q/k/v projections and for o_proj
+            (Qwen2: ``qkv_bias=True, o_bias=False``); None follows ``bias``.
         block_size: query block of the banded fallback path (memory/speed, not semantics).
         impl: implementation of ``memarch.kernels.sliding_window_attn`` for the windowed
             path ("auto": Triton on CUDA, chunked PyTorch elsewhere).
@@ -114,14 +121,23 @@ class Attention(Mixer):
                  window: int | None = None, n_sinks: int = 0,
                  sink_positions: str = "absolute", learned_sink: bool = False,
                  n_persistent: int = 0, rope_base: float = 10000.0, bias: bool = False,
-                 block_size: int = 128, impl: str = "auto"):
+                 block_size: int = 128, impl: str = "auto", rope_scaling: dict | None = None,
+                 head_dim: int | None = None, qkv_bias: bool | None = None,
+                 o_bias: bool | None = None):
         super().__init__(d_model, layer_idx=layer_idx)
         n_heads = max(1, d_model // 64) if n_heads is None else n_heads
         n_kv_heads = n_heads if n_kv_heads is None else n_kv_heads
         check_positive_int("Attention", "n_heads", n_heads)
         check_positive_int("Attention", "n_kv_heads", n_kv_heads)
-        if d_model % n_heads:
-            raise ValueError(f"Attention: n_heads={n_heads} must divide d_model={d_model}")
+        if head_dim is None and d_model % n_heads:
+            raise ValueError(f"Attention: n_heads={n_heads} must divide d_model={d_model} "
+                             "(or pass head_dim)")
+        if head_dim is not None:
+            check_positive_int("Attention", "head_dim", head_dim)
+        for name, b in (("bias", bias), ("qkv_bias", qkv_bias), ("o_bias", o_bias)):
+            if not (isinstance(b, bool) or (b is None and name != "bias")):
+                raise ValueError(f"Attention: {name} must be a bool"
+                                 f"{'' if name == 'bias' else ' or None'}, got {b!r}")
         if n_heads % n_kv_heads:
             raise ValueError(
                 f"Attention: n_kv_heads={n_kv_heads} must divide n_heads={n_heads} (GQA)")
@@ -152,17 +168,20 @@ class Attention(Mixer):
         if not (isinstance(rope_base, (int, float)) and rope_base > 1):
             raise ValueError(f"Attention: rope_base must be a number > 1, got {rope_base!r}")
         self.n_heads, self.n_kv_heads = n_heads, n_kv_heads
-        self.head_dim = d_model // n_heads
+        self.head_dim = d_model // n_heads if head_dim is None else head_dim
         self.window, self.n_sinks = window, n_sinks
         self.sink_positions = sink_positions
         self.n_persistent = n_persistent
         self.block_size, self.impl = block_size, impl
         self.scale = self.head_dim ** -0.5
         Dh = self.head_dim
-        self.q_proj = nn.Linear(d_model, n_heads * Dh, bias=bias)
-        self.kv_proj = nn.Linear(d_model, 2 * n_kv_heads * Dh, bias=bias)
-        self.o_proj = nn.Linear(n_heads * Dh, d_model, bias=bias)
-        self.rotary = Rotary(Dh, base=rope_base)
+        qkv_bias = bias if qkv_bias is None else qkv_bias
+        o_bias = bias if o_bias is None else o_bias
+        self.q_proj = nn.Linear(d_model, n_heads * Dh, bias=qkv_bias)
+        self.kv_proj = nn.Linear(d_model, 2 * n_kv_heads * Dh, bias=qkv_bias)  # [k; v] rows
+        self.o_proj = nn.Linear(n_heads * Dh, d_model, bias=o_bias)
+        self.rotary = Rotary(Dh, base=rope_base,
+                             scaling=check_rope_scaling("Attention", rope_scaling))
         if n_persistent:   # [2 (key, value), Hkv, Np, Dh]
             self.persistent_kv = nn.Parameter(
                 torch.randn(2, n_kv_heads, n_persistent, Dh) * 0.02)

@@ -116,6 +116,11 @@ class HMT(nn.Module):
                  recall_dim: int | None = None, recall_query: str = "causal",
                  bptt_segments: int | None = None, d_model: int | None = None):
         super().__init__()
+        self.init_kwargs = dict(backbone=backbone, segment_len=segment_len,
+                                sensory_len=sensory_len, n_memories=n_memories,
+                                summary_len=summary_len, recall_dim=recall_dim,
+                                recall_query=recall_query, bptt_segments=bptt_segments,
+                                d_model=d_model)
         for attr in ("embed", "head", "forward_embeds", "init_state", "state_size"):
             if not hasattr(backbone, attr):
                 raise TypeError(f"HMT: backbone must be a memarch MemLM (with {attr!r}), got "

@@ -38,7 +38,8 @@ class LMOutput(NamedTuple):
 class Block(nn.Module):
     """Pre-norm residual block: mixer then (optional) SwiGLU MLP."""
 
-    def __init__(self, mixer: Mixer, d_model: int, *, d_hidden: int | None, norm_eps: float):
+    def __init__(self, mixer: Mixer, d_model: int, *, d_hidden: int | None, norm_eps: float,
+                 mlp_bias: bool = False):
         super().__init__()
         self.norm1 = RMSNorm(d_model, eps=norm_eps)
         self.mixer = mixer
@@ -46,7 +47,7 @@ class Block(nn.Module):
             self.norm2, self.mlp = None, None
         else:
             self.norm2 = RMSNorm(d_model, eps=norm_eps)
-            self.mlp = SwiGLU(d_model, d_hidden=d_hidden)
+            self.mlp = SwiGLU(d_model, d_hidden=d_hidden, bias=mlp_bias)
 
     def forward(self, h: torch.Tensor, state: Any):  # h [B, T, D]
         out = self.mixer(self.norm1(h), state)
@@ -65,19 +66,30 @@ class MemLM(nn.Module):
         d_hidden: SwiGLU hidden width (None: 8/3 d_model rounded; 0: no MLP).
         tie_embeddings: share the input embedding and the output head.
         norm_eps: RMSNorm epsilon.
+        init_std: std of the normal init of linear and embedding weights.
+        mlp_bias: biases in the SwiGLU's three projections (Llama's ``mlp_bias``).
+
+    ``init_kwargs`` keeps the constructor's arguments (``memarch.hub`` writes them as
+    ``config.json``).
     """
 
     def __init__(self, *, vocab_size: int, d_model: int,
                  mixers: Mapping[str, Callable[..., Mixer]], layer_pattern: Sequence[str],
                  d_hidden: int | None = None, tie_embeddings: bool = True,
-                 norm_eps: float = 1e-6, init_std: float = 0.02):
+                 norm_eps: float = 1e-6, init_std: float = 0.02, mlp_bias: bool = False):
         super().__init__()
+        self.init_kwargs = dict(vocab_size=vocab_size, d_model=d_model, mixers=dict(mixers),
+                                layer_pattern=list(layer_pattern), d_hidden=d_hidden,
+                                tie_embeddings=tie_embeddings, norm_eps=norm_eps,
+                                init_std=init_std, mlp_bias=mlp_bias)
         check_positive_int("MemLM", "vocab_size", vocab_size)
         check_positive_int("MemLM", "d_model", d_model)
         if not (isinstance(norm_eps, (int, float)) and norm_eps > 0):
             raise ValueError(f"MemLM: norm_eps must be a number > 0, got {norm_eps!r}")
         if d_hidden is not None and (not isinstance(d_hidden, int) or d_hidden < 0):
             raise ValueError(f"MemLM: d_hidden must be an int >= 0 or None, got {d_hidden!r}")
+        if not isinstance(mlp_bias, bool):
+            raise ValueError(f"MemLM: mlp_bias must be a bool, got {mlp_bias!r}")
         if not isinstance(mixers, Mapping) or not mixers:
             raise ValueError("MemLM: mixers must be a non-empty mapping of slot name -> factory")
         if isinstance(layer_pattern, str) or not layer_pattern:
@@ -98,7 +110,8 @@ class MemLM(nn.Module):
             if not isinstance(mixer, Mixer):
                 raise TypeError(
                     f"MemLM: mixers[{name!r}] must build a memarch Mixer, got {type(mixer).__name__}")
-            blocks.append(Block(mixer, d_model, d_hidden=d_hidden, norm_eps=norm_eps))
+            blocks.append(Block(mixer, d_model, d_hidden=d_hidden, norm_eps=norm_eps,
+                                mlp_bias=mlp_bias))
         self.blocks = nn.ModuleList(blocks)
         self.norm = RMSNorm(d_model, eps=norm_eps)
         self.head = nn.Linear(d_model, vocab_size, bias=False)

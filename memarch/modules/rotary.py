@@ -6,29 +6,94 @@ so rope(q, i) . rope(k, j) depends on i - j only.
 
 Angles are computed in float64 and only then cast, so positions in the millions keep
 their precision (a long stream decoded token by token must match the parallel pass).
+
+Frequency scaling (``scaling``, Hugging Face's ``rope_scaling`` / ``rope_parameters``), for
+pretrained checkpoints; only the types below, anything else is refused:
+
+* ``{"rope_type": "linear", "factor": s}`` (position interpolation, Chen et al. 2023):
+  w_i / s.
+* ``{"rope_type": "llama3", "factor": s, "low_freq_factor": l, "high_freq_factor": h,
+  "original_max_position_embeddings": L}`` (Llama 3.1): with wavelength lam_i = 2 pi / w_i,
+  w_i stays where lam_i < L / h, becomes w_i / s where lam_i > L / l, and in between
+  (1 - a) w_i / s + a w_i with a = (L / lam_i - l) / (h - l).
+* ``None`` or ``{"rope_type": "default"}``: unscaled.
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 from torch import nn
 
 
+ROPE_SCALING_KEYS = {
+    "default": (),
+    "linear": ("factor",),
+    "llama3": ("factor", "low_freq_factor", "high_freq_factor",
+               "original_max_position_embeddings"),
+}
+
+
+def check_rope_scaling(owner: str, scaling) -> dict | None:
+    """``scaling`` as a plain dict (None for unscaled), or ``ValueError`` naming what is off."""
+    if scaling is None:
+        return None
+    if not hasattr(scaling, "items"):
+        raise ValueError(f"{owner}: rope_scaling must be None or a dict with a 'rope_type', "
+                         f"got {scaling!r}")
+    scaling = dict(scaling)
+    kind = scaling.get("rope_type", scaling.get("type"))
+    if kind not in ROPE_SCALING_KEYS:
+        raise ValueError(f"{owner}: rope_scaling type {kind!r} is not supported; supported: "
+                         f"{sorted(ROPE_SCALING_KEYS)}")
+    need = ROPE_SCALING_KEYS[kind]
+    extra = sorted(set(scaling) - {"rope_type", "type", *need})
+    if extra:
+        raise ValueError(f"{owner}: rope_scaling of type {kind!r} takes {list(need)}; "
+                         f"unsupported keys {extra}")
+    for key in need:
+        v = scaling.get(key)
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0:
+            raise ValueError(f"{owner}: rope_scaling[{key!r}] must be a number > 0 for type "
+                             f"{kind!r}, got {v!r}")
+    if kind == "llama3" and not scaling["high_freq_factor"] > scaling["low_freq_factor"]:
+        raise ValueError(f"{owner}: rope_scaling needs high_freq_factor > low_freq_factor, got "
+                         f"{scaling['high_freq_factor']} and {scaling['low_freq_factor']}")
+    return None if kind == "default" else {"rope_type": kind, **{k: scaling[k] for k in need}}
+
+
 class Rotary(nn.Module):
-    def __init__(self, head_dim: int, *, base: float = 10000.0):
+    def __init__(self, head_dim: int, *, base: float = 10000.0, scaling: dict | None = None):
         super().__init__()
         if head_dim % 2:
             raise ValueError(f"Rotary: head_dim must be even, got {head_dim}")
         self.head_dim = head_dim
         self.base = float(base)
+        self.scaling = check_rope_scaling("Rotary", scaling)
+
+    def inv_freq(self, device=None) -> torch.Tensor:
+        """w [D/2] in fp64, scaled as ``scaling`` says."""
+        w = self.base ** (-torch.arange(0, self.head_dim, 2, dtype=torch.float64,
+                                        device=device) / self.head_dim)   # [D/2]
+        sc = self.scaling
+        if sc is None:
+            return w
+        s = float(sc["factor"])
+        if sc["rope_type"] == "linear":
+            return w / s
+        lo, hi = float(sc["low_freq_factor"]), float(sc["high_freq_factor"])
+        L = float(sc["original_max_position_embeddings"])
+        lam = 2 * math.pi / w                                            # wavelengths
+        a = (L / lam - lo) / (hi - lo)
+        mid = (1 - a) * w / s + a * w
+        return torch.where(lam < L / hi, w, torch.where(lam > L / lo, w / s, mid))
 
     def cos_sin(self, pos: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
         """pos: integer positions of any shape [...]; returns cos, sin of shape [..., D/2].
         The frequencies are made here in fp64 (not a buffer: ``model.to(bf16)`` would round
         them and move every position)."""
-        inv_freq = self.base ** (-torch.arange(0, self.head_dim, 2, dtype=torch.float64,
-                                               device=pos.device) / self.head_dim)  # [D/2]
-        ang = pos.to(torch.float64)[..., None] * inv_freq
+        ang = pos.to(torch.float64)[..., None] * self.inv_freq(pos.device)
         return ang.cos().to(dtype), ang.sin().to(dtype)
 
 

@@ -1,0 +1,399 @@
+"""Pretrained Hugging Face checkpoints (Llama, Mistral, Qwen2) as memarch ``MemLM``s.
+
+    model = from_hf("path/to/Llama-3.2-1B")                        # exact
+    model = from_hf("path/to/Llama-3.2-1B", window=1020, n_sinks=4,
+                    sink_positions="cache")                         # StreamingLLM
+
+These three families are MemLM with attention in every layer: RMSNorm pre-norm blocks,
+GQA attention with rotate-half RoPE, a SwiGLU MLP and a final RMSNorm. The map is
+
+    model.embed_tokens                          -> embed
+    layers.i.input_layernorm / post_attention_  -> blocks.i.norm1 / norm2
+    layers.i.self_attn.q_proj, o_proj           -> blocks.i.mixer.q_proj, o_proj
+    layers.i.self_attn.[k_proj; v_proj]         -> blocks.i.mixer.kv_proj   (rows stacked)
+    layers.i.mlp.gate_proj, up_proj, down_proj  -> blocks.i.mlp.w1, w3, w2
+    model.norm, lm_head                         -> norm, head   (head = embed when tied)
+
+and the config keys: ``rms_norm_eps``, ``head_dim``, biases (Llama's ``attention_bias`` and
+``mlp_bias``; Qwen2's q/k/v biases without an o bias), ``tie_word_embeddings``, RoPE base
+and scaling (``rope_theta`` + ``rope_scaling`` in transformers 4.x files, ``rope_parameters``
+in 5.x; types default, linear and llama3), Mistral's ``sliding_window`` (every layer) and
+Qwen2's ``use_sliding_window`` / ``layer_types`` (per layer) as ``Attention(window=W)``:
+Hugging Face's window keeps key j for query i iff i - W < j <= i, which is memarch's.
+
+Strictness: any other ``model_type``, a config value memarch cannot reproduce (another RoPE
+type, partial rotary, an activation other than SiLU, dropout, quantization, a key this
+module does not know) and any missing, unexpected or misshapen tensor raise ``HFConfigError``
+naming it. Known metadata (token ids, ``max_position_embeddings``, generation settings) is
+ignored. Differences that remain: RoPE angles are computed in fp64 (transformers: fp32), and
+RMSNorm multiplies its weight before the cast back to the input dtype (transformers after),
+so bf16/fp16 runs differ by rounding; fp32 logits agree to ~1e-6.
+
+Reading a directory needs ``safetensors`` only (``config.json`` plus ``model.safetensors``
+or a sharded ``model.safetensors.index.json``), never ``transformers``, and runs no code from
+the files. An in-memory ``transformers`` model is read through ``config.to_dict()`` and its
+``state_dict()``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+
+from memarch.config import instantiate
+
+__all__ = ["from_hf", "hf_to_memarch_config", "read_hf_config", "HFConfigError", "FAMILIES",
+           "ATTENTION_OVERRIDES"]
+
+FAMILIES = ("llama", "mistral", "qwen2")
+# Attention kwargs that change no parameter shape: what ``from_hf`` may override
+ATTENTION_OVERRIDES = ("window", "n_sinks", "sink_positions", "block_size", "impl")
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16,
+          "float64": torch.float64}
+
+# keys that do not change the function (ids, limits, generation and bookkeeping)
+_METADATA = {
+    "_name_or_path", "architectures", "bos_token_id", "eos_token_id", "pad_token_id",
+    "sep_token_id", "decoder_start_token_id", "dtype", "torch_dtype", "transformers_version",
+    "use_cache", "initializer_range", "max_position_embeddings", "id2label", "label2id",
+    "problem_type", "return_dict", "output_attentions", "output_hidden_states",
+    "chunk_size_feed_forward", "is_encoder_decoder", "is_decoder", "tokenizer_class",
+    "task_specific_params", "finetuning_task", "prefix", "torchscript", "use_bfloat16",
+    "tf_legacy_loss", "pruned_heads", "add_cross_attention", "cross_attention_hidden_size",
+    "tie_encoder_decoder", "_attn_implementation_autoset", "max_length", "min_length",
+    "do_sample", "early_stopping", "num_beams", "num_beam_groups", "diversity_penalty",
+    "temperature", "top_k", "top_p", "typical_p", "repetition_penalty", "length_penalty",
+    "no_repeat_ngram_size", "encoder_no_repeat_ngram_size", "bad_words_ids",
+    "num_return_sequences", "output_scores", "return_dict_in_generate", "forced_bos_token_id",
+    "forced_eos_token_id", "remove_invalid_values", "exponential_decay_length_penalty",
+    "suppress_tokens", "begin_suppress_tokens", "model_type", "max_window_layers",
+    "_commit_hash", "_attn_implementation",
+}
+# keys read below (with the value each family accepts)
+_READ = {"vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
+         "num_attention_heads", "num_key_value_heads", "head_dim", "hidden_act",
+         "rms_norm_eps", "tie_word_embeddings", "attention_bias", "mlp_bias", "rope_theta",
+         "rope_scaling", "rope_parameters", "sliding_window", "use_sliding_window",
+         "layer_types", "attention_dropout", "pretraining_tp", "partial_rotary_factor",
+         "use_mrope"}
+
+
+class HFConfigError(ValueError):
+    """A Hugging Face checkpoint memarch cannot load exactly (named in the message)."""
+
+
+# -- config ------------------------------------------------------------------------------
+def read_hf_config(path: str | os.PathLike) -> dict:
+    """``config.json`` of a Hugging Face model directory, as a dict."""
+    d = Path(path)
+    f = d / "config.json" if d.is_dir() else d
+    if not f.is_file():
+        raise FileNotFoundError(f"from_hf: no config.json in {d} (expected a Hugging Face "
+                                "model directory: config.json plus *.safetensors)")
+    try:
+        cfg = json.loads(f.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise HFConfigError(f"from_hf: {f} is not valid JSON ({e})") from None
+    if not isinstance(cfg, dict):
+        raise HFConfigError(f"from_hf: {f} must hold a JSON object, got {type(cfg).__name__}")
+    return cfg
+
+
+def _rope(hf: dict) -> tuple[float, dict | None]:
+    """(rope base, scaling dict or None) from either config format."""
+    params = hf.get("rope_parameters")
+    if isinstance(params, dict) and "rope_theta" not in params and params:
+        first = next(iter(params.values()))
+        if isinstance(first, dict):       # per-layer-type parameters: one set per type
+            raise HFConfigError("from_hf: per-layer-type rope_parameters are not supported "
+                                f"(got {sorted(params)})")
+    if isinstance(params, dict):          # transformers 5.x
+        params = dict(params)
+        base = params.pop("rope_theta", hf.get("rope_theta", 10000.0))
+        scaling = params
+    else:                                 # transformers 4.x
+        base = hf.get("rope_theta", 10000.0)
+        scaling = dict(hf.get("rope_scaling") or {})
+    prf = scaling.pop("partial_rotary_factor", hf.get("partial_rotary_factor", 1.0))
+    if prf not in (None, 1, 1.0):
+        raise HFConfigError(f"from_hf: partial_rotary_factor={prf} is not supported (memarch "
+                            "rotates the whole head)")
+    kind = scaling.get("rope_type", scaling.get("type", "default"))
+    if kind == "llama3" and "original_max_position_embeddings" not in scaling:
+        raise HFConfigError("from_hf: llama3 rope scaling needs "
+                            "'original_max_position_embeddings'")
+    if kind == "default":
+        extra = sorted(set(scaling) - {"rope_type", "type"})
+        if extra:
+            raise HFConfigError(f"from_hf: unsupported keys {extra} in the default RoPE's "
+                                "parameters")
+        return float(base), None
+    scaling["rope_type"] = scaling.pop("type", kind)
+    from memarch.modules.rotary import check_rope_scaling
+    try:
+        return float(base), check_rope_scaling("from_hf", scaling)
+    except ValueError as e:
+        raise HFConfigError(str(e)) from None
+
+
+def _windows(hf: dict, family: str, n_layers: int) -> list[int | None]:
+    """The attention window of each layer (None: full attention)."""
+    sw = hf.get("sliding_window")
+    if family == "llama":
+        return [None] * n_layers
+    if family == "mistral":
+        return [sw] * n_layers
+    types = hf.get("layer_types")                             # qwen2
+    if types is None:
+        use = hf.get("use_sliding_window", False)
+        first = hf.get("max_window_layers", n_layers)
+        types = ["sliding_attention" if use and sw is not None and i >= first
+                 else "full_attention" for i in range(n_layers)]
+    if not isinstance(types, list) or len(types) != n_layers:
+        raise HFConfigError(f"from_hf: layer_types must list one type per layer "
+                            f"({n_layers}), got {types!r}")
+    bad = sorted({t for t in types} - {"full_attention", "sliding_attention"})
+    if bad:
+        raise HFConfigError(f"from_hf: layer types {bad} are not supported "
+                            "(full_attention, sliding_attention)")
+    if "sliding_attention" in types and not hf.get("use_sliding_window", True):
+        types = ["full_attention"] * n_layers                 # transformers ignores them then
+    return [sw if t == "sliding_attention" else None for t in types]
+
+
+def hf_to_memarch_config(hf: Mapping[str, Any], **attention_overrides) -> dict:
+    """The memarch model config (``_target_`` format, as in training checkpoints) of a
+    Hugging Face Llama / Mistral / Qwen2 config; ``attention_overrides`` (``window``,
+    ``n_sinks``, ``sink_positions``, ``block_size``, ``impl``) are set on every layer."""
+    hf = dict(hf)
+    family = hf.get("model_type")
+    if family not in FAMILIES:
+        raise HFConfigError(f"from_hf: model_type {family!r} is not supported; supported: "
+                            f"{list(FAMILIES)}")
+    if hf.get("quantization_config") is not None:
+        raise HFConfigError("from_hf: quantized checkpoints (quantization_config) are not "
+                            "supported; load the unquantized weights")
+    unknown = sorted(k for k in hf if k not in _METADATA and k not in _READ)
+    if unknown:
+        raise HFConfigError(f"from_hf: config keys {unknown} are not supported for "
+                            f"model_type {family!r} (memarch refuses what it cannot reproduce)")
+    bad = sorted(set(attention_overrides) - set(ATTENTION_OVERRIDES))
+    if bad:
+        raise TypeError(f"from_hf: unknown attention override(s) {bad}; allowed (no parameter "
+                        f"shape changes): {list(ATTENTION_OVERRIDES)}")
+
+    def need(key):
+        v = hf.get(key)
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise HFConfigError(f"from_hf: config {key!r} must be a positive int, got {v!r}")
+        return v
+
+    def equal(key, allowed, default):
+        v = hf.get(key, default)
+        if v not in allowed:
+            raise HFConfigError(f"from_hf: {key}={v!r} is not supported (supported: "
+                                f"{allowed})")
+        return v
+
+    equal("hidden_act", ("silu", "swish"), "silu")
+    equal("attention_dropout", (0, 0.0, None), 0.0)
+    equal("pretraining_tp", (1, None), 1)
+    equal("use_mrope", (False, None), False)
+    d_model, n_layers, H = need("hidden_size"), need("num_hidden_layers"), \
+        need("num_attention_heads")
+    Hkv = hf.get("num_key_value_heads") or H
+    head_dim = hf.get("head_dim") or d_model // H
+    if head_dim == d_model // H and d_model % H == 0:
+        head_dim = None                                       # the default: not spelled out
+    base, scaling = _rope(hf)
+    if family == "qwen2":
+        bias = dict(qkv_bias=True, o_bias=False)
+        equal("attention_bias", (None,), None)
+    else:
+        bias = dict(bias=bool(equal("attention_bias", (True, False), False)))
+    mlp_bias = bool(equal("mlp_bias", (True, False), False)) if family == "llama" else \
+        bool(equal("mlp_bias", (False,), False))
+    windows = _windows(hf, family, n_layers)
+    attn = {"_target_": "memarch.mixers.Attention", "_partial_": True, "n_heads": H,
+            "n_kv_heads": Hkv, "rope_base": base, **bias}
+    if head_dim is not None:
+        attn["head_dim"] = head_dim
+    if scaling is not None:
+        attn["rope_scaling"] = scaling
+    slots, pattern = {}, []
+    for w in windows:
+        name = "attn" if w is None else "swa"
+        if "window" in attention_overrides:                   # one window for every layer
+            name = "attn"
+        if name not in slots:
+            slots[name] = {**attn, "window": w, **attention_overrides}
+        pattern.append(name)
+    eps = hf.get("rms_norm_eps", 1e-6)
+    return {"_target_": "memarch.models.MemLM", "vocab_size": need("vocab_size"),
+            "d_model": d_model, "mixers": slots, "layer_pattern": pattern,
+            "d_hidden": need("intermediate_size"),
+            "tie_embeddings": bool(hf.get("tie_word_embeddings", False)),
+            "norm_eps": float(eps), "mlp_bias": mlp_bias}
+
+
+# -- weights -----------------------------------------------------------------------------
+def _safetensors_files(d: Path) -> list[Path]:
+    index = d / "model.safetensors.index.json"
+    if index.is_file():
+        try:
+            wm = json.loads(index.read_text())["weight_map"]
+        except (json.JSONDecodeError, KeyError, TypeError) as e:
+            raise HFConfigError(f"from_hf: {index} is not a safetensors index with a "
+                                f"'weight_map' ({type(e).__name__}: {e})") from None
+        files = [d / f for f in dict.fromkeys(wm.values())]
+        missing = [f.name for f in files if not f.is_file()]
+        if missing:
+            raise FileNotFoundError(f"from_hf: shard(s) {missing} listed in {index} are "
+                                    f"missing from {d}")
+        return files
+    single = d / "model.safetensors"
+    if single.is_file():
+        return [single]
+    found = sorted(p.name for p in d.glob("*.bin")) + sorted(p.name for p in d.glob("*.pt"))
+    hint = (f"; found {found}: pickled weights are not read (they can run code), convert "
+            "them to safetensors first") if found else ""
+    raise FileNotFoundError(f"from_hf: no model.safetensors or model.safetensors.index.json "
+                            f"in {d}{hint}")
+
+
+def _read_weights(d: Path) -> dict[str, torch.Tensor]:
+    from safetensors import safe_open
+    out = {}
+    for f in _safetensors_files(d):
+        try:
+            with safe_open(str(f), framework="pt") as fh:
+                for k in fh.keys():
+                    out[k] = fh.get_tensor(k)
+        except Exception as e:   # safetensors raises its own error types
+            raise HFConfigError(f"from_hf: cannot read {f}: {type(e).__name__}: {e}") from None
+    return out
+
+
+def _hf_to_memarch_weights(w: dict[str, torch.Tensor], n_layers: int, tied: bool):
+    """Rename (and stack k/v) Hugging Face tensors into a MemLM state dict; every tensor of
+    ``w`` must be used (or be a known derived buffer). Returns (state dict, memarch name ->
+    the Hugging Face name(s) it came from)."""
+    name = {k.removeprefix("model."): k for k in w}           # our short name -> file's name
+    w = {k.removeprefix("model."): v for k, v in w.items()}
+    sd, used, origin = {}, set(), {}
+
+    def take(src, dst, required=True):
+        if src in w:
+            sd[dst], origin[dst] = w[src], name[src]
+            used.add(src)
+        elif required:
+            raise HFConfigError(f"from_hf: tensor {'model.' * (src != 'lm_head.weight')}"
+                                f"{src!r} is missing from the checkpoint")
+
+    take("embed_tokens.weight", "embed.weight")
+    take("norm.weight", "norm.weight")
+    if tied:
+        used.add("lm_head.weight")            # the head is the embedding
+    else:
+        take("lm_head.weight", "head.weight")
+    for i in range(n_layers):
+        p, q = f"layers.{i}.", f"blocks.{i}."
+        take(p + "input_layernorm.weight", q + "norm1.weight")
+        take(p + "post_attention_layernorm.weight", q + "norm2.weight")
+        for src, dst in (("gate_proj", "w1"), ("up_proj", "w3"), ("down_proj", "w2")):
+            for kind in ("weight", "bias"):
+                take(f"{p}mlp.{src}.{kind}", f"{q}mlp.{dst}.{kind}", kind == "weight")
+        for src in ("q_proj", "o_proj"):
+            for kind in ("weight", "bias"):
+                take(f"{p}self_attn.{src}.{kind}", f"{q}mixer.{src}.{kind}", kind == "weight")
+        for kind in ("weight", "bias"):
+            kk, vk = f"{p}self_attn.k_proj.{kind}", f"{p}self_attn.v_proj.{kind}"
+            if kind == "weight" or kk in w or vk in w:
+                for key in (kk, vk):
+                    if key not in w:
+                        raise HFConfigError(f"from_hf: tensor 'model.{key}' is missing from "
+                                            "the checkpoint")
+                if w[kk].shape != w[vk].shape:
+                    raise HFConfigError(f"from_hf: {name[kk]} {tuple(w[kk].shape)} and "
+                                        f"{name[vk]} {tuple(w[vk].shape)} differ in shape")
+                sd[f"{q}mixer.kv_proj.{kind}"] = torch.cat([w[kk], w[vk]], 0)
+                origin[f"{q}mixer.kv_proj.{kind}"] = f"{name[kk]} + v_proj (stacked)"
+                used.update((kk, vk))
+        used.add(p + "self_attn.rotary_emb.inv_freq")   # old files: derived from the config
+    extra = sorted(name[k] for k in set(w) - used)
+    if extra:
+        raise HFConfigError(f"from_hf: unexpected tensors in the checkpoint: {extra[:8]}"
+                            f"{' ...' if len(extra) > 8 else ''} (not part of a "
+                            "Llama/Mistral/Qwen2 model with this config)")
+    return sd, origin
+
+
+def _dtype(dtype) -> torch.dtype | None:
+    if dtype is None or isinstance(dtype, torch.dtype) and dtype in DTYPES.values():
+        return dtype
+    if isinstance(dtype, str) and dtype.removeprefix("torch.") in DTYPES:
+        return DTYPES[dtype.removeprefix("torch.")]
+    raise ValueError(f"from_hf: dtype must be one of {list(DTYPES)} (or None: the stored "
+                     f"dtype), got {dtype!r}")
+
+
+def from_hf(path_or_model, *, dtype=None, **attention_overrides):
+    """A ``MemLM`` computing the same logits as a Hugging Face Llama / Mistral / Qwen2.
+
+    Args:
+        path_or_model: a local directory (``config.json`` + safetensors, sharded or not) or
+            an in-memory ``transformers`` causal-LM model.
+        dtype: parameter dtype (``torch.float32``/``"bfloat16"``/...); None keeps the stored
+            dtype (the checkpoint's ``dtype``/``torch_dtype`` if its tensors differ).
+        **attention_overrides: ``window``, ``n_sinks``, ``sink_positions``, ``block_size``,
+            ``impl`` for every attention layer (e.g. ``window=1020, n_sinks=4,
+            sink_positions="cache"``: StreamingLLM on the pretrained model).
+
+    The returned model is in eval mode; ``model.init_kwargs`` holds its memarch config.
+    """
+    dtype = _dtype(dtype)
+    if isinstance(path_or_model, (str, os.PathLike)):
+        d = Path(os.path.expanduser(str(path_or_model)))
+        if not d.is_dir():
+            raise FileNotFoundError(f"from_hf: {d} is not a directory (expected a Hugging Face "
+                                    "model directory: config.json plus *.safetensors)")
+        hf = read_hf_config(d)
+        cfg = hf_to_memarch_config(hf, **attention_overrides)   # config errors before reading
+        weights = _read_weights(d)
+    elif hasattr(path_or_model, "config") and hasattr(path_or_model, "state_dict"):
+        hf = path_or_model.config.to_dict()
+        cfg = hf_to_memarch_config(hf, **attention_overrides)
+        weights = dict(path_or_model.state_dict())
+    else:
+        raise TypeError(f"from_hf: expected a directory path or a transformers model, got "
+                        f"{type(path_or_model).__name__}")
+    sd, origin = _hf_to_memarch_weights(weights, len(cfg["layer_pattern"]),
+                                        cfg["tie_embeddings"])
+    if dtype is None:
+        kinds = {t.dtype for t in sd.values()}
+        stored = _dtype(hf.get("dtype") or hf.get("torch_dtype")) if len(kinds) > 1 else None
+        dtype = stored or next(iter(kinds))
+    with torch.device("meta"):
+        model = instantiate(cfg)
+    expect = model.state_dict()
+    for k, v in sd.items():
+        if k not in expect:
+            raise HFConfigError(f"from_hf: tensor for {k!r} has no place in the model")
+        if tuple(v.shape) != tuple(expect[k].shape):
+            raise HFConfigError(f"from_hf: tensor {origin[k]} has shape {tuple(v.shape)}, but "
+                                f"the config makes {tuple(expect[k].shape)} (memarch's {k})")
+    missing = sorted(set(expect) - set(sd) - ({"head.weight"} if cfg["tie_embeddings"]
+                                              else set()))
+    if missing:
+        raise HFConfigError(f"from_hf: the checkpoint has no tensors for {missing[:8]}")
+    model.load_state_dict({k: v.to(dtype) for k, v in sd.items()}, strict=False, assign=True)
+    if cfg["tie_embeddings"]:
+        model.head.weight = model.embed.weight
+    left = [n for n, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]
+    if left:
+        raise HFConfigError(f"from_hf: no weights were loaded for {left}")
+    return model.eval()
