@@ -1,5 +1,11 @@
 """``python -m memarch.eval checkpoint=PATH [preset=auto|smoke|synthetic|longbench|
-longbench_e] [tasks=[...]] [settings.<suite>.<key>=...] [longbench.<key>=...]``.
+longbench_e] [tasks=[...]] [settings.<suite>.<key>=...] [longbench.<key>=...]
+[model_overrides='{mixers.attn.window: 256, mixers.attn.n_sinks: 4}']``.
+
+``model_overrides`` changes shape-free constructor arguments of the checkpoint's model before
+it is built (``memarch.overrides``; StreamingLLM: a dense-trained model evaluated with a
+window and sinks); a key that is not in the config or would change a parameter shape stops
+the run before any suite.
 
 Hydra entry over ``eval/configs/eval.yaml`` (installed as ``memarch/eval/configs/``, outside
 train.py's config path); the default preset ``auto`` runs the suites that fit the model.
@@ -38,18 +44,23 @@ def _remove_if_empty(dirs: list[Path]) -> None:
 def main(cfg: DictConfig) -> None:
     from memarch.eval.model import EvalModel
     from memarch.eval.run import evaluate, validate_tasks
+
+    from memarch.overrides import parse_overrides
     c = OmegaConf.to_container(cfg, resolve=True)
     known = {"checkpoint", "tokenizer", "device", "dtype", "chunk_size", "tasks", "settings",
-             "longbench", "out_dir"}
+             "longbench", "out_dir", "model_overrides"}
     unknown = sorted(set(c) - known)
     new_dirs = _new_dirs(c.get("out_dir"))
     try:
         if unknown:
             raise ValueError(f"eval config: unknown key(s) {unknown}; expected {sorted(known)}")
+        overrides = parse_overrides(c.get("model_overrides"))     # a string or a dict
         validate_tasks(c["tasks"])
         model = EvalModel.from_checkpoint(c["checkpoint"], tokenizer=c["tokenizer"],
                                           device=c["device"], dtype=c["dtype"],
-                                          chunk_size=c["chunk_size"])
+                                          chunk_size=c["chunk_size"], overrides=overrides)
+        if overrides:
+            print(f"memarch.eval: model_overrides {overrides}")
         evaluate(model, c["tasks"], c["out_dir"], settings=c["settings"],
                  longbench=c["longbench"])
     # ValueError includes memarch.checkpoint.CheckpointError (corrupt, truncated or unsafe

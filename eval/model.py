@@ -87,21 +87,26 @@ class EvalModel:
             raise ValueError(f"EvalModel: reads must be 'text', 'tokens' or None, got {reads!r}")
         self.reads = "tokens" if tokenizer is None else reads
         self.tokenizer_name = tokenizer if isinstance(tokenizer, (str, type(None))) else None
-        self.tokenizer = (load_tokenizer(tokenizer) if isinstance(tokenizer, (str, Path))
+        if isinstance(tokenizer, dict):      # a checkpoint's embedded tokenizer.json
+            self.tokenizer_name = f"tokenizer.json of {tokenizer.get('source')}"
+        self.tokenizer = (load_tokenizer(tokenizer) if isinstance(tokenizer, (str, Path, dict))
                           else tokenizer)
         self.vocab_size = int(getattr(net, "vocab_size", 0) or net.head.out_features)
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, *, tokenizer: str | None = None,
                         device: str = "cpu", dtype: str | torch.dtype | None = None,
-                        chunk_size: int = 2048) -> EvalModel:
+                        chunk_size: int = 2048, overrides: Any = None) -> EvalModel:
         """Rebuild a training checkpoint (``memarch.checkpoint.load``). The tokenizer is
         ``tokenizer`` if given, else the one the training data used, else bytes. Loading runs
         no code from the file: a corrupt, truncated or unsafe file raises
         ``memarch.checkpoint.CheckpointError`` and a config naming a target outside the
-        allow-list ``memarch.config.TargetNotAllowedError`` (both ValueErrors)."""
+        allow-list ``memarch.config.TargetNotAllowedError`` (both ValueErrors).
+        ``overrides``: shape-free constructor arguments changed before the model is built,
+        e.g. ``{"mixers.attn.window": 256, "mixers.attn.n_sinks": 4}`` (``memarch.overrides``:
+        a dense-trained model evaluated with a window and sinks)."""
         from memarch.checkpoint import TOKENIZER_KEY, load
-        loaded = load(path)
+        loaded = load(path, overrides=overrides)
         trained = loaded.checkpoint.get(TOKENIZER_KEY)
         tok = tokenizer or trained or "byte"
         # no tokenizer in the checkpoint: a byte-level text task or a token-level one (MQAR);
@@ -230,11 +235,17 @@ class EvalModel:
 
 def load_model(checkpoint: str | Path | None = None, *, net: torch.nn.Module | None = None,
                tokenizer: str | None = None, device: str = "cpu",
-               dtype: str | None = None, chunk_size: int = 2048) -> EvalModel:
-    """An EvalModel from a checkpoint path, or from a network object (exactly one)."""
+               dtype: str | None = None, chunk_size: int = 2048,
+               overrides: Any = None) -> EvalModel:
+    """An EvalModel from a checkpoint path (``overrides``: see ``from_checkpoint``), or from
+    a network object (exactly one)."""
     if (checkpoint is None) == (net is None):
         raise ValueError("load_model: give exactly one of checkpoint=<path> or net=<module>")
     if checkpoint is not None:
         return EvalModel.from_checkpoint(checkpoint, tokenizer=tokenizer, device=device,
-                                         dtype=dtype, chunk_size=chunk_size)
+                                         dtype=dtype, chunk_size=chunk_size,
+                                         overrides=overrides)
+    if overrides:
+        raise ValueError("load_model: overrides apply to a checkpoint's config; build the "
+                         "network with the arguments you want instead")
     return EvalModel(net, tokenizer or "byte", device=device, dtype=dtype, chunk_size=chunk_size)

@@ -1,9 +1,10 @@
 """Load a trained network from a training checkpoint without Lightning or Hydra.
 
 Training checkpoints (Lightning's) carry the resolved model config under
-``"memarch_model_config"`` and the training data's tokenizer under ``"memarch_tokenizer"``; ``load`` rebuilds the network from it with
-``memarch.config.instantiate`` and loads the weights (the LightningModule stores the network
-as ``net``, so its keys start with ``"net."``).
+``"memarch_model_config"`` and the training data's tokenizer under ``"memarch_tokenizer"``;
+``load`` rebuilds the network from it with ``memarch.config.instantiate`` and loads the
+weights (the LightningModule stores the network as ``net``, so its keys start with
+``"net."``).
 
 Loading never runs code from the file: ``read`` unpickles with ``torch.load(weights_only=True)``
 (tensors, numbers, strings, containers: all a memarch training checkpoint holds, RNG and
@@ -11,17 +12,24 @@ optimizer states included, so no extra safe globals are needed), and the
 config builds only allow-listed ``_target_``s (see ``memarch.config``). A file that is not a
 checkpoint, is truncated, or holds other Python objects raises ``CheckpointError`` (a
 ValueError) naming the path.
+
+``load(path, overrides={"mixers.attn.window": 256, "mixers.attn.n_sinks": 4})`` rebuilds the
+model with shape-free constructor arguments changed (``memarch.overrides``: StreamingLLM's
+dense-trained model evaluated with a window and sinks); the weights then load strictly, the
+proof that no parameter shape changed, and ``Loaded.config`` is the changed config.
 """
 
 from __future__ import annotations
 
 import pickle
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, NamedTuple
 
 import torch
 
 from memarch.config import TargetNotAllowedError, instantiate
+from memarch.overrides import apply_overrides, parse_overrides
 
 CONFIG_KEY = "memarch_model_config"
 TOKENIZER_KEY = "memarch_tokenizer"   # the training data's tokenizer name/path (None: token task)
@@ -83,8 +91,16 @@ def _corrupt(path: Path, e: Exception) -> CheckpointError:
                            f"({type(e).__name__}: {detail})")
 
 
-def load(path: str | Path, *, map_location: Any = "cpu", strict: bool = True) -> Loaded:
-    """Rebuild the network in ``path`` (eval mode). Returns (model, config, raw checkpoint)."""
+def load(path: str | Path, *, map_location: Any = "cpu", strict: bool = True,
+         overrides: str | Mapping[str, Any] | None = None) -> Loaded:
+    """Rebuild the network in ``path`` (eval mode). Returns (model, config, raw checkpoint).
+
+    ``overrides``: shape-free constructor arguments to change before the model is built,
+    as dotted keys (``{"mixers.attn.window": 256}``), a nested dict or a YAML string (see
+    ``memarch.overrides.apply_overrides``); with any, the weights load strictly whatever
+    ``strict`` says, and the returned config is the changed one (the raw checkpoint keeps
+    the stored one)."""
+    overrides = parse_overrides(overrides)      # a malformed value fails before reading
     ckpt = read(path, map_location=map_location)
     if CONFIG_KEY not in ckpt:
         raise ValueError(f"checkpoint {path}: no {CONFIG_KEY!r} entry; it was not written by "
@@ -97,11 +113,21 @@ def load(path: str | Path, *, map_location: Any = "cpu", strict: bool = True) ->
     if not isinstance(sd, dict):
         raise CheckpointError(f"checkpoint {path}: no 'state_dict' entry with the weights "
                               f"(got {type(sd).__name__})")
+    if overrides:
+        try:
+            cfg = apply_overrides(cfg, overrides)
+        except ValueError as e:
+            raise type(e)(f"checkpoint {path}: {e}") from None
+        strict = True                           # the proof that no parameter shape changed
     try:
         model = instantiate(cfg)
     except TargetNotAllowedError as e:
         raise TargetNotAllowedError(f"checkpoint {path}: {e}") from None
-    except Exception as e:  # re-raised with the config for context
+    except Exception as e:
+        if overrides:                           # the constructor refuses an override's value
+            raise ValueError(f"checkpoint {path}: model_overrides {overrides}: the model "
+                             f"cannot be built with them: {type(e).__name__}: {e}") from e
+        # re-raised with the config for context
         raise ValueError(f"checkpoint {path}: cannot rebuild the model from its config "
                          f"{cfg!r}: {type(e).__name__}: {e}") from e
     if not isinstance(model, torch.nn.Module):
@@ -111,6 +137,8 @@ def load(path: str | Path, *, map_location: Any = "cpu", strict: bool = True) ->
     try:
         model.load_state_dict(sd, strict=strict)
     except RuntimeError as e:
+        changed = (f" with model_overrides {overrides} (which load the weights strictly)"
+                   if overrides else "")
         raise CheckpointError(f"checkpoint {path}: its weights do not fit the model its config "
-                              f"builds: {e}") from None
+                              f"builds{changed}: {e}") from None
     return Loaded(model.eval(), cfg, ckpt)

@@ -31,20 +31,45 @@ class _HFTokenizer:
         return self._tok.decode([int(i) for i in ids])
 
 
-def load_tokenizer(name: str | None = "byte"):
+def tokenizer_spec(path: str | os.PathLike, *, eos_id: int | None = None) -> dict:
+    """A tokenizer that travels inside a checkpoint: ``{"tokenizer.json": <its text>,
+    "eos_id": ..., "source": path}`` from a ``tokenizer.json`` file or a folder holding one
+    (``load_tokenizer`` reads it back; the ``tokenizers`` library parses JSON only, no code).
+    ``eos_id`` None: the usual end-of-text tokens are looked up."""
+    p = Path(os.path.expanduser(str(path)))
+    file = p if p.is_file() else p / "tokenizer.json"
+    if not file.is_file():
+        raise FileNotFoundError(f"tokenizer: no tokenizer.json at {p}")
+    return {"tokenizer.json": file.read_text(encoding="utf-8"), "eos_id": eos_id,
+            "source": str(p)}
+
+
+def _from_tokenizers(tok, eos_id: int | None = None) -> _HFTokenizer:
+    if eos_id is None:
+        eos_id = next((tok.token_to_id(t) for t in ("</s>", "<|endoftext|>", "<eos>", "[SEP]",
+                                                    "<|end_of_text|>")
+                       if tok.token_to_id(t) is not None), None)
+    return _HFTokenizer(tok, eos_id, tok.get_vocab_size())
+
+
+def load_tokenizer(name: str | dict | None = "byte"):
     """``"byte"``/None: ByteTokenizer; a ``tokenizer.json`` file or a folder holding one:
-    the ``tokenizers`` library; any other folder or hub name: ``transformers.AutoTokenizer``
-    (offline it must be a local folder)."""
+    the ``tokenizers`` library; a dict from ``tokenizer_spec`` (a checkpoint's embedded
+    tokenizer); any other folder or hub name: ``transformers.AutoTokenizer`` (offline it
+    must be a local folder)."""
     if name in (None, "byte"):
         return ByteTokenizer()
+    if isinstance(name, dict):
+        if not isinstance(name.get("tokenizer.json"), str):
+            raise ValueError(f"tokenizer: a tokenizer spec must hold the text of a "
+                             f"tokenizer.json under 'tokenizer.json', got keys {sorted(name)}")
+        from tokenizers import Tokenizer
+        return _from_tokenizers(Tokenizer.from_str(name["tokenizer.json"]), name.get("eos_id"))
     p = Path(os.path.expanduser(str(name)))
     file = p if p.is_file() else p / "tokenizer.json"
     if file.is_file() and file.suffix == ".json":
         from tokenizers import Tokenizer
-        tok = Tokenizer.from_file(str(file))
-        eos = next((tok.token_to_id(t) for t in ("</s>", "<|endoftext|>", "<eos>", "[SEP]")
-                    if tok.token_to_id(t) is not None), None)
-        return _HFTokenizer(tok, eos, tok.get_vocab_size())
+        return _from_tokenizers(Tokenizer.from_file(str(file)))
     if not p.exists() and os.environ.get("HF_HUB_OFFLINE") == "1":
         raise FileNotFoundError(
             f"tokenizer: {name!r} is neither a local tokenizer.json nor a folder, and the hub is "

@@ -31,6 +31,7 @@ from omegaconf.errors import MissingMandatoryValue
 from memarch.lit.console import StepPrinter, command, setup_logging
 from memarch.lit.io import AtomicCheckpointIO
 from memarch.lit.module import LitLM
+from memarch.models.hf import resolve_hf_configs
 
 log = logging.getLogger(__name__)
 
@@ -239,7 +240,8 @@ def adopt_checkpoint_model(cfg: DictConfig, *, keep_current: bool = False) -> bo
         raise ConfigError(f"ckpt_path: {e}") from e
     if not isinstance(stored, dict):
         return False
-    if not config_diff(stored, OmegaConf.to_container(cfg.model, resolve=True)):
+    if not config_diff(stored, resolve_hf_configs(
+            OmegaConf.to_container(cfg.model, resolve=True))):
         return False
     with open_dict(cfg):
         cfg.model = OmegaConf.create(stored)
@@ -269,7 +271,7 @@ def check_resume(cfg: DictConfig) -> None:
         raise ConfigError(f"ckpt_path: {e}") from e
     if stored is None:
         return                               # not a memarch checkpoint: nothing to compare
-    now = OmegaConf.to_container(cfg.model, resolve=True)
+    now = resolve_hf_configs(OmegaConf.to_container(cfg.model, resolve=True))
     diff = config_diff(stored, now)
     if not diff:
         return
@@ -320,7 +322,7 @@ def build(cfg: DictConfig, *, extra_callbacks=()):
     setup_logging()
     pl.seed_everything(cfg.seed, workers=True)
     out = Path(cfg.paths.output_dir)
-    model_config = OmegaConf.to_container(cfg.model, resolve=True)
+    model_config = resolve_hf_configs(OmegaConf.to_container(cfg.model, resolve=True))
     datamodule = _instantiate("data", cfg.data)
     net = _instantiate("model", cfg.model)
     try:
@@ -348,11 +350,46 @@ def build(cfg: DictConfig, *, extra_callbacks=()):
     return datamodule, module, trainer
 
 
+def start_from_weights(cfg: DictConfig, module) -> bool:
+    """``ckpt_path`` names a weights-only memarch checkpoint (``python -m memarch.convert``
+    writes one; it has no optimizer or loop state to resume): load its weights into the
+    network and return True, so the run starts at step 0 from them (fine-tuning)."""
+    ckpt = cfg.get("ckpt_path")
+    if not ckpt or str(ckpt) in ("last", "hpc", "best", "registry") or \
+            not Path(str(ckpt)).is_file():
+        return False
+    from memarch.checkpoint import TOKENIZER_KEY, read
+    try:
+        head = read(ckpt, mmap=True)
+    except ValueError as e:
+        raise ConfigError(f"ckpt_path: {e}") from e
+    if "optimizer_states" in head or "state_dict" not in head:
+        return False
+    trained_tok = head.get(TOKENIZER_KEY)
+    data_tok = OmegaConf.select(cfg, "data.dataset.tokenizer", default=None)
+    if isinstance(trained_tok, dict) and data_tok in (None, "byte"):
+        raise ConfigError(
+            f"ckpt_path={ckpt} carries the tokenizer of {trained_tok.get('source')!r}, but "
+            f"data.dataset.tokenizer is {data_tok!r}: pass data.dataset.tokenizer=<that "
+            "tokenizer.json or folder> so the text is tokenized as the model was trained")
+    sd = {k[len("net."):]: v for k, v in read(ckpt)["state_dict"].items()
+          if k.startswith("net.")}
+    try:
+        module.net.load_state_dict(sd)
+    except RuntimeError as e:
+        raise ConfigError(f"ckpt_path={ckpt}: its weights do not fit the model: {e}") from None
+    log.warning("ckpt_path=%s holds weights only (no optimizer state): training starts at "
+                "step 0 from these weights (fine-tuning)", ckpt)
+    return True
+
+
 def run(cfg: DictConfig, *, extra_callbacks=()) -> dict:
     check_config(cfg)
     check_resume(cfg)
     datamodule, module, trainer = build(cfg, extra_callbacks=extra_callbacks)
     ckpt_path = cfg.get("ckpt_path")
+    if start_from_weights(cfg, module):
+        ckpt_path = None                     # fine-tuning: weights only, a fresh run
     dirs = [Path(cfg.paths.output_dir) / "checkpoints"]
     if ckpt_path and Path(ckpt_path).exists():
         dirs.append(Path(ckpt_path).parent)

@@ -46,8 +46,8 @@ import torch
 
 from memarch.config import instantiate
 
-__all__ = ["from_hf", "hf_to_memarch_config", "read_hf_config", "HFConfigError", "FAMILIES",
-           "ATTENTION_OVERRIDES"]
+__all__ = ["from_hf", "hf_to_memarch_config", "read_hf_config", "resolve_hf_configs",
+           "HFConfigError", "FAMILIES", "ATTENTION_OVERRIDES"]
 
 FAMILIES = ("llama", "mistral", "qwen2")
 # Attention kwargs that change no parameter shape: what ``from_hf`` may override
@@ -341,7 +341,7 @@ def _dtype(dtype) -> torch.dtype | None:
                      f"dtype), got {dtype!r}")
 
 
-def from_hf(path_or_model, *, dtype=None, **attention_overrides):
+def from_hf(path_or_model, *, dtype=None, d_model: int | None = None, **attention_overrides):
     """A ``MemLM`` computing the same logits as a Hugging Face Llama / Mistral / Qwen2.
 
     Args:
@@ -371,6 +371,10 @@ def from_hf(path_or_model, *, dtype=None, **attention_overrides):
     else:
         raise TypeError(f"from_hf: expected a directory path or a transformers model, got "
                         f"{type(path_or_model).__name__}")
+    if d_model is not None and d_model != cfg["d_model"]:
+        raise HFConfigError(f"from_hf: d_model={d_model} was asked for, but the checkpoint's "
+                            f"hidden_size is {cfg['d_model']} (set d_model to null or "
+                            f"{cfg['d_model']})")
     sd, origin = _hf_to_memarch_weights(weights, len(cfg["layer_pattern"]),
                                         cfg["tie_embeddings"])
     if dtype is None:
@@ -397,3 +401,33 @@ def from_hf(path_or_model, *, dtype=None, **attention_overrides):
     if left:
         raise HFConfigError(f"from_hf: no weights were loaded for {left}")
     return model.eval()
+
+
+FROM_HF_TARGETS = ("memarch.models.from_hf", "memarch.models.hf.from_hf")
+
+
+def resolve_hf_configs(cfg: Any) -> Any:
+    """``cfg`` (a model config, plain containers) with every ``from_hf`` node, e.g. HMT's
+    ``backbone: {_target_: memarch.models.from_hf, path_or_model: PATH, window: W}``,
+    replaced by the MemLM config it builds (read from ``PATH/config.json``; no weights).
+    Training checkpoints store this form: they rebuild without the Hugging Face folder
+    (the weights are in the checkpoint) and through the allow-list, which builds modules
+    only."""
+    if isinstance(cfg, list):
+        return [resolve_hf_configs(c) for c in cfg]
+    if not isinstance(cfg, dict):
+        return cfg
+    if cfg.get("_target_") in FROM_HF_TARGETS:
+        kw = {k: v for k, v in cfg.items() if not (k.startswith("_") and k.endswith("_"))}
+        path = kw.pop("path_or_model", None)
+        kw.pop("dtype", None)
+        d_model = kw.pop("d_model", None)
+        if not isinstance(path, (str, os.PathLike)):
+            raise HFConfigError(f"from_hf in a config needs path_or_model: a local directory, "
+                                f"got {path!r}")
+        out = hf_to_memarch_config(read_hf_config(path), **kw)
+        if d_model is not None and d_model != out["d_model"]:
+            raise HFConfigError(f"from_hf: d_model={d_model} was asked for, but {path} has "
+                                f"hidden_size {out['d_model']} (set d_model to null)")
+        return out
+    return {k: resolve_hf_configs(v) for k, v in cfg.items()}

@@ -77,6 +77,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from memarch import state as st
+from memarch.hub import HubMixin
 from memarch.mixers.base import check_positive_int
 from memarch.models.lm import LMOutput, check_ids
 
@@ -95,7 +96,7 @@ class HMTState(NamedTuple):
     pos: torch.Tensor       # [B] int64 tokens seen
 
 
-class HMT(nn.Module):
+class HMT(HubMixin, nn.Module):
     """Args:
         backbone: a ``MemLM`` (any mixers; ``forward_embeds``, ``embed``, ``head``).
         segment_len: L, tokens per segment.
@@ -109,18 +110,24 @@ class HMT(nn.Module):
         d_model: the backbone's width, checked when given (None: taken from the backbone);
             ``configs/model/hmt.yaml`` sets the backbone's width from it, so
             ``model.d_model=...`` sizes HMT as it sizes a ``MemLM``.
+        freeze_backbone: train HMT's own parameters only (``extra_parameters()``), as the
+            paper does over a pretrained model: the backbone's parameters get
+            ``requires_grad=False`` (gradients still flow through its activations to the
+            memory). With ``memarch.models.from_hf`` as the backbone
+            (``configs/model/backbone/hf.yaml``).
     """
 
     def __init__(self, backbone: nn.Module, *, segment_len: int, sensory_len: int,
                  n_memories: int, summary_len: int | None = None,
                  recall_dim: int | None = None, recall_query: str = "causal",
-                 bptt_segments: int | None = None, d_model: int | None = None):
+                 bptt_segments: int | None = None, d_model: int | None = None,
+                 freeze_backbone: bool = False):
         super().__init__()
         self.init_kwargs = dict(backbone=backbone, segment_len=segment_len,
                                 sensory_len=sensory_len, n_memories=n_memories,
                                 summary_len=summary_len, recall_dim=recall_dim,
                                 recall_query=recall_query, bptt_segments=bptt_segments,
-                                d_model=d_model)
+                                d_model=d_model, freeze_backbone=freeze_backbone)
         for attr in ("embed", "head", "forward_embeds", "init_state", "state_size"):
             if not hasattr(backbone, attr):
                 raise TypeError(f"HMT: backbone must be a memarch MemLM (with {attr!r}), got "
@@ -141,6 +148,11 @@ class HMT(nn.Module):
                              f"{recall_query!r}")
         if bptt_segments is not None:
             check_positive_int("HMT", "bptt_segments", bptt_segments)
+        if not isinstance(freeze_backbone, bool):
+            raise ValueError(f"HMT: freeze_backbone must be a bool, got {freeze_backbone!r}")
+        if freeze_backbone:
+            backbone.requires_grad_(False)
+        backbone.train(self.training)            # from_hf returns eval mode: follow HMT's
         D = backbone.d_model
         if d_model is not None and d_model != D:
             raise ValueError(f"HMT: d_model={d_model!r} differs from the backbone's d_model={D}")

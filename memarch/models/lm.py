@@ -18,6 +18,7 @@ from typing import Any, Callable, Mapping, NamedTuple, Sequence
 import torch
 from torch import nn
 
+from memarch.hub import HubMixin
 from memarch.mixers.base import Mixer, check_positive_int
 from memarch.modules.mlp import SwiGLU
 from memarch.modules.norm import RMSNorm
@@ -57,7 +58,7 @@ class Block(nn.Module):
         return h, out.state, out.aux_loss
 
 
-class MemLM(nn.Module):
+class MemLM(HubMixin, nn.Module):
     """Args:
         vocab_size: vocabulary size (256 for the byte-level tokenizer).
         d_model: width.

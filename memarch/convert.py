@@ -1,0 +1,105 @@
+"""Convert a pretrained Hugging Face model into a memarch checkpoint.
+
+    python -m memarch.convert hf PATH OUT.ckpt [--window W --n-sinks S
+        --sink-positions cache|absolute --dtype bfloat16 --tokenizer TOK]
+
+``PATH`` is a local Llama / Mistral / Qwen2 directory (``config.json`` + safetensors); the
+model is read by ``memarch.models.from_hf`` (exact; the attention options turn it into a
+StreamingLLM model). ``OUT.ckpt`` holds what a memarch training checkpoint holds for the
+network: the model config (``memarch_model_config``), the weights (``state_dict``, keys
+``net.*``) and the tokenizer (``memarch_tokenizer``: the text of ``PATH/tokenizer.json`` or
+``--tokenizer``, embedded, so the file is self-contained), plus ``memarch_converted``
+(source, overrides). So it is read by ``memarch.checkpoint.load``, generation,
+``python -m memarch.eval checkpoint=OUT.ckpt`` and ``train.py ckpt_path=OUT.ckpt``
+(fine-tuning: the weights, with a fresh optimizer and step 0). The file is written to
+``OUT.ckpt.tmp`` and renamed, so an interrupted run leaves no half-written checkpoint.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+import torch
+
+from memarch.checkpoint import CONFIG_KEY, TOKENIZER_KEY
+
+CONVERTED_KEY = "memarch_converted"
+
+
+def hf_checkpoint(path: str | os.PathLike, *, dtype=None, tokenizer: str | None = None,
+                  **attention_overrides) -> dict:
+    """The checkpoint dict of the Hugging Face model in ``path`` (see the module docstring).
+    ``tokenizer`` None: ``path``'s tokenizer.json if there is one, else none."""
+    from memarch.data.tokenizers import tokenizer_spec
+    from memarch.hub import model_config
+    from memarch.models.hf import from_hf, read_hf_config
+    model = from_hf(path, dtype=dtype, **attention_overrides)
+    hf = read_hf_config(path)
+    eos = hf.get("eos_token_id")
+    eos = eos[0] if isinstance(eos, list) and eos else eos
+    tok_path = tokenizer or path
+    if tokenizer is None and not (Path(path) / "tokenizer.json").is_file():
+        spec = None
+    else:
+        spec = tokenizer_spec(tok_path, eos_id=eos if isinstance(eos, int) else None)
+    return {
+        CONFIG_KEY: model_config(model),
+        "state_dict": {f"net.{k}": v for k, v in model.state_dict().items()},
+        TOKENIZER_KEY: spec,
+        CONVERTED_KEY: {"from": str(path), "model_type": hf.get("model_type"),
+                        "overrides": dict(attention_overrides),
+                        "dtype": str(next(model.parameters()).dtype).removeprefix("torch.")},
+    }
+
+
+def save(ckpt: dict, out: str | os.PathLike) -> Path:
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".tmp")
+    torch.save(ckpt, tmp)
+    os.replace(tmp, out)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m memarch.convert",
+                                 description="Convert a model into a memarch checkpoint.")
+    sub = ap.add_subparsers(dest="source", required=True)
+    hf = sub.add_parser("hf", help="a local Hugging Face Llama / Mistral / Qwen2 directory")
+    hf.add_argument("path", help="directory with config.json and *.safetensors")
+    hf.add_argument("out", help="the memarch checkpoint to write (e.g. llama.ckpt)")
+    hf.add_argument("--window", type=int, default=None, help="attention window W")
+    hf.add_argument("--n-sinks", type=int, default=None, help="attention sinks S")
+    hf.add_argument("--sink-positions", choices=["absolute", "cache"], default=None)
+    hf.add_argument("--dtype", default=None,
+                    help="float32 | bfloat16 | float16 | float64 (default: as stored)")
+    hf.add_argument("--tokenizer", default=None,
+                    help="tokenizer.json or a folder with one (default: PATH's, if present)")
+    args = ap.parse_args(argv)
+    over = {k: v for k, v in (("window", args.window), ("n_sinks", args.n_sinks),
+                              ("sink_positions", args.sink_positions)) if v is not None}
+    try:
+        ckpt = hf_checkpoint(args.path, dtype=args.dtype, tokenizer=args.tokenizer, **over)
+    except (ValueError, TypeError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    out = save(ckpt, args.out)
+    cfg = ckpt[CONFIG_KEY]
+    n = sum(v.numel() for k, v in ckpt["state_dict"].items()
+            if not (k == "net.head.weight" and cfg.get("tie_embeddings")))
+    print(f"wrote {out}: {ckpt[CONVERTED_KEY]['model_type']}, {len(cfg['layer_pattern'])} "
+          f"layers, d_model {cfg['d_model']}, {n:,} parameters "
+          f"({ckpt[CONVERTED_KEY]['dtype']}), attention {over or 'as pretrained'}, "
+          f"tokenizer {'embedded' if ckpt[TOKENIZER_KEY] else 'none (pass --tokenizer)'}")
+    print(f"  load:     memarch.checkpoint.load({str(out)!r}).model\n"
+          f"  evaluate: python -m memarch.eval checkpoint={out} preset=smoke\n"
+          f"  finetune: python train.py ckpt_path={out} data=text data.dataset.paths=[...] "
+          f"data.dataset.tokenizer={args.tokenizer or args.path}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

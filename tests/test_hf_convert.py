@@ -1,0 +1,133 @@
+"""Pretrained models through memarch's tools: ``python -m memarch.convert hf``, the
+embedded tokenizer, evaluation, fine-tuning from a converted checkpoint (``train.py
+ckpt_path=...``) and HMT over a frozen pretrained backbone (``model/backbone=hf``)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from hf_helpers import hf_model
+from memarch.checkpoint import TOKENIZER_KEY, load, read
+from memarch.convert import CONVERTED_KEY, main
+from memarch.models import from_hf
+from train_helpers import ROOT, compose_cfg
+
+TEXT = ("In the beginning God created the heaven and the earth. And the earth was without "
+        "form, and void; and darkness was upon the face of the deep. ") * 40
+TRAIN = ["logger={}", "trainer.enable_progress_bar=false", "trainer.log_every_n_steps=1",
+         "trainer.val_check_interval=1000", "validate_at_end=false", "data=text",
+         "data.batch_size=2", "data.val_size=2", "data.dataset.seq_len=32",
+         "data.dataset.val_fraction=0.1", "data.vocab_size=97", "trainer.max_steps=2",
+         "checkpoint.every_n_steps=2"]
+
+
+@pytest.fixture(scope="module")
+def hf_dir(tmp_path_factory):
+    """A tiny random Llama saved by transformers, with a BPE tokenizer.json (90 tokens)."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+    d = tmp_path_factory.mktemp("llama")
+    hf_model("llama", eos_token_id=0).save_pretrained(d)
+    tok = Tokenizer(models.BPE(unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.train_from_iterator([TEXT], trainers.BpeTrainer(vocab_size=90,
+                                                       special_tokens=["</s>", "<unk>"]))
+    tok.save(str(d / "tokenizer.json"))
+    return d
+
+
+@pytest.fixture()
+def text_file(tmp_path):
+    f = tmp_path / "kjv.txt"
+    f.write_text(TEXT)
+    return f
+
+
+def test_convert_cli_writes_a_checkpoint_memarch_reads(hf_dir, tmp_path, capsys):
+    out = tmp_path / "llama.ckpt"
+    assert main(["hf", str(hf_dir), str(out), "--window", "16", "--n-sinks", "4",
+                 "--sink-positions", "cache"]) == 0
+    printed = capsys.readouterr().out
+    assert "tokenizer embedded" in printed and "attention {'window': 16" in printed
+    ckpt = read(out)
+    assert ckpt[CONVERTED_KEY]["overrides"] == {"window": 16, "n_sinks": 4,
+                                                "sink_positions": "cache"}
+    model = load(out).model
+    ref = from_hf(hf_dir, window=16, n_sinks=4, sink_positions="cache")
+    ids = torch.randint(0, 97, (2, 40))
+    with torch.no_grad():
+        assert torch.equal(model(ids).logits, ref(ids).logits)
+    assert all(b.mixer.window == 16 and b.mixer.n_sinks == 4 for b in model.blocks)
+    # the tokenizer travels inside the file, and evaluation uses it
+    from tokenizers import Tokenizer
+
+    from memarch.eval.model import EvalModel
+    spec = ckpt[TOKENIZER_KEY]
+    assert spec["eos_id"] == 0 and spec["source"] == str(hf_dir)
+    ev = EvalModel.from_checkpoint(out)
+    assert ev.text_problem() is None
+    want = Tokenizer.from_file(str(hf_dir / "tokenizer.json")).encode("the face of the deep").ids
+    assert ev.encode("the face of the deep") == want
+    assert not (tmp_path / "llama.ckpt.tmp").exists()
+
+
+def test_convert_cli_errors(tmp_path, hf_dir):
+    r = subprocess.run([sys.executable, "-m", "memarch.convert", "hf", str(tmp_path / "none"),
+                        str(tmp_path / "x.ckpt")], capture_output=True, text=True, cwd=ROOT)
+    assert r.returncode == 2 and "is not a directory" in r.stderr, r.stderr
+    assert main(["hf", str(hf_dir), str(tmp_path / "x.ckpt"), "--dtype", "int8"]) == 2
+    assert not (tmp_path / "x.ckpt").exists()
+
+
+def test_finetune_from_a_converted_checkpoint(hf_dir, tmp_path, text_file):
+    """``train.py ckpt_path=converted.ckpt``: the model config is the checkpoint's, training
+    starts at step 0 from its weights (lr 0 keeps them: proof that they were loaded)."""
+    from memarch.lit.train import ConfigError, adopt_checkpoint_model, run
+    out = tmp_path / "llama.ckpt"
+    main(["hf", str(hf_dir), str(out)])
+    common = [*TRAIN, f"data.dataset.paths=[{text_file}]", f"ckpt_path={out}"]
+    cfg = compose_cfg([*common, f"data.dataset.tokenizer={hf_dir}", "optim.lr=0"],
+                      tmp_path / "run")
+    assert adopt_checkpoint_model(cfg)
+    result = run(cfg)
+    assert result["global_step"] == 2
+    ref = from_hf(hf_dir).state_dict()
+    for k, v in result["module"].net.state_dict().items():
+        assert torch.equal(v, ref[k]), k
+    # the converted model's tokenizer is not the default byte one: refused, not guessed
+    cfg = compose_cfg(common, tmp_path / "run2")
+    adopt_checkpoint_model(cfg)
+    with pytest.raises(ConfigError, match="data.dataset.tokenizer"):
+        run(cfg)
+
+
+def test_hmt_over_a_frozen_pretrained_backbone(hf_dir, tmp_path, text_file):
+    """``experiment=hmt_pretrained`` (``model/backbone=hf``, ``model.freeze_backbone=true``):
+    only HMT's parameters train; the checkpoint stores the resolved MemLM config and reloads
+    without the folder."""
+    from memarch.lit.train import run
+    cfg = compose_cfg([*TRAIN, "experiment=hmt_pretrained", "trainer=cpu",
+                       f"model.backbone.path_or_model={hf_dir}", "model.segment_len=16",
+                       "model.sensory_len=4", "model.n_memories=2", "optim.lr=1e-2",
+                       f"data.dataset.paths=[{text_file}]", "data.dataset.seq_len=32"],
+                      tmp_path / "run")
+    assert cfg.model.freeze_backbone and cfg.data.dataset.tokenizer == str(hf_dir)
+    result = run(cfg)
+    net = result["module"].net
+    ref = from_hf(hf_dir).state_dict()
+    for k, v in net.backbone.state_dict().items():
+        assert torch.equal(v, ref[k]), f"frozen backbone changed: {k}"
+    assert not any(p.requires_grad for p in net.backbone.parameters())
+    fresh = type(net)(from_hf(hf_dir), segment_len=16, sensory_len=4, n_memories=2)
+    moved = [n for n, p in net.named_parameters()
+             if not n.startswith("backbone.") and not torch.equal(p, fresh.state_dict()[n])]
+    assert moved, "HMT's own parameters must train"
+    stored = read(result["checkpoint"])["memarch_model_config"]
+    assert stored["backbone"]["_target_"] == "memarch.models.MemLM"
+    loaded = load(result["checkpoint"]).model
+    ids = torch.randint(0, 90, (1, 40))
+    with torch.no_grad():
+        assert torch.equal(loaded(ids).logits, net.eval()(ids).logits)
