@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from hf_helpers import hf_model, import_transformers
+
 from memarch.generation import generate, stream
 from memarch.models import from_hf
 from memarch.models.hf import HFConfigError
@@ -86,7 +86,7 @@ def test_window_layers_follow_layer_types(tmp_path):
     assert [b.mixer.window for b in ours.blocks] == [None, 8]
 
 
-@pytest.mark.parametrize("case", ["llama_llama3_rope", "mistral_window", "qwen2_tied"])
+@pytest.mark.parametrize("case", sorted(CASES))
 def test_greedy_generation_matches_transformers(case, tmp_path):
     """64 greedy tokens: memarch's chunked prefill + one-token decode vs transformers'
     generate with its own cache."""

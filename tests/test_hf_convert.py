@@ -9,12 +9,13 @@ import sys
 
 import pytest
 import torch
-
 from hf_helpers import hf_model
+from train_helpers import ROOT, compose_cfg
+
 from memarch.checkpoint import TOKENIZER_KEY, load, read
 from memarch.convert import CONVERTED_KEY, main
+from memarch.generation import stream
 from memarch.models import from_hf
-from train_helpers import ROOT, compose_cfg
 
 TEXT = ("In the beginning God created the heaven and the earth. And the earth was without "
         "form, and void; and darkness was upon the face of the deep. ") * 40
@@ -62,9 +63,8 @@ def test_convert_cli_writes_a_checkpoint_memarch_reads(hf_dir, tmp_path, capsys)
         assert torch.equal(model(ids).logits, ref(ids).logits)
     assert all(b.mixer.window == 16 and b.mixer.n_sinks == 4 for b in model.blocks)
     # the tokenizer travels inside the file, and evaluation uses it
-    from tokenizers import Tokenizer
-
     from memarch.eval.model import EvalModel
+    from tokenizers import Tokenizer
     spec = ckpt[TOKENIZER_KEY]
     assert spec["eos_id"] == 0 and spec["source"] == str(hf_dir)
     ev = EvalModel.from_checkpoint(out)
@@ -131,3 +131,31 @@ def test_hmt_over_a_frozen_pretrained_backbone(hf_dir, tmp_path, text_file):
     ids = torch.randint(0, 90, (1, 40))
     with torch.no_grad():
         assert torch.equal(loaded(ids).logits, net.eval()(ids).logits)
+
+
+@pytest.mark.parametrize("n_tokens", [2_000, pytest.param(20_000, marks=pytest.mark.slow)])
+def test_streaming_llm_on_a_dense_trained_checkpoint(tmp_path, n_tokens):
+    """StreamingLLM's workflow on memarch's own model: train with dense attention
+    (``experiment=transformer_tiny``), then stream with a window + 4 sinks at cache positions
+    (``load(overrides=...)``): the same function within the window, constant state over
+    20,000 tokens (2,000 in the default run)."""
+    from memarch.lit.train import run
+    W = 16
+    result = run(compose_cfg(["experiment=transformer_tiny", "logger={}", "trainer.max_steps=3",
+                              "trainer.enable_progress_bar=false", "validate_at_end=false",
+                              "data.batch_size=4", "data.val_size=8"], tmp_path / "run"))
+    dense = load(result["checkpoint"]).model
+    assert all(b.mixer.window is None for b in dense.blocks)
+    over = {"mixers.attn.window": W, "mixers.attn.n_sinks": 4,
+            "mixers.attn.sink_positions": "cache"}
+    sinks = load(result["checkpoint"], overrides=over).model
+    ids = torch.randint(0, dense.vocab_size, (2, 3 * W))
+    with torch.no_grad():
+        a, b = dense(ids).logits, sinks(ids).logits
+    torch.testing.assert_close(b[:, :W], a[:, :W], rtol=0, atol=1e-5 * a.abs().max().item())
+    assert (b[:, W + 1:] - a[:, W + 1:]).abs().max() > 1e-4
+    sizes = []
+    for i, step in enumerate(stream(sinks, ids[:, :4], max_new_tokens=n_tokens), 1):
+        if i % (n_tokens // 4) == 0:
+            sizes.append(sum(t.numel() for s in step.state for t in s))
+    assert len(sizes) == 4 and len(set(sizes)) == 1, sizes

@@ -317,3 +317,15 @@ def test_push_to_hub_without_huggingface_hub(monkeypatch):
     monkeypatch.setitem(sys.modules, "huggingface_hub", None)
     with pytest.raises(ImportError, match="pip install huggingface_hub"):
         push_to_hub(attention_lm(), "me/tiny")
+
+
+@pytest.mark.parametrize("name", ["attention", "hmt"])
+def test_model_methods(name, tmp_path, checks):
+    """``model.save_pretrained`` / ``Class.from_pretrained`` (memarch.hub.HubMixin)."""
+    model = perturbed(BUILDERS[name]())
+    model.save_pretrained(tmp_path / "m")
+    cls = type(model)
+    check_same(model, cls.from_pretrained(tmp_path / "m"), torch.randint(0, V, (2, 21)), checks)
+    other = HMT if cls is MemLM else MemLM
+    with pytest.raises(TypeError, match=f"holds a {cls.__name__}, not a {other.__name__}"):
+        other.from_pretrained(tmp_path / "m")

@@ -143,12 +143,16 @@ def _rope(hf: dict) -> tuple[float, dict | None]:
 def _windows(hf: dict, family: str, n_layers: int) -> list[int | None]:
     """The attention window of each layer (None: full attention)."""
     sw = hf.get("sliding_window")
-    if family == "llama":
-        return [None] * n_layers
-    if family == "mistral":
-        return [sw] * n_layers
-    types = hf.get("layer_types")                             # qwen2
-    if types is None:
+    types = hf.get("layer_types")
+    if family in ("llama", "mistral"):       # one rule for every layer
+        rule = [None if family == "llama" else sw] * n_layers
+        if types is not None and [sw if t == "sliding_attention" else None
+                                  for t in types] != rule:
+            raise HFConfigError(f"from_hf: layer_types {types!r} are not supported for "
+                                f"model_type {family!r} (every layer is "
+                                f"{'full' if rule[0] is None else 'sliding'} attention)")
+        return rule
+    if types is None:                                         # qwen2
         use = hf.get("use_sliding_window", False)
         first = hf.get("max_window_layers", n_layers)
         types = ["sliding_attention" if use and sw is not None and i >= first
