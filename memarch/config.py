@@ -23,6 +23,8 @@ from __future__ import annotations
 
 import functools
 import importlib
+import json
+from pathlib import Path
 from typing import Any
 
 from torch import nn
@@ -115,3 +117,16 @@ def instantiate(cfg: Any) -> Any:
     if cfg.get("_partial_", False):
         return functools.partial(target, **kwargs)
     return target(**kwargs)
+
+
+def read_json_object(path: Path, *, owner: str, error: type[Exception] = ValueError) -> dict:
+    """The JSON object in ``path`` (``config.json`` files); ``error`` names ``path`` when it
+    is not valid JSON or not an object. The caller checks that the file exists."""
+    try:
+        obj = json.loads(Path(path).read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise error(f"{owner}: {path} is not valid JSON ({e})") from None
+    if not isinstance(obj, dict):
+        raise error(f"{owner}: {path} must hold a JSON object, got a JSON "
+                    f"{type(obj).__name__}")
+    return obj

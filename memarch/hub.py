@@ -35,7 +35,7 @@ import torch
 from torch import nn
 
 import memarch
-from memarch.config import TargetNotAllowedError, instantiate, resolve
+from memarch.config import TargetNotAllowedError, instantiate, read_json_object, resolve
 
 __all__ = ["model_config", "save_pretrained", "from_pretrained", "push_to_hub",
            "PretrainedError", "CONFIG_NAME", "WEIGHTS_NAME", "FORMAT"]
@@ -186,14 +186,7 @@ def _read_config(directory: Path) -> dict:
         raise FileNotFoundError(f"from_pretrained: no {CONFIG_NAME} in {directory} "
                                 f"({'no such folder' if not directory.is_dir() else 'missing'}"
                                 "; save_pretrained writes it)")
-    try:
-        cfg = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise PretrainedError(f"{path}: not valid JSON ({e})") from None
-    if not isinstance(cfg, dict):
-        raise PretrainedError(f"{path}: not a model config (a JSON {type(cfg).__name__}, "
-                              "not an object)")
-    return cfg
+    return read_json_object(path, owner="from_pretrained", error=PretrainedError)
 
 
 def _saved_dtype(meta: dict, directory: Path) -> torch.dtype | None:

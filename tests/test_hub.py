@@ -177,7 +177,7 @@ def write_config(path, cfg):
 
 @pytest.mark.parametrize("text, match", [
     ("{not json", "not valid JSON"),
-    ("[1, 2]", "not a model config"),
+    ("[1, 2]", "must hold a JSON object, got a JSON list"),
     ('{"_target_": "memarch.models.MemLM"}', "not a memarch model config"),
     ('{"_target_": "memarch.models.MemLM", "memarch": {"format": 2, "version": "9.0"}}',
      "unknown format 2"),

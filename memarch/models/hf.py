@@ -44,7 +44,7 @@ from typing import Any, Mapping
 
 import torch
 
-from memarch.config import instantiate
+from memarch.config import instantiate, read_json_object
 
 __all__ = ["from_hf", "hf_to_memarch_config", "read_hf_config", "resolve_hf_configs",
            "HFConfigError", "FAMILIES", "ATTENTION_OVERRIDES"]
@@ -94,13 +94,7 @@ def read_hf_config(path: str | os.PathLike) -> dict:
     if not f.is_file():
         raise FileNotFoundError(f"from_hf: no config.json in {d} (expected a Hugging Face "
                                 "model directory: config.json plus *.safetensors)")
-    try:
-        cfg = json.loads(f.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise HFConfigError(f"from_hf: {f} is not valid JSON ({e})") from None
-    if not isinstance(cfg, dict):
-        raise HFConfigError(f"from_hf: {f} must hold a JSON object, got {type(cfg).__name__}")
-    return cfg
+    return read_json_object(f, owner="from_hf", error=HFConfigError)
 
 
 def _rope(hf: dict) -> tuple[float, dict | None]:
