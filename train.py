@@ -38,6 +38,12 @@ def _value(override: str) -> str:
         return override.split("=", 1)[1].strip("'\"")
 
 
+def _names_model(keys) -> bool:
+    """Some override sets the model (a ``model`` key or group, or an experiment)."""
+    return any(k in ("model", "experiment") or k.startswith(("model.", "model/"))
+               for k in keys)
+
+
 def _is_override(arg: str) -> bool:
     return not arg.startswith("-") and "=" in arg
 
@@ -83,9 +89,14 @@ def main(cfg: DictConfig) -> None:
     from memarch.lit.module import TrainingStopped
     from memarch.lit.train import ConfigError, adopt_checkpoint_model, run
     try:
-        if _STATE.get("fallback") and str(cfg.get("ckpt_path")) == _STATE["ckpt"]:
-            mine = any(k == "model" or k.startswith("model.") for k in _STATE["user_keys"])
-            adopt_checkpoint_model(cfg, keep_current=mine)
+        if _STATE.get("ckpt") and str(cfg.get("ckpt_path")) == _STATE["ckpt"]:
+            # the model comes from the checkpoint unless someone names it: no saved
+            # overrides (a copied checkpoint), or saved ones that name no model (a run that
+            # itself took its model from a checkpoint: fine-tuning a converted one)
+            restored = [_key(o) for o in _STATE.get("restored", [])]
+            mine = _names_model(_STATE["user_keys"])
+            if _STATE.get("fallback") or not _names_model(restored):
+                adopt_checkpoint_model(cfg, keep_current=mine or _names_model(restored))
         run(cfg)
     except TrainingStopped as e:
         raise SystemExit(f"training stopped: {e}") from None

@@ -100,6 +100,20 @@ def _explicit(name: str) -> bool:
                for a in _ALLOWED if a != "memarch.")
 
 
+def check_targets(cfg: Any) -> None:
+    """Raise ``TargetNotAllowedError`` unless every ``_target_`` in ``cfg`` (nested dicts
+    and lists) is allowed (``resolve``: checked before anything is imported). For configs
+    handed to a builder other than ``instantiate`` (Hydra's, in train.py)."""
+    if isinstance(cfg, list):
+        for c in cfg:
+            check_targets(c)
+    elif isinstance(cfg, dict):
+        if "_target_" in cfg:
+            resolve(cfg["_target_"])
+        for v in cfg.values():
+            check_targets(v)
+
+
 def instantiate(cfg: Any) -> Any:
     if isinstance(cfg, list):
         return [instantiate(c) for c in cfg]

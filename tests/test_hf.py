@@ -147,6 +147,50 @@ def test_dtype(tmp_path):
     for bad in ("int8", torch.int32, "float8"):
         with pytest.raises(ValueError, match="dtype must be one of"):
             from_hf(d, dtype=bad)
+    # a dtype the chosen op cannot run: refused at load time, not at the first call
+    with pytest.raises(HFConfigError, match="impl='triton' runs fp16/bf16/fp32, not dtype="
+                                            "torch.float64"):
+        from_hf(d, dtype="float64", window=8, impl="triton")
+    assert from_hf(d, dtype="float64", window=8, impl="torch").embed.weight.dtype == \
+        torch.float64
+
+
+def test_in_memory_model_is_copied():
+    hf = hf_model("llama")
+    ours = from_hf(hf)
+    with torch.no_grad():
+        ours.blocks[0].mixer.q_proj.weight.zero_()
+    assert hf.model.layers[0].self_attn.q_proj.weight.abs().sum() > 0
+
+
+@pytest.mark.parametrize("family", ["llama", "mistral", "qwen2"])
+def test_defaults_for_missing_keys_are_transformers(family):
+    """Keys a config.json may leave out take the transformers config class's default."""
+    from hf_helpers import FAMILY
+
+    from memarch.models.hf import FAMILY_DEFAULTS
+    cls = getattr(import_transformers(), FAMILY[family][0])
+    for key, value in FAMILY_DEFAULTS[family].items():
+        assert getattr(cls, key) == value, (family, key)
+
+
+def test_missing_sliding_window_takes_the_family_default(tmp_path):
+    d = _save(hf_model("mistral", sliding_window=8), tmp_path)
+    cfg = json.loads((d / "config.json").read_text())
+    del cfg["sliding_window"]
+    (d / "config.json").write_text(json.dumps(cfg))
+    assert [b.mixer.window for b in from_hf(d).blocks] == [4096, 4096]
+
+
+def test_rope_scaling_wins_over_rope_parameters(tmp_path):
+    """transformers 5: ``rope_parameters = rope_scaling or rope_parameters``."""
+    d = _save(hf_model("llama"), tmp_path)
+    _edit(d, rope_scaling={"rope_type": "linear", "factor": 4.0})
+    ours = from_hf(d)
+    assert ours.blocks[0].mixer.rotary.scaling == {"rope_type": "linear", "factor": 4.0}
+    theirs = import_transformers().AutoModelForCausalLM.from_pretrained(d).eval()
+    ids = torch.randint(0, 97, (1, T))
+    _close(_logits(ours, ids), _logits(theirs, ids), "rope_scaling over rope_parameters")
 
 
 def _edit(d: Path, **changes) -> None:

@@ -4,6 +4,7 @@ ckpt_path=...``) and HMT over a frozen pretrained backbone (``model/backbone=hf`
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -159,3 +160,52 @@ def test_streaming_llm_on_a_dense_trained_checkpoint(tmp_path, n_tokens):
         if i % (n_tokens // 4) == 0:
             sizes.append(sum(t.numel() for s in step.state for t in s))
     assert len(sizes) == 4 and len(set(sizes)) == 1, sizes
+
+
+def test_hmt_follows_a_bf16_backbone(hf_dir):
+    """A bf16 checkpoint (as Llama 3.2 ships) under HMT outside autocast: HMT's own
+    parameters take the backbone's dtype."""
+    from memarch.models import HMT
+    model = HMT(from_hf(hf_dir, dtype="bfloat16"), segment_len=8, sensory_len=2, n_memories=2)
+    assert {p.dtype for p in model.parameters()} == {torch.bfloat16}
+    out = model(torch.randint(0, 90, (1, 20)))
+    assert out.logits.dtype == torch.bfloat16 and torch.isfinite(out.logits).all()
+
+
+def test_adopting_a_checkpoint_model_runs_no_foreign_code(tmp_path):
+    """``train.py ckpt_path=X`` takes X's model config and Hydra builds it: its targets must
+    pass memarch's allow-list first (nothing is imported or called otherwise)."""
+    from memarch.lit.train import ConfigError, adopt_checkpoint_model
+    marker = tmp_path / "PWNED"
+    ckpt = tmp_path / "evil.ckpt"
+    torch.save({"memarch_model_config": {"_target_": "pathlib.Path.touch",
+                                         "self": str(marker)},
+                "state_dict": {}}, ckpt)
+    cfg = compose_cfg([f"ckpt_path={ckpt}"], tmp_path / "run")
+    with pytest.raises(ConfigError, match="refused.*pathlib.Path.touch"):
+        adopt_checkpoint_model(cfg)
+    assert not marker.exists()
+
+
+def test_finetune_run_resumes_with_the_printed_command(hf_dir, tmp_path, text_file):
+    """Fine-tune a converted checkpoint with train.py, then resume the fine-tuning run with
+    ``train.py ckpt_path=<its last.ckpt>``: the model comes from the checkpoint (the run's
+    saved overrides name none)."""
+    out = tmp_path / "llama.ckpt"
+    main(["hf", str(hf_dir), str(out)])
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "WANDB_MODE": "disabled",
+           "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    run_dir = tmp_path / "ft"
+    common = [a for a in TRAIN if not a.startswith(("trainer.max_steps", "logger"))]
+    first = subprocess.run(
+        [sys.executable, "train.py", f"ckpt_path={out}", *common, "logger={}",
+         f"data.dataset.paths=[{text_file}]", f"data.dataset.tokenizer={hf_dir}",
+         "trainer.max_steps=2", f"paths.output_dir={run_dir}", f"hydra.run.dir={run_dir}"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert first.returncode == 0, first.stdout[-2000:] + first.stderr[-3000:]
+    last = run_dir / "checkpoints" / "last.ckpt"
+    second = subprocess.run(
+        [sys.executable, "train.py", f"ckpt_path={last}", "trainer.max_steps=4"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert second.returncode == 0, second.stdout[-2000:] + second.stderr[-3000:]
+    assert read(last)["global_step"] == 4

@@ -226,8 +226,10 @@ def config_diff(old: Any, new: Any, prefix: str = "model") -> list[str]:
 
 def adopt_checkpoint_model(cfg: DictConfig, *, keep_current: bool = False) -> bool:
     """Resuming a checkpoint whose run overrides are not available (train.py found no
-    ``.hydra/overrides.yaml`` next to it): take the model config stored in the checkpoint
-    instead of the default one, with a log line. ``keep_current`` (model keys given on the
+    ``.hydra/overrides.yaml`` next to it) or name no model (the run took its model from a
+    checkpoint: ``memarch.convert``'s): take the model config stored in the checkpoint
+    instead of the default one, with a log line. Its ``_target_``s must pass memarch's
+    allow-list (Hydra then builds it). ``keep_current`` (model keys given on the
     command line) leaves ``cfg.model`` as it is, for ``check_resume`` to judge. Returns
     whether the model config was replaced."""
     ckpt = cfg.get("ckpt_path")
@@ -240,6 +242,12 @@ def adopt_checkpoint_model(cfg: DictConfig, *, keep_current: bool = False) -> bo
         raise ConfigError(f"ckpt_path: {e}") from e
     if not isinstance(stored, dict):
         return False
+    from memarch.config import check_targets
+    try:                     # Hydra builds cfg.model with no allow-list: check it here
+        check_targets(stored)
+    except (ValueError, ImportError, TypeError) as e:
+        raise ConfigError(f"ckpt_path={ckpt}: refused: its model config names code that "
+                          f"memarch does not build from a file: {e}") from None
     if not config_diff(stored, resolve_hf_configs(
             OmegaConf.to_container(cfg.model, resolve=True))):
         return False
@@ -248,9 +256,9 @@ def adopt_checkpoint_model(cfg: DictConfig, *, keep_current: bool = False) -> bo
         vocab = stored.get("vocab_size")
         if isinstance(vocab, int) and OmegaConf.select(cfg, "data.vocab_size") is not None:
             cfg.data.vocab_size = vocab
-    log.warning("resume: no saved run overrides (.hydra/overrides.yaml) next to %s; the model "
-                "config is taken from the checkpoint, the other settings are the defaults "
-                "and your command-line overrides", ckpt)
+    log.warning("resume: no model named by the run's saved overrides (or none saved next to "
+                "%s): the model config is taken from the checkpoint, the other settings are "
+                "the run's overrides, the defaults and your command-line overrides", ckpt)
     return True
 
 

@@ -25,9 +25,12 @@ Strictness: any other ``model_type``, a config value memarch cannot reproduce (a
 type, partial rotary, an activation other than SiLU, dropout, quantization, a key this
 module does not know) and any missing, unexpected or misshapen tensor raise ``HFConfigError``
 naming it. Known metadata (token ids, ``max_position_embeddings``, generation settings) is
-ignored. Differences that remain: RoPE angles are computed in fp64 (transformers: fp32), and
-RMSNorm multiplies its weight before the cast back to the input dtype (transformers after),
-so bf16/fp16 runs differ by rounding; fp32 logits agree to ~1e-6.
+ignored; keys a config leaves out take the transformers class's default
+(``FAMILY_DEFAULTS``). Differences that remain: RoPE angles are computed in fp64
+(transformers: fp32, which drifts by ~1e-3 rad at positions near 1e5, so long contexts
+differ slightly; ours are the exact angles), and RMSNorm multiplies its weight before the
+cast back to the input dtype (transformers after), so bf16/fp16 runs differ by rounding;
+fp32 logits agree to ~1e-6 at short positions (tested to 1e-5).
 
 Reading a directory needs ``safetensors`` only (``config.json`` plus ``model.safetensors``
 or a sharded ``model.safetensors.index.json``), never ``transformers``, and runs no code from
@@ -72,14 +75,28 @@ _METADATA = {
     "forced_eos_token_id", "remove_invalid_values", "exponential_decay_length_penalty",
     "suppress_tokens", "begin_suppress_tokens", "model_type", "max_window_layers",
     "_commit_hash", "_attn_implementation",
+    "pretraining_tp",     # transformers 5 ignores it; in 4.x it only split the matmuls
 }
 # keys read below (with the value each family accepts)
 _READ = {"vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
          "num_attention_heads", "num_key_value_heads", "head_dim", "hidden_act",
          "rms_norm_eps", "tie_word_embeddings", "attention_bias", "mlp_bias", "rope_theta",
          "rope_scaling", "rope_parameters", "sliding_window", "use_sliding_window",
-         "layer_types", "attention_dropout", "pretraining_tp", "partial_rotary_factor",
+         "layer_types", "attention_dropout", "partial_rotary_factor",
          "use_mrope"}
+
+
+# transformers' defaults (5.25 config classes; tests/test_hf.py checks them) for the keys a
+# config.json may leave out
+FAMILY_DEFAULTS = {
+    "llama": dict(num_key_value_heads=None, rms_norm_eps=1e-6, tie_word_embeddings=False,
+                  attention_bias=False, mlp_bias=False, hidden_act="silu"),
+    "mistral": dict(num_key_value_heads=8, rms_norm_eps=1e-6, tie_word_embeddings=False,
+                    hidden_act="silu", sliding_window=4096),
+    "qwen2": dict(num_key_value_heads=32, rms_norm_eps=1e-6, tie_word_embeddings=False,
+                  hidden_act="silu", sliding_window=4096, max_window_layers=28,
+                  use_sliding_window=False),
+}
 
 
 class HFConfigError(ValueError):
@@ -98,28 +115,31 @@ def read_hf_config(path: str | os.PathLike) -> dict:
 
 
 def _rope(hf: dict) -> tuple[float, dict | None]:
-    """(rope base, scaling dict or None) from either config format."""
-    params = hf.get("rope_parameters")
-    if isinstance(params, dict) and "rope_theta" not in params and params:
-        first = next(iter(params.values()))
-        if isinstance(first, dict):       # per-layer-type parameters: one set per type
-            raise HFConfigError("from_hf: per-layer-type rope_parameters are not supported "
-                                f"(got {sorted(params)})")
-    if isinstance(params, dict):          # transformers 5.x
-        params = dict(params)
-        base = params.pop("rope_theta", hf.get("rope_theta", 10000.0))
-        scaling = params
-    else:                                 # transformers 4.x
-        base = hf.get("rope_theta", 10000.0)
-        scaling = dict(hf.get("rope_scaling") or {})
+    """(rope base, scaling dict or None) from either config format. As transformers 5 does,
+    a non-empty ``rope_scaling`` wins over ``rope_parameters``; the base comes from the
+    parameters, else ``rope_theta``, else 10000 (every family's default)."""
+    params, legacy = hf.get("rope_parameters"), hf.get("rope_scaling")
+    if isinstance(params, dict) and params and "rope_theta" not in params and \
+            isinstance(next(iter(params.values())), dict):
+        raise HFConfigError("from_hf: per-layer-type rope_parameters are not supported "
+                            f"(got {sorted(params)})")
+    if legacy is not None and not isinstance(legacy, dict) or \
+            params is not None and not isinstance(params, dict):
+        raise HFConfigError(f"from_hf: rope_scaling / rope_parameters must be objects, got "
+                            f"{legacy!r} / {params!r}")
+    scaling = dict(legacy or params or {})
+    base = scaling.pop("rope_theta", None) or (params or {}).get("rope_theta") or \
+        hf.get("rope_theta") or 10000.0
     prf = scaling.pop("partial_rotary_factor", hf.get("partial_rotary_factor", 1.0))
     if prf not in (None, 1, 1.0):
         raise HFConfigError(f"from_hf: partial_rotary_factor={prf} is not supported (memarch "
                             "rotates the whole head)")
     kind = scaling.get("rope_type", scaling.get("type", "default"))
     if kind == "llama3" and "original_max_position_embeddings" not in scaling:
-        raise HFConfigError("from_hf: llama3 rope scaling needs "
-                            "'original_max_position_embeddings'")
+        if "max_position_embeddings" not in hf:       # transformers' fallback
+            raise HFConfigError("from_hf: llama3 rope scaling needs "
+                                "'original_max_position_embeddings'")
+        scaling["original_max_position_embeddings"] = hf["max_position_embeddings"]
     if kind == "default":
         extra = sorted(set(scaling) - {"rope_type", "type"})
         if extra:
@@ -147,8 +167,8 @@ def _windows(hf: dict, family: str, n_layers: int) -> list[int | None]:
                                 f"{'full' if rule[0] is None else 'sliding'} attention)")
         return rule
     if types is None:                                         # qwen2
-        use = hf.get("use_sliding_window", False)
-        first = hf.get("max_window_layers", n_layers)
+        use = hf.get("use_sliding_window")
+        first = hf.get("max_window_layers")
         types = ["sliding_attention" if use and sw is not None and i >= first
                  else "full_attention" for i in range(n_layers)]
     if not isinstance(types, list) or len(types) != n_layers:
@@ -158,7 +178,7 @@ def _windows(hf: dict, family: str, n_layers: int) -> list[int | None]:
     if bad:
         raise HFConfigError(f"from_hf: layer types {bad} are not supported "
                             "(full_attention, sliding_attention)")
-    if "sliding_attention" in types and not hf.get("use_sliding_window", True):
+    if "sliding_attention" in types and not hf.get("use_sliding_window"):
         types = ["full_attention"] * n_layers                 # transformers ignores them then
     return [sw if t == "sliding_attention" else None for t in types]
 
@@ -167,11 +187,11 @@ def hf_to_memarch_config(hf: Mapping[str, Any], **attention_overrides) -> dict:
     """The memarch model config (``_target_`` format, as in training checkpoints) of a
     Hugging Face Llama / Mistral / Qwen2 config; ``attention_overrides`` (``window``,
     ``n_sinks``, ``sink_positions``, ``block_size``, ``impl``) are set on every layer."""
-    hf = dict(hf)
     family = hf.get("model_type")
     if family not in FAMILIES:
         raise HFConfigError(f"from_hf: model_type {family!r} is not supported; supported: "
                             f"{list(FAMILIES)}")
+    hf = {**FAMILY_DEFAULTS[family], **hf}
     if hf.get("quantization_config") is not None:
         raise HFConfigError("from_hf: quantized checkpoints (quantization_config) are not "
                             "supported; load the unquantized weights")
@@ -199,7 +219,6 @@ def hf_to_memarch_config(hf: Mapping[str, Any], **attention_overrides) -> dict:
 
     equal("hidden_act", ("silu", "swish"), "silu")
     equal("attention_dropout", (0, 0.0, None), 0.0)
-    equal("pretraining_tp", (1, None), 1)
     equal("use_mrope", (False, None), False)
     d_model, n_layers, H = need("hidden_size"), need("num_hidden_layers"), \
         need("num_attention_heads")
@@ -365,7 +384,8 @@ def from_hf(path_or_model, *, dtype=None, d_model: int | None = None, **attentio
     elif hasattr(path_or_model, "config") and hasattr(path_or_model, "state_dict"):
         hf = path_or_model.config.to_dict()
         cfg = hf_to_memarch_config(hf, **attention_overrides)
-        weights = dict(path_or_model.state_dict())
+        # copies: the memarch model must not share storage with the transformers one
+        weights = {k: v.detach().clone() for k, v in path_or_model.state_dict().items()}
     else:
         raise TypeError(f"from_hf: expected a directory path or a transformers model, got "
                         f"{type(path_or_model).__name__}")
@@ -398,7 +418,21 @@ def from_hf(path_or_model, *, dtype=None, d_model: int | None = None, **attentio
     left = [n for n, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]
     if left:
         raise HFConfigError(f"from_hf: no weights were loaded for {left}")
-    return model.eval()
+    model.eval()
+    if attention_overrides.get("impl") == "triton":   # compiled for CUDA: checked, not run
+        if dtype not in (torch.float16, torch.bfloat16, torch.float32):
+            raise HFConfigError(f"from_hf: impl='triton' runs fp16/bf16/fp32, not dtype="
+                                f"{dtype}")
+        return model
+    try:                 # one token: the dtype / implementation runs here, or say so now
+        with torch.no_grad():
+            model(torch.zeros(1, 1, dtype=torch.long, device=model.embed.weight.device))
+    except Exception as e:  # noqa: BLE001 - re-raised with what was asked for
+        raise HFConfigError(
+            f"from_hf: the model cannot run with dtype={dtype} and attention options "
+            f"{attention_overrides or {}} on {model.embed.weight.device} "
+            f"({type(e).__name__}: {str(e).splitlines()[0][:200]})") from e
+    return model
 
 
 FROM_HF_TARGETS = ("memarch.models.from_hf", "memarch.models.hf.from_hf")

@@ -174,6 +174,8 @@ class HMT(HubMixin, nn.Module):
             self.wk = nn.Linear(D, recall_dim, bias=False)
         else:
             self.summary_prompt, self.wq, self.wk = None, None, None
+        w = backbone.embed.weight                 # HMT's parameters follow the backbone's
+        self.to(device=w.device, dtype=w.dtype)   # (e.g. a bf16 pretrained checkpoint)
         n_extra = sum(p.numel() for p in self.extra_parameters())
         n_bb = sum(p.numel() for p in backbone.parameters())
         self.extra_fraction = n_extra / max(n_bb, 1)
