@@ -14,7 +14,7 @@ PY := $(VENV)/bin/python
 ENVVARS := TRITON_INTERPRET=1 HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 WANDB_MODE=disabled
 PYTEST_ARGS ?=
 
-.PHONY: setup test test-slow test-all train lint clean
+.PHONY: setup test test-slow test-all train lint clean gpu-check
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -38,6 +38,15 @@ test-all: setup
 ARGS ?=
 train: setup
 	$(PY) train.py $(ARGS)
+
+# Kernel correctness on a CUDA GPU (fp32/fp16/bf16 vs the naive reference) and op benchmarks
+# against flash-linear-attention, FlexAttention and flash-attn; results in
+# benchmarks/results/gpu_check-<device>.json. Runs with the GPU machine's own Python, not the
+# CPU venv: python3 -m pip install --no-deps --no-build-isolation -e . && make gpu-check
+# (ARGS="--full" for the whole grid; "--dry-run" runs its steps on the CPU, tiny sizes).
+GPU_PY ?= python3
+gpu-check:
+	$(GPU_PY) benchmarks/gpu_check.py $(ARGS)
 
 lint: setup
 	$(PY) -m ruff check memarch kernels eval tests

@@ -5,7 +5,8 @@
 
 Each block ``<!-- bench:NAME -->`` ... ``<!-- /bench:NAME -->`` gets the markdown table that
 the script owning ``results/NAME.json`` prints with ``--render`` (``decode.py`` for
-``decode_*``, ``recipes.py`` for ``recipes_*``, ``titans.py`` for ``titans_*``, ``ops.py``
+``decode_*``, ``recipes.py`` for ``recipes_*``, ``titans.py`` for ``titans_*``,
+``aot_table.py`` for ``aot_*``, ``gpu_check.py`` for ``gpu_check_*``, ``ops.py``
 otherwise). A block ``NAME__VIEW`` gets ``render_VIEW`` of the same script on
 ``results/NAME.json`` (``recipes_cpu__hmt``: HMT's table).
 The renderers run in-process; tests/test_readme.py checks that the README
@@ -34,6 +35,10 @@ def script_for(name: str) -> str:
         return "recipes"
     if name.startswith("titans"):
         return "titans"
+    if name.startswith("aot"):
+        return "aot_table"
+    if name.startswith("gpu_check"):
+        return "gpu_check"
     return "ops"
 
 

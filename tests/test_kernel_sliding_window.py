@@ -245,3 +245,21 @@ def test_nonfinite_input_is_causal(impl, bad, name, t, checks):
     checks.close(o[~hit], clean[~hit], atol=1e-6, rtol=1e-6, msg=f"{tag}: unaffected outputs")
     checks.true((~o[hit].isfinite()).any(-1).all().item(),
                 f"{tag}: every output that sees the bad value is non-finite")
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+@pytest.mark.parametrize("D", [16, 32, 64, 128, 256])
+def test_triton_every_tile_config(dtype, D, checks):
+    """Every TILES cell of triton_swa (the four kernels at their tiles for this dtype class
+    and BD, so every distinct (BM, BN) pair of the table) against naive: 150 keys span
+    several blocks of every tile (<= 128), window 37 straddles block edges, 20 sinks > BS,
+    GQA, and Tq < Tk (chunked prefill over a cache)."""
+    Tq, Tk, W, off, S = 130, 150, 37, 170, 20
+    t = make(1, Tq, Tk, 2, 1, D, S, dtype)
+    cot = torch.randn(1, Tq, 2, D)
+    ro, rg = grads("naive", {n: x.float() for n, x in t.items()}, W, off, cot)
+    o, g = grads("triton", t, W, off, cot)
+    tol = 1e-4 if dtype == torch.float32 else 1e-2
+    checks.close(o.float(), ro, atol=tol, rtol=tol, msg=f"{dtype} D={D} o")
+    for n in rg:
+        checks.close(g[n].float(), rg[n], atol=5 * tol, rtol=5 * tol, msg=f"{dtype} D={D} d{n}")

@@ -46,10 +46,11 @@ non-finite input.
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 import triton
 import triton.language as tl
 
-from .._triton_common import chunk_cumsum, chunked, dot_precision, tile
+from .._triton_common import chunk_cumsum, chunked, dot_precision, load_tile, store_tile, tile
 
 BT = 32
 BS = 16                   # row block of a chunk in the state kernels
@@ -62,15 +63,37 @@ def _full(d: int) -> int:
 
 def config(K: int, V: int) -> dict:
     """Tiles the dispatcher launches (checked ahead of time for sm_80/sm_90 in the tests):
-    the state kernels (_fwd_h, _bwd_dh) keep the whole K (BKF, <= 128) by a narrow [BKF, 16] V
-    tile (more programs for the sequential loop, fewer registers); the per-chunk kernels use
-    BK, BV <= 32 tiles, _bwd_dqk BKD = 16 (it holds five fp32 [BT, BT|BK] accumulators; at
-    BK = 32 it spills). 8 warps; every kernel is spill-free at K = V = 128."""
-    return dict(BKF=_full(K), BVS=16, BK=min(32, tile(K)), BKD=16,
+    the state kernels (_fwd_h, _bwd_dh) keep the whole K (BKF, <= 128) by a narrow V tile (more
+    programs for the sequential loop, fewer registers): [BKF, 16], _bwd_dh [BKF, BVD] with
+    BVD = 32 at BKF = 16 (ptxas spills 16 bytes of [16, 16] at some flags); the per-chunk
+    kernels use BK, BV <= 32 tiles, _bwd_dqk BKD = 16 (it holds five fp32 [BT, BT|BK]
+    accumulators; at BK = 32 it spills). 8 warps; every kernel spill-free (aot_configs(True))."""
+    BKF = _full(K)
+    return dict(BKF=BKF, BVS=16, BVD=32 if BKF == 16 else 16, BK=min(32, tile(K)), BKD=16,
                 BV=min(32, tile(V)), num_warps=8)
 
 
+# Length args (T, H, N, BHT; not the head dims K, V) are do_not_specialize: the JIT compiles one
+# build per configuration, the one aot_configs() checks (no variant for T <= BT with N == 1 a
+# constexpr, or for T % 16 == 0).
+
+
 @triton.jit
+def _load_rows(ptr, rows, cols, row_stride, n_cols):
+    """fp32 tile ``ptr[rows[:, None] * row_stride + cols[None, :]]``, 0 where ``cols >= n_cols``:
+    the chunked buffers (w, U, u, du, dR) are padded to N*BT rows, so no row mask."""
+    return tl.load(ptr + rows[:, None] * row_stride + cols[None, :], mask=cols[None, :] < n_cols,
+                   other=0.0).to(tl.float32)
+
+
+@triton.jit
+def _store_rows(ptr, x, rows, cols, row_stride, n_cols):
+    """Store tile ``x`` (cast to ``ptr``'s dtype) where ``cols < n_cols`` (every row: padded)."""
+    tl.store(ptr + rows[:, None] * row_stride + cols[None, :], x.to(ptr.dtype.element_ty),
+             mask=cols[None, :] < n_cols)
+
+
+@triton.jit(do_not_specialize=["T", "H", "N"])
 def _fwd_wu(k, v, bc, gc, tm, w, uu, T, H, K, V, N,
             BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, DOT_PREC: tl.constexpr,
             USE_G: tl.constexpr):
@@ -79,13 +102,11 @@ def _fwd_wu(k, v, bc, gc, tm, w, uu, T, H, K, V, N,
     b, h = ibh // H, ibh % H
     ot = tl.arange(0, BT)
     t = n * BT + ot
-    mt = t < T
     bet = tl.load(bc + ibh * N * BT + t).to(tl.float32)                  # [BT], 0 on padding
     KK = tl.zeros([BT, BT], dtype=tl.float32)
     for ikb in range(tl.cdiv(K, BK)):
         ok = tl.cast(ikb, tl.int64) * BK + tl.arange(0, BK)
-        kk = tl.load(k + ((b * T + t[:, None]) * H + h) * K + ok[None, :],
-                     mask=mt[:, None] & (ok[None, :] < K), other=0.0).to(tl.float32)
+        kk = load_tile(k + (b * T * H + h) * K, t, ok, H * K, T, K)
         KK += tl.dot(kk, tl.trans(kk), input_precision=DOT_PREC)
     strict = ot[:, None] > ot[None, :]
     xk = bet
@@ -104,19 +125,17 @@ def _fwd_wu(k, v, bc, gc, tm, w, uu, T, H, K, V, N,
     tl.store(tm + (ibh * N + n) * BT * BT + ot[:, None] * BT + ot[None, :], Tm)
     for ikb in range(tl.cdiv(K, BK)):
         ok = tl.cast(ikb, tl.int64) * BK + tl.arange(0, BK)
-        kk = tl.load(k + ((b * T + t[:, None]) * H + h) * K + ok[None, :],
-                     mask=mt[:, None] & (ok[None, :] < K), other=0.0).to(tl.float32)
+        kk = load_tile(k + (b * T * H + h) * K, t, ok, H * K, T, K)
         ww = tl.dot(Tm, kk * xk[:, None], input_precision=DOT_PREC)
-        tl.store(w + (ibh * N * BT + t[:, None]) * K + ok[None, :], ww, mask=ok[None, :] < K)
+        _store_rows(w + ibh * N * BT * K, ww, t, ok, K, K)
     for ivb in range(tl.cdiv(V, BV)):
         ov = tl.cast(ivb, tl.int64) * BV + tl.arange(0, BV)
-        vv = tl.load(v + ((b * T + t[:, None]) * H + h) * V + ov[None, :],
-                     mask=mt[:, None] & (ov[None, :] < V), other=0.0).to(tl.float32)
+        vv = load_tile(v + (b * T * H + h) * V, t, ov, H * V, T, V)
         u0 = tl.dot(Tm, vv * bet[:, None], input_precision=DOT_PREC)
-        tl.store(uu + (ibh * N * BT + t[:, None]) * V + ov[None, :], u0, mask=ov[None, :] < V)
+        _store_rows(uu + ibh * N * BT * V, u0, t, ov, V, V)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["T", "H", "N"])
 def _fwd_h(k, w, uu, un, gc, h0, hbuf, ht, T, H, K, V, N,
            BT: tl.constexpr, BS: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
            DOT_PREC: tl.constexpr, USE_G: tl.constexpr, USE_H0: tl.constexpr):
@@ -127,29 +146,23 @@ def _fwd_h(k, w, uu, un, gc, h0, hbuf, ht, T, H, K, V, N,
     ok = tl.arange(0, BK)                                                  # the whole K
     ov = iv * BV + tl.arange(0, BV)
     os_ = tl.arange(0, BS)
-    mkv = (ok[:, None] < K) & (ov[None, :] < V)
-    hoff = ok[:, None] * V + ov[None, :]                                   # [BK, BV]
     if USE_H0:
-        acc = tl.load(h0 + ibh * K * V + hoff, mask=mkv, other=0.0).to(tl.float32)
+        acc = load_tile(h0 + ibh * K * V, ok, ov, V, K, V)                 # [BK, BV]
     else:
         acc = tl.zeros([BK, BV], dtype=tl.float32)
     for i in range(N):
         n = tl.cast(i, tl.int64)
-        tl.store(hbuf + (ibh * N + n) * K * V + hoff, acc, mask=mkv)
+        store_tile(hbuf + (ibh * N + n) * K * V, acc, ok, ov, V, K, V)
         upd = tl.zeros([BK, BV], dtype=tl.float32)
         if USE_G:
             bl = tl.load(gc + ibh * N * BT + n * BT + BT - 1).to(tl.float32)
         for j in range(BT // BS):
             t = n * BT + tl.cast(j, tl.int64) * BS + os_                   # [BS]
-            mt = t < T
-            kk = tl.load(k + ((b * T + t[:, None]) * H + h) * K + ok[None, :],
-                         mask=mt[:, None] & (ok[None, :] < K), other=0.0).to(tl.float32)
-            ww = tl.load(w + (ibh * N * BT + t[:, None]) * K + ok[None, :],
-                         mask=ok[None, :] < K, other=0.0).to(tl.float32)
-            uoff = (ibh * N * BT + t[:, None]) * V + ov[None, :]
-            u0 = tl.load(uu + uoff, mask=ov[None, :] < V, other=0.0).to(tl.float32)
+            kk = load_tile(k + (b * T * H + h) * K, t, ok, H * K, T, K)
+            ww = _load_rows(w + ibh * N * BT * K, t, ok, K, K)
+            u0 = _load_rows(uu + ibh * N * BT * V, t, ov, V, V)
             u1 = u0 - tl.dot(ww, acc, input_precision=DOT_PREC)             # u = U - W S_n
-            tl.store(un + uoff, u1, mask=ov[None, :] < V)
+            _store_rows(un + ibh * N * BT * V, u1, t, ov, V, V)
             if USE_G:
                 bt = tl.load(gc + ibh * N * BT + t).to(tl.float32)
                 kk = kk * tl.exp(bl - bt)[:, None]
@@ -157,10 +170,10 @@ def _fwd_h(k, w, uu, un, gc, h0, hbuf, ht, T, H, K, V, N,
         if USE_G:
             acc = acc * tl.exp(bl)
         acc += upd
-    tl.store(ht + ibh * K * V + hoff, acc, mask=mkv)
+    store_tile(ht + ibh * K * V, acc, ok, ov, V, K, V)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["T", "H", "N"])
 def _fwd_o(q, k, un, gc, hbuf, o, aqk, scale, T, H, K, V, N,
            BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, DOT_PREC: tl.constexpr,
            USE_G: tl.constexpr, STORE_A: tl.constexpr):
@@ -170,18 +183,13 @@ def _fwd_o(q, k, un, gc, hbuf, o, aqk, scale, T, H, K, V, N,
     ov = iv * BV + tl.arange(0, BV)
     ot = tl.arange(0, BT)
     t = n * BT + ot
-    mt = t < T
     acc = tl.zeros([BT, BV], dtype=tl.float32)
     A = tl.zeros([BT, BT], dtype=tl.float32)
     for ikb in range(tl.cdiv(K, BK)):
         ok = tl.cast(ikb, tl.int64) * BK + tl.arange(0, BK)
-        mk = mt[:, None] & (ok[None, :] < K)
-        qq = tl.load(q + ((b * T + t[:, None]) * H + h) * K + ok[None, :], mask=mk,
-                     other=0.0).to(tl.float32)
-        kk = tl.load(k + ((b * T + t[:, None]) * H + h) * K + ok[None, :], mask=mk,
-                     other=0.0).to(tl.float32)
-        hh = tl.load(hbuf + (ibh * N + n) * K * V + ok[:, None] * V + ov[None, :],
-                     mask=(ok[:, None] < K) & (ov[None, :] < V), other=0.0).to(tl.float32)
+        qq = load_tile(q + (b * T * H + h) * K, t, ok, H * K, T, K)
+        kk = load_tile(k + (b * T * H + h) * K, t, ok, H * K, T, K)
+        hh = load_tile(hbuf + (ibh * N + n) * K * V, ok, ov, V, K, V)
         acc += tl.dot(qq, hh, input_precision=DOT_PREC)
         A += tl.dot(qq, tl.trans(kk), input_precision=DOT_PREC)
     causal = ot[:, None] >= ot[None, :]
@@ -193,14 +201,12 @@ def _fwd_o(q, k, un, gc, hbuf, o, aqk, scale, T, H, K, V, N,
     if STORE_A:                               # Q K^T o D for _bwd_dh (one V tile writes it)
         tl.store(aqk + (ibh * N + n) * BT * BT + ot[:, None] * BT + ot[None, :], A,
                  mask=(ot[:, None] < BT) & (iv == 0))
-    u1 = tl.load(un + (ibh * N * BT + t[:, None]) * V + ov[None, :], mask=ov[None, :] < V,
-                 other=0.0).to(tl.float32)
+    u1 = _load_rows(un + ibh * N * BT * V, t, ov, V, V)
     acc = (acc + tl.dot(A, u1, input_precision=DOT_PREC)) * scale
-    tl.store(o + ((b * T + t[:, None]) * H + h) * V + ov[None, :],
-             acc.to(o.dtype.element_ty), mask=mt[:, None] & (ov[None, :] < V))
+    store_tile(o + (b * T * H + h) * V, acc, t, ov, H * V, T, V)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["T", "H", "N"])
 def _bwd_dh(q, k, w, do, aqk, gc, dht, dhbuf, du, dh0, scale, T, H, K, V, N,
             BT: tl.constexpr, BS: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
             DOT_PREC: tl.constexpr, USE_G: tl.constexpr, USE_DHT: tl.constexpr,
@@ -213,34 +219,25 @@ def _bwd_dh(q, k, w, do, aqk, gc, dht, dhbuf, du, dh0, scale, T, H, K, V, N,
     ov = iv * BV + tl.arange(0, BV)
     ot = tl.arange(0, BT)
     os_ = tl.arange(0, BS)
-    mkv = (ok[:, None] < K) & (ov[None, :] < V)
-    hoff = ok[:, None] * V + ov[None, :]
     if USE_DHT:
-        acc = tl.load(dht + ibh * K * V + hoff, mask=mkv, other=0.0).to(tl.float32)
+        acc = load_tile(dht + ibh * K * V, ok, ov, V, K, V)
     else:
         acc = tl.zeros([BK, BV], dtype=tl.float32)
     for i in range(N):
         n = tl.cast(N - 1 - i, tl.int64)
-        tl.store(dhbuf + (ibh * N + n) * K * V + hoff, acc, mask=mkv)       # dS_{n+1}
+        store_tile(dhbuf + (ibh * N + n) * K * V, acc, ok, ov, V, K, V)     # dS_{n+1}
         ta = n * BT + ot
-        dall = tl.load(do + ((b * T + ta[:, None]) * H + h) * V + ov[None, :],
-                       mask=(ta[:, None] < T) & (ov[None, :] < V), other=0.0).to(tl.float32)
+        dall = load_tile(do + (b * T * H + h) * V, ta, ov, H * V, T, V)
         upd = tl.zeros([BK, BV], dtype=tl.float32)
         if USE_G:
             bl = tl.load(gc + ibh * N * BT + n * BT + BT - 1).to(tl.float32)
         for j in range(BT // BS):
             js = tl.cast(j, tl.int64) * BS + os_                            # rows in chunk
             t = n * BT + js
-            mt = t < T
-            mk = mt[:, None] & (ok[None, :] < K)
-            qq = tl.load(q + ((b * T + t[:, None]) * H + h) * K + ok[None, :], mask=mk,
-                         other=0.0).to(tl.float32)
-            kk = tl.load(k + ((b * T + t[:, None]) * H + h) * K + ok[None, :], mask=mk,
-                         other=0.0).to(tl.float32)
-            ww = tl.load(w + (ibh * N * BT + t[:, None]) * K + ok[None, :],
-                         mask=ok[None, :] < K, other=0.0).to(tl.float32)
-            dd = tl.load(do + ((b * T + t[:, None]) * H + h) * V + ov[None, :],
-                         mask=mt[:, None] & (ov[None, :] < V), other=0.0).to(tl.float32)
+            qq = load_tile(q + (b * T * H + h) * K, t, ok, H * K, T, K)
+            kk = load_tile(k + (b * T * H + h) * K, t, ok, H * K, T, K)
+            ww = _load_rows(w + ibh * N * BT * K, t, ok, K, K)
+            dd = load_tile(do + (b * T * H + h) * V, t, ov, H * V, T, V)
             P = tl.load(aqk + (ibh * N + n) * BT * BT + ot[:, None] * BT + js[None, :])  # [t, s]
             if USE_G:
                 bt = tl.load(gc + ibh * N * BT + t).to(tl.float32)
@@ -248,18 +245,17 @@ def _bwd_dh(q, k, w, do, aqk, gc, dht, dhbuf, du, dh0, scale, T, H, K, V, N,
                 qq = qq * tl.exp(bt)[:, None]
             d1 = tl.dot(tl.trans(P), dall, input_precision=DOT_PREC) * scale + tl.dot(
                 kk, acc, input_precision=DOT_PREC)                              # du [BS, BV]
-            tl.store(du + (ibh * N * BT + t[:, None]) * V + ov[None, :], d1,
-                     mask=ov[None, :] < V)
+            _store_rows(du + ibh * N * BT * V, d1, t, ov, V, V)
             upd += tl.dot(tl.trans(qq), dd, input_precision=DOT_PREC) * scale
             upd -= tl.dot(tl.trans(ww), d1, input_precision=DOT_PREC)
         if USE_G:
             acc = acc * tl.exp(bl)
         acc += upd
     if USE_DH0:
-        tl.store(dh0 + ibh * K * V + hoff, acc, mask=mkv)
+        store_tile(dh0 + ibh * K * V, acc, ok, ov, V, K, V)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["T", "H", "N", "BHT"])
 def _bwd_dv(tm, du, v, bc, dr, dv, dbv, T, H, K, V, N, BHT,
             BT: tl.constexpr, BV: tl.constexpr, DOT_PREC: tl.constexpr):
     iv, n, ibh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
@@ -268,21 +264,17 @@ def _bwd_dv(tm, du, v, bc, dr, dv, dbv, T, H, K, V, N, BHT,
     ov = iv * BV + tl.arange(0, BV)
     ot = tl.arange(0, BT)
     t = n * BT + ot
-    mt = t < T
     Tm = tl.load(tm + (ibh * N + n) * BT * BT + ot[:, None] * BT + ot[None, :])
-    boff = (ibh * N * BT + t[:, None]) * V + ov[None, :]
-    d1 = tl.load(du + boff, mask=ov[None, :] < V, other=0.0)
+    d1 = _load_rows(du + ibh * N * BT * V, t, ov, V, V)
     dR = tl.dot(tl.trans(Tm), d1, input_precision=DOT_PREC)                 # Tm^T du
-    tl.store(dr + boff, dR, mask=ov[None, :] < V)
-    voff = ((b * T + t[:, None]) * H + h) * V + ov[None, :]
-    mv = mt[:, None] & (ov[None, :] < V)
-    vv = tl.load(v + voff, mask=mv, other=0.0).to(tl.float32)
+    _store_rows(dr + ibh * N * BT * V, dR, t, ov, V, V)
+    vv = load_tile(v + (b * T * H + h) * V, t, ov, H * V, T, V)
     bet = tl.load(bc + ibh * N * BT + t).to(tl.float32)
-    tl.store(dv + voff, (dR * bet[:, None]).to(dv.dtype.element_ty), mask=mv)
+    store_tile(dv + (b * T * H + h) * V, dR * bet[:, None], t, ov, H * V, T, V)
     tl.store(dbv + tl.cast(iv, tl.int64) * BHT + ibh * N * BT + t, tl.sum(dR * vv, 1))
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["T", "H", "N", "BHT"])
 def _bwd_dqk(q, k, do, un, dr, gc, bc, hbuf, dhbuf, dq, dk, dbk, dbp, scale, T, H, K, V, N,
              BHT, BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
              DOT_PREC: tl.constexpr, USE_G: tl.constexpr):
@@ -292,7 +284,6 @@ def _bwd_dqk(q, k, do, un, dr, gc, bc, hbuf, dhbuf, dq, dk, dbk, dbp, scale, T, 
     ok = ik * BK + tl.arange(0, BK)
     ot = tl.arange(0, BT)
     t = n * BT + ot
-    mt = t < T
     dPu = tl.zeros([BT, BT], dtype=tl.float32)        # dO u^T
     dAu = tl.zeros([BT, BT], dtype=tl.float32)        # dR u^T
     dq1 = tl.zeros([BT, BK], dtype=tl.float32)        # dO S_n^T
@@ -300,15 +291,11 @@ def _bwd_dqk(q, k, do, un, dr, gc, bc, hbuf, dhbuf, dq, dk, dbk, dbp, scale, T, 
     dkr = tl.zeros([BT, BK], dtype=tl.float32)        # dR S_n^T
     for ivb in range(tl.cdiv(V, BV)):
         ov = tl.cast(ivb, tl.int64) * BV + tl.arange(0, BV)
-        dd = tl.load(do + ((b * T + t[:, None]) * H + h) * V + ov[None, :],
-                     mask=mt[:, None] & (ov[None, :] < V), other=0.0).to(tl.float32)
-        boff = (ibh * N * BT + t[:, None]) * V + ov[None, :]
-        u1 = tl.load(un + boff, mask=ov[None, :] < V, other=0.0)
-        rr = tl.load(dr + boff, mask=ov[None, :] < V, other=0.0)
-        mkv = (ok[:, None] < K) & (ov[None, :] < V)
-        s_off = (ibh * N + n) * K * V + ok[:, None] * V + ov[None, :]
-        hh = tl.load(hbuf + s_off, mask=mkv, other=0.0)
-        dh = tl.load(dhbuf + s_off, mask=mkv, other=0.0)
+        dd = load_tile(do + (b * T * H + h) * V, t, ov, H * V, T, V)
+        u1 = _load_rows(un + ibh * N * BT * V, t, ov, V, V)
+        rr = _load_rows(dr + ibh * N * BT * V, t, ov, V, V)
+        hh = load_tile(hbuf + (ibh * N + n) * K * V, ok, ov, V, K, V)
+        dh = load_tile(dhbuf + (ibh * N + n) * K * V, ok, ov, V, K, V)
         dPu += tl.dot(dd, tl.trans(u1), input_precision=DOT_PREC)
         dAu += tl.dot(rr, tl.trans(u1), input_precision=DOT_PREC)
         dq1 += tl.dot(dd, tl.trans(hh), input_precision=DOT_PREC)
@@ -328,10 +315,8 @@ def _bwd_dqk(q, k, do, un, dr, gc, bc, hbuf, dhbuf, dq, dk, dbk, dbp, scale, T, 
         dAu = dAu * tl.exp(tl.where(strict, diff, 0.0))
     M = tl.where(causal, dPu, 0.0) * scale                    # d(o)/d(scores) o D
     G = tl.where(strict, -dAu, 0.0)                            # dA o exp(b_s - b_r)
-    mk = mt[:, None] & (ok[None, :] < K)
-    qk_off = ((b * T + t[:, None]) * H + h) * K + ok[None, :]
-    qq = tl.load(q + qk_off, mask=mk, other=0.0).to(tl.float32)
-    kk = tl.load(k + qk_off, mask=mk, other=0.0).to(tl.float32)
+    qq = load_tile(q + (b * T * H + h) * K, t, ok, H * K, T, K)
+    kk = load_tile(k + (b * T * H + h) * K, t, ok, H * K, T, K)
     dqq = dq1 * scale + tl.dot(M, kk, input_precision=DOT_PREC)
     mtq = tl.dot(tl.trans(M), qq, input_precision=DOT_PREC)
     gk = tl.dot(G, kk, input_precision=DOT_PREC)
@@ -339,8 +324,8 @@ def _bwd_dqk(q, k, do, un, dr, gc, bc, hbuf, dhbuf, dq, dk, dbk, dbp, scale, T, 
     gbtk = tl.dot(tl.trans(G * bet[:, None]), kk, input_precision=DOT_PREC)
     dkR = dkr * bet[:, None]                                   # -(dk through R)
     dkk = mtq + dks - dkR + gbk + gbtk
-    tl.store(dq + qk_off, dqq.to(dq.dtype.element_ty), mask=mk)
-    tl.store(dk + qk_off, dkk.to(dk.dtype.element_ty), mask=mk)
+    store_tile(dq + (b * T * H + h) * K, dqq, t, ok, H * K, T, K)
+    store_tile(dk + (b * T * H + h) * K, dkk, t, ok, H * K, T, K)
     tl.store(dbk + tl.cast(ik, tl.int64) * BHT + ibh * N * BT + t, tl.sum(kk * (gk - dkr), 1))
     if USE_G:
         db = tl.sum(qq * dqq, 1) - tl.sum(kk * (mtq + dks + dkR - gbk + gbtk), 1)
@@ -350,7 +335,8 @@ def _bwd_dqk(q, k, do, un, dr, gc, bc, hbuf, dhbuf, dq, dk, dbk, dbp, scale, T, 
 @triton.jit
 def _decode(q, k, v, beta, g, s_in, s_out, o, scale, K, V,
             BK: tl.constexpr, BV: tl.constexpr, USE_G: tl.constexpr, USE_S0: tl.constexpr):
-    """One token: S' = exp(g) S; u = beta (v - k^T S'); S' += k u^T; o = scale q^T S'."""
+    """One token: S' = exp(g) S; u = beta (v - k^T S'); S' += k u^T; o = scale q^T S'
+    (no length args: K, V are head dims)."""
     iv, ibh = tl.program_id(0), tl.program_id(1)
     ibh = tl.cast(ibh, tl.int64)
     ok = tl.arange(0, BK)                                                  # the whole K
@@ -360,17 +346,15 @@ def _decode(q, k, v, beta, g, s_in, s_out, o, scale, K, V,
     kk = tl.load(k + ibh * K + ok, mask=mk, other=0.0).to(tl.float32)
     vv = tl.load(v + ibh * V + ov, mask=mv, other=0.0).to(tl.float32)
     bet = tl.load(beta + ibh).to(tl.float32)
-    soff = ibh * K * V + ok[:, None] * V + ov[None, :]
-    msk = mk[:, None] & mv[None, :]
     if USE_S0:
-        s = tl.load(s_in + soff, mask=msk, other=0.0).to(tl.float32)
+        s = load_tile(s_in + ibh * K * V, ok, ov, V, K, V)
         if USE_G:
             s = s * tl.exp(tl.load(g + ibh).to(tl.float32))
         u1 = bet * (vv - tl.sum(kk[:, None] * s, 0))
         s = s + kk[:, None] * u1[None, :]
     else:
         s = kk[:, None] * (bet * vv)[None, :]
-    tl.store(s_out + soff, s, mask=msk)
+    store_tile(s_out + ibh * K * V, s, ok, ov, V, K, V)
     out = tl.sum(qq[:, None] * s, 0) * scale
     tl.store(o + ibh * V + ov, out.to(o.dtype.element_ty), mask=mv)
 
@@ -418,15 +402,15 @@ class _ChunkDeltaRule(torch.autograd.Function):
         V = v.shape[-1]
         N = hbuf.shape[2]
         meta, scale, cfg = ctx.meta, ctx.scale, ctx.cfg
-        BKF, BVS, BV = cfg["BKF"], cfg["BVS"], cfg["BV"]
+        BKF, BVD, BV = cfg["BKF"], cfg["BVD"], cfg["BV"]
         do = do.contiguous() if do is not None else torch.zeros_like(v)
         dhbuf = torch.empty_like(hbuf)
         dh0 = torch.empty_like(ht) if ctx.has_s0 else bc
         dht = dht.float().contiguous() if dht is not None else None
         du = torch.empty_like(un)
-        _bwd_dh[(triton.cdiv(V, BVS), B * H)](
+        _bwd_dh[(triton.cdiv(V, BVD), B * H)](
             q, k, w, do, aqk, gc, dht if dht is not None else bc, dhbuf, du, dh0, scale, T, H, K, V,
-            N, BS=BS, BK=BKF, BV=BVS, USE_DHT=dht is not None, USE_DH0=ctx.has_s0, **meta)
+            N, BS=BS, BK=BKF, BV=BVD, USE_DHT=dht is not None, USE_DH0=ctx.has_s0, **meta)
         NV, NK, BHT = triton.cdiv(V, BV), triton.cdiv(K, cfg["BKD"]), B * H * N * BT
         dr = torch.empty_like(un)
         dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
@@ -467,6 +451,12 @@ def _decode_step(q, k, v, beta, g, scale, S0):
     return o, S
 
 
+def _pad16(x: torch.Tensor, dims: int = 1) -> torch.Tensor:
+    """x zero-padded in its last ``dims`` dims to multiples of 16 (x itself if they are)."""
+    pad = [p for d in range(1, dims + 1) for p in (0, -x.shape[-d] % 16)]
+    return F.pad(x, pad) if any(pad) else x
+
+
 def delta_rule_triton(q, k, v, beta, g, scale, S0):
     """Same contract as the naive/torch paths: returns o (v's dtype) and S [B, H, K, V] fp32."""
     T = q.shape[1]
@@ -474,14 +464,20 @@ def delta_rule_triton(q, k, v, beta, g, scale, S0):
         x is not None and x.requires_grad for x in (q, k, v, beta, g, S0))
     if T == 1 and not needs_grad:
         return _decode_step(q, k, v, beta, g, scale, S0)
-    return _ChunkDeltaRule.apply(q, k, v, beta, g, S0, scale)
+    K, V = q.shape[-1], v.shape[-1]
+    # The chunked kernels get K, V zero-padded to multiples of 16: the padding is what their
+    # masked loads read (the same results), and the JIT builds then have K, V divisible by 16,
+    # the builds aot_configs() checks.
+    o, S = _ChunkDeltaRule.apply(_pad16(q), _pad16(k), _pad16(v), beta, g,
+                                 _pad16(S0, 2) if S0 is not None else None, scale)
+    return (o[..., :V].contiguous() if V % 16 else o), S[:, :, :K, :V]
 
 
 def aot_configs(full: bool = False):
     """Every (kernel, arg types, constexprs, num_warps) the dispatcher can launch, for the
     ahead-of-time compile test. ``full=False``: the largest tiles only (the spill risk), with g;
-    ``full=True``: K, V in {16, 32, 64, 128} (every tile), with and without g, and the
-    inference-only flags."""
+    ``full=True``: K, V in {16, 32, 64, 128} (every tile), with and without g, and every flag
+    (inference: no P stored, no initial state; no state gradients)."""
     dims = [16, 32, 64, 128] if full else [128]
     for dt, kd, vd, use_g in ((dt, kd, vd, use_g) for dt in ("fp16", "bf16", "fp32")
                               for kd in dims for vd in dims for use_g in (True, False)
@@ -499,15 +495,20 @@ def aot_configs(full: bool = False):
         nw = cfg["num_warps"]
         tag = f"{dt} K{kd} V{vd} g={int(use_g)}"
         state = dict(flags, BS=BS, BK=cfg["BKF"], BV=cfg["BVS"])
+        state_dh = dict(state, BV=cfg["BVD"])
         chunk = dict(flags, BK=cfg["BK"], BV=cfg["BV"])
         yield f"dr._fwd_wu {tag}", _fwd_wu, types, chunk, nw
         yield f"dr._fwd_h {tag}", _fwd_h, types, state, nw
         yield f"dr._fwd_o {tag}", _fwd_o, types, chunk, nw
-        yield f"dr._bwd_dh {tag}", _bwd_dh, types, state, nw
+        yield f"dr._bwd_dh {tag}", _bwd_dh, types, state_dh, nw
         yield f"dr._bwd_dv {tag}", _bwd_dv, types, chunk, nw
         yield f"dr._bwd_dqk {tag}", _bwd_dqk, types, dict(chunk, BK=cfg["BKD"]), nw
         dec = dict(BK=_full(kd), BV=min(32, tile(vd)), USE_G=use_g, USE_S0=True)
         yield f"dr._decode {tag}", _decode, types, dec, 4
-        if full:                          # inference: no P for the backward; no initial state
+        if full:    # inference: no P for the backward; no initial state / state gradient
             yield f"dr._fwd_o {tag} no-grad", _fwd_o, types, dict(chunk, STORE_A=False), nw
             yield f"dr._decode {tag} S0=0", _decode, types, dict(dec, USE_S0=False), 4
+            yield f"dr._fwd_h {tag} h0=0", _fwd_h, types, dict(state, USE_H0=False), nw
+            for dht, dh0 in ((True, False), (False, True), (False, False)):
+                yield (f"dr._bwd_dh {tag}" + ("" if dht else " dht=0") + ("" if dh0 else " dh0=0"),
+                       _bwd_dh, types, dict(state_dh, USE_DHT=dht, USE_DH0=dh0), nw)

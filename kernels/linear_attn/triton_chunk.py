@@ -30,23 +30,56 @@ The backward kernels make no such promise for non-finite inputs.
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 import triton
 import triton.language as tl
 
-from .._triton_common import chunk_cumsum, dot_precision, tile
+from .._triton_common import chunk_cumsum, dot_precision, load_tile, store_tile, tile
 
 BT = 64
 DECODE_CALLS = 0          # counts decode-kernel launches (tests check the path is taken)
 
 
+# (BK, BV, num_warps) of each kernel, by (tile(K), tile(V)): the [BK, BV] tile of the state
+# kernels (_fwd_h, _bwd_dh: both on the grid), the grid tile and the tile of the loop of the
+# per-chunk kernels (_fwd_o, _bwd_dv: BV on the grid, a loop over K in BK; _bwd_dqk: BK on the
+# grid, a loop over V in BV), and _decode's. Every entry is spill-free on sm_80 and sm_90 for
+# fp16/bf16/fp32, with and without g, every flag (aot_configs(True)). Measured, not a rule: ptxas
+# spills a few bytes at some register/occupancy steps (e.g. _fwd_o at [BK, BV] = [32, 64] with
+# fp32 and 8 warps: 128 registers and an 8-byte stack), so neighbouring tiles differ.
+TILES = {
+    "fwd_h": {(16, 16): (16, 16, 8), (16, 32): (16, 32, 8), (16, 64): (16, 64, 8),
+              (32, 16): (32, 16, 4), (32, 32): (32, 32, 8), (32, 64): (32, 64, 8),
+              (64, 16): (64, 16, 8), (64, 32): (64, 32, 8), (64, 64): (64, 32, 8)},
+    "bwd_dh": {(16, 16): (16, 16, 8), (16, 32): (16, 32, 8), (16, 64): (16, 64, 8),
+               (32, 16): (32, 16, 8), (32, 32): (32, 32, 8), (32, 64): (32, 64, 8),
+               (64, 16): (64, 16, 8), (64, 32): (64, 32, 8), (64, 64): (64, 32, 8)},
+    "fwd_o": {(16, 16): (16, 16, 8), (16, 32): (16, 32, 8), (16, 64): (16, 64, 4),
+              (32, 16): (32, 16, 8), (32, 32): (16, 32, 8), (32, 64): (16, 64, 4),
+              (64, 16): (32, 16, 8), (64, 32): (16, 32, 8), (64, 64): (16, 64, 4)},
+    "bwd_dqk": {(16, 16): (16, 16, 8), (16, 32): (16, 32, 8), (16, 64): (16, 64, 8),
+                (32, 16): (32, 16, 8), (32, 32): (32, 32, 8), (32, 64): (32, 64, 8),
+                (64, 16): (32, 16, 8), (64, 32): (32, 32, 8), (64, 64): (32, 64, 8)},
+    "bwd_dv": {(16, 16): (16, 16, 8), (16, 32): (16, 32, 8), (16, 64): (16, 64, 8),
+               (32, 16): (32, 16, 4), (32, 32): (32, 32, 8), (32, 64): (32, 64, 8),
+               (64, 16): (64, 16, 8), (64, 32): (32, 32, 8), (64, 64): (32, 64, 8)},
+    "decode": {(kt, vt): (kt, vt, 8) for kt in (16, 32, 64) for vt in (16, 32, 64)},
+}
+
+
 def config(K: int, V: int) -> dict:
-    """Tiles the dispatcher launches (checked ahead of time for sm_80/sm_90 in the tests):
-    state kernels (_fwd_h, _bwd_dh) use [BKS, BV] tiles, the per-chunk kernels BK <= 32 (at
-    BK = 64 the fp32 accumulators spill); 8 warps keep every kernel spill-free."""
-    return dict(BKS=tile(K), BK=min(32, tile(K)), BV=tile(V), num_warps=8)
+    """The tiles the dispatcher launches for head dims K, V (<= 256; a dim over 64 loops or
+    spreads over the grid in tiles): {kernel: dict(BK, BV, num_warps)} from TILES (checked
+    ahead of time for sm_80/sm_90 in the tests)."""
+    key = (tile(K), tile(V))
+    return {name: dict(zip(("BK", "BV", "num_warps"), table[key]))
+            for name, table in TILES.items()}
 
 
-@triton.jit
+# Length args (T, H, N, BHT; not the head dims K, V) are do_not_specialize: the JIT compiles one
+# build per configuration, the one aot_configs() checks (no variant for T <= 64 with N == 1 a
+# constexpr, or for T % 16 == 0).
+@triton.jit(do_not_specialize=["T", "H", "N"])
 def _fwd_h(k, v, gc, h0, hbuf, ht, T, H, K, V, N,
            BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, DOT_PREC: tl.constexpr,
            USE_G: tl.constexpr, USE_H0: tl.constexpr):
@@ -56,31 +89,26 @@ def _fwd_h(k, v, gc, h0, hbuf, ht, T, H, K, V, N,
     ok = ik * BK + tl.arange(0, BK)
     ov = iv * BV + tl.arange(0, BV)
     ot = tl.arange(0, BT)
-    mkv = (ok[:, None] < K) & (ov[None, :] < V)
-    hoff = ok[:, None] * V + ov[None, :]                                     # [BK, BV]
     if USE_H0:
-        acc = tl.load(h0 + ibh * K * V + hoff, mask=mkv, other=0.0).to(tl.float32)
+        acc = load_tile(h0 + ibh * K * V, ok, ov, V, K, V)                 # [BK, BV]
     else:
         acc = tl.zeros([BK, BV], dtype=tl.float32)
     for i in range(N):
         n = tl.cast(i, tl.int64)
-        tl.store(hbuf + (ibh * N + n) * K * V + hoff, acc, mask=mkv)
+        store_tile(hbuf + (ibh * N + n) * K * V, acc, ok, ov, V, K, V)
         t = n * BT + ot                                                      # [BT]
-        mt = t < T
-        kk = tl.load(k + ((b * T + t[:, None]) * H + h) * K + ok[None, :],
-                     mask=mt[:, None] & (ok[None, :] < K), other=0.0).to(tl.float32)
-        vv = tl.load(v + ((b * T + t[:, None]) * H + h) * V + ov[None, :],
-                     mask=mt[:, None] & (ov[None, :] < V), other=0.0).to(tl.float32)
+        kk = load_tile(k + (b * T * H + h) * K, t, ok, H * K, T, K)
+        vv = load_tile(v + (b * T * H + h) * V, t, ov, H * V, T, V)
         if USE_G:
             bt = tl.load(gc + ibh * N * BT + n * BT + ot).to(tl.float32)     # [BT]
             bl = tl.load(gc + ibh * N * BT + n * BT + BT - 1).to(tl.float32)
             acc = acc * tl.exp(bl)
             kk = kk * tl.exp(bl - bt)[:, None]
         acc += tl.dot(tl.trans(kk), vv, input_precision=DOT_PREC)
-    tl.store(ht + ibh * K * V + hoff, acc, mask=mkv)
+    store_tile(ht + ibh * K * V, acc, ok, ov, V, K, V)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["T", "H", "N"])
 def _fwd_o(q, k, v, gc, hbuf, o, scale, T, H, K, V, N,
            BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, DOT_PREC: tl.constexpr,
            USE_G: tl.constexpr):
@@ -90,18 +118,13 @@ def _fwd_o(q, k, v, gc, hbuf, o, scale, T, H, K, V, N,
     ov = iv * BV + tl.arange(0, BV)
     ot = tl.arange(0, BT)
     t = n * BT + ot
-    mt = t < T
     acc = tl.zeros([BT, BV], dtype=tl.float32)
     A = tl.zeros([BT, BT], dtype=tl.float32)
     for ikb in range(tl.cdiv(K, BK)):
         ok = tl.cast(ikb, tl.int64) * BK + tl.arange(0, BK)
-        mk = mt[:, None] & (ok[None, :] < K)
-        qq = tl.load(q + ((b * T + t[:, None]) * H + h) * K + ok[None, :], mask=mk,
-                     other=0.0).to(tl.float32)
-        kk = tl.load(k + ((b * T + t[:, None]) * H + h) * K + ok[None, :], mask=mk,
-                     other=0.0).to(tl.float32)
-        hh = tl.load(hbuf + (ibh * N + n) * K * V + ok[:, None] * V + ov[None, :],
-                     mask=(ok[:, None] < K) & (ov[None, :] < V), other=0.0).to(tl.float32)
+        qq = load_tile(q + (b * T * H + h) * K, t, ok, H * K, T, K)
+        kk = load_tile(k + (b * T * H + h) * K, t, ok, H * K, T, K)
+        hh = load_tile(hbuf + (ibh * N + n) * K * V, ok, ov, V, K, V)
         acc += tl.dot(qq, hh, input_precision=DOT_PREC)
         A += tl.dot(qq, tl.trans(kk), input_precision=DOT_PREC)
     causal = ot[:, None] >= ot[None, :]
@@ -109,8 +132,7 @@ def _fwd_o(q, k, v, gc, hbuf, o, scale, T, H, K, V, N,
         bt = tl.load(gc + ibh * N * BT + t).to(tl.float32)
         acc = acc * tl.exp(bt)[:, None]
         A = A * tl.exp(tl.where(causal, bt[:, None] - bt[None, :], 0.0))
-    vv = tl.load(v + ((b * T + t[:, None]) * H + h) * V + ov[None, :],
-                 mask=mt[:, None] & (ov[None, :] < V), other=0.0).to(tl.float32)
+    vv = load_tile(v + (b * T * H + h) * V, t, ov, H * V, T, V)
     # causality for non-finite input: select (never 0 * NaN); the dot runs on finite values
     # and a visible token whose value row (this V tile) is non-finite gets a NaN coefficient
     vfin = tl.abs(vv) < float("inf")                                     # False for inf, NaN
@@ -118,11 +140,10 @@ def _fwd_o(q, k, v, gc, hbuf, o, scale, T, H, K, V, N,
     A = tl.where(causal, tl.where(vok[None, :], A, float("nan")), 0.0)
     vv = tl.where(vfin, vv, 0.0)
     acc = (acc + tl.dot(A, vv, input_precision=DOT_PREC)) * scale
-    tl.store(o + ((b * T + t[:, None]) * H + h) * V + ov[None, :],
-             acc.to(o.dtype.element_ty), mask=mt[:, None] & (ov[None, :] < V))
+    store_tile(o + (b * T * H + h) * V, acc, t, ov, H * V, T, V)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["T", "H", "N"])
 def _bwd_dh(q, do, gc, dht, dhbuf, dh0, scale, T, H, K, V, N,
             BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, DOT_PREC: tl.constexpr,
             USE_G: tl.constexpr, USE_DHT: tl.constexpr, USE_DH0: tl.constexpr):
@@ -132,21 +153,16 @@ def _bwd_dh(q, do, gc, dht, dhbuf, dh0, scale, T, H, K, V, N,
     ok = ik * BK + tl.arange(0, BK)
     ov = iv * BV + tl.arange(0, BV)
     ot = tl.arange(0, BT)
-    mkv = (ok[:, None] < K) & (ov[None, :] < V)
-    hoff = ok[:, None] * V + ov[None, :]
     if USE_DHT:
-        acc = tl.load(dht + ibh * K * V + hoff, mask=mkv, other=0.0).to(tl.float32)
+        acc = load_tile(dht + ibh * K * V, ok, ov, V, K, V)
     else:
         acc = tl.zeros([BK, BV], dtype=tl.float32)
     for i in range(N):
         n = tl.cast(N - 1 - i, tl.int64)
-        tl.store(dhbuf + (ibh * N + n) * K * V + hoff, acc, mask=mkv)        # dH_{n+1}
+        store_tile(dhbuf + (ibh * N + n) * K * V, acc, ok, ov, V, K, V)     # dH_{n+1}
         t = n * BT + ot
-        mt = t < T
-        qq = tl.load(q + ((b * T + t[:, None]) * H + h) * K + ok[None, :],
-                     mask=mt[:, None] & (ok[None, :] < K), other=0.0).to(tl.float32)
-        dd = tl.load(do + ((b * T + t[:, None]) * H + h) * V + ov[None, :],
-                     mask=mt[:, None] & (ov[None, :] < V), other=0.0).to(tl.float32)
+        qq = load_tile(q + (b * T * H + h) * K, t, ok, H * K, T, K)
+        dd = load_tile(do + (b * T * H + h) * V, t, ov, H * V, T, V)
         if USE_G:
             bt = tl.load(gc + ibh * N * BT + n * BT + ot).to(tl.float32)
             bl = tl.load(gc + ibh * N * BT + n * BT + BT - 1).to(tl.float32)
@@ -154,10 +170,10 @@ def _bwd_dh(q, do, gc, dht, dhbuf, dh0, scale, T, H, K, V, N,
             qq = qq * tl.exp(bt)[:, None]
         acc += tl.dot(tl.trans(qq), dd, input_precision=DOT_PREC) * scale
     if USE_DH0:
-        tl.store(dh0 + ibh * K * V + hoff, acc, mask=mkv)
+        store_tile(dh0 + ibh * K * V, acc, ok, ov, V, K, V)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["T", "H", "N", "BHT"])
 def _bwd_dqk(q, k, v, do, gc, hbuf, dhbuf, dq, dk, dbp, scale, T, H, K, V, N, BHT,
              BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, DOT_PREC: tl.constexpr,
              USE_G: tl.constexpr):
@@ -167,24 +183,17 @@ def _bwd_dqk(q, k, v, do, gc, hbuf, dhbuf, dq, dk, dbp, scale, T, H, K, V, N, BH
     ok = ik * BK + tl.arange(0, BK)
     ot = tl.arange(0, BT)
     t = n * BT + ot
-    mt = t < T
-    mk = mt[:, None] & (ok[None, :] < K)
-    qk_off = ((b * T + t[:, None]) * H + h) * K + ok[None, :]
-    qq = tl.load(q + qk_off, mask=mk, other=0.0).to(tl.float32)
-    kk = tl.load(k + qk_off, mask=mk, other=0.0).to(tl.float32)
+    qq = load_tile(q + (b * T * H + h) * K, t, ok, H * K, T, K)
+    kk = load_tile(k + (b * T * H + h) * K, t, ok, H * K, T, K)
     dov = tl.zeros([BT, BT], dtype=tl.float32)
     dqi = tl.zeros([BT, BK], dtype=tl.float32)
     dki = tl.zeros([BT, BK], dtype=tl.float32)
     for ivb in range(tl.cdiv(V, BV)):
         ov = tl.cast(ivb, tl.int64) * BV + tl.arange(0, BV)
-        mv = mt[:, None] & (ov[None, :] < V)
-        vd_off = ((b * T + t[:, None]) * H + h) * V + ov[None, :]
-        dd = tl.load(do + vd_off, mask=mv, other=0.0).to(tl.float32)
-        vv = tl.load(v + vd_off, mask=mv, other=0.0).to(tl.float32)
-        mkv = (ok[:, None] < K) & (ov[None, :] < V)
-        s_off = (ibh * N + n) * K * V + ok[:, None] * V + ov[None, :]
-        hh = tl.load(hbuf + s_off, mask=mkv, other=0.0).to(tl.float32)
-        dh = tl.load(dhbuf + s_off, mask=mkv, other=0.0).to(tl.float32)
+        dd = load_tile(do + (b * T * H + h) * V, t, ov, H * V, T, V)
+        vv = load_tile(v + (b * T * H + h) * V, t, ov, H * V, T, V)
+        hh = load_tile(hbuf + (ibh * N + n) * K * V, ok, ov, V, K, V)
+        dh = load_tile(dhbuf + (ibh * N + n) * K * V, ok, ov, V, K, V)
         dov += tl.dot(dd, tl.trans(vv), input_precision=DOT_PREC)
         dqi += tl.dot(dd, tl.trans(hh), input_precision=DOT_PREC)
         dki += tl.dot(vv, tl.trans(dh), input_precision=DOT_PREC)
@@ -198,14 +207,14 @@ def _bwd_dqk(q, k, v, do, gc, hbuf, dhbuf, dq, dk, dbp, scale, T, H, K, V, N, BH
     ds = tl.where(causal, dov, 0.0) * scale                                  # [t, s]
     dqq = dqi * scale + tl.dot(ds, kk, input_precision=DOT_PREC)
     dkk = dki + tl.dot(tl.trans(ds), qq, input_precision=DOT_PREC)
-    tl.store(dq + qk_off, dqq.to(dq.dtype.element_ty), mask=mk)
-    tl.store(dk + qk_off, dkk.to(dk.dtype.element_ty), mask=mk)
+    store_tile(dq + (b * T * H + h) * K, dqq, t, ok, H * K, T, K)
+    store_tile(dk + (b * T * H + h) * K, dkk, t, ok, H * K, T, K)
     if USE_G:
         db = tl.sum(qq * dqq, 1) - tl.sum(kk * dkk, 1)                      # [BT]
-        tl.store(dbp + ik * BHT + ibh * N * BT + t, db)
+        tl.store(dbp + tl.cast(ik, tl.int64) * BHT + ibh * N * BT + t, db)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["T", "H", "N"])
 def _bwd_dv(q, k, do, gc, dhbuf, dv, scale, T, H, K, V, N,
             BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, DOT_PREC: tl.constexpr,
             USE_G: tl.constexpr):
@@ -215,18 +224,13 @@ def _bwd_dv(q, k, do, gc, dhbuf, dv, scale, T, H, K, V, N,
     ov = iv * BV + tl.arange(0, BV)
     ot = tl.arange(0, BT)
     t = n * BT + ot
-    mt = t < T
     A = tl.zeros([BT, BT], dtype=tl.float32)
     dvi = tl.zeros([BT, BV], dtype=tl.float32)
     for ikb in range(tl.cdiv(K, BK)):
         ok = tl.cast(ikb, tl.int64) * BK + tl.arange(0, BK)
-        mk = mt[:, None] & (ok[None, :] < K)
-        qq = tl.load(q + ((b * T + t[:, None]) * H + h) * K + ok[None, :], mask=mk,
-                     other=0.0).to(tl.float32)
-        kk = tl.load(k + ((b * T + t[:, None]) * H + h) * K + ok[None, :], mask=mk,
-                     other=0.0).to(tl.float32)
-        dh = tl.load(dhbuf + (ibh * N + n) * K * V + ok[:, None] * V + ov[None, :],
-                     mask=(ok[:, None] < K) & (ov[None, :] < V), other=0.0).to(tl.float32)
+        qq = load_tile(q + (b * T * H + h) * K, t, ok, H * K, T, K)
+        kk = load_tile(k + (b * T * H + h) * K, t, ok, H * K, T, K)
+        dh = load_tile(dhbuf + (ibh * N + n) * K * V, ok, ov, V, K, V)
         A += tl.dot(qq, tl.trans(kk), input_precision=DOT_PREC)
         dvi += tl.dot(kk, dh, input_precision=DOT_PREC)
     causal = ot[:, None] >= ot[None, :]
@@ -236,18 +240,17 @@ def _bwd_dv(q, k, do, gc, dhbuf, dv, scale, T, H, K, V, N,
         dvi = dvi * tl.exp(bl - bt)[:, None]
         A = A * tl.exp(tl.where(causal, bt[:, None] - bt[None, :], 0.0))
     A = tl.where(causal, A, 0.0) * scale
-    vd_off = ((b * T + t[:, None]) * H + h) * V + ov[None, :]
-    mv = mt[:, None] & (ov[None, :] < V)
-    dd = tl.load(do + vd_off, mask=mv, other=0.0).to(tl.float32)
+    dd = load_tile(do + (b * T * H + h) * V, t, ov, H * V, T, V)
     dvv = dvi + tl.dot(tl.trans(A), dd, input_precision=DOT_PREC)
-    tl.store(dv + vd_off, dvv.to(dv.dtype.element_ty), mask=mv)
+    store_tile(dv + (b * T * H + h) * V, dvv, t, ov, H * V, T, V)
 
 
 @triton.jit
 def _decode(q, k, v, g, s_in, z_in, s_out, z_out, o, scale, eps, K, V,
             BK: tl.constexpr, BV: tl.constexpr, USE_G: tl.constexpr, USE_S0: tl.constexpr,
             USE_Z: tl.constexpr):
-    """One token: S' = exp(g) S + k v^T, z' = exp(g) z + k, o = scale q S' [/ (scale q.z'+eps)]."""
+    """One token: S' = exp(g) S + k v^T, z' = exp(g) z + k, o = scale q S' [/ (scale q.z'+eps)]
+    (no length args: K, V are head dims)."""
     iv, ibh = tl.program_id(0), tl.program_id(1)
     ibh = tl.cast(ibh, tl.int64)
     ov = iv * BV + tl.arange(0, BV)
@@ -262,16 +265,14 @@ def _decode(q, k, v, g, s_in, z_in, s_out, z_out, o, scale, eps, K, V,
         mk = ok < K
         qq = tl.load(q + ibh * K + ok, mask=mk, other=0.0).to(tl.float32)
         kk = tl.load(k + ibh * K + ok, mask=mk, other=0.0).to(tl.float32)
-        soff = ibh * K * V + ok[:, None] * V + ov[None, :]
-        msk = mk[:, None] & mv[None, :]
         if USE_S0:
-            s = tl.load(s_in + soff, mask=msk, other=0.0).to(tl.float32)
+            s = load_tile(s_in + ibh * K * V, ok, ov, V, K, V)
             if USE_G:
                 s = s * a
             s = s + kk[:, None] * vv[None, :]
         else:
             s = kk[:, None] * vv[None, :]
-        tl.store(s_out + soff, s, mask=msk)
+        store_tile(s_out + ibh * K * V, s, ok, ov, V, K, V)
         num += tl.sum(qq[:, None] * s, 0)
         if USE_Z:
             if USE_S0:
@@ -289,6 +290,11 @@ def _decode(q, k, v, g, s_in, z_in, s_out, z_out, o, scale, eps, K, V,
     tl.store(o + ibh * V + ov, out.to(o.dtype.element_ty), mask=mv)
 
 
+def _launch(fn, grid, *args, c, **kw):
+    """fn[grid](*args) with the kernel's tiles and warps ``c`` (a config() entry)."""
+    fn[grid](*args, BK=c["BK"], BV=c["BV"], num_warps=c["num_warps"], **kw)
+
+
 class _ChunkLinearAttn(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, k, v, g, S0, scale, out_dtype):
@@ -297,18 +303,18 @@ class _ChunkLinearAttn(torch.autograd.Function):
         V = v.shape[-1]
         N = max(1, triton.cdiv(T, BT))
         cfg = config(K, V)
-        BKS, BK, BV = cfg["BKS"], cfg["BK"], cfg["BV"]
         gc = chunk_cumsum(g, N, BT) if g is not None else q.new_zeros(1, dtype=torch.float32)
         h0 = S0.float().contiguous() if S0 is not None else gc
         hbuf = q.new_empty(B, H, N, K, V, dtype=torch.float32)
         ht = q.new_empty(B, H, K, V, dtype=torch.float32)
         o = q.new_empty(B, T, H, V, dtype=out_dtype)
-        meta = dict(BT=BT, BV=BV, DOT_PREC=dot_precision(q), USE_G=g is not None,
-                    num_warps=cfg["num_warps"])
-        _fwd_h[(triton.cdiv(K, BKS), triton.cdiv(V, BV), B * H)](
-            k, v, gc, h0, hbuf, ht, T, H, K, V, N, BK=BKS, USE_H0=S0 is not None, **meta)
-        _fwd_o[(triton.cdiv(V, BV), N, B * H)](q, k, v, gc, hbuf, o, scale, T, H, K, V, N, BK=BK,
-                                               **meta)
+        meta = dict(BT=BT, DOT_PREC=dot_precision(q), USE_G=g is not None)
+        c = cfg["fwd_h"]
+        _launch(_fwd_h, (triton.cdiv(K, c["BK"]), triton.cdiv(V, c["BV"]), B * H),
+                k, v, gc, h0, hbuf, ht, T, H, K, V, N, c=c, USE_H0=S0 is not None, **meta)
+        c = cfg["fwd_o"]
+        _launch(_fwd_o, (triton.cdiv(V, c["BV"]), N, B * H),
+                q, k, v, gc, hbuf, o, scale, T, H, K, V, N, c=c, **meta)
         ctx.save_for_backward(q, k, v, gc, hbuf, ht)
         ctx.meta, ctx.cfg, ctx.scale = meta, cfg, scale
         ctx.has_g, ctx.has_s0 = g is not None, S0 is not None
@@ -321,22 +327,24 @@ class _ChunkLinearAttn(torch.autograd.Function):
         B, T, H, K = q.shape
         V = v.shape[-1]
         N = hbuf.shape[2]
-        meta, scale = ctx.meta, ctx.scale
-        BKS, BK, BV = ctx.cfg["BKS"], ctx.cfg["BK"], ctx.cfg["BV"]
+        meta, scale, cfg = ctx.meta, ctx.scale, ctx.cfg
         do = do.contiguous()
         dhbuf = torch.empty_like(hbuf)
         dh0 = torch.empty_like(ht) if ctx.has_s0 else gc
         dht = dht.float().contiguous() if dht is not None else None
-        _bwd_dh[(triton.cdiv(K, BKS), triton.cdiv(V, BV), B * H)](
-            q, do, gc, dht if dht is not None else gc, dhbuf, dh0, scale, T, H, K, V, N, BK=BKS,
-            USE_DHT=dht is not None, USE_DH0=ctx.has_s0, **meta)
+        c = cfg["bwd_dh"]
+        _launch(_bwd_dh, (triton.cdiv(K, c["BK"]), triton.cdiv(V, c["BV"]), B * H),
+                q, do, gc, dht if dht is not None else gc, dhbuf, dh0, scale, T, H, K, V, N,
+                c=c, USE_DHT=dht is not None, USE_DH0=ctx.has_s0, **meta)
         dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
-        NK = triton.cdiv(K, BK)
+        c = cfg["bwd_dqk"]
+        NK = triton.cdiv(K, c["BK"])
         dbp = q.new_zeros(NK, B, H, N * BT, dtype=torch.float32) if ctx.has_g else gc
-        _bwd_dqk[(NK, N, B * H)](q, k, v, do, gc, hbuf, dhbuf, dq, dk, dbp, scale, T, H, K, V,
-                                 N, B * H * N * BT, BK=BK, **meta)
-        _bwd_dv[(triton.cdiv(V, BV), N, B * H)](q, k, do, gc, dhbuf, dv, scale, T, H, K, V, N,
-                                                BK=BK, **meta)
+        _launch(_bwd_dqk, (NK, N, B * H), q, k, v, do, gc, hbuf, dhbuf, dq, dk, dbp, scale,
+                T, H, K, V, N, B * H * N * BT, c=c, **meta)
+        c = cfg["bwd_dv"]
+        _launch(_bwd_dv, (triton.cdiv(V, c["BV"]), N, B * H),
+                q, k, do, gc, dhbuf, dv, scale, T, H, K, V, N, c=c, **meta)
         dg = None
         if ctx.has_g:
             db = dbp.sum(0).view(B, H, N, BT)
@@ -359,11 +367,16 @@ def _decode_step(q, k, v, g, scale, normalize, eps, S0, z0):
     s_in = S0.float().contiguous() if S0 is not None else S
     z_in = z0.float().contiguous() if (normalize and z0 is not None) else z
     gg = g.float().contiguous() if g is not None else S
-    BK, BV = tile(K), tile(V)
-    _decode[(triton.cdiv(V, BV), B * H)](q, k, v, gg, s_in, z_in, S, z, o, scale, eps, K, V,
-                                         BK=BK, BV=BV, USE_G=g is not None,
-                                         USE_S0=S0 is not None, USE_Z=normalize)
+    c = config(K, V)["decode"]
+    _launch(_decode, (triton.cdiv(V, c["BV"]), B * H), q, k, v, gg, s_in, z_in, S, z, o, scale,
+            eps, K, V, c=c, USE_G=g is not None, USE_S0=S0 is not None, USE_Z=normalize)
     return o, S, (z if normalize else None)
+
+
+def _pad16(x: torch.Tensor, dims: int = 1) -> torch.Tensor:
+    """x zero-padded in its last ``dims`` dims to multiples of 16 (x itself if they are)."""
+    pad = [p for d in range(1, dims + 1) for p in (0, -x.shape[-d] % 16)]
+    return F.pad(x, pad) if any(pad) else x
 
 
 def linear_attn_triton(q, k, v, g, scale, normalize, eps, S0, z0):
@@ -373,23 +386,32 @@ def linear_attn_triton(q, k, v, g, scale, normalize, eps, S0, z0):
         x is not None and x.requires_grad for x in (q, k, v, g, S0, z0))
     if T == 1 and not needs_grad:
         return _decode_step(q, k, v, g, scale, normalize, eps, S0, z0)
+    K, V, dt = q.shape[-1], v.shape[-1], v.dtype
     if normalize:  # z is the state of a column of ones appended to v
-        v_aug = torch.cat([v, v.new_ones(v.shape[:-1] + (1,))], -1)
-        S0a = torch.cat([S0.float(), z0.float()[..., None]], -1) if S0 is not None else None
-        o, S = _ChunkLinearAttn.apply(q, k, v_aug, g, S0a, scale, torch.float32)
-        o = o[..., :-1] / (o[..., -1:] + eps)
-        return o.to(v.dtype), S[..., :-1], S[..., -1]
-    o, S = _ChunkLinearAttn.apply(q, k, v, g, S0, scale, v.dtype)
-    return o, S, None
+        v = torch.cat([v, v.new_ones(v.shape[:-1] + (1,))], -1)
+        S0 = torch.cat([S0.float(), z0.float()[..., None]], -1) if S0 is not None else None
+    # The chunked kernels get K, V (and V + 1) zero-padded to multiples of 16: the padding is
+    # what their masked loads read (the same results), and the JIT builds then have K, V
+    # divisible by 16, the builds aot_configs() checks (with V = 65 they spill).
+    o, S = _ChunkLinearAttn.apply(_pad16(q), _pad16(k), _pad16(v), g,
+                                  _pad16(S0, 2) if S0 is not None else None, scale,
+                                  torch.float32 if normalize else dt)
+    S = S[:, :, :K]
+    if normalize:
+        o = o[..., :V] / (o[..., V:V + 1] + eps)
+        return o.to(dt), S[..., :V], S[..., V]
+    return (o[..., :V].contiguous() if V % 16 else o), S[..., :V], None
 
 
 def aot_configs(full: bool = False):
     """Every (kernel, arg types, constexprs, num_warps) the dispatcher can launch, for the
-    ahead-of-time compile test. ``full=False``: the largest tiles only (the spill risk)."""
+    ahead-of-time compile test. ``full=False``: the K, V tiles 64 (the largest), with g and every
+    optional input; ``full=True``: every K, V tile (16, 32, 64), with and without g, every flag
+    (no initial state / state gradient, no normalisation)."""
     tiles = [16, 32, 64] if full else [64]
+    both = (True, False) if full else (True,)
     for dt, kt, vt, use_g in ((dt, kt, vt, use_g) for dt in ("fp16", "bf16", "fp32")
-                              for kt in tiles for vt in tiles for use_g in (True, False)
-                              if full or use_g):
+                              for kt in tiles for vt in tiles for use_g in both):
         cfg = config(kt, vt)
         prec = "ieee" if dt == "fp32" else "tf32"
         x = f"*{dt}"
@@ -398,16 +420,27 @@ def aot_configs(full: bool = False):
                      dbp="*fp32", g="*fp32", s_in="*fp32", z_in="*fp32", s_out="*fp32",
                      z_out="*fp32", scale="fp32", eps="fp32", T="i32", H="i32", K="i32",
                      V="i32", N="i32", BHT="i32")
-        flags = dict(USE_G=use_g, USE_H0=True, USE_DHT=True, USE_DH0=True, DOT_PREC=prec,
-                     BT=BT, BV=cfg["BV"])
-        nw = cfg["num_warps"]
+        flags = dict(USE_G=use_g, DOT_PREC=prec, BT=BT)
         tag = f"{dt} K{kt} V{vt} g={int(use_g)}"
-        yield f"la._fwd_h {tag}", _fwd_h, types, dict(flags, BK=cfg["BKS"]), nw
-        yield f"la._bwd_dh {tag}", _bwd_dh, types, dict(flags, BK=cfg["BKS"]), nw
-        for name, fn in (("_fwd_o", _fwd_o), ("_bwd_dqk", _bwd_dqk), ("_bwd_dv", _bwd_dv)):
-            yield f"la.{name} {tag}", fn, types, dict(flags, BK=cfg["BK"]), nw
-        if vt == tiles[-1] or full:   # normalise: o in fp32
-            yield f"la._fwd_o {tag} o=fp32", _fwd_o, dict(types, o="*fp32"), dict(
-                flags, BK=cfg["BK"]), nw
-        yield f"la._decode {tag}", _decode, types, dict(
-            BK=tile(kt), BV=tile(vt), USE_G=use_g, USE_S0=True, USE_Z=True), 4
+
+        def build(name, fn, c, suffix="", ty=types, **cx):
+            return (f"la.{name} {tag}{suffix}", fn, ty, dict(cx, BK=c["BK"], BV=c["BV"]),
+                    c["num_warps"])
+
+        for h0 in both:
+            yield build("_fwd_h", _fwd_h, cfg["fwd_h"], "" if h0 else " h0=0", USE_H0=h0,
+                        **flags)
+        for dht, dh0 in ((a, b) for a in both for b in both):
+            yield build("_bwd_dh", _bwd_dh, cfg["bwd_dh"],
+                        ("" if dht else " dht=0") + ("" if dh0 else " dh0=0"),
+                        USE_DHT=dht, USE_DH0=dh0, **flags)
+        yield build("_fwd_o", _fwd_o, cfg["fwd_o"], **flags)
+        if dt != "fp32":                  # normalise: o in fp32
+            yield build("_fwd_o", _fwd_o, cfg["fwd_o"], " o=fp32", dict(types, o="*fp32"),
+                        **flags)
+        yield build("_bwd_dqk", _bwd_dqk, cfg["bwd_dqk"], **flags)
+        yield build("_bwd_dv", _bwd_dv, cfg["bwd_dv"], **flags)
+        for s0, z in ((a, b) for a in both for b in both):
+            yield build("_decode", _decode, cfg["decode"],
+                        ("" if s0 else " s0=0") + ("" if z else " z=0"),
+                        USE_G=use_g, USE_S0=s0, USE_Z=z)

@@ -13,6 +13,14 @@ Each program loops only over the key (or query) blocks its band touches: O(T W) 
 dk/dv are produced per query head in fp32 and summed over the group. Layout [B, T, H, D]
 contiguous; lse, delta [B, H, Tq] fp32. Every load is up-cast to fp32.
 
+Tiles: each of the four launches (forward, dq, band dk/dv, sink dk/dv) takes its own block
+sizes and num_warps from TILES (``config``), per dtype class and head-dim block BD <= 256;
+every entry compiles with no register spill and within shared memory for sm_80 and sm_90
+(``python -m memarch.kernels.aot``). No cell falls back: the fp32 dk/dv kernels at BD 256,
+which spill with any pipelined tile, run their query loop unpipelined (STAGES = 1). The
+int arguments other than the head dim D are ``do_not_specialize``: one compiled variant per
+configuration, the one the AOT check compiles.
+
 Non-finite input (forward): masks select (hidden scores are -inf), never multiply; the
 p @ v dot runs on values with non-finite entries set to 0, and a visible key whose score or
 value row is non-finite gets the score NaN (see _mask_scores), so outputs that do not see it
@@ -26,33 +34,73 @@ import torch
 import triton
 import triton.language as tl
 
-from .._triton_common import dot_precision
+from .._triton_common import dot_precision, load_tile, store_tile
 
-BS = 16                       # sinks per block
+BS = 16                       # sinks per block of the forward / dq sink loops
+
+# (BM, BN, num_warps[, STAGES]) each kernel launches, per dtype class ("half": fp16 and bf16,
+# "fp32") and BD (head dim D rounded up to a power of two >= 16). BM: query block, BN: key
+# block ("bwd_dkv_sink": the sink block). STAGES: the dk/dv query loop's pipelining depth
+# (absent: the launch's num_stages). Found by a search that compiles each kernel ahead of
+# time for sm_80 and sm_90 (fp16 and bf16, with and without sinks) and keeps the first
+# candidate with no register spill (cuobjdump STACK 0, LOCAL 0) within shared memory, bigger
+# tiles (BM BN) first, num_warps 4 before 8, STAGES = 1 only where no pipelined tile fits;
+# `python -m memarch.kernels.aot` checks every entry (tests/test_kernel_aot.py).
+TILES = {
+    "fwd": {
+        "half": {16: (128, 128, 8), 32: (128, 64, 8), 64: (64, 64, 8), 128: (64, 32, 8),
+                 256: (32, 32, 8)},
+        "fp32": {16: (128, 64, 8), 32: (32, 128, 8), 64: (128, 32, 8), 128: (64, 32, 8),
+                 256: (32, 16, 8)},
+    },
+    "bwd_dq": {
+        "half": {16: (128, 128, 8), 32: (128, 64, 8), 64: (128, 32, 8), 128: (64, 32, 8),
+                 256: (32, 32, 8)},
+        "fp32": {16: (64, 64, 8), 32: (32, 128, 8), 64: (32, 64, 8), 128: (64, 32, 8),
+                 256: (32, 16, 8)},
+    },
+    "bwd_dkv": {
+        "half": {16: (128, 64, 8), 32: (64, 64, 4), 64: (64, 32, 4), 128: (32, 64, 8),
+                 256: (16, 32, 8)},
+        "fp32": {16: (64, 128, 8), 32: (64, 64, 8), 64: (32, 32, 8), 128: (16, 16, 8),
+                 256: (16, 32, 8, 1)},
+    },
+    "bwd_dkv_sink": {
+        "half": {16: (128, 16, 4), 32: (128, 16, 4), 64: (64, 16, 4), 128: (64, 16, 8),
+                 256: (32, 16, 8)},
+        "fp32": {16: (128, 16, 4), 32: (128, 16, 8), 64: (64, 16, 8), 128: (16, 16, 8),
+                 256: (16, 16, 4, 1)},
+    },
+}
 
 
-def config(D: int, fp32: bool = False):
-    """(BM, BN, BD, num_warps) the dispatcher launches for head dim D (checked AOT in tests).
-    fp32 inputs take half-size tiles for D > 64 so shared memory fits sm_80 (164 KB)."""
+def config(kernel: str, D: int, fp32: bool = False) -> dict:
+    """Launch parameters of ``kernel`` ("fwd", "bwd_dq", "bwd_dkv", "bwd_dkv_sink") for head
+    dim D: the constexprs BM, BN, BD (and STAGES for the dk/dv kernels) and num_warps, from
+    TILES. Every entry compiles spill-free for sm_80 and sm_90 (checked ahead of time); the
+    fp32 dk/dv kernels at BD 256 only with an unpipelined query loop (STAGES = 1). D > 256
+    has no entry: the dispatcher refuses impl='triton' there (MAX_TRITON_DIM)."""
     BD = max(16, triton.next_power_of_2(D))
-    if BD <= 64:
-        return 64, 64, BD, 4
-    if fp32:
-        return (32, 32, BD, 4) if BD <= 128 else (16, 16, BD, 4)
-    if BD <= 128:
-        return 64, 32, BD, 4
-    return 32, 32, BD, 8
+    table = TILES[kernel]["fp32" if fp32 else "half"]
+    if BD not in table:
+        raise ValueError(f"sliding_window triton: no tile configuration for head dim {D} "
+                         f"(BD {BD}; supported D <= {max(table)})")
+    BM, BN, nw, *stages = table[BD]
+    c = dict(BM=BM, BN=BN, BD=BD, num_warps=nw)
+    if kernel.startswith("bwd_dkv"):
+        c["STAGES"] = stages[0] if stages else None
+    return c
 
 
 @triton.jit
-def _softmax_step(s, vv, m, l, acc, DOT_PREC: tl.constexpr):
+def _softmax_step(s, vv, m, lsum, acc, DOT_PREC: tl.constexpr):
     m_new = tl.maximum(m, tl.max(s, 1))
     m_use = tl.where(m_new == float("-inf"), 0.0, m_new)
     p = tl.exp(s - m_use[:, None])
     alpha = tl.exp(m - m_use)
-    l = l * alpha + tl.sum(p, 1)
+    lsum = lsum * alpha + tl.sum(p, 1)
     acc = acc * alpha[:, None] + tl.dot(p, vv, input_precision=DOT_PREC)
-    return m_new, l, acc
+    return m_new, lsum, acc
 
 
 @triton.jit
@@ -67,6 +115,18 @@ def _mask_scores(s, vv, vis):
 
 
 @triton.jit
+def _visible(i, t, Tq, Tk, e, W, q_offset, SINK: tl.constexpr):
+    """[BM, BN] visibility of key t to query i (both in range): the band i + e - W < t <=
+    i + e, or for SINK the sinks t <= p_i - W (p_i = q_offset + i)."""
+    vis = (i[:, None] < Tq) & (t[None, :] < Tk)
+    if SINK:
+        vis = vis & (t[None, :] <= (i + q_offset)[:, None] - W)
+    else:
+        vis = vis & (t[None, :] <= (i + e)[:, None]) & (t[None, :] > (i + e - W)[:, None])
+    return vis
+
+
+@triton.jit(do_not_specialize=["Tq", "Tk", "H", "Hkv", "S", "W", "q_offset"])
 def _fwd(q, k, v, sq, sk, sv, o, lse, scale, Tq, Tk, H, Hkv, D, S, W, q_offset,
          BM: tl.constexpr, BN: tl.constexpr, BD: tl.constexpr, BS: tl.constexpr,
          HAS_SINK: tl.constexpr, DOT_PREC: tl.constexpr):
@@ -76,45 +136,47 @@ def _fwd(q, k, v, sq, sk, sv, o, lse, scale, Tq, Tk, H, Hkv, D, S, W, q_offset,
     hk = h // (H // Hkv)
     e = Tk - Tq
     i = tl.cast(pid_m, tl.int64) * BM + tl.arange(0, BM)
-    mi = i < Tq
     od = tl.arange(0, BD)
-    md = od < D
-    qoff = ((b * Tq + i[:, None]) * H + h) * D + od[None, :]
-    qq = tl.load(q + qoff, mask=mi[:, None] & md[None, :], other=0.0).to(tl.float32)
+    qb = (b * Tq * H + h) * D                     # [B, Tq, H, D] rows of (b, h): stride H D
+    qq = load_tile(q + qb, i, od, H * D, Tq, D)
     m = tl.full([BM], float("-inf"), tl.float32)
-    l = tl.zeros([BM], dtype=tl.float32)
+    lsum = tl.zeros([BM], dtype=tl.float32)
     acc = tl.zeros([BM, BD], dtype=tl.float32)
     if HAS_SINK:
-        sqq = tl.load(sq + qoff, mask=mi[:, None] & md[None, :], other=0.0).to(tl.float32)
+        sqq = load_tile(sq + qb, i, od, H * D, Tq, D)
+        sb = (b * S * Hkv + hk) * D
         for js in range(0, S, BS):
             j = tl.cast(js, tl.int64) + tl.arange(0, BS)
-            koff = ((b * S + j[:, None]) * Hkv + hk) * D + od[None, :]
-            mk = (j[:, None] < S) & md[None, :]
-            kk = tl.load(sk + koff, mask=mk, other=0.0).to(tl.float32)
-            vv = tl.load(sv + koff, mask=mk, other=0.0).to(tl.float32)
+            kk = load_tile(sk + sb, j, od, Hkv * D, S, D)
+            vv = load_tile(sv + sb, j, od, Hkv * D, S, D)
             s = tl.dot(sqq, tl.trans(kk), input_precision=DOT_PREC) * scale
-            vis = mi[:, None] & (j[None, :] < S) & (j[None, :] <= (i + q_offset)[:, None] - W)
-            s, vv = _mask_scores(s, vv, vis)
-            m, l, acc = _softmax_step(s, vv, m, l, acc, DOT_PREC)
+            s, vv = _mask_scores(s, vv, _visible(i, j, Tq, S, e, W, q_offset, True))
+            m, lsum, acc = _softmax_step(s, vv, m, lsum, acc, DOT_PREC)
+    kb = (b * Tk * Hkv + hk) * D
     lo = tl.maximum(pid_m * BM + e - W + 1, 0)
     hi = tl.minimum(pid_m * BM + BM + e, Tk)
     for ts in range(lo, hi, BN):
         t = tl.cast(ts, tl.int64) + tl.arange(0, BN)
-        koff = ((b * Tk + t[:, None]) * Hkv + hk) * D + od[None, :]
-        mk = (t[:, None] < Tk) & md[None, :]
-        kk = tl.load(k + koff, mask=mk, other=0.0).to(tl.float32)
-        vv = tl.load(v + koff, mask=mk, other=0.0).to(tl.float32)
+        kk = load_tile(k + kb, t, od, Hkv * D, Tk, D)
+        vv = load_tile(v + kb, t, od, Hkv * D, Tk, D)
         s = tl.dot(qq, tl.trans(kk), input_precision=DOT_PREC) * scale
-        vis = (mi[:, None] & (t[None, :] < Tk) & (t[None, :] <= (i + e)[:, None])
-               & (t[None, :] > (i + e - W)[:, None]))
-        s, vv = _mask_scores(s, vv, vis)
-        m, l, acc = _softmax_step(s, vv, m, l, acc, DOT_PREC)
-    l = tl.where(l == 0.0, 1.0, l)
-    tl.store(o + qoff, (acc / l[:, None]).to(o.dtype.element_ty), mask=mi[:, None] & md[None, :])
-    tl.store(lse + ibh * Tq + i, m + tl.log(l), mask=mi)
+        s, vv = _mask_scores(s, vv, _visible(i, t, Tq, Tk, e, W, q_offset, False))
+        m, lsum, acc = _softmax_step(s, vv, m, lsum, acc, DOT_PREC)
+    lsum = tl.where(lsum == 0.0, 1.0, lsum)
+    store_tile(o + qb, acc / lsum[:, None], i, od, H * D, Tq, D)
+    tl.store(lse + ibh * Tq + i, m + tl.log(lsum), mask=i < Tq)
 
 
 @triton.jit
+def _bwd_block(qq, dd, kk, vv, ls, dl, vis, scale, DOT_PREC: tl.constexpr):
+    """p = e^{s - lse} (0 where hidden) and ds = p (dp - delta) of one [BM, BN] block."""
+    s = tl.dot(qq, tl.trans(kk), input_precision=DOT_PREC) * scale
+    p = tl.where(vis, tl.exp(s - ls[:, None]), 0.0)
+    dp = tl.dot(dd, tl.trans(vv), input_precision=DOT_PREC)
+    return p, p * (dp - dl[:, None])
+
+
+@triton.jit(do_not_specialize=["Tq", "Tk", "H", "Hkv", "S", "W", "q_offset"])
 def _bwd_dq(q, k, v, sq, sk, sv, do, lse, delta, dq, dsq, scale, Tq, Tk, H, Hkv, D, S, W,
             q_offset, BM: tl.constexpr, BN: tl.constexpr, BD: tl.constexpr, BS: tl.constexpr,
             HAS_SINK: tl.constexpr, DOT_PREC: tl.constexpr):
@@ -126,53 +188,43 @@ def _bwd_dq(q, k, v, sq, sk, sv, do, lse, delta, dq, dsq, scale, Tq, Tk, H, Hkv,
     i = tl.cast(pid_m, tl.int64) * BM + tl.arange(0, BM)
     mi = i < Tq
     od = tl.arange(0, BD)
-    md = od < D
-    qoff = ((b * Tq + i[:, None]) * H + h) * D + od[None, :]
-    mq = mi[:, None] & md[None, :]
-    qq = tl.load(q + qoff, mask=mq, other=0.0).to(tl.float32)
-    dd = tl.load(do + qoff, mask=mq, other=0.0).to(tl.float32)
+    qb = (b * Tq * H + h) * D
+    qq = load_tile(q + qb, i, od, H * D, Tq, D)
+    dd = load_tile(do + qb, i, od, H * D, Tq, D)
     ls = tl.load(lse + ibh * Tq + i, mask=mi, other=0.0)
     dl = tl.load(delta + ibh * Tq + i, mask=mi, other=0.0)
     if HAS_SINK:
-        sqq = tl.load(sq + qoff, mask=mq, other=0.0).to(tl.float32)
+        sqq = load_tile(sq + qb, i, od, H * D, Tq, D)
         dsacc = tl.zeros([BM, BD], dtype=tl.float32)
+        sb = (b * S * Hkv + hk) * D
         for js in range(0, S, BS):
             j = tl.cast(js, tl.int64) + tl.arange(0, BS)
-            koff = ((b * S + j[:, None]) * Hkv + hk) * D + od[None, :]
-            mk = (j[:, None] < S) & md[None, :]
-            kk = tl.load(sk + koff, mask=mk, other=0.0).to(tl.float32)
-            vv = tl.load(sv + koff, mask=mk, other=0.0).to(tl.float32)
-            s = tl.dot(sqq, tl.trans(kk), input_precision=DOT_PREC) * scale
-            vis = mi[:, None] & (j[None, :] < S) & (j[None, :] <= (i + q_offset)[:, None] - W)
-            p = tl.where(vis, tl.exp(s - ls[:, None]), 0.0)
-            dp = tl.dot(dd, tl.trans(vv), input_precision=DOT_PREC)
-            ds = p * (dp - dl[:, None])
+            kk = load_tile(sk + sb, j, od, Hkv * D, S, D)
+            vv = load_tile(sv + sb, j, od, Hkv * D, S, D)
+            p, ds = _bwd_block(sqq, dd, kk, vv, ls, dl,
+                               _visible(i, j, Tq, S, e, W, q_offset, True), scale, DOT_PREC)
             dsacc += tl.dot(ds, kk, input_precision=DOT_PREC) * scale
-        tl.store(dsq + qoff, dsacc, mask=mq)
+        store_tile(dsq + qb, dsacc, i, od, H * D, Tq, D)
     acc = tl.zeros([BM, BD], dtype=tl.float32)
+    kb = (b * Tk * Hkv + hk) * D
     lo = tl.maximum(pid_m * BM + e - W + 1, 0)
     hi = tl.minimum(pid_m * BM + BM + e, Tk)
     for ts in range(lo, hi, BN):
         t = tl.cast(ts, tl.int64) + tl.arange(0, BN)
-        koff = ((b * Tk + t[:, None]) * Hkv + hk) * D + od[None, :]
-        mk = (t[:, None] < Tk) & md[None, :]
-        kk = tl.load(k + koff, mask=mk, other=0.0).to(tl.float32)
-        vv = tl.load(v + koff, mask=mk, other=0.0).to(tl.float32)
-        s = tl.dot(qq, tl.trans(kk), input_precision=DOT_PREC) * scale
-        vis = (mi[:, None] & (t[None, :] < Tk) & (t[None, :] <= (i + e)[:, None])
-               & (t[None, :] > (i + e - W)[:, None]))
-        p = tl.where(vis, tl.exp(s - ls[:, None]), 0.0)
-        dp = tl.dot(dd, tl.trans(vv), input_precision=DOT_PREC)
-        ds = p * (dp - dl[:, None])
+        kk = load_tile(k + kb, t, od, Hkv * D, Tk, D)
+        vv = load_tile(v + kb, t, od, Hkv * D, Tk, D)
+        p, ds = _bwd_block(qq, dd, kk, vv, ls, dl, _visible(i, t, Tq, Tk, e, W, q_offset, False),
+                           scale, DOT_PREC)
         acc += tl.dot(ds, kk, input_precision=DOT_PREC) * scale
-    tl.store(dq + qoff, acc, mask=mq)
+    store_tile(dq + qb, acc, i, od, H * D, Tq, D)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["Tq", "Tk", "H", "Hkv", "W", "q_offset"])
 def _bwd_dkv(q, k, v, do, lse, delta, dk, dv, scale, Tq, Tk, H, Hkv, D, W, q_offset,
              BM: tl.constexpr, BN: tl.constexpr, BD: tl.constexpr, SINK: tl.constexpr,
-             DOT_PREC: tl.constexpr):
-    """dk, dv per query head for a block of BN keys (band keys, or sinks when SINK)."""
+             DOT_PREC: tl.constexpr, STAGES: tl.constexpr):
+    """dk, dv per query head for a block of BN keys (band keys, or sinks when SINK). STAGES:
+    the query loop's software-pipelining depth (None: the launch's num_stages)."""
     pid_n, ibh = tl.program_id(0), tl.program_id(1)
     ibh = tl.cast(ibh, tl.int64)
     b, h = ibh // H, ibh % H
@@ -180,12 +232,9 @@ def _bwd_dkv(q, k, v, do, lse, delta, dk, dv, scale, Tq, Tk, H, Hkv, D, W, q_off
     e = Tk - Tq                                   # for sinks: Tk = S, and e is unused
     t = tl.cast(pid_n, tl.int64) * BN + tl.arange(0, BN)
     od = tl.arange(0, BD)
-    md = od < D
-    mk = (t[:, None] < Tk) & md[None, :]
-    kk = tl.load(k + ((b * Tk + t[:, None]) * Hkv + hk) * D + od[None, :], mask=mk,
-                 other=0.0).to(tl.float32)
-    vv = tl.load(v + ((b * Tk + t[:, None]) * Hkv + hk) * D + od[None, :], mask=mk,
-                 other=0.0).to(tl.float32)
+    kb = (b * Tk * Hkv + hk) * D
+    kk = load_tile(k + kb, t, od, Hkv * D, Tk, D)
+    vv = load_tile(v + kb, t, od, Hkv * D, Tk, D)
     dka = tl.zeros([BN, BD], dtype=tl.float32)
     dva = tl.zeros([BN, BD], dtype=tl.float32)
     if SINK:        # queries with p_i - W >= 0 (earliest sink), to the end
@@ -194,29 +243,21 @@ def _bwd_dkv(q, k, v, do, lse, delta, dk, dv, scale, Tq, Tk, H, Hkv, D, W, q_off
     else:           # queries i with t - e <= i <= t - e + W - 1
         lo = tl.maximum(pid_n * BN - e, 0)
         hi = tl.minimum(pid_n * BN + BN - e + W - 1, Tq)
-    for is_ in range(lo, hi, BM):
+    qb = (b * Tq * H + h) * D
+    for is_ in tl.range(lo, hi, BM, num_stages=STAGES):
         i = tl.cast(is_, tl.int64) + tl.arange(0, BM)
         mi = i < Tq
-        qoff = ((b * Tq + i[:, None]) * H + h) * D + od[None, :]
-        mq = mi[:, None] & md[None, :]
-        qq = tl.load(q + qoff, mask=mq, other=0.0).to(tl.float32)
-        dd = tl.load(do + qoff, mask=mq, other=0.0).to(tl.float32)
+        qq = load_tile(q + qb, i, od, H * D, Tq, D)
+        dd = load_tile(do + qb, i, od, H * D, Tq, D)
         ls = tl.load(lse + ibh * Tq + i, mask=mi, other=0.0)
         dl = tl.load(delta + ibh * Tq + i, mask=mi, other=0.0)
-        s = tl.dot(qq, tl.trans(kk), input_precision=DOT_PREC) * scale           # [BM, BN]
-        if SINK:
-            vis = mi[:, None] & (t[None, :] < Tk) & (t[None, :] <= (i + q_offset)[:, None] - W)
-        else:
-            vis = (mi[:, None] & (t[None, :] < Tk) & (t[None, :] <= (i + e)[:, None])
-                   & (t[None, :] > (i + e - W)[:, None]))
-        p = tl.where(vis, tl.exp(s - ls[:, None]), 0.0)
+        p, ds = _bwd_block(qq, dd, kk, vv, ls, dl, _visible(i, t, Tq, Tk, e, W, q_offset, SINK),
+                           scale, DOT_PREC)
         dva += tl.dot(tl.trans(p), dd, input_precision=DOT_PREC)
-        dp = tl.dot(dd, tl.trans(vv), input_precision=DOT_PREC)
-        ds = p * (dp - dl[:, None])
         dka += tl.dot(tl.trans(ds), qq, input_precision=DOT_PREC) * scale
-    ooff = ((b * Tk + t[:, None]) * H + h) * D + od[None, :]
-    tl.store(dk + ooff, dka, mask=mk)
-    tl.store(dv + ooff, dva, mask=mk)
+    ob = (b * Tk * H + h) * D                     # dk, dv per query head: [B, Tk, H, D]
+    store_tile(dk + ob, dka, t, od, H * D, Tk, D)
+    store_tile(dv + ob, dva, t, od, H * D, Tk, D)
 
 
 def _group_sum(x, Hkv):
@@ -235,13 +276,13 @@ class _SWA(torch.autograd.Function):
         if has_sink:
             sq, sk, sv = sq.contiguous(), sk.contiguous(), sv.contiguous()
         S = sk.shape[1] if has_sink else 0
-        BM, BN, BD, nw = config(D, q.dtype == torch.float32)
+        c = config("fwd", D, q.dtype == torch.float32)
         o = torch.empty_like(q)
         lse = q.new_empty(B, H, Tq, dtype=torch.float32)
-        _fwd[(triton.cdiv(Tq, BM), B * H)](
+        _fwd[(triton.cdiv(Tq, c["BM"]), B * H)](
             q, k, v, sq if has_sink else q, sk if has_sink else k, sv if has_sink else v, o, lse,
-            scale, Tq, Tk, H, Hkv, D, S, window, q_offset, BM=BM, BN=BN, BD=BD, BS=BS,
-            HAS_SINK=has_sink, DOT_PREC=dot_precision(q), num_warps=nw)
+            scale, Tq, Tk, H, Hkv, D, S, window, q_offset, BS=BS, HAS_SINK=has_sink,
+            DOT_PREC=dot_precision(q), **c)
         ctx.save_for_backward(q, k, v, sq, sk, sv, o, lse)
         ctx.args = (window, q_offset, scale, has_sink)
         return o
@@ -253,27 +294,29 @@ class _SWA(torch.autograd.Function):
         B, Tq, H, D = q.shape
         Tk, Hkv = k.shape[1], k.shape[2]
         S = sk.shape[1] if has_sink else 0
-        BM, BN, BD, nw = config(D, q.dtype == torch.float32)
+        fp32, prec = q.dtype == torch.float32, dot_precision(q)
         do = do.contiguous()
         delta = (do.float() * o.float()).sum(-1).transpose(1, 2).contiguous()   # [B, H, Tq]
         f32 = dict(dtype=torch.float32, device=q.device)
         dq = torch.empty(B, Tq, H, D, **f32)
         dsq = torch.empty(B, Tq, H, D, **f32) if has_sink else dq
-        meta = dict(BD=BD, DOT_PREC=dot_precision(q), num_warps=nw)
-        _bwd_dq[(triton.cdiv(Tq, BM), B * H)](
+        c = config("bwd_dq", D, fp32)
+        _bwd_dq[(triton.cdiv(Tq, c["BM"]), B * H)](
             q, k, v, sq if has_sink else q, sk if has_sink else k, sv if has_sink else v, do,
-            lse, delta, dq, dsq, scale, Tq, Tk, H, Hkv, D, S, window, q_offset, BM=BM, BN=BN,
-            BS=BS, HAS_SINK=has_sink, **meta)
+            lse, delta, dq, dsq, scale, Tq, Tk, H, Hkv, D, S, window, q_offset, BS=BS,
+            HAS_SINK=has_sink, DOT_PREC=prec, **c)
         dk, dv = torch.empty(B, Tk, H, D, **f32), torch.empty(B, Tk, H, D, **f32)
-        _bwd_dkv[(triton.cdiv(Tk, BN), B * H)](
+        c = config("bwd_dkv", D, fp32)
+        _bwd_dkv[(triton.cdiv(Tk, c["BN"]), B * H)](
             q, k, v, do, lse, delta, dk, dv, scale, Tq, Tk, H, Hkv, D, window, q_offset,
-            BM=BM, BN=BN, SINK=False, **meta)
+            SINK=False, DOT_PREC=prec, **c)
         grads = [dq.to(q.dtype), _group_sum(dk, Hkv).to(k.dtype), _group_sum(dv, Hkv).to(v.dtype)]
         if has_sink:
             dsk, dsv = torch.empty(B, S, H, D, **f32), torch.empty(B, S, H, D, **f32)
-            _bwd_dkv[(triton.cdiv(S, BS), B * H)](
+            c = config("bwd_dkv_sink", D, fp32)
+            _bwd_dkv[(triton.cdiv(S, c["BN"]), B * H)](
                 sq, sk, sv, do, lse, delta, dsk, dsv, scale, Tq, S, H, Hkv, D, window, q_offset,
-                BM=BM, BN=BS, SINK=True, **meta)
+                SINK=True, DOT_PREC=prec, **c)
             grads += [dsq.to(sq.dtype), _group_sum(dsk, Hkv).to(sk.dtype),
                       _group_sum(dsv, Hkv).to(sv.dtype)]
         else:
@@ -287,22 +330,28 @@ def sliding_window_triton(q, k, v, window, q_offset, sink_k, sink_v, sink_q, sca
 
 def aot_configs(full: bool = False):
     """Every (kernel, arg types, constexprs, num_warps) the dispatcher can launch, for the
-    ahead-of-time compile test. ``full=False``: one head dim per block configuration."""
+    ahead-of-time compile test: each kernel at its TILES entry for every dtype and BD.
+    ``full=False``: BD 32..256 with sinks; ``full``: also BD 16 and the forward / dq without
+    sinks (the band dk/dv kernel does not depend on sinks)."""
     for dt in ("fp16", "bf16", "fp32"):
-        for D in ([16, 32, 64, 128, 256] if full else [64, 128, 256]):
+        x, fp32 = f"*{dt}", dt == "fp32"
+        types = dict(q=x, k=x, v=x, sq=x, sk=x, sv=x, o=x, do=x, lse="*fp32", delta="*fp32",
+                     dq="*fp32", dsq="*fp32", dk="*fp32", dv="*fp32", scale="fp32", Tq="i32",
+                     Tk="i32", H="i32", Hkv="i32", D="i32", S="i32", W="i32", q_offset="i32")
+        prec = "ieee" if fp32 else "tf32"
+        for BD in ([16, 32, 64, 128, 256] if full else [32, 64, 128, 256]):
             for sink in ((True, False) if full else (True,)):
-                BM, BN, BD, nw = config(D, dt == "fp32")
-                x = f"*{dt}"
-                types = dict(q=x, k=x, v=x, sq=x, sk=x, sv=x, o=x, do=x, lse="*fp32",
-                             delta="*fp32", dq="*fp32", dsq="*fp32", dk="*fp32", dv="*fp32",
-                             scale="fp32", Tq="i32", Tk="i32", H="i32", Hkv="i32", D="i32",
-                             S="i32", W="i32", q_offset="i32")
-                c = dict(BM=BM, BN=BN, BD=BD, BS=BS, HAS_SINK=sink,
-                         DOT_PREC="ieee" if dt == "fp32" else "tf32")
                 tag = f"{dt} D{BD} sink={int(sink)}"
-                yield f"swa._fwd {tag}", _fwd, types, c, nw
-                yield f"swa._bwd_dq {tag}", _bwd_dq, types, c, nw
-                yield f"swa._bwd_dkv {tag}", _bwd_dkv, types, dict(c, SINK=False), nw
-                if sink:
-                    yield f"swa._bwd_dkv(sinks) {tag}", _bwd_dkv, types, dict(
-                        c, BN=BS, SINK=True), nw
+                for name, fn in (("fwd", _fwd), ("bwd_dq", _bwd_dq)):
+                    c = config(name, BD, fp32)
+                    nw = c.pop("num_warps")
+                    yield (f"swa._{name} {tag}", fn, types,
+                           dict(c, BS=BS, HAS_SINK=sink, DOT_PREC=prec), nw)
+                if not sink:
+                    continue
+                for name, is_sink in (("bwd_dkv", False), ("bwd_dkv_sink", True)):
+                    c = config(name, BD, fp32)
+                    nw = c.pop("num_warps")
+                    label = "swa._bwd_dkv(sinks)" if is_sink else "swa._bwd_dkv"
+                    yield (f"{label} {dt} D{BD}", _bwd_dkv, types,
+                           dict(c, SINK=is_sink, DOT_PREC=prec), nw)
