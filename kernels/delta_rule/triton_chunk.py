@@ -67,10 +67,14 @@ def config(K: int, V: int) -> dict:
     programs for the sequential loop, fewer registers): [BKF, 16], _bwd_dh [BKF, BVD] with
     BVD = 32 at BKF = 16 (ptxas spills 16 bytes of [16, 16] at some flags); the per-chunk
     kernels use BK, BV <= 32 tiles, _bwd_dqk BKD = 16 (it holds five fp32 [BT, BT|BK]
-    accumulators; at BK = 32 it spills). 8 warps; every kernel spill-free (aot_configs(True))."""
-    BKF = _full(K)
+    accumulators; at BK = 32 it spills). 8 warps; every kernel spill-free (aot_configs(True)).
+    _decode: the whole K by a V tile <= 32, 4 warps (8 at [128, 16]); spill-free also for K
+    and/or V not multiples of 16 (it runs on the caller's head dims; the chunked kernels get
+    them padded, see delta_rule_triton)."""
+    BKF, BV = _full(K), min(32, tile(V))
     return dict(BKF=BKF, BVS=16, BVD=32 if BKF == 16 else 16, BK=min(32, tile(K)), BKD=16,
-                BV=min(32, tile(V)), num_warps=8)
+                BV=BV, num_warps=8,
+                decode=dict(BK=BKF, BV=BV, num_warps=8 if (BKF, BV) == (128, 16) else 4))
 
 
 # Length args (T, H, N, BHT; not the head dims K, V) are do_not_specialize: the JIT compiles one
@@ -445,9 +449,9 @@ def _decode_step(q, k, v, beta, g, scale, S0):
     o = q.new_empty(B, 1, H, V, dtype=v.dtype)
     s_in = S0.float().contiguous() if S0 is not None else S
     gg = g.float().contiguous() if g is not None else bb
-    BK, BV = _full(K), min(32, tile(V))
-    _decode[(triton.cdiv(V, BV), B * H)](q, k, v, bb, gg, s_in, S, o, scale, K, V, BK=BK, BV=BV,
-                                         USE_G=g is not None, USE_S0=S0 is not None)
+    c = config(K, V)["decode"]
+    _decode[(triton.cdiv(V, c["BV"]), B * H)](q, k, v, bb, gg, s_in, S, o, scale, K, V,
+                                              USE_G=g is not None, USE_S0=S0 is not None, **c)
     return o, S
 
 
@@ -503,11 +507,13 @@ def aot_configs(full: bool = False):
         yield f"dr._bwd_dh {tag}", _bwd_dh, types, state_dh, nw
         yield f"dr._bwd_dv {tag}", _bwd_dv, types, chunk, nw
         yield f"dr._bwd_dqk {tag}", _bwd_dqk, types, dict(chunk, BK=cfg["BKD"]), nw
-        dec = dict(BK=_full(kd), BV=min(32, tile(vd)), USE_G=use_g, USE_S0=True)
-        yield f"dr._decode {tag}", _decode, types, dec, 4
+        dc = cfg["decode"]
+        dec = dict(BK=dc["BK"], BV=dc["BV"], USE_G=use_g, USE_S0=True)
+        yield f"dr._decode {tag}", _decode, types, dec, dc["num_warps"]
         if full:    # inference: no P for the backward; no initial state / state gradient
             yield f"dr._fwd_o {tag} no-grad", _fwd_o, types, dict(chunk, STORE_A=False), nw
-            yield f"dr._decode {tag} S0=0", _decode, types, dict(dec, USE_S0=False), 4
+            yield (f"dr._decode {tag} S0=0", _decode, types, dict(dec, USE_S0=False),
+                   dc["num_warps"])
             yield f"dr._fwd_h {tag} h0=0", _fwd_h, types, dict(state, USE_H0=False), nw
             for dht, dh0 in ((True, False), (False, True), (False, False)):
                 yield (f"dr._bwd_dh {tag}" + ("" if dht else " dht=0") + ("" if dh0 else " dh0=0"),

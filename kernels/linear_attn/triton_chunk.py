@@ -43,10 +43,12 @@ DECODE_CALLS = 0          # counts decode-kernel launches (tests check the path 
 # (BK, BV, num_warps) of each kernel, by (tile(K), tile(V)): the [BK, BV] tile of the state
 # kernels (_fwd_h, _bwd_dh: both on the grid), the grid tile and the tile of the loop of the
 # per-chunk kernels (_fwd_o, _bwd_dv: BV on the grid, a loop over K in BK; _bwd_dqk: BK on the
-# grid, a loop over V in BV), and _decode's. Every entry is spill-free on sm_80 and sm_90 for
-# fp16/bf16/fp32, with and without g, every flag (aot_configs(True)). Measured, not a rule: ptxas
-# spills a few bytes at some register/occupancy steps (e.g. _fwd_o at [BK, BV] = [32, 64] with
-# fp32 and 8 warps: 128 registers and an 8-byte stack), so neighbouring tiles differ.
+# grid, a loop over V in BV), and _decode's (BV on the grid, a loop over K). Every entry is
+# spill-free on sm_80 and sm_90 for fp16/bf16/fp32, with and without g, every flag
+# (aot_configs(True)); _decode's also for K and/or V not multiples of 16 (it runs on the
+# caller's head dims; the chunked kernels get them padded, see linear_attn_triton). Measured,
+# not a rule: ptxas spills a few bytes at some register/occupancy steps (e.g. _fwd_o at
+# [BK, BV] = [32, 64] with fp32 and 8 warps: 128 registers and an 8-byte stack).
 TILES = {
     "fwd_h": {(16, 16): (16, 16, 8), (16, 32): (16, 32, 8), (16, 64): (16, 64, 8),
               (32, 16): (32, 16, 4), (32, 32): (32, 32, 8), (32, 64): (32, 64, 8),
@@ -63,7 +65,9 @@ TILES = {
     "bwd_dv": {(16, 16): (16, 16, 8), (16, 32): (16, 32, 8), (16, 64): (16, 64, 8),
                (32, 16): (32, 16, 4), (32, 32): (32, 32, 8), (32, 64): (32, 64, 8),
                (64, 16): (64, 16, 8), (64, 32): (32, 32, 8), (64, 64): (32, 64, 8)},
-    "decode": {(kt, vt): (kt, vt, 8) for kt in (16, 32, 64) for vt in (16, 32, 64)},
+    "decode": {(16, 16): (16, 16, 8), (16, 32): (16, 32, 8), (16, 64): (16, 64, 8),
+               (32, 16): (32, 16, 8), (32, 32): (32, 32, 8), (32, 64): (32, 64, 8),
+               (64, 16): (64, 16, 4), (64, 32): (32, 32, 8), (64, 64): (32, 64, 8)},
 }
 
 
