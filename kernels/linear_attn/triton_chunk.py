@@ -13,9 +13,10 @@ Chunks of BT = 64 tokens; inside chunk n, b_t = chunk-local cumsum of g, H_n = s
               d b_t = q_t.dq_t - k_t.dk_t (+ sum(dH_{n+1} * H_{n+1}) at t = C),
               dg_t = sum_{t' >= t in chunk} d b_t'
 
-K and V are tiled (see config(); K, V <= 256). States are fp32; every load is up-cast to
+K and V are tiled (see TILES, config(); K, V <= 256; the chunked kernels get them zero-padded
+to multiples of 16, see linear_attn_triton). States are fp32; every load is up-cast to
 fp32; tl.dot runs in "ieee" fp32 for fp32 inputs and tf32 (no less precise than fp16/bf16)
-otherwise. Normalisation (z) runs as one extra column of ones in v (see __init__). q, k
+otherwise. Normalisation (z) runs as one extra column of ones in v (linear_attn_triton). q, k
 [B, T, H, K], v [B, T, H, V] contiguous; gc [B, H, N*BT] fp32; hbuf/dhbuf [B, H, N, K, V] fp32.
 
 Causality for any input: a non-finite q/k/v/g at token s changes no output before s. Masks
