@@ -183,10 +183,13 @@ def _windows(hf: dict, family: str, n_layers: int) -> list[int | None]:
     return [sw if t == "sliding_attention" else None for t in types]
 
 
-def hf_to_memarch_config(hf: Mapping[str, Any], **attention_overrides) -> dict:
+def hf_to_memarch_config(hf: Mapping[str, Any], *, d_model: int | None = None,
+                         **attention_overrides) -> dict:
     """The memarch model config (``_target_`` format, as in training checkpoints) of a
     Hugging Face Llama / Mistral / Qwen2 config; ``attention_overrides`` (``window``,
-    ``n_sinks``, ``sink_positions``, ``block_size``, ``impl``) are set on every layer."""
+    ``n_sinks``, ``sink_positions``, ``block_size``, ``impl``) are set on every layer.
+    ``d_model``: the width a caller expects (HMT's config passes its own), checked against
+    ``hidden_size``; None: not checked."""
     family = hf.get("model_type")
     if family not in FAMILIES:
         raise HFConfigError(f"from_hf: model_type {family!r} is not supported; supported: "
@@ -220,8 +223,11 @@ def hf_to_memarch_config(hf: Mapping[str, Any], **attention_overrides) -> dict:
     equal("hidden_act", ("silu", "swish"), "silu")
     equal("attention_dropout", (0, 0.0, None), 0.0)
     equal("use_mrope", (False, None), False)
-    d_model, n_layers, H = need("hidden_size"), need("num_hidden_layers"), \
-        need("num_attention_heads")
+    want, (d_model, n_layers, H) = d_model, (need("hidden_size"), need("num_hidden_layers"),
+                                             need("num_attention_heads"))
+    if want is not None and want != d_model:
+        raise HFConfigError(f"from_hf: d_model={want} was asked for, but the checkpoint's "
+                            f"hidden_size is {d_model} (set d_model to null or {d_model})")
     Hkv = hf.get("num_key_value_heads") or H
     head_dim = hf.get("head_dim") or d_model // H
     if head_dim == d_model // H and d_model % H == 0:
@@ -379,20 +385,16 @@ def from_hf(path_or_model, *, dtype=None, d_model: int | None = None, **attentio
             raise FileNotFoundError(f"from_hf: {d} is not a directory (expected a Hugging Face "
                                     "model directory: config.json plus *.safetensors)")
         hf = read_hf_config(d)
-        cfg = hf_to_memarch_config(hf, **attention_overrides)   # config errors before reading
+        cfg = hf_to_memarch_config(hf, d_model=d_model, **attention_overrides)  # before reading
         weights = _read_weights(d)
     elif hasattr(path_or_model, "config") and hasattr(path_or_model, "state_dict"):
         hf = path_or_model.config.to_dict()
-        cfg = hf_to_memarch_config(hf, **attention_overrides)
+        cfg = hf_to_memarch_config(hf, d_model=d_model, **attention_overrides)
         # copies: the memarch model must not share storage with the transformers one
         weights = {k: v.detach().clone() for k, v in path_or_model.state_dict().items()}
     else:
         raise TypeError(f"from_hf: expected a directory path or a transformers model, got "
                         f"{type(path_or_model).__name__}")
-    if d_model is not None and d_model != cfg["d_model"]:
-        raise HFConfigError(f"from_hf: d_model={d_model} was asked for, but the checkpoint's "
-                            f"hidden_size is {cfg['d_model']} (set d_model to null or "
-                            f"{cfg['d_model']})")
     sd, origin = _hf_to_memarch_weights(weights, len(cfg["layer_pattern"]),
                                         cfg["tie_embeddings"])
     if dtype is None:
@@ -453,13 +455,8 @@ def resolve_hf_configs(cfg: Any) -> Any:
         kw = {k: v for k, v in cfg.items() if not (k.startswith("_") and k.endswith("_"))}
         path = kw.pop("path_or_model", None)
         kw.pop("dtype", None)
-        d_model = kw.pop("d_model", None)
         if not isinstance(path, (str, os.PathLike)):
             raise HFConfigError(f"from_hf in a config needs path_or_model: a local directory, "
                                 f"got {path!r}")
-        out = hf_to_memarch_config(read_hf_config(path), **kw)
-        if d_model is not None and d_model != out["d_model"]:
-            raise HFConfigError(f"from_hf: d_model={d_model} was asked for, but {path} has "
-                                f"hidden_size {out['d_model']} (set d_model to null)")
-        return out
+        return hf_to_memarch_config(read_hf_config(path), **kw)
     return {k: resolve_hf_configs(v) for k, v in cfg.items()}
