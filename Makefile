@@ -14,7 +14,7 @@ PY := $(VENV)/bin/python
 ENVVARS := TRITON_INTERPRET=1 HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 WANDB_MODE=disabled
 PYTEST_ARGS ?=
 
-.PHONY: setup test test-slow test-all train lint clean gpu-check
+.PHONY: setup test test-slow test-all train lint clean gpu-check bench bench-quick bench-deps
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -47,6 +47,24 @@ train: setup
 GPU_PY ?= python3
 gpu-check:
 	$(GPU_PY) benchmarks/gpu_check.py $(ARGS)
+
+# Results suites (benchmarks/__main__.py): mixers, peers, recall, long, streaming -> JSON + PNG in
+# benchmarks/results, then the README's tables and figures regenerated from the JSON.
+# bench-quick re-measures a subset (< 10 min on CPU); bench runs everything (see the README
+# for its wall time). The peers (titans-pytorch, flash-linear-attention) go to .bench-deps/,
+# never into the venv: make bench-deps. BENCH_ARGS: e.g. "--threads 2" or "--device cuda".
+BENCH_ARGS ?=
+BENCH_ENV := HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 WANDB_MODE=disabled
+bench-deps: setup
+	$(PY) benchmarks/suite_peers.py --install
+
+bench: setup
+	$(BENCH_ENV) $(PY) -m benchmarks all $(BENCH_ARGS)
+	$(PY) benchmarks/update_readme.py
+
+bench-quick: setup
+	$(BENCH_ENV) $(PY) -m benchmarks all --quick $(BENCH_ARGS)
+	$(PY) benchmarks/update_readme.py
 
 lint: setup
 	$(PY) -m ruff check memarch kernels eval tests

@@ -1,0 +1,231 @@
+"""What every results suite shares (``python -m benchmarks SUITE``): the ``meta`` block,
+results files, row merging, timing and memory helpers.
+
+A suite is a module ``benchmarks/suite_<name>.py`` with
+
+* ``add_args(ap)``: its own command-line options (optional);
+* ``run(args) -> list[dict]``: the rows it measured (``args.quick``, ``args.device``,
+  ``args.dtype``, ``args.threads`` and its own options are set); every row carries the keys
+  named in ``KEY`` (rows of a later run replace rows with the same key, so ``--quick``
+  re-measures a subset of the full run's rows and keeps the others);
+* ``KEY``: the tuple of row keys that identify a measurement;
+* ``render(data) -> str``: the markdown the README shows (``data`` = the results file);
+  ``render_<view>(data)`` for more README blocks (``<!-- bench:SUITE-DEVICE__VIEW -->``);
+* ``render_findings(data) -> str`` (optional): one sentence per paper finding, each saying
+  reproduced / partly reproduced / not reproduced, decided by a rule written in the code;
+* ``plot(data, stem: Path) -> list[Path]`` (optional): PNGs beside the JSON, written to
+  ``<stem>.png`` or ``<stem>-<what>.png`` (``stem`` = ``results/<suite>-<device>``).
+
+Results live in ``benchmarks/results/<suite>-<device>.json``: ``{"meta": ..., "runs":
+{run_id: meta}, "rows": [...]}``; ``meta`` is the latest run's (device, torch, triton, date,
+command, threads, cpu/gpu, commit, load average) and every row names its run (``run``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import json
+import os
+import platform
+import shlex
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+BENCH = Path(__file__).resolve().parent
+ROOT = BENCH.parent
+RESULTS = BENCH / "results"
+SUITES = ("mixers", "peers", "recall", "long", "streaming")
+
+
+# ----------------------------------------------------------------------------- meta + files
+def device_name(device: str) -> str:
+    """The ``<device>`` part of a results file name: ``cpu``, or the GPU's short name
+    (``h100``, ``h200``, ``a100``; else ``cuda``)."""
+    if device == "cpu":
+        return "cpu"
+    name = torch.cuda.get_device_name().lower()
+    for short in ("h200", "h100", "a100", "l40s", "l4", "a10g", "4090", "3090"):
+        if short in name:
+            return short
+    return "cuda"
+
+
+def cpu_name() -> str:
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor()
+
+
+def meta(device: str, threads: int, command: str | None = None) -> dict:
+    """Where and how a run was measured. ``loadavg`` is the 1-minute load average at the
+    start: above ``threads`` the machine was shared and absolute speeds are low (the
+    ratios of a suite are measured in the same run, side by side)."""
+    m = dict(device=device, torch=torch.__version__, triton=None,
+             date=datetime.datetime.now().isoformat(timespec="seconds"),
+             command=command or shlex.join(["python", "-m", "benchmarks", *sys.argv[1:]]),
+             threads=threads, python=platform.python_version(), machine=platform.machine(),
+             cpu=cpu_name(), cpus=os.cpu_count())
+    try:
+        import triton
+        m["triton"] = triton.__version__
+    except ImportError:
+        pass
+    if device == "cuda":
+        m["gpu"] = torch.cuda.get_device_name()
+    with contextlib.suppress(OSError):
+        m["loadavg"] = round(os.getloadavg()[0], 2)
+    with contextlib.suppress(OSError):
+        m["commit"] = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT,
+                                     capture_output=True, text=True).stdout.strip()
+    return m
+
+
+def results_path(suite: str, device: str, results: Path = RESULTS) -> Path:
+    return results / f"{suite}-{device}.json"
+
+
+def row_key(row: dict, key: tuple) -> tuple:
+    return tuple(json.dumps(row.get(k), sort_keys=True) for k in key)
+
+
+def merge(old: dict | None, rows: list[dict], run_meta: dict, key: tuple) -> dict:
+    """``old``'s rows with those of this run put in place (same key: replaced; new: appended
+    in this run's order); ``runs`` keeps the meta of every run that still owns a row."""
+    run_id = run_meta["date"]
+    rows = [{**r, "run": run_id} for r in rows]
+    new = {row_key(r, key): r for r in rows}
+    kept = [] if old is None else [r for r in old["rows"] if row_key(r, key) not in new]
+    merged = kept + rows
+    runs = {} if old is None else dict(old.get("runs", {}))
+    runs[run_id] = run_meta
+    runs = {k: v for k, v in runs.items() if any(r.get("run") == k for r in merged)}
+    return {"meta": run_meta, "runs": runs, "rows": merged}
+
+
+def write_json(path: Path, data: dict) -> None:
+    """Atomic write: a crash never leaves half a results file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(data, indent=1) + "\n")
+    tmp.replace(path)
+
+
+def load(suite: str, device: str = "cpu", results: Path = RESULTS) -> dict | None:
+    path = results_path(suite, device, results)
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+# ----------------------------------------------------------------------------- measuring
+def sync(device: str) -> None:
+    if str(device).startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def time_s(fn: Callable[[], object], device: str = "cpu", reps: int = 3, warmup: int = 1
+           ) -> float:
+    """Median wall seconds of ``fn()`` over ``reps`` calls after ``warmup`` calls."""
+    for _ in range(warmup):
+        fn()
+    sync(device)
+    ts = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        fn()
+        sync(device)
+        ts.append(time.perf_counter() - t0)
+    return statistics.median(ts)
+
+
+@contextlib.contextmanager
+def quiet_c_stderr():
+    """Send file descriptor 2 to /dev/null for the block: the CPU profiler (kineto) prints
+    ``USDT:... profiler_start/stop`` lines from C++, which no Python logging knob reaches."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 2)
+            yield
+    finally:
+        sys.stderr.flush()
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+def peak_bytes(fn: Callable[[], object], device: str = "cpu") -> int:
+    """Peak memory ``fn()`` allocates beyond what is live when it starts (bytes):
+    ``torch.cuda.max_memory_allocated`` on GPU, the profiler's allocation trace on CPU."""
+    if str(device).startswith("cuda"):
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+        fn()
+        torch.cuda.synchronize()
+        return torch.cuda.max_memory_allocated() - base
+    from torch.profiler import ProfilerActivity, profile
+    with quiet_c_stderr(), profile(activities=[ProfilerActivity.CPU], profile_memory=True) as p:
+        fn()
+    events = sorted((e.start_ns(), e.nbytes()) for e in p.profiler.kineto_results.events()
+                    if e.name() == "[memory]")
+    live = peak = 0
+    for _, nb in events:
+        live += nb
+        peak = max(peak, live)
+    return peak
+
+
+def fmt_num(x: float | None, digits: int = 3) -> str:
+    """A table cell: ``x`` to ``digits`` significant figures with k/M suffixes, ``-`` for
+    None."""
+    if x is None:
+        return "-"
+    for div, suffix in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(x) >= div:
+            return f"{x / div:.{digits}g}{suffix}"
+    return f"{x:.{digits}g}"
+
+
+def verdict(reproduced: bool, partly: bool = False) -> str:
+    """The word a finding sentence uses."""
+    return "reproduced" if reproduced else ("partly reproduced" if partly else
+                                            "not reproduced")
+
+
+# ----------------------------------------------------------------------------- README index
+def render_index(results: Path = RESULTS) -> str:
+    """The README's table of the results suites: per suite and device, the machine, the
+    rows, and the wall time of its full and of its latest quick run (a full run done in
+    several invocations, e.g. one recall point at a time, sums their wall times)."""
+    lines = ["| suite | device | rows | full run (wall) | quick run (wall) | machine | last run |",
+             "|---|---|---:|---:|---:|---|---|"]
+    for suite in SUITES:
+        for path in sorted(results.glob(f"{suite}-*.json")):
+            data = json.loads(path.read_text())
+            runs = data.get("runs", {}).values()
+            full = sum(r.get("wall_s", 0) for r in runs if not r.get("quick"))
+            quick = [r for r in runs if r.get("quick")]
+            quick_s = max(quick, key=lambda r: r["date"]).get("wall_s") if quick else None
+            m = data["meta"]
+            machine = (f"{m.get('gpu') or m.get('cpu')}, {m.get('threads')} thread(s), "
+                       f"torch {m.get('torch')}")
+            lines.append(
+                f"| `{suite}` | {m['device']} | {len(data['rows'])} | "
+                f"{_minutes(full) if full else '-'} | "
+                f"{_minutes(quick_s) if quick_s is not None else '-'} | {machine} | "
+                f"{m['date'][:10]}, commit {m.get('commit', '?')} |")
+    return "\n".join(lines)
+
+
+def _minutes(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.1f} min"
