@@ -55,8 +55,13 @@ gpu-check:
 # never into the venv: make bench-deps. BENCH_ARGS: e.g. "--threads 2" or "--device cuda".
 BENCH_ARGS ?=
 BENCH_ENV := HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 WANDB_MODE=disabled
+BENCH_DEPS := titans-pytorch==0.5.5 assoc-scan==0.0.6 axial-positional-embedding==0.3.12 \
+	einx==0.4.3 hyper-connections==0.4.11 rotary-embedding-torch==0.9.1 tensordict==0.15.3 \
+	x-transformers==2.31.10 torch-einops-utils==0.2.0 frozendict==2.5.1 pyvers==0.2.3 \
+	loguru==0.7.3 fla-core==0.6.0
 bench-deps: setup
-	$(PY) benchmarks/suite_peers.py --install
+	$(PY) -m pip install -q --no-deps --target .bench-deps $(BENCH_DEPS)
+	echo '*' > .bench-deps/.gitignore
 
 bench: setup
 	$(BENCH_ENV) $(PY) -m benchmarks all $(BENCH_ARGS)

@@ -18,7 +18,8 @@ A suite is a module ``benchmarks/suite_<name>.py`` with
 
 Results live in ``benchmarks/results/<suite>-<device>.json``: ``{"meta": ..., "runs":
 {run_id: meta}, "rows": [...]}``; ``meta`` is the latest run's (device, torch, triton, date,
-command, threads, cpu/gpu, commit, load average) and every row names its run (``run``).
+command, threads, cpu/gpu, commit, load average, ``run``: its id, the date made unique) and
+every row names its run (``run``).
 """
 
 from __future__ import annotations
@@ -102,12 +103,16 @@ def row_key(row: dict, key: tuple) -> tuple:
 def merge(old: dict | None, rows: list[dict], run_meta: dict, key: tuple) -> dict:
     """``old``'s rows with those of this run put in place (same key: replaced; new: appended
     in this run's order); ``runs`` keeps the meta of every run that still owns a row."""
-    run_id = run_meta["date"]
+    runs = {} if old is None else dict(old.get("runs", {}))
+    run_id, n = run_meta["date"], 1
+    while run_id in runs:                       # two runs in one second: date#2, date#3, ...
+        n += 1
+        run_id = f"{run_meta['date']}#{n}"
+    run_meta = {**run_meta, "run": run_id}
     rows = [{**r, "run": run_id} for r in rows]
     new = {row_key(r, key): r for r in rows}
     kept = [] if old is None else [r for r in old["rows"] if row_key(r, key) not in new]
     merged = kept + rows
-    runs = {} if old is None else dict(old.get("runs", {}))
     runs[run_id] = run_meta
     runs = {k: v for k, v in runs.items() if any(r.get("run") == k for r in merged)}
     return {"meta": run_meta, "runs": runs, "rows": merged}

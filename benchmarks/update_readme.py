@@ -9,9 +9,10 @@ the script owning ``results/NAME.json`` prints with ``--render`` (``decode.py`` 
 ``decode_*``, ``recipes.py`` for ``recipes_*``, ``titans.py`` for ``titans_*``,
 ``aot_table.py`` for ``aot_*``, ``gpu_check.py`` for ``gpu_check_*``, ``suite_SUITE.py`` for
 the results suites' ``SUITE-DEVICE`` (``python -m benchmarks SUITE``), ``ops.py``
-otherwise; the block ``suites`` is ``common.render_index``, the index of all suites' files). A block ``NAME__VIEW`` gets ``render_VIEW`` of the same script on
-``results/NAME.json`` (``recipes_cpu__hmt``: HMT's table; ``recall-cpu__findings``: the
-findings sentences of a suite). The results suites' figures are redrawn from their JSON
+otherwise; the block ``suites`` is ``common.render_index``, the index of all suites' files).
+A block ``NAME__VIEW`` gets ``render_VIEW`` of the same script on ``results/NAME.json``
+(``recipes_cpu__hmt``: HMT's table; ``recall-cpu__findings``: a suite's findings sentences).
+The results suites' figures are redrawn from their JSON
 (``plot(data, results/SUITE-DEVICE)``), so every README table and figure comes from JSON.
 The renderers run in-process; tests/test_readme.py checks that the README
 matches.
@@ -30,7 +31,7 @@ BENCH = ROOT / "benchmarks"
 RESULTS = BENCH / "results"
 if str(BENCH) not in sys.path:
     sys.path.insert(0, str(BENCH))
-import common  # noqa: E402
+import common  # noqa: E402, I001
 from common import SUITES  # noqa: E402
 BLOCK = re.compile(r"<!-- bench:([\w-]+) -->\n(.*?)\n?<!-- /bench:\1 -->", re.DOTALL)
 

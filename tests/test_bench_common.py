@@ -37,6 +37,13 @@ def test_merge_replaces_rows_by_key_keeps_the_rest_and_prunes_runs():
     assert set(again["runs"]) == {"d3"} and len(again["rows"]) == 3
 
 
+def test_two_runs_in_one_second_get_distinct_ids():
+    a = common.merge(None, [{"k": 1}], _meta("d1"), ("k",))
+    b = common.merge(a, [{"k": 2}], _meta("d1"), ("k",))
+    assert b["meta"]["run"] == "d1#2" and set(b["runs"]) == {"d1", "d1#2"}
+    assert [r["run"] for r in b["rows"]] == ["d1", "d1#2"]
+
+
 def test_key_compares_values_not_identity():
     # lists and dicts in a key (e.g. a layer pattern) compare by value
     k = ("cfg",)

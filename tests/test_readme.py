@@ -44,8 +44,13 @@ def _blocks(text):
 
 def test_readme_has_the_generated_blocks():
     names = [n for n, _ in _blocks(_readme())]
-    assert {"recipes_cpu", "ops_cpu", "decode_cpu"} <= set(names), names
+    assert {"recipes_cpu", "ops_cpu", "decode_cpu", "suites"} <= set(names), names
+    # issue 17: every results suite has its table in the README, and each paper's findings
+    assert {f"{s}-cpu" for s in update_readme.SUITES} <= set(names), names
+    assert {"recall-cpu__findings", "long-cpu__findings", "streaming-cpu__findings"} <= set(names)
     for name in names:                   # NAME__VIEW: a view of results/NAME.json
+        if name == "suites":             # the index, rendered from all the suites' files
+            continue
         base = name.partition("__")[0]
         assert (ROOT / "benchmarks" / "results" / f"{base}.json").exists(), name
 
@@ -117,3 +122,21 @@ def test_ops_profiler_prints_no_usdt_lines():
     assert p.returncode == 0, p.stderr
     assert "True" in p.stdout
     assert "USDT" not in p.stdout + p.stderr and "profiler_start" not in p.stderr, p.stderr
+
+
+def test_readme_figures_are_drawn_from_the_results_json(tmp_path):
+    """Every results-suite figure the README shows exists and is what the suite's ``plot``
+    draws from its JSON (``update_readme.py`` redraws them; PNG bytes are not compared)."""
+    import importlib
+    shown = set(re.findall(r"\]\(benchmarks/results/([\w.-]+\.png)\)", _readme()))
+    drawn = set()
+    for suite in update_readme.SUITES:
+        mod = importlib.import_module(f"suite_{suite}")
+        for path in sorted((ROOT / "benchmarks" / "results").glob(f"{suite}-*.json")):
+            stem = tmp_path / path.stem
+            drawn |= {p.name for p in mod.plot(json.loads(path.read_text()), stem) or []}
+    suite_figures = {f for f in shown if f.split("-", 1)[0] in update_readme.SUITES}
+    assert suite_figures, "the README shows no results-suite figure"
+    assert suite_figures <= drawn, suite_figures - drawn
+    for name in shown:
+        assert (ROOT / "benchmarks" / "results" / name).exists(), name

@@ -1,0 +1,469 @@
+"""Suite ``long``: memory beyond the window. Accuracy against context length past the training
+length and the attention window, for window-only attention, window + StreamingLLM sinks,
+Titans (MAG), HMT and MoM, on two tasks:
+
+* ``mqar``: long-range MQAR (``memarch.data.MQAR`` with ``gap`` > 0, configs/data/
+  mqar_longrange.yaml): 4 key-value pairs at positions 0..7, then ``gap`` filler tokens, then
+  the queries. Trained at 128 tokens (gap 72); evaluated at L = 128, 256, 512, 2048 (1x, 2x,
+  4x, 16x) with ``gap = L - 56``, so the query region keeps its 48 tokens and every key sits
+  ``>= L - 56`` tokens behind its query. Depth = the pair's index (its key at position
+  2i): with 4 sinks, pairs 0 and 1 (positions 0..3) sit inside the sinks.
+* ``passkey``: byte-level passkey (``memarch.data.Passkey``, configs/data/passkey.yaml),
+  trained at 256 bytes, evaluated at 256, 512, 1024, 4096; depth = where the needle sits
+  (5 bins of the filler). Score: teacher-forced digit accuracy over the 5 digits (chance 0.1).
+  MoM is left out of passkey: on 1 CPU thread its training takes about 4x the others'.
+
+Every model has the same width (d_model 64), 2 layers, attention window 16 (HMT: segments of
+32 plus 8 sensory tokens) and the same steps, batch and seed on a task. Each is trained once
+per task through Hydra + ``memarch.lit.train.run`` (as benchmarks/recipes.py; the row's
+``command`` is what a user types), then evaluated on held-out streams (seed 1000) streamed
+through the model's state in chunks of the training length (``model(ids, state)`` chunk by
+chunk equals one call for every memarch model).
+
+    python -m benchmarks long --threads 1                 # all models, both tasks
+    python -m benchmarks long --quick                     # window, window+sinks on MQAR
+    python -m benchmarks long --long-only titans --long-tasks mqar   # one model, merged
+
+``--device cuda`` / ``--dtype bfloat16`` are accepted (best effort, untested: no GPU was lent):
+training adds ``trainer=gpu`` (bf16-mixed), evaluation runs on the device under autocast to
+``--dtype``. ``--long-steps``, ``--long-lengths-mult`` and ``--long-n-eval`` (hidden) shrink
+the run for the tests only; rows made with them are not the published ones.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import common  # noqa: E402
+
+KEY = ("model", "task", "length")
+
+MODELS = ("window", "sinks", "titans", "hmt", "mom")
+LABELS = {"window": "window only", "sinks": "window + 4 sinks", "titans": "Titans MAG",
+          "hmt": "HMT (attention backbone)", "mom": "MoM (gated delta)"}
+QUICK = (("window", "mqar"), ("sinks", "mqar"))
+WINDOW, SEGMENT, SENSORY, N_SINKS = 16, 32, 8, 4
+SEED, EVAL_SEED = 0, 1000
+
+_SWA = ["'model.layer_pattern=[swa,swa]'", "model.mixers.swa.n_heads=2",
+        f"model.mixers.swa.window={WINDOW}", "model.mixers.swa.n_persistent=4"]
+# model -> overrides (besides the task's). window/sinks: Titans' attention alone (persistent
+# tokens included), so Titans MAG differs from "window" only by its neural memory.
+MODEL_OVERRIDES = {
+    "window": ["model=titans_mal", *_SWA],
+    "sinks": ["model=titans_mal", *_SWA, f"model.mixers.swa.n_sinks={N_SINKS}",
+              "model.mixers.swa.sink_positions=cache"],
+    "titans": ["model=titans_mag", "'model.layer_pattern=[titans,titans]'",
+               "model.mixers.titans.n_heads=2", f"model.mixers.titans.window={WINDOW}",
+               "'+model.mixers.titans.memory={n_heads:2,depth:1,chunk_size:16,"
+               "theta_init:0.05,eta_init:0.01}'"],
+    "hmt": ["model=hmt", "model/backbone=attention", f"model.segment_len={SEGMENT}",
+            f"model.sensory_len={SENSORY}", "model.n_memories=4",
+            "'model.backbone.layer_pattern=[attn,attn]'", "model.backbone.mixers.attn.n_heads=2"],
+    "mom": ["model=mom", "'model.layer_pattern=[mom,mom]'", "model.mixers.mom.n_heads=4"],
+}
+
+# task -> settings. ``steps``: training steps (same for every model of the task).
+TASKS = {
+    "mqar": dict(data="mqar_longrange", train_len=128, lengths=(128, 256, 512, 2048),
+                 n_eval=256, steps=400, pairs=4, label="long-range MQAR", models=MODELS),
+    "passkey": dict(data="passkey", train_len=256, lengths=(256, 512, 1024, 4096),
+                    n_eval=100, steps=400, label="passkey",
+                    models=("window", "sinks", "titans", "hmt")),
+}
+PASSKEY_BINS = 5
+MARGIN = 0.10          # findings: "above" = by at least 10 accuracy points
+FAR = (4, 16)          # findings: the length multiples judged (past training length and window)
+
+
+def mqar_gap(L: int, pairs: int = 4) -> int:
+    """Filler between the pairs and the queries at length L: the query region keeps the
+    training length's 128 - 2N - 72 = 48 tokens (N = 4), so keys are L - 56 tokens back."""
+    return L - 2 * pairs - 48
+
+
+def overrides(model: str, task: str, steps: int, device: str = "cpu") -> list[str]:
+    """The Hydra overrides (shell-quoted as a user types them) of one training."""
+    return ["'~experiment'", f"data={TASKS[task]['data']}", *MODEL_OVERRIDES[model],
+            "model.d_model=64", f"trainer.max_steps={steps}",
+            f"trainer.val_check_interval={steps}", f"seed={SEED}",
+            *(["trainer=gpu"] if device == "cuda" else [])]
+
+
+def command(model: str, task: str, steps: int, device: str = "cpu") -> str:
+    return " ".join(["python train.py", *overrides(model, task, steps, device)])
+
+
+def _unquote(o: str) -> str:
+    return o[1:-1] if o.startswith("'") and o.endswith("'") else o
+
+
+# ----------------------------------------------------------------------------- training
+def train(model: str, task: str, steps: int, device: str = "cpu") -> tuple:
+    """Train one model on one task; (net, training record)."""
+    from recipes import compose
+
+    from memarch.lit.train import run as train_run
+    over = [_unquote(o) for o in overrides(model, task, steps, device)]
+    with tempfile.TemporaryDirectory(prefix=f"long_{model}_{task}_") as tmp:
+        cfg = compose([*over, "trainer.enable_progress_bar=false"], tmp)
+        t0 = time.perf_counter()
+        res = train_run(cfg)
+        seconds = time.perf_counter() - t0
+    net = res["module"].net.eval()
+    rec = dict(command=command(model, task, steps, device), steps=int(res["global_step"]),
+               train_s=round(seconds, 1), val_acc=round(float(res.get("val/acc", math.nan)), 4),
+               params=sum(p.numel() for p in net.parameters()), seed=SEED,
+               batch_size=int(cfg.data.batch_size))
+    return net, rec
+
+
+# ----------------------------------------------------------------------------- evaluation
+@torch.no_grad()
+def stream_logits(net, ids: torch.Tensor, chunk: int) -> torch.Tensor:
+    """Logits [B, T, V] of ids [B, T], fed ``chunk`` tokens at a time through the state."""
+    state, out = None, []
+    for a in range(0, ids.shape[1], chunk):
+        o = net(ids[:, a:a + chunk], state)
+        out.append(o[0].float())
+        state = o[1]
+    return torch.cat(out, 1)
+
+
+def mqar_examples(L: int, n: int, pairs: int = 4):
+    """(ids [n, L], labels [n, L], depth [n, L]: the pair index of each query, -1 elsewhere)."""
+    from memarch.data import MQAR
+    ds = MQAR(seq_len=L, num_kv_pairs=pairs, num_keys=32, num_values=32, power_a=0.01,
+              gap=mqar_gap(L, pairs), seed=EVAL_SEED + SEED, split="test")
+    items = [ds[i] for i in range(n)]
+    ids = torch.stack([x["input_ids"] for x in items])
+    labels = torch.stack([x["labels"] for x in items])
+    depth = torch.full_like(labels, -1)
+    for b in range(n):
+        keys = ids[b, 0:2 * pairs:2].tolist()
+        for t in (labels[b] != -100).nonzero().flatten().tolist():
+            depth[b, t] = keys.index(int(ids[b, t]))
+    return ids, labels, depth
+
+
+def passkey_examples(L: int, n: int):
+    """(ids [n, L], labels [n, L], depth [n, L]: the needle's depth bin at the digits)."""
+    from memarch.data import Passkey
+    ds = Passkey(seq_len=L, seed=EVAL_SEED + SEED, split="test")
+    items = [ds[i] for i in range(n)]
+    ids = torch.stack([x["input_ids"] for x in items])
+    labels = torch.stack([x["labels"] for x in items])
+    mark = list(" The pass key is ".encode())
+    n_fill = L + 1 - len(ds._needle("0" * ds.n_digits)) - len(ds.question) - ds.n_digits
+    depth = torch.full_like(labels, -1)
+    for b in range(n):
+        row = ids[b].tolist()
+        pos = next(i for i in range(L) if row[i:i + len(mark)] == mark)   # needle's start
+        depth[b, labels[b] != -100] = min(PASSKEY_BINS - 1, pos * PASSKEY_BINS // (n_fill + 1))
+    return ids, labels, depth
+
+
+def score(net, ids, labels, depth, n_depth: int, chunk: int, device: str, dtype, batch: int
+          ) -> dict:
+    """Teacher-forced accuracy over the labelled positions, overall and per depth."""
+    hits = torch.zeros(n_depth)
+    counts = torch.zeros(n_depth)
+    for a in range(0, ids.shape[0], batch):
+        x = ids[a:a + batch].to(device)
+        with torch.autocast(device_type=device, dtype=dtype, enabled=dtype != torch.float32):
+            pred = stream_logits(net, x, chunk).argmax(-1).cpu()
+        y, d = labels[a:a + batch], depth[a:a + batch]
+        q = y != -100
+        ok = (pred == y) & q
+        hits += torch.bincount(d[q], weights=ok[q].float(), minlength=n_depth)
+        counts += torch.bincount(d[q], minlength=n_depth).float()
+    return dict(acc=round(float(hits.sum() / counts.sum()), 4),
+                by_depth=[round(float(h / c), 4) if c else None for h, c in zip(hits, counts)],
+                n_by_depth=[int(c) for c in counts])
+
+
+def evaluate(net, model: str, task: str, lengths, n_eval: int, device: str, dtype) -> list:
+    t = TASKS[task]
+    chunk = t["train_len"]
+    rows = []
+    for L in lengths:
+        t0 = time.perf_counter()
+        if task == "mqar":
+            ex, n_depth, extra = mqar_examples(L, n_eval, t["pairs"]), t["pairs"], \
+                dict(gap=mqar_gap(L, t["pairs"]), pairs=t["pairs"], chance=round(1 / 32, 4))
+        else:
+            ex, n_depth, extra = passkey_examples(L, n_eval), PASSKEY_BINS, dict(chance=0.1)
+        s = score(net, *ex, n_depth, chunk, device, dtype, batch=32 if L <= 512 else 8)
+        state = net.state_size(L) if hasattr(net, "state_size") else None
+        rows.append(dict(model=model, task=task, length=L, mult=L // t["train_len"],
+                         train_len=t["train_len"], window=WINDOW,
+                         segment=SEGMENT if model == "hmt" else None,
+                         sinks=N_SINKS if model == "sinks" else 0, **extra, **s,
+                         n_eval=n_eval, eval_chunk=chunk, state_size=state,
+                         eval_s=round(time.perf_counter() - t0, 1)))
+    return rows
+
+
+# ----------------------------------------------------------------------------- suite API
+def add_args(ap):
+    g = ap.add_argument_group("long")
+    g.add_argument("--long-only", nargs="+", choices=MODELS, default=None,
+                   help="train/evaluate only these models; the other rows are kept")
+    g.add_argument("--long-tasks", nargs="+", choices=list(TASKS), default=None,
+                   help="tasks to run (default: both; --quick: mqar)")
+    # tiny settings for tests only (rows made with them are not the published ones)
+    g.add_argument("--long-steps", type=int, default=None, help=argparse.SUPPRESS)
+    g.add_argument("--long-lengths-mult", type=int, nargs="+", default=None,
+                   help=argparse.SUPPRESS)
+    g.add_argument("--long-n-eval", type=int, default=None, help=argparse.SUPPRESS)
+
+
+def plan(args) -> list[tuple[str, str]]:
+    """(model, task) pairs this invocation runs."""
+    pairs = list(QUICK) if args.quick else [(m, t) for t in TASKS for m in TASKS[t]["models"]]
+    if args.long_only:
+        pairs = [(m, t) for m, t in pairs if m in args.long_only]
+    if args.long_tasks:
+        pairs = [(m, t) for m, t in pairs if t in args.long_tasks]
+    return pairs
+
+
+def run(args) -> list[dict]:
+    dtype = getattr(torch, args.dtype)
+    rows = []
+    for model, task in plan(args):
+        t = TASKS[task]
+        steps = args.long_steps or t["steps"]
+        lengths = ([t["train_len"] * m for m in args.long_lengths_mult]
+                   if args.long_lengths_mult else list(t["lengths"]))
+        n_eval = args.long_n_eval or t["n_eval"]
+        print(f"-- long: {model} on {task} ({steps} steps)", flush=True)
+        net, rec = train(model, task, steps, args.device)
+        net = net.to(args.device)
+        for r in evaluate(net, model, task, lengths, n_eval, args.device, dtype):
+            rows.append({**r, **rec, "threads": args.threads})
+            print(f"   {model:7s} {task:8s} L={r['length']:5d} acc {r['acc']:.3f} "
+                  f"by depth {r['by_depth']}", flush=True)
+    return rows
+
+
+# ----------------------------------------------------------------------------- reading
+def table(data) -> dict:
+    """{(model, task, mult): row}"""
+    return {(r["model"], r["task"], r["mult"]): r for r in data["rows"]}
+
+
+def far_acc(row: dict) -> float:
+    """The accuracy a finding judges: on MQAR, over the pairs whose value lies past the 4
+    sink positions (pairs >= 2), so the sinks cannot hold them; on passkey, all digits."""
+    if row["task"] == "mqar":
+        ds = [(a, n) for a, n in list(zip(row["by_depth"], row["n_by_depth"]))[2:] if n]
+        return sum(a * n for a, n in ds) / sum(n for _, n in ds)
+    return row["acc"]
+
+
+def in_sinks(row: dict) -> float:
+    """MQAR accuracy over the pairs 0-1, whose key and value sit in the 4 sink positions."""
+    ds = [(a, n) for a, n in list(zip(row["by_depth"], row["n_by_depth"]))[:2] if n]
+    return sum(a * n for a, n in ds) / sum(n for _, n in ds)
+
+
+def _pct(x) -> str:
+    return "-" if x is None else f"{100 * x:.1f}"
+
+
+def render(data) -> str:
+    tab = table(data)
+    models = [m for m in MODELS if any(k[0] == m for k in tab)]
+    out = []
+    for task, t in TASKS.items():
+        mults = sorted({k[2] for k in tab if k[1] == task})
+        if not mults:
+            continue
+        any_row = next(r for k, r in tab.items() if k[1] == task)
+        head = (f"**{t['label']}**, trained at {any_row['train_len']} tokens, attention window "
+                f"{any_row['window']} (HMT: segments of {SEGMENT} + {SENSORY} sensory tokens), "
+                f"d_model 64, 2 layers, {any_row['steps']} steps, batch "
+                f"{any_row['batch_size']}, seed {any_row['seed']}; held-out accuracy (%) by "
+                "evaluation length, chance "
+                f"{_pct(any_row['chance'])} %")
+        if task == "mqar":
+            head += (f"; {any_row['pairs']} pairs, gap = L - {any_row['length'] - any_row['gap']}"
+                     " (every key that far behind its query); in brackets: the pairs past the "
+                     f"{N_SINKS} sink positions")
+        out += [head + ":", "",
+                "| model | " + " | ".join(f"L={any_row['train_len'] * m} ({m}x)" for m in mults)
+                + " | state at longest L | train time (wall) |",
+                "|---|" + "---:|" * (len(mults) + 2)]
+        for m in models:
+            rs = [tab.get((m, task, x)) for x in mults]
+            if not any(rs):
+                continue
+            r0 = next(r for r in rs if r)
+            cells = []
+            for r in rs:
+                c = "-" if r is None else _pct(r["acc"])
+                if r is not None and task == "mqar":
+                    c += f" ({_pct(far_acc(r))})"
+                cells.append(c)
+            last = next(r for r in reversed(rs) if r)
+            out.append(f"| {LABELS[m]} | " + " | ".join(cells)
+                       + f" | {common.fmt_num(last['state_size'])} | {r0['train_s']:.0f} s |")
+        out.append("")
+    cmds = {}
+    for r in data["rows"]:
+        cmds.setdefault((r["model"], r["task"]), r["command"])
+    out.append("Training commands (evaluation: `python -m benchmarks long`):")
+    out.append("")
+    for (m, task), c in sorted(cmds.items(), key=lambda kv: (list(TASKS).index(kv[0][1]),
+                                                              MODELS.index(kv[0][0]))):
+        out.append(f"- {LABELS[m]}, {task}: `{c}`")
+    return "\n".join(out) + "\n"
+
+
+def compare(data, model: str, base: str = "window") -> list[tuple]:
+    """[(task, mult, acc(model), acc(base))] at the far multiples where both were measured
+    (``far_acc``: MQAR pairs past the sinks)."""
+    tab = table(data)
+    out = []
+    for task in TASKS:
+        for m in FAR:
+            a, b = tab.get((model, task, m)), tab.get((base, task, m))
+            if a and b:
+                out.append((task, m, far_acc(a), far_acc(b)))
+    return out
+
+
+def _where(cs) -> str:
+    return ", ".join(f"{t} {m}x: {100 * a:.1f} % vs {100 * b:.1f} %" for t, m, a, b in cs)
+
+
+def render_findings(data) -> str:
+    """One sentence per paper finding, judged at the far lengths (4x and 16x the training
+    length, both past the window) on both tasks, on ``far_acc`` (MQAR: the pairs past the
+    sink positions):
+
+    * Titans / HMT / MoM (memory beyond the window): reproduced if the model is at least
+      ``MARGIN`` (10 points) above window-only at every far (task, length) measured; partly
+      if at some; not reproduced otherwise.
+    * StreamingLLM (sinks stabilise, they do not extend memory): reproduced if window + sinks
+      is within ``MARGIN`` of window-only at every far (task, length); partly if at some.
+    """
+    lines = []
+    for m, name, claim in (
+            ("titans", "Titans", "the neural memory recalls past the attention window, as in "
+             "the paper's needle-in-a-haystack and BABILong results (2501.00663)"),
+            ("hmt", "HMT", "the hierarchical memory carries context past the segment the "
+             "backbone sees (2405.06067)"),
+            ("mom", "MoM", "a mixture of fixed-size memories recalls with no window at all "
+             "(2502.13685, its recall-intensive tasks)")):
+        cs = compare(data, m)
+        if not cs:
+            continue
+        above = [a - b >= MARGIN for _, _, a, b in cs]
+        v = common.verdict(all(above), any(above))
+        lines.append(f"- **{name}**: {v} at this scale that {claim}, {LABELS[m]} against "
+                     f"window only at 4x and 16x the training length: {_where(cs)} (the "
+                     "long-context table and heatmap, `long-cpu.png`).")
+    cs = compare(data, "sinks")
+    if cs:
+        same = [abs(a - b) < MARGIN for _, _, a, b in cs]
+        v = common.verdict(all(same), any(same))
+        inside = [(m, in_sinks(r)) for (mo, t, m), r in sorted(table(data).items())
+                  if mo == "sinks" and t == "mqar" and m in FAR]
+        held = ("; the pairs held in the sink positions reach "
+                + ", ".join(f"{m}x: {100 * a:.1f} %" for m, a in inside)
+                + " (the sinks keep them in view)") if inside else ""
+        lines.append(f"- **StreamingLLM sinks**: {v} at this scale that sinks, which keep "
+                     "attention stable once the first tokens leave the window (2309.17453, "
+                     "section 3), do not extend its memory, window + 4 sinks against window "
+                     f"only at 4x and 16x: {_where(cs)} (on MQAR: the pairs past the sink "
+                     f"positions){held} (the long-context table, `long-cpu-depth.png`).")
+    return "\n".join(lines) + ("\n" if lines else "")
+
+
+def plot(data, stem: Path) -> list[Path]:
+    """One PNG: a panel per model, task x length multiple heatmap of the accuracy (%)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    tab = table(data)
+    models = [m for m in MODELS if any(k[0] == m for k in tab)]
+    tasks = [t for t in TASKS if any(k[1] == t for k in tab)]
+    mults = sorted({k[2] for k in tab})
+    if not models:
+        return []
+    fig, axes = plt.subplots(1, len(models), figsize=(2.6 * len(models) + 1, 2.2 + 0.3 *
+                                                          len(tasks)), squeeze=False)
+    for ax, m in zip(axes[0], models):
+        grid = [[tab[(m, t, x)]["acc"] if (m, t, x) in tab else math.nan for x in mults]
+                for t in tasks]
+        im = ax.imshow(grid, vmin=0, vmax=1, cmap="viridis", aspect="auto")
+        for i, rowv in enumerate(grid):
+            for j, v in enumerate(rowv):
+                if not math.isnan(v):
+                    ax.text(j, i, f"{100 * v:.0f}", ha="center", va="center",
+                            color="white" if v < 0.6 else "black", fontsize=8)
+        ax.set_xticks(range(len(mults)), [f"{x}x" for x in mults])
+        ax.set_yticks(range(len(tasks)), tasks if ax is axes[0][0] else [""] * len(tasks))
+        ax.set_title(LABELS[m], fontsize=9)
+        ax.set_xlabel("length / training length", fontsize=8)
+    fig.colorbar(im, ax=axes[0].tolist(), shrink=0.8, label="accuracy")
+    trained = ", ".join(f"{t} {TASKS[t]['train_len']}" for t in tasks)
+    fig.suptitle(f"Accuracy (%) past the training length ({trained}) and the window "
+                 f"({WINDOW})", fontsize=10, y=1.04)
+    path = Path(f"{stem}.png")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return [path, *plot_depth(data, stem)]
+
+
+def plot_depth(data, stem: Path) -> list[Path]:
+    """``<stem>-depth.png``: a row per task, a panel per model, depth x length heatmaps
+    (MQAR: the queried pair's index, pairs 0-1 inside the 4 sink positions; passkey: the
+    needle's depth in fifths of the filler)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    tab = table(data)
+    models = [m for m in MODELS if any(k[0] == m for k in tab)]
+    tasks = [t for t in TASKS if any(k[1] == t for k in tab)]
+    if not models:
+        return []
+    fig, axes = plt.subplots(len(tasks), len(models), squeeze=False,
+                             figsize=(2.4 * len(models) + 1, 2.6 * len(tasks)))
+    for i, t in enumerate(tasks):
+        mults = sorted({k[2] for k in tab if k[1] == t})
+        for j, m in enumerate(models):
+            ax = axes[i][j]
+            rs = [tab.get((m, t, x)) for x in mults]
+            if not any(rs):
+                ax.axis("off")
+                continue
+            nd = len(next(r for r in rs if r)["by_depth"])
+            grid = [[math.nan if r is None or r["by_depth"][d] is None else r["by_depth"][d]
+                     for r in rs] for d in range(nd)]
+            im = ax.imshow(grid, vmin=0, vmax=1, cmap="viridis", aspect="auto", origin="lower")
+            ax.set_xticks(range(len(mults)), [f"{x}x" for x in mults], fontsize=7)
+            ax.set_yticks(range(nd), [str(d) for d in range(nd)] if t == "mqar" else
+                          [f"{100 * d // nd}%" for d in range(nd)], fontsize=7)
+            if i == 0:
+                ax.set_title(LABELS[m], fontsize=8)
+            if j == 0:
+                ax.set_ylabel(f"{t}: " + ("pair index" if t == "mqar" else "needle depth (bin)"),
+                              fontsize=8)
+    fig.colorbar(im, ax=axes.ravel().tolist(), shrink=0.8, label="accuracy")
+    path = Path(f"{stem}-depth.png")
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return [path]
