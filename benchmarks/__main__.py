@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import resource
 import sys
 import time
 from pathlib import Path
@@ -69,6 +70,13 @@ def parse(argv):
     return names, mods, args
 
 
+def cpu_seconds() -> float:
+    """CPU time (user + system) of this process and of the child processes it waited for
+    (a suite may train in worker processes)."""
+    return sum(r.ru_utime + r.ru_stime for r in (resource.getrusage(resource.RUSAGE_SELF),
+                                                 resource.getrusage(resource.RUSAGE_CHILDREN)))
+
+
 def main(argv=None) -> int:
     import torch
     names, mods, args = parse(list(sys.argv[1:] if argv is None else argv))
@@ -78,13 +86,14 @@ def main(argv=None) -> int:
     results = Path(args.results)
     dev = common.device_name(args.device)
     for name, mod in zip(names, mods):
-        t0 = time.time()
+        t0, c0 = time.time(), cpu_seconds()
         print(f"== {name} ({'quick' if args.quick else 'full'}, {args.device}, {args.dtype}, "
               f"{args.threads} threads)", flush=True)
         run_meta = common.meta(args.device, args.threads)
         run_meta.update(suite=name, quick=args.quick, dtype=args.dtype)
         rows = mod.run(args)
         run_meta["wall_s"] = round(time.time() - t0, 1)
+        run_meta["cpu_s"] = round(cpu_seconds() - c0, 1)
         path = common.results_path(name, dev, results)
         data = common.merge(common.load(name, dev, results), rows, run_meta, mod.KEY)
         common.write_json(path, data)

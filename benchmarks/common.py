@@ -210,25 +210,41 @@ def verdict(reproduced: bool, partly: bool = False) -> str:
 # ----------------------------------------------------------------------------- README index
 def render_index(results: Path = RESULTS) -> str:
     """The README's table of the results suites: per suite and device, the machine, the
-    rows, and the wall time of its full and of its latest quick run (a full run done in
-    several invocations, e.g. one recall point at a time, sums their wall times)."""
-    lines = ["| suite | device | rows | full run (wall) | quick run (wall) | machine | last run |",
-             "|---|---|---:|---:|---:|---|---|"]
+    rows, the highest 1-minute load average any of its runs started under (above the
+    thread count the machine was shared and wall times are long), the CPU time of its full
+    run (``-`` when a run predates that record), and the wall time of its full and of its
+    latest quick run (a full run done in
+    several invocations, e.g. one recall point at a time, sums their wall times), and the
+    sum over the suites per device."""
+    lines = ["| suite | device | rows | full run (wall) | full run (CPU) | load (max) | "
+             "quick run (wall) | machine | last run |",
+             "|---|---|---:|---:|---:|---:|---:|---|---|"]
+    totals: dict[str, list[float]] = {}
     for suite in SUITES:
         for path in sorted(results.glob(f"{suite}-*.json")):
             data = json.loads(path.read_text())
             runs = data.get("runs", {}).values()
             full = sum(r.get("wall_s", 0) for r in runs if not r.get("quick"))
+            cpu = [r.get("cpu_s") for r in runs if not r.get("quick")]
+            cpu_s = sum(cpu) if cpu and None not in cpu else None
+            load = max((r["loadavg"] for r in runs if "loadavg" in r), default=None)
             quick = [r for r in runs if r.get("quick")]
             quick_s = max(quick, key=lambda r: r["date"]).get("wall_s") if quick else None
+            t = totals.setdefault(data["meta"]["device"], [0.0, 0.0])
+            t[0] += full
+            t[1] += quick_s or 0.0
             m = data["meta"]
             machine = (f"{m.get('gpu') or m.get('cpu')}, {m.get('threads')} thread(s), "
                        f"torch {m.get('torch')}")
             lines.append(
                 f"| `{suite}` | {m['device']} | {len(data['rows'])} | "
                 f"{_minutes(full) if full else '-'} | "
+                f"{_minutes(cpu_s) if cpu_s is not None else '-'} | "
+                f"{load if load is not None else '-'} | "
                 f"{_minutes(quick_s) if quick_s is not None else '-'} | {machine} | "
                 f"{m['date'][:10]}, commit {m.get('commit', '?')} |")
+    for device, (full, quick) in totals.items():
+        lines.append(f"| **all** | {device} | | {_minutes(full)} | | | {_minutes(quick)} | | |")
     return "\n".join(lines)
 
 

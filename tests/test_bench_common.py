@@ -61,7 +61,17 @@ def test_index_sums_full_runs_and_shows_the_latest_quick(tmp_path):
     table = common.render_index(tmp_path)
     row = [ln for ln in table.splitlines() if ln.startswith("| `recall`")]
     assert len(row) == 1 and "| 3 |" in row[0]
-    assert "| 4.0 min | 40 s |" in row[0]                  # 90 + 150 s; the quick run alone
+    assert "| 4.0 min | - | - | 40 s |" in row[0]        # 90 + 150 s; the quick run alone
+    assert "| **all** | cpu | | 4.0 min | | | 40 s | | |" in table
+
+
+def test_index_cpu_time_and_load(tmp_path):
+    m1 = {**_meta("d1", wall=100), "cpu_s": 150.0, "loadavg": 7.5}
+    m2 = {**_meta("d2", wall=20), "cpu_s": 30.0, "loadavg": 1.2}
+    data = common.merge(common.merge(None, [{"k": 1}], m1, ("k",)), [{"k": 2}], m2, ("k",))
+    common.write_json(tmp_path / "long-cpu.json", data)
+    row = common.render_index(tmp_path).splitlines()[2]
+    assert "| 2.0 min | 3.0 min | 7.5 | - |" in row, row
 
 
 def test_write_json_is_atomic(tmp_path):
