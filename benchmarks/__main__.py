@@ -54,7 +54,7 @@ def parse(argv):
     ap.add_argument("--dtype", default=None,
                     help="float32 (default on CPU) or bfloat16 (default on GPU)")
     ap.add_argument("--threads", type=int, default=None,
-                    help="torch threads (default: all cores)")
+                    help="torch threads (default: the suite's THREADS, else all cores)")
     ap.add_argument("--results", default=str(common.RESULTS), help="folder of the results")
     ap.add_argument("--no-plots", action="store_true")
     for m in mods:
@@ -80,18 +80,20 @@ def cpu_seconds() -> float:
 def main(argv=None) -> int:
     import torch
     names, mods, args = parse(list(sys.argv[1:] if argv is None else argv))
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    args.threads = torch.get_num_threads()
+    all_cores, threads = torch.get_num_threads(), args.threads
     results = Path(args.results)
     dev = common.device_name(args.device)
     for name, mod in zip(names, mods):
+        # the published rows of a suite were measured at its THREADS (the training suites: 1,
+        # as their full runs); --quick keeps it, so a quick row re-measures a full row as it was
+        args.threads = threads or getattr(mod, "THREADS", None) or all_cores
+        torch.set_num_threads(args.threads)
         t0, c0 = time.time(), cpu_seconds()
         print(f"== {name} ({'quick' if args.quick else 'full'}, {args.device}, {args.dtype}, "
               f"{args.threads} threads)", flush=True)
         run_meta = common.meta(args.device, args.threads)
         run_meta.update(suite=name, quick=args.quick, dtype=args.dtype)
-        rows = mod.run(args)
+        rows = [{"dtype": args.dtype, "threads": args.threads, **r} for r in mod.run(args)]
         run_meta["wall_s"] = round(time.time() - t0, 1)
         run_meta["cpu_s"] = round(cpu_seconds() - c0, 1)
         path = common.results_path(name, dev, results)

@@ -8,7 +8,10 @@ A suite is a module ``benchmarks/suite_<name>.py`` with
   ``args.dtype``, ``args.threads`` and its own options are set); every row carries the keys
   named in ``KEY`` (rows of a later run replace rows with the same key, so ``--quick``
   re-measures a subset of the full run's rows and keeps the others);
-* ``KEY``: the tuple of row keys that identify a measurement;
+* ``KEY``: the tuple of row keys that identify a measurement (``dtype`` among them: a bf16
+  run never replaces a float32 row);
+* ``THREADS`` (optional): the torch threads the suite runs at unless ``--threads`` is given
+  (default: all cores), so ``--quick`` re-measures rows at their full run's thread count;
 * ``render(data) -> str``: the markdown the README shows (``data`` = the results file);
   ``render_<view>(data)`` for more README blocks (``<!-- bench:SUITE-DEVICE__VIEW -->``);
 * ``render_findings(data) -> str`` (optional): one sentence per paper finding, each saying

@@ -91,7 +91,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
 import torch  # noqa: E402
 
-KEY = ("group", "case", "T", "pass")
+KEY = ("group", "case", "T", "pass", "dtype")
 GROUPS = ("titans", "attention", "fla")
 LENGTHS = {"titans": ([1024, 4096], [1024]), "attention": ([1024, 4096, 16384], [1024, 4096]),
            "fla": ([1024, 4096], [1024])}            # (full, quick)
@@ -492,46 +492,47 @@ def measure(pair: Pair, reps: int, warmup: int, device: str) -> dict:
     first: dict = {}
     dy = None
     shares = []
+    # pass by pass, the two sides back to back (order flipped every repeat): each side's call
+    # follows the other side's call of the same pass, never a heavier pass of the other side
     for rep in range(warmup + reps):
         order = ["memarch", "peer"] if rep % 2 == 0 else ["peer", "memarch"]
-        for side in order:
+        for pas, side in ((pas, side) for pas in PASSES for side in order):
             fn, mod = sides[side], pair.modules.get(side)
             a, w0 = tb._cpu_ticks(), time.perf_counter()
-            for pas in PASSES:
-                if (side, pas) in errors or (side == "peer" and pas not in pair.peer_passes):
-                    continue
-                try:
-                    if pas == "fwd":
-                        with torch.no_grad():
-                            common.sync(device)
-                            t0 = time.perf_counter()
-                            out = _cast_out(fn(*pair.inputs))
-                            common.sync(device)
-                            dt = time.perf_counter() - t0
-                        grads = None
-                    else:
-                        if mod is not None:
-                            mod.zero_grad(set_to_none=True)
-                        ins = [x.detach().requires_grad_() for x in pair.inputs]
-                        if dy is None:
-                            with torch.no_grad():
-                                shape = _cast_out(fn(*pair.inputs)).shape
-                            dy = torch.randn(shape, generator=torch.Generator().manual_seed(
-                                SEED + 1)).to(device=device, dtype=pair.inputs[0].dtype)
+            if (side, pas) in errors or (side == "peer" and pas not in pair.peer_passes):
+                continue
+            try:
+                if pas == "fwd":
+                    with torch.no_grad():
                         common.sync(device)
                         t0 = time.perf_counter()
-                        out = _cast_out(fn(*ins))
-                        out.backward(dy)
+                        out = _cast_out(fn(*pair.inputs))
                         common.sync(device)
                         dt = time.perf_counter() - t0
-                        grads = [x.grad for x in ins]
-                except Exception as e:   # noqa: BLE001 - an unsupported pass is recorded
-                    errors[(side, pas)] = f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"
-                    continue
-                if rep == 0:
-                    first[(side, pas)] = (out.detach(), grads, dt)
-                if rep >= warmup:
-                    times[side][pas].append(dt)
+                    grads = None
+                else:
+                    if mod is not None:
+                        mod.zero_grad(set_to_none=True)
+                    ins = [x.detach().requires_grad_() for x in pair.inputs]
+                    if dy is None:
+                        with torch.no_grad():
+                            shape = _cast_out(fn(*pair.inputs)).shape
+                        dy = torch.randn(shape, generator=torch.Generator().manual_seed(
+                            SEED + 1)).to(device=device, dtype=pair.inputs[0].dtype)
+                    common.sync(device)
+                    t0 = time.perf_counter()
+                    out = _cast_out(fn(*ins))
+                    out.backward(dy)
+                    common.sync(device)
+                    dt = time.perf_counter() - t0
+                    grads = [x.grad for x in ins]
+            except Exception as e:   # noqa: BLE001 - an unsupported pass is recorded
+                errors[(side, pas)] = f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"
+                continue
+            if rep == 0:
+                first[(side, pas)] = (out.detach(), grads, dt)
+            if rep >= warmup:
+                times[side][pas].append(dt)
             share = tb._others_share(a, tb._cpu_ticks(), time.perf_counter() - w0)
             if share is not None:
                 shares.append(share)

@@ -51,6 +51,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
 
 KEY = ("name", "dtype")
+THREADS = 1                     # the published rows: 1 torch thread (python -m benchmarks)
 SEQ_LEN, PAIRS = 64, 4
 STEPS = 600
 SEED = 0

@@ -56,7 +56,8 @@ from pathlib import Path
 import torch
 from common import ROOT, fmt_num, sync, verdict
 
-KEY = ("part", "model", "eval", "W")
+KEY = ("part", "model", "eval", "W", "dtype")
+THREADS = 1                     # the published rows: 1 torch thread (python -m benchmarks)
 
 KJV = "../shared/data/kjv.txt"         # relative to the repository root, as train.py reads it
 N_SINKS = 4

@@ -36,7 +36,6 @@ def test_tiny_run_end_to_end(tmp_path):
     argv = ["peers", "--peers-tiny", "--threads", "1", "--results", str(tmp_path), "--no-plots",
             "--peers-groups", *groups, "--peers-cases", "SDPA", "FlexAttention",
             "naive_recurrent_linear_attn", "naive_chunk_gated_delta_rule"]
-    t0 = time.time()
     assert main(argv) == 0
     data = json.loads((tmp_path / "peers-cpu.json").read_text())
     rows = data["rows"]
@@ -64,7 +63,6 @@ def test_tiny_run_end_to_end(tmp_path):
                for r in rows)
     text = sp.render(data)
     assert "ratio = peer ms / memarch ms (> 1: memarch faster)" in text
-    assert time.time() - t0 < 30
 
 
 class _Slow:

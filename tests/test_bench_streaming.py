@@ -85,10 +85,8 @@ def test_eval_text_is_the_held_out_tail_wrapped(tmp_path):
     assert bytes(ids[:9]) == b"bcdefghij" and bytes(ids[9:18]) == b"bcdefghij"
 
 
-@pytest.mark.skipif(not (ROOT.parent / "shared").exists(),
-                    reason="../shared is absent (the suite's data folder); the tiny run "
-                           "uses a synthetic text but follows the suite's set-up")
 def test_tiny_run(tmp_path):
+    # a synthetic text in place of ../shared/data/kjv.txt: runs on a fresh clone
     from benchmarks.__main__ import main
     text = tmp_path / "tiny.txt"
     text.write_text("In the beginning God created the heaven and the earth.\n"
