@@ -30,6 +30,7 @@ from __future__ import annotations
 import contextlib
 import datetime
 import json
+import math
 import os
 import platform
 import shlex
@@ -193,6 +194,14 @@ def peak_bytes(fn: Callable[[], object], device: str = "cpu") -> int:
     return peak
 
 
+def sig(x: float | None, digits: int = 4) -> float | None:
+    """``x`` rounded to ``digits`` significant figures, so the JSON stays readable (None, 0
+    and non-finite values unchanged)."""
+    if x is None or x == 0 or not math.isfinite(x):
+        return x
+    return round(x, digits - 1 - int(math.floor(math.log10(abs(x)))))
+
+
 def fmt_num(x: float | None, digits: int = 3) -> str:
     """A table cell: ``x`` to ``digits`` significant figures with k/M suffixes, ``-`` for
     None."""
@@ -202,6 +211,14 @@ def fmt_num(x: float | None, digits: int = 3) -> str:
         if abs(x) >= div:
             return f"{x / div:.{digits}g}{suffix}"
     return f"{x:.{digits}g}"
+
+
+def pyplot():
+    """``matplotlib.pyplot`` on the Agg backend (the suites' ``plot`` writes PNG files only)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    return plt
 
 
 def verdict(reproduced: bool, partly: bool = False) -> str:

@@ -20,81 +20,36 @@ silenced).
 from __future__ import annotations
 
 import argparse
-import contextlib
-import datetime
 import json
 import os
-import platform
-import statistics
-import subprocess
+import shlex
 import sys
-import time
 from pathlib import Path
 
 import torch
 from memarch.kernels import delta_rule, linear_attn, sliding_window_attn
 
-RESULTS = Path(__file__).resolve().parent / "results"
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import common  # noqa: E402
+from common import RESULTS, peak_bytes, quiet_c_stderr, sync, time_s  # noqa: E402, F401
+
 NAIVE_MAX_T = 4096
 
 
 # ----------------------------------------------------------------------------- measuring
-def _sync(device):
-    if device == "cuda":
-        torch.cuda.synchronize()
+# the shared helpers live in common.py (also used by the results suites); these names stay
+# for the scripts and tests that import them from here
+_sync = sync
+_peak = peak_bytes
 
 
 def _time(fn, device, reps, warmup):
-    for _ in range(warmup):
-        fn()
-    _sync(device)
-    ts = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        fn()
-        _sync(device)
-        ts.append(time.perf_counter() - t0)
-    return statistics.median(ts) * 1e3
-
-
-@contextlib.contextmanager
-def quiet_c_stderr():
-    """Send file descriptor 2 to /dev/null for the block: the CPU profiler (kineto) prints
-    ``USDT:... profiler_start/stop`` lines from C++, which no Python logging knob reaches."""
-    sys.stderr.flush()
-    saved = os.dup(2)
-    try:
-        with open(os.devnull, "w") as null:
-            os.dup2(null.fileno(), 2)
-            yield
-    finally:
-        sys.stderr.flush()
-        os.dup2(saved, 2)
-        os.close(saved)
+    """Median milliseconds of ``fn()`` (``common.time_s`` in ms)."""
+    return time_s(fn, device, reps, warmup) * 1e3
 
 
 def _peak_cpu(fn):
-    from torch.profiler import ProfilerActivity, profile
-    with quiet_c_stderr(), profile(activities=[ProfilerActivity.CPU], profile_memory=True) as p:
-        fn()
-    ev = sorted((e.start_ns(), e.nbytes()) for e in p.profiler.kineto_results.events()
-                if e.name() == "[memory]")
-    live = peak = 0
-    for _, nb in ev:
-        live += nb
-        peak = max(peak, live)
-    return peak
-
-
-def _peak(fn, device):
-    if device == "cuda":
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-        base = torch.cuda.memory_allocated()
-        fn()
-        torch.cuda.synchronize()
-        return torch.cuda.max_memory_allocated() - base
-    return _peak_cpu(fn)
+    return peak_bytes(fn, "cpu")
 
 
 def measure(make_inputs, run, device, reps, warmup):
@@ -212,32 +167,9 @@ def sliding_window_cases(device, T, dtype, B=1, H=4, D=64, W=64, S=4):
 
 # ----------------------------------------------------------------------------- run + report
 def meta(device, threads):
-    m = dict(device=device, date=datetime.datetime.now().isoformat(timespec="seconds"),
-             torch=torch.__version__, python=platform.python_version(), threads=threads,
-             machine=platform.machine(), cpu=_cpu_name())
-    try:
-        import triton
-        m["triton"] = triton.__version__
-    except ImportError:
-        m["triton"] = None
-    if device == "cuda":
-        m["gpu"] = torch.cuda.get_device_name()
-    try:
-        m["commit"] = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
-                                     text=True, cwd=RESULTS.parent).stdout.strip()
-    except OSError:
-        pass
-    return m
-
-
-def _cpu_name():
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor()
+    """``common.meta`` with the command line of the script that runs (decode.py, ops.py,
+    recipes.py, titans.py import it from here)."""
+    return common.meta(device, threads, command=shlex.join(["python", *sys.argv]))
 
 
 def run_all(device, Ts, reps, dtype):

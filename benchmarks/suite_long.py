@@ -415,9 +415,7 @@ def render_findings(data) -> str:
 
 def plot(data, stem: Path) -> list[Path]:
     """One PNG: a panel per model, task x length multiple heatmap of the accuracy (%)."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = common.pyplot()
     tab = table(data)
     models = [m for m in MODELS if any(k[0] == m for k in tab)]
     tasks = [t for t in TASKS if any(k[1] == t for k in tab)]
@@ -454,9 +452,7 @@ def plot_depth(data, stem: Path) -> list[Path]:
     """``<stem>-depth.png``: a row per task, a panel per model, depth x length heatmaps
     (MQAR: the queried pair's index, pairs 0-1 inside the 4 sink positions; passkey: the
     needle's depth in fifths of the filler)."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = common.pyplot()
     tab = table(data)
     models = [m for m in MODELS if any(k[0] == m for k in tab)]
     tasks = [t for t in TASKS if any(k[1] == t for k in tab)]

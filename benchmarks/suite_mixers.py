@@ -63,6 +63,7 @@ from pathlib import Path
 import common
 import torch
 import torch.nn.functional as F
+from common import sig
 
 KEY = ("block", "T", "dtype")
 
@@ -187,13 +188,6 @@ def n_params(model: torch.nn.Module) -> int:
 
 
 # ----------------------------------------------------------------------------- measuring
-def sig(x: float | None, digits: int = 4) -> float | None:
-    """``x`` rounded to ``digits`` significant figures (the JSON stays readable)."""
-    if x is None or x == 0 or not math.isfinite(x):
-        return x
-    return round(x, digits - 1 - int(math.floor(math.log10(abs(x)))))
-
-
 def reps_for(T: int) -> int:
     return 3 if T <= 1024 else 1
 
@@ -441,9 +435,7 @@ def render(data: dict) -> str:
 
 
 def plot(data: dict, stem: Path) -> list[Path]:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = common.pyplot()
     from matplotlib.ticker import NullLocator
     paths = []
     dtypes = sorted({r["dtype"] for r in data["rows"]})

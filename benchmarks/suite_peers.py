@@ -77,7 +77,6 @@ from __future__ import annotations
 
 import argparse
 import importlib.metadata
-import math
 import statistics
 import sys
 import time
@@ -558,13 +557,6 @@ def measure(pair: Pair, reps: int, warmup: int, device: str) -> dict:
             "others_cpu_share": round(statistics.median(shares), 3) if shares else None}
 
 
-def _sig(x, n=4):
-    """``x`` rounded to ``n`` significant figures (None stays None)."""
-    if x is None or x == 0 or not math.isfinite(x):
-        return x
-    return round(x, -int(math.floor(math.log10(abs(x)))) + n - 1)
-
-
 def case_rows(c: Case, T: int, device: str, dtype: str, warmup: int, reps: int,
               peer_version: str | None) -> list[dict]:
     base = {"group": c.group, "case": c.case, "T": T, "memarch_call": c.memarch_call,
@@ -598,23 +590,23 @@ def case_rows(c: Case, T: int, device: str, dtype: str, warmup: int, reps: int,
         err = r["errors"].get(("memarch", pas)) or r["errors"].get(("peer", pas))
         if tm and tp:
             ms_m, ms_p = statistics.median(tm) * 1e3, statistics.median(tp) * 1e3
-            row.update(status="measured", memarch_ms=_sig(ms_m), peer_ms=_sig(ms_p),
-                       ratio=_sig(ms_p / ms_m, 3),
-                       memarch_ms_all=[_sig(t * 1e3, 3) for t in tm],
-                       peer_ms_all=[_sig(t * 1e3, 3) for t in tp])
+            row.update(status="measured", memarch_ms=common.sig(ms_m), peer_ms=common.sig(ms_p),
+                       ratio=common.sig(ms_p / ms_m, 3),
+                       memarch_ms_all=[common.sig(t * 1e3, 3) for t in tm],
+                       peer_ms_all=[common.sig(t * 1e3, 3) for t in tp])
         else:
             who = "peer" if not tp else "memarch"
             row["status"] = (f"not measured: {who}: " + (
                 err or f"{pas} not supported (see peer_call)"))
             if tm:
-                row["memarch_ms"] = _sig(statistics.median(tm) * 1e3)
+                row["memarch_ms"] = common.sig(statistics.median(tm) * 1e3)
         for k, v in r["diffs"].get(pas, {}).items():
-            row[k] = _sig(v, 3)
+            row[k] = common.sig(v, 3)
         if not pair_comparable(c):
             row["max_abs_diff"] = None
             row["diff_note"] = "different parametrisations of the layer: outputs not compared"
         if c.case.startswith("FlexAttention") and pas == "fwd":
-            row["peer_compile_s"] = _sig(r["first_s"].get("peer_fwd"), 3)
+            row["peer_compile_s"] = common.sig(r["first_s"].get("peer_fwd"), 3)
         row["others_cpu_share"] = r["others_cpu_share"]
         if row.get("ratio") is not None and row["ratio"] < 1:
             row["reason"] = reason_for(c.group, c.case, pas)
@@ -781,9 +773,7 @@ def render(data) -> str:
 def plot(data, stem: Path) -> list[Path]:
     """One horizontal bar per measured row: the ratio on a log axis (right of 1: memarch
     faster)."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = common.pyplot()
     rows = [r for r in sorted(data["rows"], key=_order) if r.get("ratio")]
     if not rows:
         return []

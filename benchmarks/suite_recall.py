@@ -351,9 +351,7 @@ def render_findings(data) -> str:
 
 
 def plot(data, stem: Path) -> list[Path]:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = common.pyplot()
     rows = _rows(data)
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     markers = "osv^Dp"
