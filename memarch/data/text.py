@@ -26,6 +26,31 @@ from torch.utils.data import Dataset
 from memarch.data.tokenizers import load_tokenizer
 
 
+# The King James Bible (public domain, 4.4 MB of UTF-8, one verse a line), shipped xz-compressed
+# (1 MB): the long real text of memarch's perplexity, StreamingLLM and real-model checks, which a
+# fresh clone has. Every text reader here takes .xz / .gz files as they are.
+KJV = Path(__file__).resolve().parent / "corpora" / "kjv.txt.xz"
+
+
+def read_bytes(path: str | os.PathLike) -> bytes:
+    """The bytes of ``path``, decompressed when it ends in ``.xz`` or ``.gz``."""
+    p = Path(path)
+    if p.suffix == ".xz":
+        import lzma
+        return lzma.decompress(p.read_bytes())
+    if p.suffix == ".gz":
+        import gzip
+        return gzip.decompress(p.read_bytes())
+    return p.read_bytes()
+
+
+def read_text(path: str | os.PathLike) -> str:
+    """``path`` (plain, ``.xz`` or ``.gz``) as UTF-8 text with universal newlines; bytes that
+    are not UTF-8 raise ``DataError`` naming the file and the offset."""
+    text = decode_utf8(read_bytes(path), path)
+    return text.replace("\r\n", "\n").replace("\r", "\n")
+
+
 class DataError(ValueError):
     """Unusable data or data settings; the message names the file (and line or byte
     offset) or the config key."""
@@ -103,8 +128,7 @@ def read_documents(paths: Sequence[str], field: str = "text") -> list[str]:
                                     "name of the text field")
                 docs.append(document_text(obj[field], f"{p}: line {n}", field))
         else:
-            text = decode_utf8(p.read_bytes(), p)      # universal newlines, as read_text()
-            docs.append(text.replace("\r\n", "\n").replace("\r", "\n"))
+            docs.append(read_text(p))
         if not any(d.strip() for d in docs[start:]):
             raise DataError(f"data.dataset.paths: data file is empty (no text): {p}")
     return docs

@@ -24,9 +24,10 @@ Hugging Face's window keeps key j for query i iff i - W < j <= i, which is memar
 Strictness: any other ``model_type``, a config value memarch cannot reproduce (another RoPE
 type, partial rotary, an activation other than SiLU, dropout, quantization, a key this
 module does not know) and any missing, unexpected or misshapen tensor raise ``HFConfigError``
-naming it. Known metadata (token ids, ``max_position_embeddings``, generation settings) is
-ignored; keys a config leaves out take the transformers class's default
-(``FAMILY_DEFAULTS``). Differences that remain: RoPE angles are computed in fp64
+naming it; so does an ``auto_map`` (custom modeling code, never run). Metadata (names,
+``_``-prefixed keys, token ids, dtypes, ``max_position_embeddings``, generation settings:
+``_METADATA``) is ignored with one debug log line; keys a config leaves out take the
+transformers class's default (``FAMILY_DEFAULTS``). Differences that remain: RoPE angles are computed in fp64
 (transformers: fp32, which drifts by ~1e-3 rad at positions near 1e5, so long contexts
 differ slightly; ours are the exact angles), and RMSNorm multiplies its weight before the
 cast back to the input dtype (transformers after), so bf16/fp16 runs differ by rounding;
@@ -41,6 +42,7 @@ the files. An in-memory ``transformers`` model is read through ``config.to_dict(
 from __future__ import annotations
 
 import json
+import logging
 import os
 from pathlib import Path
 from typing import Any, Mapping
@@ -55,35 +57,55 @@ __all__ = ["from_hf", "hf_to_memarch_config", "read_hf_config", "resolve_hf_conf
 FAMILIES = ("llama", "mistral", "qwen2")
 # Attention kwargs that change no parameter shape: what ``from_hf`` may override
 ATTENTION_OVERRIDES = ("window", "n_sinks", "sink_positions", "block_size", "impl")
+log = logging.getLogger(__name__)
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16,
           "float64": torch.float64}
 
-# keys that do not change the function (ids, limits, generation and bookkeeping)
+# Keys that do not change the function the checkpoint computes: bookkeeping, limits,
+# token ids and generation settings. Besides these names, every key with a leading
+# underscore (``_name_or_path``, ``_commit_hash``, ...) and every key ending in
+# ``_token_id`` / ``_token_ids`` is metadata (``_metadata_key``). Each is logged (debug)
+# and otherwise ignored.
 _METADATA = {
-    "_name_or_path", "architectures", "bos_token_id", "eos_token_id", "pad_token_id",
-    "sep_token_id", "decoder_start_token_id", "dtype", "torch_dtype", "transformers_version",
-    "use_cache", "initializer_range", "max_position_embeddings", "id2label", "label2id",
-    "problem_type", "return_dict", "output_attentions", "output_hidden_states",
-    "chunk_size_feed_forward", "is_encoder_decoder", "is_decoder", "tokenizer_class",
-    "task_specific_params", "finetuning_task", "prefix", "torchscript", "use_bfloat16",
-    "tf_legacy_loss", "pruned_heads", "add_cross_attention", "cross_attention_hidden_size",
-    "tie_encoder_decoder", "_attn_implementation_autoset", "max_length", "min_length",
-    "do_sample", "early_stopping", "num_beams", "num_beam_groups", "diversity_penalty",
-    "temperature", "top_k", "top_p", "typical_p", "repetition_penalty", "length_penalty",
-    "no_repeat_ngram_size", "encoder_no_repeat_ngram_size", "bad_words_ids",
-    "num_return_sequences", "output_scores", "return_dict_in_generate", "forced_bos_token_id",
-    "forced_eos_token_id", "remove_invalid_values", "exponential_decay_length_penalty",
-    "suppress_tokens", "begin_suppress_tokens", "model_type", "max_window_layers",
-    "_commit_hash", "_attn_implementation",
-    "pretraining_tp",     # transformers 5 ignores it; in 4.x it only split the matmuls
+    "architectures",          # class names; a head other than lm_head fails the weight check
+    "dtype", "torch_dtype",   # storage dtype; ``from_hf`` reads it only to pick a dtype
+    "transformers_version", "use_cache", "initializer_range", "tokenizer_class",
+    "max_position_embeddings",  # a limit, not a parameter (llama3 RoPE reads it: _rope)
+    "pretraining_tp",         # transformers 5 ignores it; in 4.x it only split the matmuls
+    # tokens as strings (ids are covered by the suffix rule)
+    "bos_token", "eos_token", "pad_token", "unk_token", "sep_token", "cls_token",
+    "mask_token",
+    # names and tool bookkeeping written next to the weights
+    "model_name", "unsloth_version",
+    "transformers.js_config",  # ONNX runtime hints for transformers.js (kv-cache dtypes)
+    "is_llama_config",        # nanotron's export marker (SmolLM); transformers ignores it
+    # PretrainedConfig's generic attributes (transformers 4.x wrote them all)
+    "id2label", "label2id", "problem_type", "finetuning_task", "task_specific_params",
+    "prefix", "return_dict", "output_attentions", "output_hidden_states", "torchscript",
+    "use_bfloat16", "tf_legacy_loss", "pruned_heads", "is_encoder_decoder", "is_decoder",
+    "add_cross_attention", "cross_attention_hidden_size", "tie_encoder_decoder",
+    "chunk_size_feed_forward",  # chunking the MLP over positions computes the same values
+    # generation settings
+    "max_length", "min_length", "do_sample", "early_stopping", "num_beams",
+    "num_beam_groups", "diversity_penalty", "temperature", "top_k", "top_p", "typical_p",
+    "repetition_penalty", "length_penalty", "no_repeat_ngram_size",
+    "encoder_no_repeat_ngram_size", "bad_words_ids", "num_return_sequences",
+    "output_scores", "return_dict_in_generate", "remove_invalid_values",
+    "exponential_decay_length_penalty", "suppress_tokens", "begin_suppress_tokens",
 }
 # keys read below (with the value each family accepts)
-_READ = {"vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
+_READ = {"model_type", "vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
          "num_attention_heads", "num_key_value_heads", "head_dim", "hidden_act",
          "rms_norm_eps", "tie_word_embeddings", "attention_bias", "mlp_bias", "rope_theta",
          "rope_scaling", "rope_parameters", "sliding_window", "use_sliding_window",
-         "layer_types", "attention_dropout", "partial_rotary_factor",
-         "use_mrope"}
+         "layer_types", "attention_dropout", "partial_rotary_factor", "use_mrope",
+         "max_window_layers",   # Qwen2: first sliding layer; matters only with use_sliding_window
+         "rope_interleaved",    # nanotron's (SmolLM): false is rotate-half, what we compute
+         "quantization_config", "auto_map"}   # refused unless null / empty
+
+
+def _metadata_key(key: str) -> bool:
+    return key in _METADATA or key.startswith("_") or key.endswith(("_token_id", "_token_ids"))
 
 
 # transformers' defaults (5.25 config classes; tests/test_hf.py checks them) for the keys a
@@ -194,14 +216,22 @@ def hf_to_memarch_config(hf: Mapping[str, Any], *, d_model: int | None = None,
     if family not in FAMILIES:
         raise HFConfigError(f"from_hf: model_type {family!r} is not supported; supported: "
                             f"{list(FAMILIES)}")
-    hf = {**FAMILY_DEFAULTS[family], **hf}
+    if hf.get("auto_map"):
+        raise HFConfigError(f"from_hf: the config's auto_map {dict(hf['auto_map'])} names "
+                            "custom modeling code, which memarch does not run; it loads only "
+                            "the standard Llama / Mistral / Qwen2 architectures")
     if hf.get("quantization_config") is not None:
         raise HFConfigError("from_hf: quantized checkpoints (quantization_config) are not "
                             "supported; load the unquantized weights")
-    unknown = sorted(k for k in hf if k not in _METADATA and k not in _READ)
+    ignored = sorted(k for k in hf if _metadata_key(k) and k not in _READ)
+    unknown = sorted(k for k in hf if not _metadata_key(k) and k not in _READ)
     if unknown:
         raise HFConfigError(f"from_hf: config keys {unknown} are not supported for "
                             f"model_type {family!r} (memarch refuses what it cannot reproduce)")
+    if ignored:
+        log.debug("from_hf: ignoring metadata config keys %s (they do not change the "
+                  "function)", ignored)
+    hf = {**FAMILY_DEFAULTS[family], **hf}
     bad = sorted(set(attention_overrides) - set(ATTENTION_OVERRIDES))
     if bad:
         raise TypeError(f"from_hf: unknown attention override(s) {bad}; allowed (no parameter "
@@ -223,6 +253,11 @@ def hf_to_memarch_config(hf: Mapping[str, Any], *, d_model: int | None = None,
     equal("hidden_act", ("silu", "swish"), "silu")
     equal("attention_dropout", (0, 0.0, None), 0.0)
     equal("use_mrope", (False, None), False)
+    if hf.get("rope_interleaved"):
+        # transformers ignores the key and rotates halves; weights trained with interleaved
+        # pairs need their q/k rows permuted first, which a config cannot tell us was done
+        raise HFConfigError("from_hf: rope_interleaved=true (RoPE on interleaved pairs) is "
+                            "not supported: memarch, like transformers, rotates halves")
     want, (d_model, n_layers, H) = d_model, (need("hidden_size"), need("num_hidden_layers"),
                                              need("num_attention_heads"))
     if want is not None and want != d_model:
@@ -301,7 +336,8 @@ def _read_weights(d: Path) -> dict[str, torch.Tensor]:
     return out
 
 
-def _hf_to_memarch_weights(w: dict[str, torch.Tensor], n_layers: int, tied: bool):
+def _hf_to_memarch_weights(w: dict[str, torch.Tensor], n_layers: int, tied: bool,
+                           owner: str = "from_hf"):
     """Rename (and stack k/v) Hugging Face tensors into a MemLM state dict; every tensor of
     ``w`` must be used (or be a known derived buffer). Returns (state dict, memarch name ->
     the Hugging Face name(s) it came from)."""
@@ -314,7 +350,7 @@ def _hf_to_memarch_weights(w: dict[str, torch.Tensor], n_layers: int, tied: bool
             sd[dst], origin[dst] = w[src], name[src]
             used.add(src)
         elif required:
-            raise HFConfigError(f"from_hf: tensor {'model.' * (src != 'lm_head.weight')}"
+            raise HFConfigError(f"{owner}: tensor {'model.' * (src != 'lm_head.weight')}"
                                 f"{src!r} is missing from the checkpoint")
 
     take("embed_tokens.weight", "embed.weight")
@@ -338,10 +374,10 @@ def _hf_to_memarch_weights(w: dict[str, torch.Tensor], n_layers: int, tied: bool
             if kind == "weight" or kk in w or vk in w:
                 for key in (kk, vk):
                     if key not in w:
-                        raise HFConfigError(f"from_hf: tensor 'model.{key}' is missing from "
+                        raise HFConfigError(f"{owner}: tensor 'model.{key}' is missing from "
                                             "the checkpoint")
                 if w[kk].shape != w[vk].shape:
-                    raise HFConfigError(f"from_hf: {name[kk]} {tuple(w[kk].shape)} and "
+                    raise HFConfigError(f"{owner}: {name[kk]} {tuple(w[kk].shape)} and "
                                         f"{name[vk]} {tuple(w[vk].shape)} differ in shape")
                 sd[f"{q}mixer.kv_proj.{kind}"] = torch.cat([w[kk], w[vk]], 0)
                 origin[f"{q}mixer.kv_proj.{kind}"] = f"{name[kk]} + v_proj (stacked)"
@@ -349,7 +385,7 @@ def _hf_to_memarch_weights(w: dict[str, torch.Tensor], n_layers: int, tied: bool
         used.add(p + "self_attn.rotary_emb.inv_freq")   # old files: derived from the config
     extra = sorted(name[k] for k in set(w) - used)
     if extra:
-        raise HFConfigError(f"from_hf: unexpected tensors in the checkpoint: {extra[:8]}"
+        raise HFConfigError(f"{owner}: unexpected tensors in the checkpoint: {extra[:8]}"
                             f"{' ...' if len(extra) > 8 else ''} (not part of a "
                             "Llama/Mistral/Qwen2 model with this config)")
     return sd, origin
@@ -395,8 +431,20 @@ def from_hf(path_or_model, *, dtype=None, d_model: int | None = None, **attentio
     else:
         raise TypeError(f"from_hf: expected a directory path or a transformers model, got "
                         f"{type(path_or_model).__name__}")
+    return build_from_hf_parts(hf, cfg, weights, dtype=dtype,
+                               attention_overrides=attention_overrides)
+
+
+def build_from_hf_parts(hf: dict, cfg: dict, weights: dict[str, torch.Tensor], *, dtype=None,
+                        attention_overrides: Mapping[str, Any] | None = None,
+                        owner: str = "from_hf"):
+    """The ``MemLM`` of memarch config ``cfg`` (from ``hf_to_memarch_config(hf)``) with the
+    Hugging Face-named ``weights``, every tensor checked against the config's shapes (the
+    step ``from_hf`` and ``from_gguf`` share). In eval mode; one token is run to prove that
+    the dtype and implementation work here."""
+    attention_overrides = dict(attention_overrides or {})
     sd, origin = _hf_to_memarch_weights(weights, len(cfg["layer_pattern"]),
-                                        cfg["tie_embeddings"])
+                                        cfg["tie_embeddings"], owner)
     if dtype is None:
         kinds = {t.dtype for t in sd.values()}
         stored = _dtype(hf.get("dtype") or hf.get("torch_dtype")) if len(kinds) > 1 else None
@@ -406,24 +454,24 @@ def from_hf(path_or_model, *, dtype=None, d_model: int | None = None, **attentio
     expect = model.state_dict()
     for k, v in sd.items():
         if k not in expect:
-            raise HFConfigError(f"from_hf: tensor for {k!r} has no place in the model")
+            raise HFConfigError(f"{owner}: tensor for {k!r} has no place in the model")
         if tuple(v.shape) != tuple(expect[k].shape):
-            raise HFConfigError(f"from_hf: tensor {origin[k]} has shape {tuple(v.shape)}, but "
+            raise HFConfigError(f"{owner}: tensor {origin[k]} has shape {tuple(v.shape)}, but "
                                 f"the config makes {tuple(expect[k].shape)} (memarch's {k})")
     missing = sorted(set(expect) - set(sd) - ({"head.weight"} if cfg["tie_embeddings"]
                                               else set()))
     if missing:
-        raise HFConfigError(f"from_hf: the checkpoint has no tensors for {missing[:8]}")
+        raise HFConfigError(f"{owner}: the checkpoint has no tensors for {missing[:8]}")
     model.load_state_dict({k: v.to(dtype) for k, v in sd.items()}, strict=False, assign=True)
     if cfg["tie_embeddings"]:
         model.head.weight = model.embed.weight
     left = [n for n, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]
     if left:
-        raise HFConfigError(f"from_hf: no weights were loaded for {left}")
+        raise HFConfigError(f"{owner}: no weights were loaded for {left}")
     model.eval()
     if attention_overrides.get("impl") == "triton":   # compiled for CUDA: checked, not run
         if dtype not in (torch.float16, torch.bfloat16, torch.float32):
-            raise HFConfigError(f"from_hf: impl='triton' runs fp16/bf16/fp32, not dtype="
+            raise HFConfigError(f"{owner}: impl='triton' runs fp16/bf16/fp32, not dtype="
                                 f"{dtype}")
         return model
     try:                 # one token: the dtype / implementation runs here, or say so now
@@ -431,7 +479,7 @@ def from_hf(path_or_model, *, dtype=None, d_model: int | None = None, **attentio
             model(torch.zeros(1, 1, dtype=torch.long, device=model.embed.weight.device))
     except Exception as e:  # noqa: BLE001 - re-raised with what was asked for
         raise HFConfigError(
-            f"from_hf: the model cannot run with dtype={dtype} and attention options "
+            f"{owner}: the model cannot run with dtype={dtype} and attention options "
             f"{attention_overrides or {}} on {model.embed.weight.device} "
             f"({type(e).__name__}: {str(e).splitlines()[0][:200]})") from e
     return model
