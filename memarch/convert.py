@@ -1,15 +1,21 @@
-"""Convert a pretrained Hugging Face model into a memarch checkpoint.
+"""Convert a pretrained model into a memarch checkpoint.
 
     python -m memarch.convert hf PATH OUT.ckpt [--window W --n-sinks S
         --sink-positions cache|absolute --dtype bfloat16 --tokenizer TOK]
+    python -m memarch.convert gguf FILE.gguf OUT.ckpt [--window W --n-sinks S
+        --sink-positions cache|absolute --dtype float32]
 
-``PATH`` is a local Llama / Mistral / Qwen2 directory (``config.json`` + safetensors); the
-model is read by ``memarch.models.from_hf`` (exact; the attention options turn it into a
-StreamingLLM model). ``OUT.ckpt`` holds what a memarch training checkpoint holds for the
-network: the model config (``memarch_model_config``), the weights (``state_dict``, keys
-``net.*``) and the tokenizer (``memarch_tokenizer``: the text of ``PATH/tokenizer.json`` or
-``--tokenizer``, embedded, so the file is self-contained), plus ``memarch_converted``
-(source, overrides). So it is read by ``memarch.checkpoint.load``, generation,
+``hf``: ``PATH`` is a local Llama / Mistral / Qwen2 directory (``config.json`` +
+safetensors), read by ``memarch.models.from_hf``. ``gguf``: a llama.cpp GGUF file (``llama``
+or ``qwen2``), read by ``memarch.models.from_gguf``, its tokenizer and chat template built
+from the file's metadata (``memarch.data.gguf_tokenizer``). Both are exact; the attention
+options turn the model into a StreamingLLM model. ``OUT.ckpt`` holds what a memarch
+training checkpoint holds for the network: the model config (``memarch_model_config``), the
+weights (``state_dict``, keys ``net.*``) and the tokenizer (``memarch_tokenizer``: the text
+of ``PATH/tokenizer.json``, ``--tokenizer`` or the GGUF's, embedded, so the file is
+self-contained), plus ``memarch_converted`` (source, overrides, dtype and the model's
+trained ``context_length`` when known). So it is read by ``memarch.checkpoint.load``,
+``python -m memarch.generate``, generation,
 ``python -m memarch.eval checkpoint=OUT.ckpt`` and ``train.py ckpt_path=OUT.ckpt``
 (fine-tuning: the weights, with a fresh optimizer and step 0). The file is written to
 ``OUT.ckpt.tmp`` and renamed, so an interrupted run leaves no half-written checkpoint.
@@ -51,8 +57,38 @@ def hf_checkpoint(path: str | os.PathLike, *, dtype=None, tokenizer: str | None 
         TOKENIZER_KEY: spec,
         CONVERTED_KEY: {"from": str(path), "model_type": hf.get("model_type"),
                         "overrides": dict(attention_overrides),
-                        "dtype": str(next(model.parameters()).dtype).removeprefix("torch.")},
+                        "dtype": str(next(model.parameters()).dtype).removeprefix("torch."),
+                        "context_length": hf.get("max_position_embeddings")},
     }
+
+
+def gguf_checkpoint(path: str | os.PathLike, *, dtype=None, **attention_overrides) -> dict:
+    """The checkpoint dict of the GGUF file ``path``, its tokenizer embedded (a file without
+    tokenizer metadata is refused: a converted model must be usable as it is)."""
+    from memarch.data.gguf_tokenizer import gguf_tokenizer_spec
+    from memarch.hub import model_config
+    from memarch.models.gguf import from_gguf, gguf_to_hf, read_gguf
+    reader = read_gguf(path)
+    spec = gguf_tokenizer_spec(reader, source=str(path))     # before the weights: fail fast
+    hf = gguf_to_hf(reader)
+    model = from_gguf(path, dtype=dtype, **attention_overrides)
+    return {
+        CONFIG_KEY: model_config(model),
+        "state_dict": {f"net.{k}": v for k, v in model.state_dict().items()},
+        TOKENIZER_KEY: spec,
+        CONVERTED_KEY: {"from": str(path), "model_type": hf["model_type"], "format": "gguf",
+                        "overrides": dict(attention_overrides),
+                        "dtype": str(next(model.parameters()).dtype).removeprefix("torch."),
+                        "context_length": model.context_length},
+    }
+
+
+def _refuse_source(src: str | os.PathLike, out: str | os.PathLike) -> None:
+    """Never write over the model being converted (or a file inside its folder)."""
+    s, o = Path(src).expanduser().resolve(), Path(out).expanduser().resolve()
+    if o == s or (s.is_dir() and s in o.parents and o.exists()):
+        raise ValueError(f"convert: OUT {out} would overwrite the source model {src}; write "
+                         "the checkpoint somewhere else")
 
 
 def save(ckpt: dict, out: str | os.PathLike) -> Path:
@@ -68,22 +104,32 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m memarch.convert",
                                  description="Convert a model into a memarch checkpoint.")
     sub = ap.add_subparsers(dest="source", required=True)
-    hf = sub.add_parser("hf", help="a local Hugging Face Llama / Mistral / Qwen2 directory")
-    hf.add_argument("path", help="directory with config.json and *.safetensors")
-    hf.add_argument("out", help="the memarch checkpoint to write (e.g. llama.ckpt)")
-    hf.add_argument("--window", type=int, default=None, help="attention window W")
-    hf.add_argument("--n-sinks", type=int, default=None, help="attention sinks S")
-    hf.add_argument("--sink-positions", choices=["absolute", "cache"], default=None)
-    hf.add_argument("--dtype", default=None,
-                    help="float32 | bfloat16 | float16 | float64 (default: as stored)")
-    hf.add_argument("--tokenizer", default=None,
-                    help="tokenizer.json or a folder with one (default: PATH's, if present)")
+    for name, what, src in (
+            ("hf", "a local Hugging Face Llama / Mistral / Qwen2 directory",
+             "directory with config.json and *.safetensors"),
+            ("gguf", "a llama.cpp GGUF file (llama, qwen2), tokenizer included",
+             "the .gguf file")):
+        p = sub.add_parser(name, help=what)
+        p.add_argument("path", help=src)
+        p.add_argument("out", help="the memarch checkpoint to write (e.g. model.ckpt)")
+        p.add_argument("--window", type=int, default=None, help="attention window W")
+        p.add_argument("--n-sinks", type=int, default=None, help="attention sinks S")
+        p.add_argument("--sink-positions", choices=["absolute", "cache"], default=None)
+        p.add_argument("--dtype", default=None, help="float32 | bfloat16 | float16 | float64 "
+                       f"(default: {'as stored' if name == 'hf' else 'float32'})")
+        if name == "hf":
+            p.add_argument("--tokenizer", default=None, help="tokenizer.json or a folder "
+                           "with one (default: PATH's, if present)")
     args = ap.parse_args(argv)
     over = {k: v for k, v in (("window", args.window), ("n_sinks", args.n_sinks),
                               ("sink_positions", args.sink_positions)) if v is not None}
     try:
-        ckpt = hf_checkpoint(args.path, dtype=args.dtype, tokenizer=args.tokenizer, **over)
-    except (ValueError, TypeError, FileNotFoundError) as e:
+        _refuse_source(args.path, args.out)
+        if args.source == "hf":
+            ckpt = hf_checkpoint(args.path, dtype=args.dtype, tokenizer=args.tokenizer, **over)
+        else:
+            ckpt = gguf_checkpoint(args.path, dtype=args.dtype, **over)
+    except (ValueError, TypeError, FileNotFoundError, ImportError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     out = save(ckpt, args.out)
@@ -95,9 +141,9 @@ def main(argv: list[str] | None = None) -> int:
           f"({ckpt[CONVERTED_KEY]['dtype']}), attention {over or 'as pretrained'}, "
           f"tokenizer {'embedded' if ckpt[TOKENIZER_KEY] else 'none (pass --tokenizer)'}")
     print(f"  load:     memarch.checkpoint.load({str(out)!r}).model\n"
+          f"  talk:     python -m memarch.generate {out} --chat --prompt 'Hello'\n"
           f"  evaluate: python -m memarch.eval checkpoint={out} preset=smoke\n"
-          f"  finetune: python train.py ckpt_path={out} data=text data.dataset.paths=[...] "
-          f"data.dataset.tokenizer={args.tokenizer or args.path}")
+          f"  finetune: python train.py ckpt_path={out} data=text data.dataset.paths=[...]")
     return 0
 
 

@@ -185,12 +185,15 @@ def _weights(reader, hf: dict) -> dict[str, torch.Tensor]:
     return out
 
 
-def from_gguf(path: str | os.PathLike, *, dtype=None, **attention_overrides):
+def from_gguf(path: str | os.PathLike, *, dtype=None, d_model: int | None = None,
+              **attention_overrides):
     """A ``MemLM`` computing the function of the GGUF model in ``path``.
 
     Args:
         path: a ``.gguf`` file (architecture ``llama`` or ``qwen2``).
         dtype: the parameters' dtype; None: float32 (dequantised weights are exact there).
+        d_model: the width a caller expects (HMT's config passes its own), checked against
+            the file's; None: not checked.
         **attention_overrides: ``window``, ``n_sinks``, ``sink_positions``, ``block_size``,
             ``impl`` for every attention layer, as for ``from_hf``.
 
@@ -204,7 +207,7 @@ def from_gguf(path: str | os.PathLike, *, dtype=None, **attention_overrides):
                         f"parameter shape changes): {list(ATTENTION_OVERRIDES)}")
     reader = read_gguf(path)
     hf = gguf_to_hf(reader)
-    cfg = hf_to_memarch_config(hf, **attention_overrides)      # before reading weights
+    cfg = hf_to_memarch_config(hf, d_model=d_model, **attention_overrides)   # before weights
     model = build_from_hf_parts(hf, cfg, _weights(reader, hf), dtype=dtype,
                                 attention_overrides=attention_overrides, owner="from_gguf")
     model.context_length = hf["max_position_embeddings"]

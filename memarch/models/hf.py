@@ -486,25 +486,32 @@ def build_from_hf_parts(hf: dict, cfg: dict, weights: dict[str, torch.Tensor], *
 
 
 FROM_HF_TARGETS = ("memarch.models.from_hf", "memarch.models.hf.from_hf")
+FROM_GGUF_TARGETS = ("memarch.models.from_gguf", "memarch.models.gguf.from_gguf")
 
 
 def resolve_hf_configs(cfg: Any) -> Any:
-    """``cfg`` (a model config, plain containers) with every ``from_hf`` node, e.g. HMT's
-    ``backbone: {_target_: memarch.models.from_hf, path_or_model: PATH, window: W}``,
-    replaced by the MemLM config it builds (read from ``PATH/config.json``; no weights).
-    Training checkpoints store this form: they rebuild without the Hugging Face folder
-    (the weights are in the checkpoint) and through the allow-list, which builds modules
-    only."""
+    """``cfg`` (a model config, plain containers) with every ``from_hf`` / ``from_gguf``
+    node, e.g. HMT's ``backbone: {_target_: memarch.models.from_hf, path_or_model: PATH,
+    window: W}``, replaced by the MemLM config it builds (read from ``PATH/config.json`` or
+    the GGUF's metadata; no weights). Training checkpoints store this form: they rebuild
+    without the pretrained files (the weights are in the checkpoint) and through the
+    allow-list, which builds modules only."""
     if isinstance(cfg, list):
         return [resolve_hf_configs(c) for c in cfg]
     if not isinstance(cfg, dict):
         return cfg
-    if cfg.get("_target_") in FROM_HF_TARGETS:
+    target = cfg.get("_target_")
+    if target in FROM_HF_TARGETS or target in FROM_GGUF_TARGETS:
         kw = {k: v for k, v in cfg.items() if not (k.startswith("_") and k.endswith("_"))}
-        path = kw.pop("path_or_model", None)
+        key = "path_or_model" if target in FROM_HF_TARGETS else "path"
+        path = kw.pop(key, None)
         kw.pop("dtype", None)
         if not isinstance(path, (str, os.PathLike)):
-            raise HFConfigError(f"from_hf in a config needs path_or_model: a local directory, "
+            raise HFConfigError(f"{target} in a config needs {key}: a local "
+                                f"{'directory' if key == 'path_or_model' else '.gguf file'}, "
                                 f"got {path!r}")
-        return hf_to_memarch_config(read_hf_config(path), **kw)
+        if target in FROM_HF_TARGETS:
+            return hf_to_memarch_config(read_hf_config(path), **kw)
+        from memarch.models.gguf import gguf_to_hf, read_gguf
+        return hf_to_memarch_config(gguf_to_hf(read_gguf(path)), **kw)
     return {k: resolve_hf_configs(v) for k, v in cfg.items()}
