@@ -7,7 +7,8 @@
 Each block ``<!-- bench:NAME -->`` ... ``<!-- /bench:NAME -->`` gets the markdown table that
 the script owning ``results/NAME.json`` prints with ``--render`` (``decode.py`` for
 ``decode_*``, ``recipes.py`` for ``recipes_*``, ``titans.py`` for ``titans_*``,
-``aot_table.py`` for ``aot_*``, ``gpu_check.py`` for ``gpu_check_*``, ``suite_SUITE.py`` for
+``aot_table.py`` for ``aot_*``, ``gpu_check.py`` for ``gpu_check_*``, ``real_eval.py`` and
+``hmt_real.py`` for ``real_eval-*`` and ``hmt_real-*``, ``suite_SUITE.py`` for
 the results suites' ``SUITE-DEVICE`` (``python -m benchmarks SUITE``), ``ops.py``
 otherwise; the block ``suites`` is ``common.render_index``, the index of all suites' files).
 A block ``NAME__VIEW`` gets ``render_VIEW`` of the same script on ``results/NAME.json``
@@ -50,6 +51,8 @@ def script_for(name: str) -> str:
         return "aot_table"
     if name.startswith("gpu_check"):
         return "gpu_check"
+    if name.startswith(("real_eval", "hmt_real")):     # the real model's evaluation, HMT on it
+        return name.split("-", 1)[0]
     return "ops"
 
 
