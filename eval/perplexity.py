@@ -129,7 +129,8 @@ def perplexity_suite(model, *, text_file: str | None = None,
     writes ``perplexity.json``, ``perplexity.jsonl`` and ``perplexity_by_position.png``.
 
     Args:
-        text_file: a local UTF-8 text (e.g. ``../shared/data/kjv.txt``), read as is.
+        text_file: a local UTF-8 text, plain or ``.xz`` / ``.gz`` (e.g. the shipped
+            ``memarch/data/corpora/kjv.txt.xz``).
         max_tokens: positions per stream (each stream takes ``max_tokens + 1`` tokens).
         bucket: a bucket width in positions, or a list of bucket edges.
         n_streams: streams to average over (ignored when ``offsets`` is a list).
@@ -140,7 +141,7 @@ def perplexity_suite(model, *, text_file: str | None = None,
     """
     if text_file is None:
         raise ValueError("text_file: required: a local long text file, e.g. "
-                         "../shared/data/kjv.txt")
+                         "memarch/data/corpora/kjv.txt.xz")
     p = Path(text_file).expanduser()
     if not p.is_file():
         raise FileNotFoundError(f"text_file: file not found: {text_file}")

@@ -3,7 +3,9 @@
 * every ``<!-- bench:NAME -->`` block equals the render of benchmarks/results/NAME.json;
 * no percentage figure appears in the README outside those generated blocks, unless it is a
   non-result figure in ALLOWED_PERCENT (chance levels, definitions);
-* every ```python block preceded by ``<!-- runnable -->`` executes as written.
+* every ```python block preceded by ``<!-- runnable -->`` executes as written, and so does
+  every one preceded by ``<!-- runnable: real -->`` (it uses the real model: marked ``real``,
+  skipped without ``make real-model``).
 """
 
 from __future__ import annotations
@@ -96,9 +98,9 @@ def test_recipes_results_name_the_machine_and_command():
         assert f"`{command}`" in update_readme.render_block(block), r["name"]
 
 
-def _runnable_snippets():
+def _runnable_snippets(kind: str = ""):
     text = _readme()
-    return re.findall(r"<!-- runnable -->\n```python\n(.*?)```", text, re.DOTALL)
+    return re.findall(rf"<!-- runnable{kind} -->\n```python\n(.*?)```", text, re.DOTALL)
 
 
 def test_readme_marks_the_kernels_snippet_runnable():
@@ -111,6 +113,21 @@ def test_runnable_snippet_executes(i, monkeypatch):
     src = _runnable_snippets()[i]
     code = compile(src, f"README.md runnable snippet {i}", "exec")
     exec(code, {"__name__": "__readme__"})  # noqa: S102 - the README's own snippet
+
+
+@pytest.mark.real
+@pytest.mark.parametrize("i", range(len(_runnable_snippets(": real"))))
+def test_real_model_snippet_executes(i, capsys):
+    from memarch.pretrained import RealModelMissing, real_model_path
+    try:
+        real_model_path()
+    except RealModelMissing as e:
+        pytest.skip(str(e))
+    src = _runnable_snippets(": real")[i]
+    exec(compile(src, f"README.md real-model snippet {i}", "exec"),  # noqa: S102
+         {"__name__": "__readme__"})
+    if "What is the capital of France?" in src:
+        assert "Paris" in capsys.readouterr().out
 
 
 def test_ops_profiler_prints_no_usdt_lines():

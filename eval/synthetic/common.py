@@ -71,9 +71,10 @@ class Haystack:
             p = Path(haystack_file).expanduser()
             if not p.is_file():
                 raise FileNotFoundError(f"{param}: file not found: {p} (give a text file, "
-                                        "e.g. ../shared/data/kjv.txt, or None for the "
+                                        "e.g. memarch/data/corpora/kjv.txt.xz, or None for the "
                                         "generated filler)")
-            self.source = re.sub(r"\s+", " ", p.read_text(encoding="utf-8")).strip()
+            from memarch.data.text import read_text       # plain, .xz or .gz
+            self.source = re.sub(r"\s+", " ", read_text(p)).strip()
             if not self.source:
                 raise ValueError(f"{param}: {p} holds no text")
         self.file = None if haystack_file is None else str(haystack_file)
