@@ -69,8 +69,8 @@ def gguf_checkpoint(path: str | os.PathLike, *, dtype=None, **attention_override
     from memarch.hub import model_config
     from memarch.models.gguf import from_gguf, gguf_to_hf, read_gguf
     reader = read_gguf(path)
-    spec = gguf_tokenizer_spec(reader, source=str(path))     # before the weights: fail fast
-    hf = gguf_to_hf(reader)
+    hf = gguf_to_hf(reader)                                   # fail fast: config, tokenizer,
+    spec = gguf_tokenizer_spec(reader, source=str(path))     # then the weights
     model = from_gguf(path, dtype=dtype, **attention_overrides)
     return {
         CONFIG_KEY: model_config(model),

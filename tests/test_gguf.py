@@ -205,3 +205,39 @@ def test_truncated_or_not_gguf(tmp_path):
         from_gguf(tmp_path / "x.gguf")
     with pytest.raises(FileNotFoundError, match="no such file"):
         from_gguf(tmp_path / "missing.gguf")
+
+
+def _convert(tmp_path, src: Path):
+    from memarch.convert import main
+    return main(["gguf", str(src), str(tmp_path / "out" / "m.ckpt")])
+
+
+def test_convert_refuses_bad_files_and_writes_nothing(tmp_path, capsys):
+    """``python -m memarch.convert gguf``: each bad file is named in one error line, exit 2,
+    and no checkpoint (nor its temporary file) is written."""
+    hf = hf_model("llama", hidden_size=64, intermediate_size=128)
+    write_gguf(hf, tmp_path / "notok.gguf", tokenizer=False)
+    write_gguf(hf, tmp_path / "gemma.gguf", arch="gemma")
+    size = gguf.GGML_QUANT_SIZES[Q.Q8_1][1]
+    write_gguf(hf, tmp_path / "q81.gguf",
+               extra_tensors={"blk.0.extra.weight": (np.zeros((4, size), np.uint8), Q.Q8_1)})
+    data = (tmp_path / "notok.gguf").read_bytes()
+    (tmp_path / "cut.gguf").write_bytes(data[:len(data) // 2])
+    cases = {"notok.gguf": "has no tokenizer", "gemma.gguf": "architecture 'gemma'",
+             "cut.gguf": "cut.gguf as GGUF", "missing.gguf": "no such file",
+             "q81.gguf": "'blk.0.extra.weight' has type Q8_1"}
+    for name, match in cases.items():
+        assert _convert(tmp_path, tmp_path / name) == 2, name
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and match in err, (name, err)
+        assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
+def test_convert_refuses_to_overwrite_its_source(tmp_path, capsys):
+    from memarch.convert import main
+    hf = hf_model("llama", hidden_size=64, intermediate_size=128)
+    write_gguf(hf, tmp_path / "m.gguf")
+    before = (tmp_path / "m.gguf").read_bytes()
+    assert main(["gguf", str(tmp_path / "m.gguf"), str(tmp_path / "m.gguf")]) == 2
+    assert "would overwrite the source" in capsys.readouterr().err
+    assert (tmp_path / "m.gguf").read_bytes() == before
