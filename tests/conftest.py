@@ -56,3 +56,30 @@ def checks():
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+# -- the real pretrained model (``make real-model``), shared by the ``real`` tests ----------
+@pytest.fixture(scope="session")
+def real_model_file():
+    """The GGUF of SmolLM2-135M-Instruct, or skip (naming ``make real-model``)."""
+    from memarch.pretrained import RealModelMissing, real_model_path
+    try:
+        return real_model_path()
+    except RealModelMissing as e:
+        pytest.skip(str(e))
+
+
+@pytest.fixture(scope="session")
+def real_model(real_model_file):
+    """``from_gguf`` of the real model, fp32, eval mode (do not modify it in a test)."""
+    from memarch.models import from_gguf
+    return from_gguf(real_model_file)
+
+
+@pytest.fixture(scope="session")
+def real_checkpoint(real_model_file, tmp_path_factory):
+    """The real model converted by ``python -m memarch.convert gguf`` (in-process)."""
+    from memarch.convert import main
+    out = tmp_path_factory.mktemp("real") / "smollm2.ckpt"
+    assert main(["gguf", str(real_model_file), str(out)]) == 0
+    return out

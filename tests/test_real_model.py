@@ -19,19 +19,15 @@ from memarch.checkpoint import TOKENIZER_KEY, load
 from memarch.convert import CONVERTED_KEY, main as convert_main
 from memarch.data.text import KJV, read_text
 from memarch.generation import generate
-from memarch.models import from_gguf, from_hf
-from memarch.pretrained import RealModelMissing, real_model_path
+from memarch.models import from_hf
 
 pytestmark = pytest.mark.real
 ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
-def gguf_path() -> Path:
-    try:
-        return real_model_path()
-    except RealModelMissing as e:
-        pytest.skip(str(e))
+def gguf_path(real_model_file) -> Path:
+    return real_model_file
 
 
 @pytest.fixture(scope="module")
@@ -50,8 +46,8 @@ def their_tokenizer(gguf_path):
 
 
 @pytest.fixture(scope="module")
-def ours(gguf_path):
-    return from_gguf(gguf_path)
+def ours(real_model):
+    return real_model
 
 
 @pytest.fixture(scope="module")
@@ -103,10 +99,8 @@ def test_from_hf_on_the_folder_transformers_writes_is_bitwise_from_gguf(theirs, 
 
 
 @pytest.fixture(scope="module")
-def converted(gguf_path, tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("real") / "smollm2.ckpt"
-    assert convert_main(["gguf", str(gguf_path), str(out)]) == 0
-    return out
+def converted(real_checkpoint) -> Path:
+    return real_checkpoint
 
 
 def test_converted_checkpoint(converted, ours):
@@ -122,16 +116,16 @@ def test_chat_answers_the_capital_question(converted):
     r = subprocess.run([sys.executable, "-m", "memarch.generate", str(converted), "--chat",
                         "--prompt", "What is the capital of France?", "--max-new-tokens", "24"],
                        capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL,
+                       check=False,
                        cwd=ROOT)
     assert r.returncode == 0, r.stderr
     assert "Paris" in r.stdout, r.stdout
 
 
-def test_convert_errors_write_nothing(gguf_path, tmp_path):
+def test_convert_errors_write_nothing(gguf_path, tmp_path, capsys):
     """A truncated GGUF is refused naming the file; nothing is written."""
-    data = gguf_path.read_bytes()
-    (tmp_path / "cut.gguf").write_bytes(data[:len(data) // 3])
-    r = subprocess.run([sys.executable, "-m", "memarch.convert", "gguf", str(tmp_path / "cut.gguf"),
-                        str(tmp_path / "out.ckpt")], capture_output=True, text=True, cwd=ROOT)
-    assert r.returncode == 2 and "cut.gguf as GGUF" in r.stderr, r.stderr
+    with open(gguf_path, "rb") as f:
+        (tmp_path / "cut.gguf").write_bytes(f.read(gguf_path.stat().st_size // 3))
+    assert convert_main(["gguf", str(tmp_path / "cut.gguf"), str(tmp_path / "out.ckpt")]) == 2
+    assert "cut.gguf as GGUF" in capsys.readouterr().err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["cut.gguf"]
