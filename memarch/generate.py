@@ -50,13 +50,12 @@ from typing import Any, NamedTuple
 import torch
 from torch.utils import _pytree as pytree
 
+from memarch.convert import CONVERTED_KEY
 from memarch.generation import stream
 
 __all__ = ["ChatSession", "ContextError", "Detokenizer", "Stats", "Turn", "attention_overrides",
            "context_length", "end_of_turn", "grows_with_context", "main", "raw_encoder",
            "state_nbytes", "stream_text"]
-
-CONVERTED_KEY = "memarch_converted"        # as memarch.convert writes it
 
 
 class Stats(NamedTuple):
