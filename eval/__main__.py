@@ -1,5 +1,5 @@
 """``python -m memarch.eval checkpoint=PATH [preset=auto|smoke|synthetic|longbench|
-longbench_e] [tasks=[...]] [settings.<suite>.<key>=...] [longbench.<key>=...]
+longbench_e|real] [tasks=[...]] [settings.<suite>.<key>=...] [longbench.<key>=...]
 [model_overrides='{mixers.attn.window: 256, mixers.attn.n_sinks: 4}']``.
 
 ``model_overrides`` changes shape-free constructor arguments of the checkpoint's model before

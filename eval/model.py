@@ -66,13 +66,21 @@ class EvalModel:
             such as MQAR) or None (unknown: ``preset=auto`` takes a model whose tokenizer's
             ids fit its vocabulary for a text model); ``from_checkpoint`` sets ``"text"``
             when the checkpoint names a tokenizer or one is given.
+        context_length: the context the model was trained on, in tokens (a converted
+            pretrained model's; ``from_checkpoint`` reads it), or None when unknown. Only
+            reported and checked (:meth:`context_problem`): nothing is cut to it.
     """
 
     def __init__(self, net: torch.nn.Module, tokenizer: Any = "byte", *, device: str = "cpu",
                  dtype: str | torch.dtype | None = None, chunk_size: int = 2048,
-                 name: str = "model", title: str | None = None, reads: str | None = None):
+                 name: str = "model", title: str | None = None, reads: str | None = None,
+                 context_length: int | None = None):
         if chunk_size < 1:
             raise ValueError(f"EvalModel: chunk_size must be >= 1, got {chunk_size}")
+        if context_length is not None:
+            from memarch.mixers.base import check_positive_int
+            check_positive_int("EvalModel", "context_length", context_length)
+        self.context_length = context_length
         if isinstance(dtype, str):
             if not isinstance(getattr(torch, dtype, None), torch.dtype):
                 raise ValueError(f"EvalModel: dtype must be a torch dtype name such as "
@@ -106,6 +114,7 @@ class EvalModel:
         e.g. ``{"mixers.attn.window": 256, "mixers.attn.n_sinks": 4}`` (``memarch.overrides``:
         a dense-trained model evaluated with a window and sinks)."""
         from memarch.checkpoint import TOKENIZER_KEY, load
+        from memarch.generate import context_length
         loaded = load(path, overrides=overrides)
         trained = loaded.checkpoint.get(TOKENIZER_KEY)
         tok = tokenizer or trained or "byte"
@@ -113,7 +122,42 @@ class EvalModel:
         # unknown here (``preset=auto`` then asks whether bytes fit the vocabulary)
         reads = "text" if tokenizer or trained else None
         return cls(loaded.model, tok, device=device, dtype=dtype, chunk_size=chunk_size,
-                   name=str(path), title=run_name(path), reads=reads)
+                   name=str(path), title=run_name(path), reads=reads,
+                   context_length=context_length(loaded.checkpoint, loaded.model))
+
+    # -- the trained context -------------------------------------------------------------
+    def attention_reach(self) -> int | None:
+        """The most tokens one query's attention spans in positions: None when unbounded
+        (full attention, or sinks at their absolute positions, see every distance up to the
+        sequence's length), else the largest window (+ its sinks at cache positions, whose
+        RoPE distance is at most ``window + n_sinks - 1``); 0 for a model without
+        attention (a recurrent state has no position limit)."""
+        from memarch.mixers.attention import Attention
+        reach = 0
+        for m in self.net.modules():
+            if not isinstance(m, Attention):
+                continue
+            if m.window is None or (m.n_sinks and m.sink_positions != "cache"):
+                return None
+            reach = max(reach, m.window + (m.n_sinks if m.sink_positions == "cache" else 0))
+        return reach
+
+    def context_problem(self, n_tokens: int) -> str | None:
+        """Why feeding ``n_tokens`` tokens goes past the context the model was trained on
+        (None: it does not, or the context is unknown). A window (+ sinks at cache
+        positions) within the trained context never does, however long the input."""
+        ctx = self.context_length
+        if ctx is None:
+            return None
+        reach = self.attention_reach()
+        if reach is None and n_tokens > ctx:
+            return (f"{n_tokens} tokens are more than the {ctx} the model was trained on, and "
+                    "its attention sees every distance (full attention, or sinks at absolute "
+                    f"positions): past position {ctx} this measures length extrapolation")
+        if reach is not None and reach > ctx and n_tokens > ctx:
+            return (f"its attention window spans {reach} positions, more than the {ctx} "
+                    "the model was trained on")
+        return None
 
     # -- text --------------------------------------------------------------------------
     def _tok(self):

@@ -130,6 +130,20 @@ def auto_tasks(model, settings: Mapping[str, Mapping] | None = None
     return run, skipped
 
 
+def context_warnings(model, plans: Mapping[str, object]) -> dict[str, str]:
+    """{task: why} for the planned suites whose longest pass goes past the context the model
+    was trained on (``EvalModel.context_problem``; none when the context is unknown). They
+    still run: past its trained context a dense model measures length extrapolation."""
+    problem = getattr(model, "context_problem", None)
+    out = {}
+    for t, p in plans.items():
+        n = p.tokens_fed() if problem is not None and hasattr(p, "tokens_fed") else None
+        why = problem(n) if n is not None else None
+        if why:
+            out[t] = f"its longest pass feeds {why}"
+    return out
+
+
 def _by_reason(skipped: Mapping[str, str]) -> dict[str, list[str]]:
     out: dict[str, list[str]] = {}
     for t, why in skipped.items():
@@ -206,6 +220,10 @@ def evaluate(model, tasks: Sequence[str], out_dir: str | Path, *,
                 f"{t}: {why}" for t, why in skipped.items()))
         if verbose:
             print(f"auto: running {', '.join(tasks)}")
+    warnings = context_warnings(model, plans)
+    if verbose:
+        for t, why in warnings.items():
+            print(f"warning: {t}: {why}")
     lb = [t for t in tasks if lb_tasks.is_longbench(t)]
     lb_kw = check_settings(run_longbench, longbench or {}, "longbench", exclude=("tasks",))
     plan = prepare_longbench(model, tasks=lb, **lb_kw) if lb else None   # fail now, not later
@@ -214,7 +232,10 @@ def evaluate(model, tasks: Sequence[str], out_dir: str | Path, *,
 
     def summary(failed=None) -> dict:
         out = {"model": model.name, "tasks": tasks, "results": results,
-               "environment": environment(model.device), "seconds": time.time() - t0}
+               "environment": environment(model.device), "seconds": time.time() - t0,
+               "context_length": getattr(model, "context_length", None)}
+        if warnings:
+            out["warnings"] = warnings
         if auto:
             out["skipped"], out["notes"] = skipped, notes
         if failed is not None:

@@ -225,6 +225,10 @@ class Planned(abc.ABC):
     def _too_short(self) -> dict[int, int]:
         return {}
 
+    def tokens_fed(self) -> int | None:
+        """The most tokens one pass feeds the model (None: unknown): the longest length."""
+        return max(self.lengths) if self.lengths else None
+
     def check(self) -> None:
         bad = self.too_short()
         if bad:
@@ -313,6 +317,10 @@ class TextSuite(Planned):
             except LengthTooShortError as e:
                 bad[L] = e.need
         return bad
+
+    def tokens_fed(self) -> int | None:
+        """The longest prompt and the generated tokens fed back (all but the last)."""
+        return max(self.lengths) + self.max_new_tokens - 1 if self.lengths else None
 
     def _run(self, out_dir: Path) -> dict:
         """Greedy-generate every example (chunked prefill through the model state), score
