@@ -261,5 +261,5 @@ def test_eval_configs_are_not_training_config_groups(checks):
     checks.true("eval" not in groups and "preset" not in groups, groups)
     checks.true(not (ROOT / "configs" / "eval").exists(), "configs/eval moved")
     r = _cli("--help")
-    checks.true(r.returncode == 0 and "preset: auto, longbench, longbench_e, smoke, synthetic"
+    checks.true(r.returncode == 0 and "preset: auto, longbench, longbench_e, real, smoke, synthetic"
                 in r.stdout and "tasks: auto" in r.stdout, r.stdout[:2000] + r.stderr[-2000:])
