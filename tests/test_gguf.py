@@ -133,7 +133,8 @@ def test_logits_equal_the_dequantised_hf_model(case, tmp_path, checks):
     stored = write_gguf(hf, tmp_path / "m.gguf", qtype=qtype)
     hf = _dequantised_hf(hf, stored)
     ours = from_gguf(tmp_path / "m.gguf")
-    ids = torch.randint(0, hf.config.vocab_size, (2, 37), generator=torch.Generator().manual_seed(1))
+    ids = torch.randint(0, hf.config.vocab_size, (2, 37),
+                        generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         ref, got = hf(ids).logits, ours(ids).logits
     checks.true(ref.std() > 0.1, "degenerate logits prove little")
@@ -177,7 +178,8 @@ def test_refused_by_name(tmp_path):
         from_gguf(tmp_path / "d.gguf")
     write_gguf(hf, tmp_path / "e.gguf",
                extra_tensors={"blk.0.attn_q_norm.weight": np.ones(8, dtype=np.float32)})
-    with pytest.raises(HFConfigError, match="from_gguf: unexpected tensors.*blk.0.attn_q_norm.weight"):
+    with pytest.raises(HFConfigError,
+                       match="from_gguf: unexpected tensors.*blk.0.attn_q_norm.weight"):
         from_gguf(tmp_path / "e.gguf")
 
 

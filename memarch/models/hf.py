@@ -27,10 +27,10 @@ module does not know) and any missing, unexpected or misshapen tensor raise ``HF
 naming it; so does an ``auto_map`` (custom modeling code, never run). Metadata (names,
 ``_``-prefixed keys, token ids, dtypes, ``max_position_embeddings``, generation settings:
 ``_METADATA``) is ignored with one debug log line; keys a config leaves out take the
-transformers class's default (``FAMILY_DEFAULTS``). Differences that remain: RoPE angles are computed in fp64
-(transformers: fp32, which drifts by ~1e-3 rad at positions near 1e5, so long contexts
-differ slightly; ours are the exact angles), and RMSNorm multiplies its weight before the
-cast back to the input dtype (transformers after), so bf16/fp16 runs differ by rounding;
+transformers class's default (``FAMILY_DEFAULTS``). Differences that remain: RoPE angles
+are computed in fp64 (transformers: fp32, which drifts by ~1e-3 rad at positions near 1e5,
+so long contexts differ slightly; ours are the exact angles), and RMSNorm multiplies its
+weight before the cast back to the input dtype (transformers after), so bf16/fp16 runs differ by rounding;
 fp32 logits agree to ~1e-6 at short positions (tested to 1e-5).
 
 Reading a directory needs ``safetensors`` only (``config.json`` plus ``model.safetensors``
