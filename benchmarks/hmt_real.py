@@ -282,6 +282,18 @@ def training_record(run_dir: Path, log: Path | None) -> dict:
                 rec.update(steps=int(m.group(1)), train_steps_per_s=float(m.group(3)))
                 rec["train_log"] = str(f)
                 break
+    log_f = run_dir / "train.log"                # Hydra's job log: timestamped lines
+    if log_f.is_file():
+        stamps = []                              # (time, the line says fit stopped)
+        for line in log_f.read_text(errors="replace").splitlines():
+            m = re.match(r"\[(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d)", line)
+            if m:
+                stamps.append((m.group(1), "`Trainer.fit` stopped" in line))
+        ends = [t for t, stop in stamps if stop]
+        if ends:
+            t0, t1 = (datetime.datetime.fromisoformat(t) for t in (stamps[0][0], ends[-1]))
+            rec["train_fit_wall_s"] = round((t1 - t0).total_seconds())
+            rec["train_started"] = stamps[0][0]
     vals = []
     for f in sorted(run_dir.glob("csv/version_*/metrics.csv")):
         with open(f) as fh:
@@ -298,6 +310,19 @@ def training_record(run_dir: Path, log: Path | None) -> dict:
 
 
 # -- evaluation --------------------------------------------------------------------------
+def _without_note(argv: list[str]) -> list[str]:
+    """The command line minus ``--note TEXT`` (kept in meta.note instead)."""
+    out, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+        elif a == "--note":
+            skip = True
+        elif not a.startswith("--note="):
+            out.append(a)
+    return out
+
+
 def evaluate(args) -> dict | None:
     """Score ``args.models`` (reusing the per-token NLLs cached in ``args.nll_cache`` for the
     same sequences, backbone and HMT weights) and return the results file's dict, or None
@@ -329,6 +354,13 @@ def evaluate(args) -> dict | None:
         info["backbone_bitwise_equal_to_gguf"] = set(ref) == set(mine) and all(
             torch.equal(ref[n], mine[n]) for n in ref)
         hmt_init = untrained_like(hmt)
+        with torch.no_grad():         # the scales the frozen backbone gets at HMT's P_n slot
+            m = hmt(x[:1]).state.cache[0, -(x.shape[1] // L):]      # m_n of one sequence
+            info["input_norms"] = dict(
+                token_embedding=round(float(bb.embed.weight.norm(dim=-1).mean()), 3),
+                memory_embedding=round(float(m.norm(dim=-1).mean()), 3),
+                m_init_trained=round(float(hmt.init_memory.norm()), 3),
+                m_init_untrained=round(float(hmt_init.init_memory.norm()), 3))
         keys["hmt"] = f"{data_key}/{digest(*hmt.extra_parameters())}"
         keys["hmt_init"] = f"{data_key}/{digest(*hmt_init.extra_parameters())}"
         n_extra = sum(p.numel() for p in hmt.extra_parameters())
@@ -386,10 +418,12 @@ def evaluate(args) -> dict | None:
                               capture_output=True, text=True, check=False).stdout.strip(),
         commands=dict(train=f"OMP_NUM_THREADS={args.threads} {TRAIN_CMD}",
                       evaluate=shlex.join(["python", "benchmarks/hmt_real.py",
-                                           *sys.argv[1:]])),
+                                           *_without_note(sys.argv[1:])])),
         model=dict(file=SMOLLM2.filename, package=f"{SMOLLM2.package}=={SMOLLM2.version}",
                    sha256=SMOLLM2.sha256, license=SMOLLM2.license),
         **info, held_out=where, eval_wall_s=round(time.time() - t0, 1), training=rec)
+    if args.note:
+        meta["note"] = args.note
     return dict(meta=meta, rows=rows, verdict=v)
 
 
@@ -410,12 +444,22 @@ def render(data: dict) -> str:
         lines.append(f"| {r['what']} | {r['context']} | {r['ppl']:.3f} | {r['ppl_seg0']:.3f} "
                      f"| {r['ppl_seg1_3']:.3f} |")
     tr = m["training"]
+    wall = tr.get("train_fit_wall_s")
     lines += ["",
               (f"HMT adds {m['extra_params']:,} parameters ({m['extra_params_pct']:.2f} % "
-               f"of the backbone's {m['backbone_params']:,}); training "
-               f"{tr.get('train_steps_per_s', float('nan')):.3g} steps/s at "
-               f"{m['threads']} thread(s) on {m['cpus']} CPU cores (torch {m['torch']})."),
-              "", render_findings(data)]
+               f"of the backbone's {m['backbone_params']:,}); training: "
+               + (f"{wall / 60:.0f} min, " if wall else "")
+               + f"{tr.get('train_steps_per_s', float('nan')):.3g} steps/s (validation "
+               f"included) at {m['threads']} thread(s) on {m['cpus']} CPU cores (torch "
+               f"{m['torch']}). Commands: `{m['commands']['train']}`, "
+               f"`{m['commands']['evaluate']}`.")]
+    if "input_norms" in m:
+        n = m["input_norms"]
+        lines += ["", (f"The memory embeddings HMT puts at the frozen backbone's first "
+                       f"position (its final-norm hidden states) have norm "
+                       f"{n['memory_embedding']:.1f}; its token embeddings "
+                       f"{n['token_embedding']:.1f} (m_init: {n['m_init_trained']:.1f}).")]
+    lines += ["", render_findings(data)]
     return "\n".join(lines)
 
 
@@ -456,6 +500,8 @@ def main(argv=None) -> int:
                     help="per-token NLLs of each model, reused when the sequences, backbone "
                          "and HMT weights are the same (score the baselines while HMT trains)")
     ap.add_argument("--no-cache", action="store_true", help="score every model again")
+    ap.add_argument("--note", default=None, help="a sentence kept in the results' meta "
+                    "(e.g. what else ran on the machine)")
     ap.add_argument("--render", action="store_true", help="print the markdown of --out")
     args = ap.parse_args(argv)
     os.chdir(ROOT)                       # the configs' relative paths are the repo root's
