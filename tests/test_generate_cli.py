@@ -30,14 +30,8 @@ SCRIPT = "aé日🎉b"          # what the scripted model says: 11 bytes, all di
 
 def _byte_chars() -> dict[int, str]:
     """GPT-2's byte -> printable character map (the ByteLevel alphabet)."""
-    bs = [*range(33, 127), *range(161, 173), *range(174, 256)]
-    cs, n = bs[:], 0
-    for b in range(256):
-        if b not in bs:
-            bs.append(b)
-            cs.append(256 + n)
-            n += 1
-    return dict(zip(bs, map(chr, cs)))
+    from memarch.data.gguf_tokenizer import _bytes_to_unicode
+    return _bytes_to_unicode()
 
 
 def _spec(tok) -> dict:

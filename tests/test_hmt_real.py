@@ -17,17 +17,13 @@ from train_helpers import compose_cfg
 from memarch.checkpoint import load
 from memarch.data.text import KJV, read_text
 from memarch.lit.train import run
-from memarch.pretrained import RealModelMissing, real_model_path
 
 pytestmark = pytest.mark.real
 
 
 @pytest.fixture(scope="module")
-def gguf_path():
-    try:
-        return real_model_path()
-    except RealModelMissing as e:
-        pytest.skip(str(e))
+def gguf_path(real_model_file):
+    return real_model_file
 
 
 class _Snapshot(pl.Callback):
