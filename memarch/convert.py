@@ -67,11 +67,11 @@ def gguf_checkpoint(path: str | os.PathLike, *, dtype=None, **attention_override
     tokenizer metadata is refused: a converted model must be usable as it is)."""
     from memarch.data.gguf_tokenizer import gguf_tokenizer_spec
     from memarch.hub import model_config
-    from memarch.models.gguf import from_gguf, gguf_to_hf, read_gguf
-    reader = read_gguf(path)
-    hf = gguf_to_hf(reader)                                   # fail fast: config, tokenizer,
+    from memarch.models.gguf import gguf_to_hf, model_from_reader, read_gguf
+    reader = read_gguf(path)                                  # read once; fail fast:
+    hf = gguf_to_hf(reader)                                   # config, tokenizer,
     spec = gguf_tokenizer_spec(reader, source=str(path))     # then the weights
-    model = from_gguf(path, dtype=dtype, **attention_overrides)
+    model = model_from_reader(reader, hf, dtype=dtype, **attention_overrides)
     return {
         CONFIG_KEY: model_config(model),
         "state_dict": {f"net.{k}": v for k, v in model.state_dict().items()},

