@@ -12,12 +12,17 @@ Ops:
     delta_rule(q, k, v, beta, *, g, scale, initial_state, output_final_state, impl)
         -> (o, S | None)
 
+``known_finite(*tensors)``: the non-finite guard's fast path (one reduction per tensor), for
+callers that guard their own math the same way.
+
 ``impl="auto"`` picks $MEMARCH_KERNEL_IMPL when set (naive | torch | triton), else "triton"
 for CUDA tensors and "torch" elsewhere.
 """
 
+from ._common import known_finite
 from .delta_rule import delta_rule
 from .linear_attn import LinearAttnState, linear_attn
 from .sliding_window import sliding_window_attn
 
-__all__ = ["LinearAttnState", "delta_rule", "linear_attn", "sliding_window_attn"]
+__all__ = ["LinearAttnState", "delta_rule", "known_finite", "linear_attn",
+           "sliding_window_attn"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 
 import torch
@@ -9,6 +10,31 @@ import torch
 IMPLS = ("auto", "naive", "torch", "triton")
 ENV_VAR = "MEMARCH_KERNEL_IMPL"
 TRITON_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+
+GUARD = True
+"""The ops' non-finite guard (DESIGN.md, Kernels: a NaN/inf at token t changes no earlier
+output). ``False`` is for benchmarks only (``python -m benchmarks inference`` measures the
+guard's share of a forward with it): the ops then skip the guard, and non-finite input
+breaks causality. Never set it elsewhere."""
+
+
+def known_finite(*tensors) -> bool:
+    """True when every tensor given (None skipped) is finite, found by one fused reduction
+    per tensor: the guard's fast path. A sum is finite iff no entry is NaN or inf, unless
+    finite entries overflow it, which only sends the caller down its guarded path (exact,
+    slower). On CUDA False without looking (a host sync per call would cost more than the
+    guarded path, which needs none). With ``GUARD`` off (benchmarks), True."""
+    if not GUARD:
+        return True
+    for t in tensors:
+        if t is None:
+            continue
+        if t.is_cuda or t.device.type == "meta":
+            return False
+        acc = torch.float64 if t.dtype == torch.float64 else torch.float32
+        if not math.isfinite(t.sum(dtype=acc).item()):
+            return False
+    return True
 
 
 def pick_impl(op: str, impl: str, x: torch.Tensor) -> str:

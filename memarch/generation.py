@@ -14,12 +14,15 @@ take all the mass of their row (ties share it); a row with NaN or with no entry 
 
 from __future__ import annotations
 
+import contextlib
+import inspect
 import math
 import operator
 from typing import Any, Iterator, NamedTuple, Sequence
 
 import torch
 
+from memarch.mixers.base import trusted_states
 from memarch.state import fields_repr
 
 __all__ = ["prefill", "sample_next", "stream", "generate", "DecodeStep", "GenerationOutput",
@@ -231,10 +234,22 @@ def prefill(model, ids: torch.Tensor | Sequence, state: Any = None, *,
         raise ValueError(f"prefill: ids must be [B, T] with T >= 1, got shape {shape}")
     chunk_size = _int("prefill", "chunk_size", chunk_size, minimum=1, allow_none=True)
     step = segment_aligned(model, chunk_size) or ids.shape[1]
+    kw = {"logits_to_keep": 1} if _keeps_logits(model) else {}
     logits = None
     for a in range(0, ids.shape[1], step):
-        logits, state, _ = model(ids[:, a:a + step], state)
+        # the state is checked when it enters (the first chunk); the model's own, after
+        with trusted_states() if a else contextlib.nullcontext():
+            logits, state, _ = model(ids[:, a:a + step], state, **kw)
     return logits[:, -1], state
+
+
+def _keeps_logits(model) -> bool:
+    """The model's forward takes ``logits_to_keep`` (``MemLM``): prefill asks for the last
+    position's logits only."""
+    try:
+        return "logits_to_keep" in inspect.signature(getattr(model, "forward", model)).parameters
+    except (TypeError, ValueError):
+        return False
 
 
 def sample_next(logits: torch.Tensor, *, temperature: float = 0.0, top_k: int | None = None,
@@ -337,7 +352,8 @@ def _stream(model, ids, state, max_new_tokens, chunk_size, temperature, top_k, t
                 return
         if max_new_tokens is not None and n >= max_new_tokens:
             return
-        logits, state, _ = model(tok[:, None], state)
+        with trusted_states():                     # the state the model itself returned
+            logits, state, _ = model(tok[:, None], state)
         logits = logits[:, -1]
 
 

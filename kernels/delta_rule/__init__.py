@@ -12,7 +12,7 @@ import warnings
 
 import torch
 
-from .._common import check, check_float, check_qkv_g, check_triton, pick_impl
+from .._common import check, check_float, check_qkv_g, check_triton, known_finite, pick_impl
 from .naive import delta_rule_naive
 from .torch_chunk import chunk_delta_rule
 
@@ -90,10 +90,13 @@ def delta_rule(q, k, v, beta, *, g=None, scale=None, initial_state=None,
               f"impl='triton' supports K, V <= {MAX_TRITON_DIM}, got K={K}, V={V}")
 
     # non-finite k/v/beta/g at token t: a no-op write there, NaN outputs from t on (doc above)
-    bad = ~(k.isfinite().all(-1) & v.isfinite().all(-1) & beta.isfinite())   # [B, T, H]
-    if g is not None:
-        bad = bad | ~g.isfinite()
-    poison = q.is_cuda or bool(bad.any())             # no host sync on CUDA: always select
+    # (known finite after one reduction each, off CUDA: the usual case skips the selects)
+    poison = not known_finite(k, v, beta, g)
+    if poison:
+        bad = ~(k.isfinite().all(-1) & v.isfinite().all(-1) & beta.isfinite())  # [B, T, H]
+        if g is not None:
+            bad = bad | ~g.isfinite()
+        poison = q.is_cuda or bool(bad.any())         # no host sync on CUDA: always select
     if poison:
         k = torch.where(bad[..., None], 0.0, k)
         v = torch.where(bad[..., None], 0.0, v)

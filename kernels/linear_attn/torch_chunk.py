@@ -14,7 +14,8 @@ Causality for any input (DESIGN.md, Kernels): masks select (``torch.where``), ne
 so a non-finite q/k/v/g at token s changes no output before s. The intra-chunk matmul A @ v
 runs on sanitised values v0 = where(isfinite(v), v, 0) (a zero weight times a NaN value is
 NaN), and the visible coefficients A[t, s] of a token s whose value row is non-finite are set
-to NaN, so every output that sees s is NaN rather than finite-but-wrong. The chunk states take
+to NaN, so every output that sees s is NaN rather than finite-but-wrong. That guard runs only
+when v is not known finite (``known_finite``: one reduction; the usual case skips it). The chunk states take
 the raw values: they only reach later chunks, and the final state after a NaN may be NaN.
 """
 
@@ -22,6 +23,8 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+
+from .._common import known_finite
 
 
 def _causal_decay(b: torch.Tensor) -> torch.Tensor:
@@ -61,10 +64,13 @@ def chunk_linear_attn(q, k, v, g, scale: float, S0, chunk_size: int = 64):
         q_in, k_out, chunk_decay = qc, kc, None
     # select, never multiply by a mask: masked pairs are 0 even when q.k or the decay is NaN;
     # visible pairs with a non-finite value row are NaN (honest propagation)
-    vfin = vc.isfinite()
-    vbad = ~vfin.all(-1)                                                 # [B, H, N, C]
-    A = torch.where(tri, A.masked_fill(vbad[..., None, :], float("nan")), 0.0)
-    o = A @ torch.where(vfin, vc, 0.0)                                   # [B, H, N, C, V]
+    if known_finite(v):                                                  # the fast path
+        o = torch.where(tri, A, 0.0) @ vc                                # [B, H, N, C, V]
+    else:
+        vfin = vc.isfinite()
+        vbad = ~vfin.all(-1)                                             # [B, H, N, C]
+        A = torch.where(tri, A.masked_fill(vbad[..., None, :], float("nan")), 0.0)
+        o = A @ torch.where(vfin, vc, 0.0)                               # [B, H, N, C, V]
     dS = k_out.transpose(-1, -2) @ vc                                    # [B, H, N, K, V]
     Hs = []
     h = S0.to(ct) if S0 is not None else q.new_zeros(B, H, K, V, dtype=ct)

@@ -62,6 +62,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from memarch.kernels import known_finite
 from memarch.kernels.sliding_window import sliding_window_attn
 from memarch.mixers.base import Mixer, MixerOutput, check_positive_int
 from memarch.modules.rotary import Rotary, apply_rotary, check_rope_scaling
@@ -277,7 +278,10 @@ class Attention(Mixer):
             K, V = _append_kv(state.k, state.v, kr, v)                 # [B, Hkv, L0+1, Dh]
             Kc, Vc = K, V
         else:
-            ks, vs, bad = _finite_kv(kr, v)                            # bad [B, Hkv, T]
+            if known_finite(kr, v):                                    # the guard's fast path
+                ks, vs = kr, v
+            else:
+                ks, vs, bad = _finite_kv(kr, v)                        # bad [B, Hkv, T]
             if torch.is_grad_enabled():
                 K, V = torch.cat([state.k, kr], 2), torch.cat([state.v, v], 2)
                 Kc = ks if L0 == 0 else torch.cat([state.k, ks], 2)
@@ -334,10 +338,14 @@ class Attention(Mixer):
         Hkv, G, W, S = self.n_kv_heads, H // self.n_kv_heads, self.window, self.n_sinks
         dev, ct = qr.device, _compute_dtype(qr.dtype)
         p0 = state.pos                                                   # [B]
-        K = torch.cat([state.k, kr], dim=2)                              # [B, Hkv, W-1+T, Dh]
-        V = torch.cat([state.v, v], dim=2)
+        lo, hi = torch.stack(p0.aminmax()).tolist()                      # one host sync
+        # [window cache, new]: views of a buffer with spare room under no_grad (no copy of
+        # the window per call), a concatenation when autograd records
+        K, V, wk, wv = _window_append(state.k, state.v, kr, v)          # [B, Hkv, W-1+T, Dh]
         kpos = p0[:, None] - (W - 1) + torch.arange(W - 1 + T, device=dev)  # [B, W-1+T]
-        if S:
+        if S and lo >= S:                                                # every sink is set
+            sink_k, sink_v = state.sink_k, state.sink_v
+        elif S:
             # sinks: slot j takes the new token at position j when it arrives in this call
             j = torch.arange(S, device=dev)
             arrives = (j[None] >= p0[:, None]) & (j[None] < p0[:, None] + T)  # [B, S]
@@ -346,11 +354,15 @@ class Attention(Mixer):
             sink_v = torch.where(arrives[:, None, :, None], v.gather(2, idx), state.sink_v)
         else:
             sink_k, sink_v = state.sink_k, state.sink_v
-        keep = K.shape[2] - (W - 1)
-        # clone: the state must not keep the whole [W-1+T] prefill buffer alive
-        new = SinkWindowState(sink_k, sink_v, K[:, :, keep:].clone(), V[:, :, keep:].clone(),
-                              p0 + T)
-        lo, hi = torch.stack(p0.aminmax()).tolist()                      # one host sync
+        new = SinkWindowState(sink_k, sink_v, wk, wv, p0 + T)
+        if T == 1 and not self.n_persistent and lo == hi:
+            # decode: every visible key is a contiguous run (the window's valid slots, the
+            # sinks that left the window), so one softmax over both, no mask
+            u0 = max(0, W - 1 - lo)                                      # slots before token 0
+            ns = min(S, max(0, lo - W + 1))                              # sinks s <= p - W
+            o = _decode_attend(qr, q_sink, K[:, :, u0:], V[:, :, u0:], sink_k[:, :, :ns],
+                               sink_v[:, :, :ns], self.scale)
+            return o, new
         if not self.n_persistent and lo == hi:
             # the kernel: one position for the whole batch; drop cache slots before token 0
             p = lo
@@ -470,6 +482,77 @@ def _append_kv(ck: torch.Tensor, cv: torch.Tensor, k: torch.Tensor, v: torch.Ten
     K, V = buf.k[:, :, :L0 + T], buf.v[:, :, :L0 + T]
     buf.k_view, buf.v_view = _link(K, buf), _link(V, buf)
     return K, V
+
+
+def _window_append(ck: torch.Tensor, cv: torch.Tensor, k: torch.Tensor, v: torch.Tensor):
+    """A window cache ``ck, cv [B, H, n, D]`` (n = W-1, oldest first) and T new entries ->
+    ``(K, V, wk, wv)``: ``K, V = [cache, new]`` along dim 2 (n + T entries, what the call
+    attends over) and the new cache ``wk, wv`` = their last n entries. Never mutates what
+    ``ck``/``cv`` show.
+
+    Under no_grad both are views of one buffer with spare room after the window: the newest
+    state appends in place (no copy of the window per token, no re-layout: entries keep
+    their slots, oldest first), any other state (a branch) copies into a new buffer, so no
+    state ever sees its entries change. A buffer holds the window plus ``spare`` =
+    max(64, n/2) slots, so the window is copied once every ``spare`` tokens (amortised
+    O(1) per token); a call longer than ``spare`` keeps only the window, in a buffer of
+    its own. With autograd recording: a concatenation."""
+    n, T = ck.shape[2], k.shape[2]
+    if torch.is_grad_enabled():
+        K, V = torch.cat([ck, k], 2), torch.cat([cv, v], 2)
+        if T == 1:                                           # a view: K is n + 1 entries
+            return K, V, K[:, :, 1:], V[:, :, 1:]
+        return K, V, K[:, :, T:].clone(), V[:, :, T:].clone()   # don't keep K alive
+    spare = max(64, n // 2)
+    buf = _buffer_of(ck, cv)
+    if not (buf is not None and buf.fill + T <= buf.k.shape[2]
+            and k.dtype == buf.k.dtype and k.device == buf.k.device
+            and buf.k.is_inference() == torch.is_inference_mode_enabled()):
+        B, H, _, D = k.shape
+        cap = n + max(T, spare)
+        buf = _KVBuffer(k.new_empty(B, H, cap, D), v.new_empty(B, H, cap, D), n)
+        buf.k[:, :, :n] = ck
+        buf.v[:, :, :n] = cv
+    f = buf.fill                                             # the cache is buf[f - n : f]
+    buf.k[:, :, f:f + T] = k
+    buf.v[:, :, f:f + T] = v
+    K, V = buf.k[:, :, f - n:f + T], buf.v[:, :, f - n:f + T]
+    if T > spare:                                            # keep the window, not the call
+        B, H, _, D = k.shape
+        buf = _KVBuffer(k.new_empty(B, H, n + spare, D), v.new_empty(B, H, n + spare, D), 0)
+        buf.k[:, :, :n] = K[:, :, T:]
+        buf.v[:, :, :n] = V[:, :, T:]
+        f, T = 0, n
+    buf.fill = f + T
+    wk, wv = buf.k[:, :, f + T - n:f + T], buf.v[:, :, f + T - n:f + T]
+    buf.k_view, buf.v_view = _link(wk, buf), _link(wv, buf)
+    return K, V, wk, wv
+
+
+def _decode_attend(q, q_sink, K, V, sink_k, sink_v, scale: float) -> torch.Tensor:
+    """One query per sequence over keys that are all visible: ``K, V [B, Hkv, n, Dh]`` scored
+    with ``q [B, H, 1, Dh]`` and the sinks ``sink_k, sink_v [B, Hkv, ns, Dh]`` (ns >= 0)
+    scored with ``q_sink``, in one softmax (at least fp32). Returns o [B, H, 1, Dh].
+
+    Non-finite input, with no pass over the keys or values: a non-finite score (a
+    non-finite key, or an overflow) becomes NaN, so the softmax makes the output NaN (a
+    -inf score must not hide its key behind a zero weight), and a visible non-finite value
+    makes the output non-finite, which becomes NaN: the promise of the banded op."""
+    B, H, _, Dh = q.shape
+    Hkv, ns = K.shape[1], sink_k.shape[2]
+    ct = _compute_dtype(q.dtype)
+    nan = float("nan")
+    qg = q.reshape(B, Hkv, H // Hkv, Dh).to(ct)                          # [B, Hkv, G, Dh]
+    s = torch.matmul(qg, K.to(ct).transpose(-1, -2))                      # [B, Hkv, G, n]
+    if ns:
+        qs = q_sink.reshape(B, Hkv, H // Hkv, Dh).to(ct)
+        s = torch.cat([torch.matmul(qs, sink_k.to(ct).transpose(-1, -2)), s], -1)
+    p = torch.softmax(torch.nan_to_num(s * scale, nan=nan, posinf=nan, neginf=nan), -1)
+    o = torch.matmul(p[..., ns:], V.to(ct))                               # [B, Hkv, G, Dh]
+    if ns:
+        o = o + torch.matmul(p[..., :ns], sink_v.to(ct))
+    o = torch.nan_to_num(o, nan=nan, posinf=nan, neginf=nan)
+    return o.reshape(B, H, 1, Dh).to(q.dtype)
 
 
 def _compute_dtype(dtype: torch.dtype) -> torch.dtype:

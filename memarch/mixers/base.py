@@ -17,14 +17,33 @@ with the state carried does not change outputs or the final state.
 from __future__ import annotations
 
 import abc
-from typing import Any, NamedTuple
+import contextlib
+import threading
+from typing import Any, Iterator, NamedTuple
 
 import torch
 from torch import nn
 
 from memarch import state as st
 
-__all__ = ["Mixer", "MixerOutput", "check_positive_int"]
+__all__ = ["Mixer", "MixerOutput", "check_positive_int", "trusted_states"]
+
+_TRUST = threading.local()
+
+
+@contextlib.contextmanager
+def trusted_states() -> Iterator[None]:
+    """Inside this block (this thread), ``Mixer.forward`` skips its state check.
+
+    For loops that pass a model the states it returned itself (``memarch.generation``:
+    every prefill chunk after the first, every decode step): a state is checked once when
+    it enters, then trusted. The input ``x`` is still checked. Re-entrant."""
+    before = getattr(_TRUST, "on", False)
+    _TRUST.on = True
+    try:
+        yield
+    finally:
+        _TRUST.on = before
 
 
 def check_positive_int(owner: str, name: str, value) -> None:
@@ -93,7 +112,7 @@ class Mixer(nn.Module, abc.ABC):
         if state is None:
             state = self.init_state(x.shape[0], device=x.device,
                                     dtype=self.state_dtype(x.dtype))
-        else:
+        elif not getattr(_TRUST, "on", False):
             self._check_state(x, state)
         return self._forward(x, state)
 
