@@ -44,7 +44,7 @@ def sliding_window_attn(q, k, v, *, window: int, q_offset: int = 0, sink_k=None,
         sink_k, sink_v: [B, S, Hkv, D] or None (given together).
         sink_q: [B, Tq, H, D], the queries that score the sinks; default q.
         scale: default D^-0.5.
-        impl: "naive" (masked, fp32), "torch" (blocked banded, memory O(T W)), "triton"
+        impl: "naive" (masked, fp32), "torch" (query blocks of fused SDPA, memory O(T W)), "triton"
             (flash-style forward and backward, D <= 256). "auto" = $MEMARCH_KERNEL_IMPL if
             set, else triton on CUDA, torch elsewhere.
 

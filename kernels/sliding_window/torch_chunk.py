@@ -1,83 +1,108 @@
-"""Sliding-window attention in blocked banded form (PyTorch; the CPU path, autograd backward).
+"""Sliding-window attention in query blocks of fused SDPA calls (PyTorch; the CPU path).
 
-Queries are cut in blocks of Bq; block [i0, i0+Bq) needs only the L = Bq + W - 1 keys ending
-at its last query, so the keys are padded in front by W - 1 and unfolded into overlapping
-windows: scores are [.., n_blocks, Bq, S + L] and memory is O(T (W + Bq)) instead of O(T^2).
-Sink scores join the same softmax, masked to s <= p_i - W. Same semantics as naive.py,
-including non-finite input: masks select, values are sanitised before the weighted sum, and a
-visible key with a non-finite score or value row gets a NaN score. That guard runs only when
-an input is not known finite (``known_finite``: one reduction per input; the usual case skips
-it; a score that overflows finite inputs is then left to the softmax).
+Queries are cut in blocks of Bq; block [a, a+Bq) can see only the Bq + W - 1 keys ending at
+its last query (and the sinks), so each block is one ``scaled_dot_product_attention`` call
+over those keys with a boolean mask: the band j in (i - W, i], and sink s visible iff
+s <= p_i - W. Work is O(T (W + Bq)), never a T x T mask. With autograd recording each block
+is recomputed in the backward (activation checkpointing per block), so nothing of size [T, W] is kept between forward and
+backward: training memory is O(T), as full attention's.
+
+Scores that need a second query (``sink_q`` other than q: StreamingLLM's cache positions)
+share the softmax by concatenating heads: [q, sink_q] . [k, 0] = q . k for band keys and
+[q, sink_q] . [0, sink_k] = sink_q . sink_k for sinks.
+
+Non-finite input (DESIGN.md, Kernels; same semantics as naive.py). A masked entry inside
+SDPA meets its value with weight 0, and 0 * NaN = NaN, so the guard is: when an input is not
+known finite (``known_finite``: one reduction per input; the usual case skips the rest),
+the calls see finite copies (non-finite entries zeroed, identical elsewhere, so every
+output that does not see a non-finite entry is bitwise what it would have been), and every
+output that sees one (a visible key or value row, a visible sink, its own query) is set to
+NaN, not finite-but-wrong. A score that overflows finite inputs is left to the softmax.
 """
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
 
 from .._common import known_finite
 
 
 def sliding_window_torch(q, k, v, window: int, q_offset: int, sink_k, sink_v, sink_q, scale,
-                         block: int = 64):
+                         block: int = 128):
     B, Tq, H, D = q.shape
     Tk, Hkv = k.shape[1], k.shape[2]
-    G, W = H // Hkv, window
+    W, e = window, Tk - Tq                          # query i's own key is key i + e
+    S = 0 if sink_k is None else sink_k.shape[1]
+    two = bool(S) and sink_q is not None and sink_q is not q
+    clean = known_finite(q, k, v, sink_q if two else None, sink_k, sink_v)
+    if not clean:                                   # finite copies for the fused calls
+        fin = lambda x: None if x is None else torch.where(x.isfinite(), x, 0.0)  # noqa: E731
+        q0, k0, v0, sq0, sk0, sv0 = map(fin, (q, k, v, sink_q if two else None, sink_k,
+                                              sink_v))
+    else:
+        q0, k0, v0, sq0, sk0, sv0 = q, k, v, sink_q if two else None, sink_k, sink_v
     ct = torch.float64 if q.dtype == torch.float64 else torch.float32
-    Bq = min(block, Tq)
-    n = -(-Tq // Bq)
-    L = Bq + W - 1
-    e = Tk - Tq                                     # key index of query i's own key is i + e
-    # padded key u = t + W - 1; block m uses u in [m Bq + e, m Bq + e + L)
-    need = (n - 1) * Bq + e + L
-    def win(x):
-        x = F.pad(x.to(ct), (0, 0, 0, 0, W - 1, max(0, need - (Tk + W - 1))))
-        return x[:, e:e + (n - 1) * Bq + L].unfold(1, L, Bq).permute(0, 1, 4, 2, 3)
-    clean = known_finite(q, k, v, sink_q, sink_k, sink_v)   # the guard's fast path
-    if clean:
-        kw, vw, vbad = win(k), win(v), None
-    else:
-        vfin = v.isfinite()
-        kw, vw = win(k), win(torch.where(vfin, v, 0.0))
-        vbad = win((~vfin.all(-1, keepdim=True)).to(ct))[..., 0]         # [B, n, L, Hkv] 0/1
-        vbad = (vbad > 0).permute(0, 1, 3, 2)[:, :, :, None, None, :]    # [B, n, Hkv, 1, 1, L]
-    qb = F.pad(q.to(ct), (0, 0, 0, 0, 0, n * Bq - Tq)).unflatten(1, (n, Bq))   # [B, n, Bq, H, D]
-    qb = qb.unflatten(3, (Hkv, G))                                      # [B, n, Bq, Hkv, G, D]
-    s = torch.einsum("bnrhgd,bnlhd->bnhgrl", qb, kw) * scale            # [B, n, Hkv, G, Bq, L]
-    r = torch.arange(Bq, device=q.device)
-    c = torch.arange(L, device=q.device)
-    m0 = torch.arange(n, device=q.device) * Bq
-    band = (c[None, :] >= r[:, None]) & (c[None, :] <= r[:, None] + W - 1)       # [Bq, L]
-    t = m0[:, None] + e + c[None, :] - (W - 1)                                  # key index [n, L]
-    mask = band[None] & (t >= 0)[:, None, :]                                    # [n, Bq, L]
-    s = _select(s, mask[None, :, None, None], vbad)
-    if sink_k is not None:
-        S = sink_k.shape[1]
-        sq = F.pad(sink_q.to(ct), (0, 0, 0, 0, 0, n * Bq - Tq)).unflatten(1, (n, Bq))
-        sq = sq.unflatten(3, (Hkv, G))
-        ss = torch.einsum("bnrhgd,bshd->bnhgrs", sq, sink_k.to(ct)) * scale  # [B,n,Hkv,G,Bq,S]
-        pq = (m0[:, None] + r[None, :] + q_offset)                              # [n, Bq]
-        smask = torch.arange(S, device=q.device) <= pq[..., None] - W           # [n, Bq, S]
-        if clean:
-            sbad, sv = None, sink_v
-        else:
-            sfin = sink_v.isfinite()
-            sbad = ~sfin.all(-1).transpose(1, 2)[:, None, :, None, None, :]  # [B,1,Hkv,1,1,S]
-            sv = torch.where(sfin, sink_v, 0.0)
-        ss = _select(ss, smask[None, :, None, None], sbad)
-        p = torch.cat([ss, s], -1).softmax(-1)
-        o = torch.einsum("bnhgrs,bshd->bnrhgd", p[..., :S], sv.to(ct))
-        o = o + torch.einsum("bnhgrl,bnlhd->bnrhgd", p[..., S:], vw)
-    else:
-        o = torch.einsum("bnhgrl,bnlhd->bnrhgd", s.softmax(-1), vw)
-    o = o.flatten(3, 4).flatten(1, 2)[:, :Tq]                                   # [B, Tq, H, D]
+    t = lambda x: x.to(ct).transpose(1, 2)          # noqa: E731  [B, T, H, D] -> [B, H, T, D]
+    qh, kh, vh = t(q0), t(k0), t(v0)
+    if S:
+        sk, sv = t(sk0), t(sv0)
+        if two:                                     # [q, sink_q] . [k, 0] and . [0, sink_k]
+            qh = torch.cat([qh, t(sq0)], -1)
+            kh = torch.cat([kh, torch.zeros_like(kh)], -1)
+            sk = torch.cat([torch.zeros_like(sk), sk], -1)
+    sk, sv = (sk, sv) if S else (None, None)
+    # with autograd recording each block is recomputed in the backward (activation
+    # checkpointing): it saves views of q, k, v, never its gathered keys and sinks
+    grad = torch.is_grad_enabled() and any(x is not None and x.requires_grad
+                                           for x in (qh, kh, vh, sk, sv))
+    outs = []
+    for a in range(0, Tq, block):
+        args = (qh, kh, vh, sk, sv, a, min(block, Tq - a), e, W, q_offset, scale)
+        outs.append(checkpoint(_block, *args, use_reentrant=False) if grad else _block(*args))
+    o = (torch.cat(outs, 2) if len(outs) > 1 else outs[0]).transpose(1, 2)   # [B, Tq, H, D]
+    if not clean:
+        o = o.masked_fill(_sees_non_finite(q, k, v, sink_q if two else None, sink_k, sink_v,
+                                           W, q_offset)[..., None], float("nan"))
     return o.to(q.dtype)
 
 
-def _select(s, visible, vbad):
-    """Masked scores by selection: -inf where hidden, NaN where visible but the score or the
-    key's value row is non-finite (the output that sees it is NaN, not finite-but-wrong).
-    ``vbad=None``: the inputs are known finite, so only the mask is applied."""
-    if vbad is None:
-        return s.masked_fill(~visible, float("-inf"))
-    return torch.where(visible, torch.where(s.isfinite() & ~vbad, s, float("nan")), float("-inf"))
+def _block(qh, kh, vh, sk, sv, a: int, n: int, e: int, W: int, q_offset: int, scale: float):
+    """Queries a .. a+n-1 of ``qh [B, H, Tq, D']`` over the keys their band can see (of
+    ``kh, vh [B, Hkv, Tk, D']``) and the sinks (``sk, sv [B, Hkv, S, D']`` or None): one
+    fused SDPA call with a boolean mask."""
+    dev = qh.device
+    j0 = max(0, a + e - W + 1)                      # the first key the block's band can see
+    kb, vb = kh[:, :, j0:a + e + n], vh[:, :, j0:a + e + n]
+    i = torch.arange(a + e, a + e + n, device=dev)[:, None]            # own-key index
+    j = torch.arange(j0, a + e + n, device=dev)[None, :]
+    mask = (j <= i) & (j > i - W)                                       # [n, L]
+    if sk is not None and q_offset + a + n - 1 - W >= 0:   # a query of the block sees a sink
+        p = q_offset + torch.arange(a, a + n, device=dev)[:, None]      # absolute positions
+        mask = torch.cat([torch.arange(sk.shape[2], device=dev)[None, :] <= p - W, mask], 1)
+        kb, vb = torch.cat([sk, kb], 2), torch.cat([sv, vb], 2)
+    return F.scaled_dot_product_attention(qh[:, :, a:a + n], kb, vb, attn_mask=mask,
+                                          scale=scale, enable_gqa=qh.shape[1] != kh.shape[1])
+
+
+def _sees_non_finite(q, k, v, sink_q, sink_k, sink_v, W: int, q_offset: int) -> torch.Tensor:
+    """[B, Tq, H] bool: the output sees a non-finite entry (its query, a visible key or
+    value row, a visible sink or the sink query that scores it)."""
+    B, Tq, H, _ = q.shape
+    Tk, Hkv = k.shape[1], k.shape[2]
+    own = torch.arange(Tq, device=q.device) + (Tk - Tq)                 # own-key index
+    bad = ~(k.isfinite().all(-1) & v.isfinite().all(-1))                # [B, Tk, Hkv]
+    c = F.pad(bad.cumsum(1), (0, 0, 1, 0))                              # bad keys before j
+    seen = (c[:, own + 1] - c[:, (own - W + 1).clamp(min=0)]) > 0       # [B, Tq, Hkv]
+    if sink_k is not None:
+        S = sink_k.shape[1]
+        sbad = ~(sink_k.isfinite().all(-1) & sink_v.isfinite().all(-1))   # [B, S, Hkv]
+        cs = F.pad(sbad.cumsum(1), (0, 0, 1, 0))
+        n_vis = (q_offset + torch.arange(Tq, device=q.device) - W + 1).clamp(0, S)
+        seen = seen | (cs[:, n_vis] > 0)
+    seen = seen.repeat_interleave(H // Hkv, dim=2) | ~q.isfinite().all(-1)   # [B, Tq, H]
+    if sink_q is not None and sink_k is not None:   # a sink query matters where sinks show
+        n_vis = (q_offset + torch.arange(Tq, device=q.device) - W + 1).clamp(0, S)
+        seen = seen | (~sink_q.isfinite().all(-1) & (n_vis > 0)[None, :, None])
+    return seen
