@@ -31,20 +31,19 @@ from .._common import known_finite
 
 def sliding_window_torch(q, k, v, window: int, q_offset: int, sink_k, sink_v, sink_q, scale,
                          block: int = 128):
-    B, Tq, H, D = q.shape
-    Tk, Hkv = k.shape[1], k.shape[2]
+    Tq, Tk = q.shape[1], k.shape[1]
     W, e = window, Tk - Tq                          # query i's own key is key i + e
     S = 0 if sink_k is None else sink_k.shape[1]
     two = bool(S) and sink_q is not None and sink_q is not q
     clean = known_finite(q, k, v, sink_q if two else None, sink_k, sink_v)
     if not clean:                                   # finite copies for the fused calls
-        fin = lambda x: None if x is None else torch.where(x.isfinite(), x, 0.0)  # noqa: E731
+        fin = lambda x: None if x is None else torch.where(x.isfinite(), x, 0.0)
         q0, k0, v0, sq0, sk0, sv0 = map(fin, (q, k, v, sink_q if two else None, sink_k,
                                               sink_v))
     else:
         q0, k0, v0, sq0, sk0, sv0 = q, k, v, sink_q if two else None, sink_k, sink_v
     ct = torch.float64 if q.dtype == torch.float64 else torch.float32
-    t = lambda x: x.to(ct).transpose(1, 2)          # noqa: E731  [B, T, H, D] -> [B, H, T, D]
+    t = lambda x: x.to(ct).transpose(1, 2)          # [B, T, H, D] -> [B, H, T, D]
     qh, kh, vh = t(q0), t(k0), t(v0)
     if S:
         sk, sv = t(sk0), t(sv0)
@@ -89,7 +88,7 @@ def _block(qh, kh, vh, sk, sv, a: int, n: int, e: int, W: int, q_offset: int, sc
 def _sees_non_finite(q, k, v, sink_q, sink_k, sink_v, W: int, q_offset: int) -> torch.Tensor:
     """[B, Tq, H] bool: the output sees a non-finite entry (its query, a visible key or
     value row, a visible sink or the sink query that scores it)."""
-    B, Tq, H, _ = q.shape
+    Tq, H = q.shape[1], q.shape[2]
     Tk, Hkv = k.shape[1], k.shape[2]
     own = torch.arange(Tq, device=q.device) + (Tk - Tq)                 # own-key index
     bad = ~(k.isfinite().all(-1) & v.isfinite().all(-1))                # [B, Tk, Hkv]
