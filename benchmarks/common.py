@@ -46,7 +46,7 @@ import torch
 BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
 RESULTS = BENCH / "results"
-SUITES = ("mixers", "peers", "recall", "long", "streaming")
+SUITES = ("mixers", "peers", "recall", "long", "streaming", "inference")
 
 
 # ----------------------------------------------------------------------------- meta + files

@@ -65,7 +65,7 @@ from torch import nn
 from memarch.kernels import known_finite
 from memarch.kernels.sliding_window import sliding_window_attn
 from memarch.mixers.base import Mixer, MixerOutput, check_positive_int
-from memarch.modules.rotary import Rotary, apply_rotary, check_rope_scaling
+from memarch.modules.rotary import Rotary, apply_rotary, check_rope_scaling, rotation_matrix
 
 __all__ = ["Attention", "KVCacheState", "SinkWindowState"]
 
@@ -243,7 +243,8 @@ class Attention(Mixer):
         B, T, _ = x.shape
         H, Hkv, Dh = self.n_heads, self.n_kv_heads, self.head_dim
         q = self.q_proj(x).view(B, T, H, Dh)
-        k, v = self.kv_proj(x).view(B, T, 2, Hkv, Dh).unbind(2)      # [B, T, Hkv, Dh]
+        kvx = self.kv_proj(x)                                         # [B, T, 2 Hkv Dh]
+        k, v = kvx.view(B, T, 2, Hkv, Dh).unbind(2)                   # [B, T, Hkv, Dh]
         pos = state.pos[:, None] + torch.arange(T, device=x.device)   # [B, T] absolute
         cos, sin = self.rotary.cos_sin(pos, x.dtype)                  # [B, T, Dh/2]
         cos, sin = cos[:, :, None], sin[:, :, None]
@@ -253,13 +254,7 @@ class Attention(Mixer):
         if self.window is None:
             o, new = self._full(q.transpose(1, 2), qr, kr, v, state)
         else:
-            if self.n_sinks and self.sink_positions == "cache":
-                slot = pos.clamp(max=self.n_sinks + self.window - 1)  # query's cache slot
-                c2, s2 = self.rotary.cos_sin(slot, x.dtype)
-                q_sink = apply_rotary(q, c2[:, :, None], s2[:, :, None]).transpose(1, 2)
-            else:
-                q_sink = qr
-            o, new = self._banded(q.transpose(1, 2), qr, q_sink, kr, v, state)
+            o, new = self._banded(q.transpose(1, 2), qr, pos, kr, v, state, (cos, sin), kvx)
         y = self.o_proj(o.transpose(1, 2).reshape(B, T, H * Dh))
         return MixerOutput(y, new, None)
 
@@ -332,17 +327,57 @@ class Attention(Mixer):
             o = o + torch.einsum("bhgtn,hnd->bhgtd", p[..., :Np], pv)
         return o.reshape(B, H, T, Dh).to(qr.dtype)
 
-    def _banded(self, q, qr, q_sink, kr, v, state: SinkWindowState):
+    def _decode_step(self, qr, kr, v, state: SinkWindowState, p: int, cos_sin, kvx):
+        """One token (position p, every sink set) without autograd: one SDPA call over a
+        contiguous run of the window buffer, [valid window entries, new token, visible sinks]
+        (``_window_decode``). Sinks enter in the form ``qr`` scores: for cache positions
+        past the cache (p > S + W - 1) the query's slot is c = S + W - 1, and
+        <rope(q, c), k_s> = <rope(q, p), rope(k_s, p - c)>, so the sink keys are turned by
+        p - c (``rotation_matrix(-c)`` then the step's own cos/sin of p)."""
+        W, S = self.window, self.n_sinks
+        u0 = max(0, W - 1 - p)                                           # slots before token 0
+        ns = min(S, max(0, p - W + 1))                                   # sinks s <= p - W
+        sk = sv = None
+        if ns:
+            sk, sv = state.sink_k[:, :, :ns], state.sink_v[:, :, :ns]
+            if self.sink_positions == "cache" and p > S + W - 1:
+                cos, sin = cos_sin                                       # [B, 1, 1, Dh/2]
+                sk = apply_rotary(sk @ rotation_matrix(self.rotary, -(S + W - 1), sk.dtype,
+                                                       sk.device), cos, sin)
+        K, V, wk, wv, clean = _window_decode(state.k, state.v, kr, v, sk, sv, u0,
+                                             known_finite(kvx), (state.sink_k, state.sink_v))
+        new = SinkWindowState(state.sink_k, state.sink_v, wk, wv, state.pos + 1)
+        if clean:            # nothing visible is non-finite: the fused kernel, raw entries
+            o = F.scaled_dot_product_attention(qr, K, V, scale=self.scale, enable_gqa=True)
+        else:                # the guarded softmax (every visible key: NaN where non-finite)
+            o = _decode_attend(qr, qr, K, V, None, None, self.scale)
+        return o, new
+
+    def _sink_queries(self, q, qr, pos):
+        """The queries that score the sinks, [B, H, T, Dh]: ``qr`` for absolute positions;
+        for cache positions rotated at the query's cache slot min(p, S + W - 1)."""
+        if not (self.n_sinks and self.sink_positions == "cache"):
+            return qr
+        slot = pos.clamp(max=self.n_sinks + self.window - 1)             # [B, T]
+        c2, s2 = self.rotary.cos_sin(slot, q.dtype)
+        return apply_rotary(q.transpose(1, 2), c2[:, :, None], s2[:, :, None]).transpose(1, 2)
+
+    def _banded(self, q, qr, pos, kr, v, state: SinkWindowState, cos_sin=None, kvx=None):
         """Sliding window + sinks, in query blocks over [window cache, new keys]."""
         B, H, T, Dh = qr.shape
         Hkv, G, W, S = self.n_kv_heads, H // self.n_kv_heads, self.window, self.n_sinks
         dev, ct = qr.device, _compute_dtype(qr.dtype)
         p0 = state.pos                                                   # [B]
-        lo, hi = torch.stack(p0.aminmax()).tolist()                      # one host sync
+        if B == 1:                                                       # one host sync
+            lo = hi = int(p0)
+        else:
+            lo, hi = torch.stack(p0.aminmax()).tolist()
+        decode = T == 1 and not self.n_persistent and lo == hi
+        if decode and lo >= S and not torch.is_grad_enabled():
+            return self._decode_step(qr, kr, v, state, lo, cos_sin, kvx)
         # [window cache, new]: views of a buffer with spare room under no_grad (no copy of
         # the window per call), a concatenation when autograd records
         K, V, wk, wv = _window_append(state.k, state.v, kr, v)          # [B, Hkv, W-1+T, Dh]
-        kpos = p0[:, None] - (W - 1) + torch.arange(W - 1 + T, device=dev)  # [B, W-1+T]
         if S and lo >= S:                                                # every sink is set
             sink_k, sink_v = state.sink_k, state.sink_v
         elif S:
@@ -355,14 +390,23 @@ class Attention(Mixer):
         else:
             sink_k, sink_v = state.sink_k, state.sink_v
         new = SinkWindowState(sink_k, sink_v, wk, wv, p0 + T)
-        if T == 1 and not self.n_persistent and lo == hi:
+        if decode:
             # decode: every visible key is a contiguous run (the window's valid slots, the
             # sinks that left the window), so one softmax over both, no mask
             u0 = max(0, W - 1 - lo)                                      # slots before token 0
             ns = min(S, max(0, lo - W + 1))                              # sinks s <= p - W
-            o = _decode_attend(qr, q_sink, K[:, :, u0:], V[:, :, u0:], sink_k[:, :, :ns],
-                               sink_v[:, :, :ns], self.scale)
+            q_sink = qr
+            if ns and self.sink_positions == "cache" and lo > S + W - 1:
+                # the slot is the constant S + W - 1: one matmul by its rotation matrix
+                q_sink = q @ rotation_matrix(self.rotary, S + W - 1, q.dtype, q.device)
+            if u0:                                                       # warm-up only
+                K, V = K[:, :, u0:], V[:, :, u0:]
+            if ns < S:
+                sink_k, sink_v = sink_k[:, :, :ns], sink_v[:, :, :ns]
+            o = _decode_attend(qr, q_sink, K, V, sink_k if ns else None,
+                               sink_v if ns else None, self.scale)
             return o, new
+        q_sink = self._sink_queries(q, qr, pos)
         if not self.n_persistent and lo == hi:
             # the kernel: one position for the whole batch; drop cache slots before token 0
             p = lo
@@ -374,6 +418,7 @@ class Attention(Mixer):
                                     scale=self.scale, impl=self.impl, **sk)
             return o.transpose(1, 2), new
         # general path (persistent pairs, or sequences at different positions): query blocks.
+        kpos = p0[:, None] - (W - 1) + torch.arange(W - 1 + T, device=dev)  # [B, W-1+T]
         # Finite copies for the matmuls; a visible non-finite key/value poisons its score.
         K, V, bad = _finite_kv(K, V)                                     # bad [B, Hkv, W-1+T]
         Np = self.n_persistent
@@ -434,11 +479,13 @@ class _KVBuffer:
     tensor object, dropped when it is freed), not on the tensors, so a saved state is plain
     tensors that ``torch.load(weights_only=True)`` reads (``torch.save`` writes a view's
     whole storage: clone a state to drop the spare capacity before saving it)."""
-    __slots__ = ("k", "v", "fill", "k_view", "v_view", "__weakref__")
+    __slots__ = ("k", "v", "fill", "k_view", "v_view", "bad", "sinks", "__weakref__")
 
     def __init__(self, k: torch.Tensor, v: torch.Tensor, fill: int):
         self.k, self.v, self.fill = k, v, fill
         self.k_view = self.v_view = None          # weak references to the newest views
+        self.bad = None     # ``_window_decode``: the last slot known non-finite (-1: none)
+        self.sinks = None   # ``_window_decode``: (sink_k, sink_v, known finite) last checked
 
 
 _BUFFERS: dict[int, _KVBuffer] = {}               # id(view tensor) -> its buffer
@@ -529,9 +576,53 @@ def _window_append(ck: torch.Tensor, cv: torch.Tensor, k: torch.Tensor, v: torch
     return K, V, wk, wv
 
 
+def _window_decode(ck, cv, k, v, sk, sv, u0: int, new_ok: bool, sinks):
+    """One no-grad decode step of a window cache ``ck, cv [B, H, n, D]`` (n = W-1, oldest
+    first) and the new entry ``k, v [B, H, 1, D]``, with ``sk, sv [B, H, ns, D]`` (or None)
+    the visible sinks in the form the query scores. Returns ``(K, V, wk, wv, clean)``:
+    ``K, V`` the visible keys as one contiguous run of the buffer, [window entries from slot
+    u0 on, new entry, sinks]; ``wk, wv`` the new cache (views, as ``_window_append``); and
+    ``clean``: no visible entry is known to be non-finite, so a fused kernel may see them raw.
+
+    The sinks are written after the new entry, into slots no state's window owns yet (the
+    next step's entry overwrites them), so no state sees its entries change. The buffer
+    remembers the last slot that held a non-finite entry (``new_ok``: the step's new key and
+    value, checked by the caller; a copied window is checked once) and, per sink tensors
+    (``sinks``: the state's raw sink_k, sink_v), whether they are finite."""
+    n, ns = ck.shape[2], 0 if sk is None else sk.shape[2]
+    spare = max(64, n // 2)
+    buf = _buffer_of(ck, cv)
+    if not (buf is not None and buf.bad is not None and buf.fill + 1 + ns <= buf.k.shape[2]
+            and k.dtype == buf.k.dtype and k.device == buf.k.device
+            and buf.k.is_inference() == torch.is_inference_mode_enabled()):
+        B, H, _, D = k.shape
+        cap = n + max(spare, 1 + ns)
+        buf = _KVBuffer(k.new_empty(B, H, cap, D), v.new_empty(B, H, cap, D), n)
+        buf.k[:, :, :n] = ck
+        buf.v[:, :, :n] = cv
+        buf.bad = -1 if known_finite(ck[:, :, u0:], cv[:, :, u0:]) else n - 1
+    f = buf.fill                                             # the cache is buf[f - n : f]
+    buf.k[:, :, f:f + 1] = k
+    buf.v[:, :, f:f + 1] = v
+    if not new_ok:
+        buf.bad = f
+    clean = buf.bad < f - n + u0
+    if ns:
+        buf.k[:, :, f + 1:f + 1 + ns] = sk
+        buf.v[:, :, f + 1:f + 1 + ns] = sv
+        if buf.sinks is None or buf.sinks[0] is not sinks[0] or buf.sinks[1] is not sinks[1]:
+            buf.sinks = (sinks[0], sinks[1], known_finite(*sinks))
+        clean = clean and buf.sinks[2]
+    K, V = buf.k[:, :, f - n + u0:f + 1 + ns], buf.v[:, :, f - n + u0:f + 1 + ns]
+    buf.fill = f + 1
+    wk, wv = buf.k[:, :, f + 1 - n:f + 1], buf.v[:, :, f + 1 - n:f + 1]
+    buf.k_view, buf.v_view = _link(wk, buf), _link(wv, buf)
+    return K, V, wk, wv, clean
+
+
 def _decode_attend(q, q_sink, K, V, sink_k, sink_v, scale: float) -> torch.Tensor:
     """One query per sequence over keys that are all visible: ``K, V [B, Hkv, n, Dh]`` scored
-    with ``q [B, H, 1, Dh]`` and the sinks ``sink_k, sink_v [B, Hkv, ns, Dh]`` (ns >= 0)
+    with ``q [B, H, 1, Dh]`` and the sinks ``sink_k, sink_v [B, Hkv, ns, Dh]`` (or None)
     scored with ``q_sink``, in one softmax (at least fp32). Returns o [B, H, 1, Dh].
 
     Non-finite input, with no pass over the keys or values: a non-finite score (a
@@ -539,20 +630,23 @@ def _decode_attend(q, q_sink, K, V, sink_k, sink_v, scale: float) -> torch.Tenso
     -inf score must not hide its key behind a zero weight), and a visible non-finite value
     makes the output non-finite, which becomes NaN: the promise of the banded op."""
     B, H, _, Dh = q.shape
-    Hkv, ns = K.shape[1], sink_k.shape[2]
-    ct = _compute_dtype(q.dtype)
+    Hkv, ns = K.shape[1], 0 if sink_k is None else sink_k.shape[2]
+    q_dtype, ct = q.dtype, _compute_dtype(q.dtype)
     nan = float("nan")
-    qg = q.reshape(B, Hkv, H // Hkv, Dh).to(ct)                          # [B, Hkv, G, Dh]
-    s = torch.matmul(qg, K.to(ct).transpose(-1, -2))                      # [B, Hkv, G, n]
+    if q.dtype != ct:                                                     # fp16/bf16
+        q, q_sink, K, V = q.to(ct), q_sink.to(ct), K.to(ct), V.to(ct)
+        if ns:
+            sink_k, sink_v = sink_k.to(ct), sink_v.to(ct)
+    s = torch.matmul(q.reshape(B, Hkv, H // Hkv, Dh), K.transpose(-1, -2))  # [B, Hkv, G, n]
     if ns:
-        qs = q_sink.reshape(B, Hkv, H // Hkv, Dh).to(ct)
-        s = torch.cat([torch.matmul(qs, sink_k.to(ct).transpose(-1, -2)), s], -1)
+        qs = q_sink.reshape(B, Hkv, H // Hkv, Dh)
+        s = torch.cat([torch.matmul(qs, sink_k.transpose(-1, -2)), s], -1)
     p = torch.softmax(torch.nan_to_num(s * scale, nan=nan, posinf=nan, neginf=nan), -1)
-    o = torch.matmul(p[..., ns:], V.to(ct))                               # [B, Hkv, G, Dh]
+    o = torch.matmul(p[..., ns:], V)                                      # [B, Hkv, G, Dh]
     if ns:
-        o = o + torch.matmul(p[..., :ns], sink_v.to(ct))
-    o = torch.nan_to_num(o, nan=nan, posinf=nan, neginf=nan)
-    return o.reshape(B, H, 1, Dh).to(q.dtype)
+        o = o + torch.matmul(p[..., :ns], sink_v)
+    o = torch.nan_to_num(o, nan=nan, posinf=nan, neginf=nan).reshape(B, H, 1, Dh)
+    return o if o.dtype == q_dtype else o.to(q_dtype)
 
 
 def _compute_dtype(dtype: torch.dtype) -> torch.dtype:

@@ -71,6 +71,8 @@ class Rotary(nn.Module):
         self.head_dim = head_dim
         self.base = float(base)
         self.scaling = check_rope_scaling("Rotary", scaling)
+        self._inv_freq: dict[tuple, torch.Tensor] = {}   # inv_freq, fp64, per device + setting
+        self._rot_mats: dict[tuple, torch.Tensor] = {}   # rotation_matrix's cache
 
     def inv_freq(self, device=None) -> torch.Tensor:
         """w [D/2] in fp64, scaled as ``scaling`` says."""
@@ -93,8 +95,28 @@ class Rotary(nn.Module):
         """pos: integer positions of any shape [...]; returns cos, sin of shape [..., D/2].
         The frequencies are made here in fp64 (not a buffer: ``model.to(bf16)`` would round
         them and move every position)."""
-        ang = pos.to(torch.float64)[..., None] * self.inv_freq(pos.device)
+        key = (pos.device, self.base, repr(self.scaling))
+        w = self._inv_freq.get(key)
+        if w is None:                                   # made once per device and setting
+            w = self._inv_freq[key] = self.inv_freq(pos.device)
+        ang = pos.to(torch.float64)[..., None] * w
         return ang.cos().to(dtype), ang.sin().to(dtype)
+
+
+def rotation_matrix(rotary: Rotary, position: int, dtype: torch.dtype,
+                    device=None) -> torch.Tensor:
+    """M [D, D] with ``x @ M == apply_rotary(x, *rotary.cos_sin(position))`` (up to rounding):
+    one matmul instead of the elementwise rotation, for a position used again and again
+    (a decode step's constant sink slot). Cached per (position, dtype, device, setting)."""
+    key = (int(position), dtype, torch.device(device) if device is not None else None,
+           rotary.base, repr(rotary.scaling))
+    m = rotary._rot_mats.get(key)
+    if m is None:
+        cos, sin = rotary.cos_sin(torch.tensor(int(position), device=device), torch.float64)
+        c, s = torch.diag(cos), torch.diag(sin)                          # [D/2, D/2]
+        m = torch.cat([torch.cat([c, s], 1), torch.cat([-s, c], 1)], 0).to(dtype)
+        rotary._rot_mats[key] = m
+    return m
 
 
 def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
