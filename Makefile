@@ -54,8 +54,9 @@ GPU_PY ?= python3
 gpu-check:
 	$(GPU_PY) benchmarks/gpu_check.py $(ARGS)
 
-# Results suites (benchmarks/__main__.py): mixers, peers, recall, long, streaming -> JSON + PNG in
-# benchmarks/results, then the README's tables and figures regenerated from the JSON.
+# Results suites (benchmarks/__main__.py): mixers, peers, recall, long, streaming, inference ->
+# JSON + PNG in benchmarks/results, then the README's tables and figures regenerated from the
+# JSON.
 # bench-quick re-measures a subset (< 10 min on CPU); bench runs everything (see the README
 # for its wall time). The peers (titans-pytorch, flash-linear-attention) go to .bench-deps/,
 # never into the venv: make bench-deps. BENCH_ARGS: e.g. "--threads 2" or "--device cuda".
@@ -65,9 +66,17 @@ BENCH_DEPS := titans-pytorch==0.5.5 assoc-scan==0.0.6 axial-positional-embedding
 	einx==0.4.3 hyper-connections==0.4.11 rotary-embedding-torch==0.9.1 tensordict==0.15.3 \
 	x-transformers==2.31.10 torch-einops-utils==0.2.0 frozendict==2.5.1 pyvers==0.2.3 \
 	loguru==0.7.3 fla-core==0.6.0
+# llama.cpp through llama-cpp-python, built from source (~25 min on 2 cores): the inference
+# suite's reference on the same GGUF (its native Q4_1 kernels; not a target). A failed build
+# only makes that suite skip it, with the reason in its results.
+LLAMA_CPP := llama-cpp-python==0.3.36 diskcache==5.6.3
+LLAMA_CMAKE := -DGGML_NATIVE=ON -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF \
+	-DLLAMA_BUILD_TOOLS=OFF -DLLAMA_CURL=OFF
 bench-deps: setup
 	$(PY) -m pip install -q --no-deps --target .bench-deps $(BENCH_DEPS)
 	echo '*' > .bench-deps/.gitignore
+	CMAKE_ARGS="$(LLAMA_CMAKE)" $(PY) -m pip install -q --no-deps --no-binary llama-cpp-python \
+		--target .bench-deps $(LLAMA_CPP) || echo "llama-cpp-python did not build: the inference suite skips llama.cpp"
 
 bench: setup
 	$(BENCH_ENV) $(PY) -m benchmarks all $(BENCH_ARGS)

@@ -1,4 +1,4 @@
-"""Suite ``inference``: inference speed on CPU (issue 26), against transformers, llama.cpp,
+"""Suite ``inference``: inference speed on CPU, against transformers, llama.cpp,
 SDPA and FlexAttention, with the targets decided from the rows.
 
     python -m benchmarks inference                        # threads 1 and 2, every part
@@ -71,7 +71,7 @@ B 1, T 4,096, H 4, K = V = 64): the op timed with ``memarch.kernels._common.GUAR
 and False, alternated, median of 11; ``guard_share`` = 1 - unguarded / guarded (no such
 flag: a ``status`` row).
 
-``render_targets`` decides the issue's targets from these rows (met / missed / not
+``render_targets`` decides the inference-speed targets from these rows (met / missed / not
 measured); ``render`` shows the tables, ``plot`` one figure.
 """
 
@@ -1074,7 +1074,7 @@ def targets(data) -> list[tuple[str, str, str]]:
 
 
 def render_targets(data) -> str:
-    lines = [("Issue 26's targets, decided from `benchmarks/results/inference-cpu.json` "
+    lines = [("The inference-speed targets, decided from `benchmarks/results/inference-cpu.json` "
               "(t = torch threads):"), "",
              "| target | measured | result |", "|---|---|---|"]
     for name, measured, result in targets(data):

@@ -5,6 +5,13 @@ Any model with ``forward(ids [B, T], state) -> (logits [B, T, V], state, aux)`` 
 state, so a constant-state model takes prompts of any length in constant memory, and
 ``stream`` decodes without bound (it never keeps the tokens it yields).
 
+Per-token cost. A state is checked once, when it enters (the first prefill chunk); the
+states the model returns are then trusted (``memarch.mixers.base.trusted_states``), so no
+layer re-checks its state on every step. A model whose forward takes ``logits_to_keep``
+(``MemLM``) computes the prefill's last-position logits only. ``compile=True`` runs the
+decode steps through ``torch.compile`` (opt-in; the ``inference`` benchmark reports what it
+gains and what it costs to compile).
+
 Sampling: ``temperature=0`` is greedy (argmax); otherwise logits / temperature, then
 top-k, then top-p (nucleus: the smallest set of most likely tokens whose mass reaches p;
 the most likely token is always kept), then one multinomial draw. Logits that are +inf
@@ -18,6 +25,7 @@ import contextlib
 import inspect
 import math
 import operator
+import weakref
 from typing import Any, Iterator, NamedTuple, Sequence
 
 import torch
@@ -243,6 +251,17 @@ def prefill(model, ids: torch.Tensor | Sequence, state: Any = None, *,
     return logits[:, -1], state
 
 
+_COMPILED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _compiled(model):
+    """``torch.compile(model)``, made once per model (a new model compiles again)."""
+    fn = _COMPILED.get(model)
+    if fn is None:
+        fn = _COMPILED[model] = torch.compile(model)
+    return fn
+
+
 def _keeps_logits(model) -> bool:
     """The model's forward takes ``logits_to_keep`` (``MemLM``): prefill asks for the last
     position's logits only."""
@@ -272,8 +291,8 @@ def sample_next(logits: torch.Tensor, *, temperature: float = 0.0, top_k: int | 
 def stream(model, ids: torch.Tensor | Sequence, *, state: Any = None, max_new_tokens: int | None = None,
            chunk_size: int | None = 2048, temperature: float = 0.0, top_k: int | None = None,
            top_p: float | None = None, stop_tokens: Sequence[int] = (), pad_id: int | None = None,
-           min_new_tokens: int = 0,
-           generator: torch.Generator | None = None) -> Iterator[DecodeStep]:
+           min_new_tokens: int = 0, generator: torch.Generator | None = None,
+           compile: bool = False) -> Iterator[DecodeStep]:
     """Yield one ``DecodeStep`` per generated token; unbounded when ``max_new_tokens`` is None.
 
     ``ids`` is a tensor [B, T], a list of ints (one sequence) or a list of equal-length lists
@@ -288,8 +307,14 @@ def stream(model, ids: torch.Tensor | Sequence, *, state: Any = None, max_new_to
     ``pad_id``: in [0, V)) against ``model.vocab_size`` when the model has one, and against
     V = the logits' last dimension after the prefill, before the first token. Each step
     raises ``ValueError`` when an unfinished row's logits have a NaN or no entry above -inf.
+
+    ``compile=True`` (opt-in) runs the decode steps through ``torch.compile(model)`` (made
+    once per model and kept; the prefill stays eager). What it gains depends on the device
+    and the model: the ``inference`` benchmark measures it, with the compile time.
     """
     fn = "stream"
+    if not isinstance(compile, bool):
+        raise TypeError(f"{fn}: compile must be a bool, got {compile!r}")
     max_new_tokens = _int(fn, "max_new_tokens", max_new_tokens, minimum=0, allow_none=True)
     min_new_tokens = _int(fn, "min_new_tokens", min_new_tokens, minimum=0)
     temperature, top_k, top_p = _check_sampling(fn, temperature, top_k, top_p)
@@ -304,17 +329,18 @@ def stream(model, ids: torch.Tensor | Sequence, *, state: Any = None, max_new_to
     if isinstance(vocab, int) and not isinstance(vocab, bool) and vocab > 0:
         _check_vocab(fn, stops, pad_id, vocab, "model.vocab_size")
     return _stream(model, ids, state, max_new_tokens, chunk_size, temperature, top_k, top_p,
-                   stops, pad_id, min_new_tokens, generator)
+                   stops, pad_id, min_new_tokens, generator, compile)
 
 
 @torch.no_grad()
 def _stream(model, ids, state, max_new_tokens, chunk_size, temperature, top_k, top_p,
-            stops, pad_id, min_new_tokens, generator) -> Iterator[DecodeStep]:
+            stops, pad_id, min_new_tokens, generator, compile=False) -> Iterator[DecodeStep]:
     fn = "stream"
     stop = torch.tensor(stops, dtype=torch.long, device=ids.device)
     if pad_id is None:
         pad_id = stops[0] if stops else 0
     logits, state = prefill(model, ids, state, chunk_size=chunk_size)
+    step = _compiled(model) if compile else model
     vocab = logits.shape[-1]
     _check_vocab(fn, stops, pad_id, vocab, "the last dimension of the model's logits")
     if min_new_tokens > 0 and max_new_tokens != 0 and len(set(stops)) == vocab:
@@ -353,7 +379,7 @@ def _stream(model, ids, state, max_new_tokens, chunk_size, temperature, top_k, t
         if max_new_tokens is not None and n >= max_new_tokens:
             return
         with trusted_states():                     # the state the model itself returned
-            logits, state, _ = model(tok[:, None], state)
+            logits, state, _ = step(tok[:, None], state)
         logits = logits[:, -1]
 
 

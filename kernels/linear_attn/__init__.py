@@ -119,6 +119,8 @@ def linear_attn(q, k, v, *, g=None, scale=None, normalize: bool = False, eps: fl
 
 
 def _torch_path(q, k, v, g, scale, normalize, eps, S0, z0):
+    if q.shape[1] == 1:                                  # decode: the recurrence, one step
+        return _step(q, k, v, g, scale, normalize, eps, S0, z0)
     if normalize:  # z is the state of a column of ones appended to v
         v = torch.cat([v, v.new_ones(v.shape[:-1] + (1,))], -1)
         if S0 is not None:
@@ -129,3 +131,25 @@ def _torch_path(q, k, v, g, scale, normalize, eps, S0, z0):
         o = o[..., :-1] / (o[..., -1:] + eps)
         S, z = S[..., :-1], S[..., -1]
     return o.to(v.dtype), S, z
+
+
+def _step(q, k, v, g, scale, normalize, eps, S0, z0):
+    """One token of the recurrence (the decode step; no chunk machinery, a few ops):
+    S = exp(g) S0 + k v^T, z = exp(g) z0 + k, o = (scale q) S [/ ((scale q) . z + eps)]."""
+    ct = torch.float64 if q.dtype == torch.float64 else torch.float32
+    qs, k1, v1 = (q[:, 0].to(ct) * scale), k[:, 0].to(ct), v[:, 0].to(ct)   # [B, H, *]
+    S = k1[..., :, None] * v1[..., None, :]                             # [B, H, K, V]
+    z = k1 if normalize else None
+    if S0 is None and g is not None:     # zeros, so that g stays in the graph (zero grad)
+        S0 = S.new_zeros(S.shape)
+        z0 = k1.new_zeros(k1.shape) if normalize else None
+    if S0 is not None:
+        decay = None if g is None else g[:, 0].to(ct).exp()[..., None]  # [B, H, 1]
+        Sp = S0.to(ct) if decay is None else S0.to(ct) * decay[..., None]
+        S = Sp + S
+        if normalize:
+            z = (z0.to(ct) if decay is None else z0.to(ct) * decay) + k1
+    o = (qs[..., None, :] @ S)[..., 0, :]                                # [B, H, V]
+    if normalize:
+        o = o / ((qs * z).sum(-1, keepdim=True) + eps)
+    return o[:, None].to(v.dtype), S, z

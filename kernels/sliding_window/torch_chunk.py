@@ -45,20 +45,15 @@ def sliding_window_torch(q, k, v, window: int, q_offset: int, sink_k, sink_v, si
     ct = torch.float64 if q.dtype == torch.float64 else torch.float32
     t = lambda x: x.to(ct).transpose(1, 2)          # [B, T, H, D] -> [B, H, T, D]
     qh, kh, vh = t(q0), t(k0), t(v0)
-    if S:
-        sk, sv = t(sk0), t(sv0)
-        if two:                                     # [q, sink_q] . [k, 0] and . [0, sink_k]
-            qh = torch.cat([qh, t(sq0)], -1)
-            kh = torch.cat([kh, torch.zeros_like(kh)], -1)
-            sk = torch.cat([torch.zeros_like(sk), sk], -1)
-    sk, sv = (sk, sv) if S else (None, None)
+    sqh = t(sq0) if two else None
+    sk, sv = (t(sk0), t(sv0)) if S else (None, None)
     # with autograd recording each block is recomputed in the backward (activation
     # checkpointing): it saves views of q, k, v, never its gathered keys and sinks
     grad = torch.is_grad_enabled() and any(x is not None and x.requires_grad
-                                           for x in (qh, kh, vh, sk, sv))
+                                           for x in (qh, sqh, kh, vh, sk, sv))
     outs = []
     for a in range(0, Tq, block):
-        args = (qh, kh, vh, sk, sv, a, min(block, Tq - a), e, W, q_offset, scale)
+        args = (qh, sqh, kh, vh, sk, sv, a, min(block, Tq - a), e, W, q_offset, scale, grad)
         outs.append(checkpoint(_block, *args, use_reentrant=False) if grad else _block(*args))
     o = (torch.cat(outs, 2) if len(outs) > 1 else outs[0]).transpose(1, 2)   # [B, Tq, H, D]
     if not clean:
@@ -67,22 +62,31 @@ def sliding_window_torch(q, k, v, window: int, q_offset: int, sink_k, sink_v, si
     return o.to(q.dtype)
 
 
-def _block(qh, kh, vh, sk, sv, a: int, n: int, e: int, W: int, q_offset: int, scale: float):
-    """Queries a .. a+n-1 of ``qh [B, H, Tq, D']`` over the keys their band can see (of
-    ``kh, vh [B, Hkv, Tk, D']``) and the sinks (``sk, sv [B, Hkv, S, D']`` or None): one
-    fused SDPA call with a boolean mask."""
+def _block(qh, sqh, kh, vh, sk, sv, a: int, n: int, e: int, W: int, q_offset: int,
+           scale: float, all_sinks: bool = False):
+    """Queries a .. a+n-1 of ``qh [B, H, Tq, D]`` over the keys their band can see (of
+    ``kh, vh [B, Hkv, Tk, D]``) and the sinks (``sk, sv [B, Hkv, S, D]`` or None, scored by
+    ``sqh`` when it is given, else by ``qh``): one fused SDPA call with a boolean mask.
+    ``all_sinks``: the sinks join (masked) even where no query sees them, so that their
+    gradient is zeros, not None."""
     dev = qh.device
     j0 = max(0, a + e - W + 1)                      # the first key the block's band can see
-    kb, vb = kh[:, :, j0:a + e + n], vh[:, :, j0:a + e + n]
+    qb, kb, vb = qh[:, :, a:a + n], kh[:, :, j0:a + e + n], vh[:, :, j0:a + e + n]
     i = torch.arange(a + e, a + e + n, device=dev)[:, None]            # own-key index
     j = torch.arange(j0, a + e + n, device=dev)[None, :]
     mask = (j <= i) & (j > i - W)                                       # [n, L]
-    if sk is not None and q_offset + a + n - 1 - W >= 0:   # a query of the block sees a sink
+    if sk is not None and (all_sinks or q_offset + a + n - 1 - W >= 0):   # a sink is seen
         p = q_offset + torch.arange(a, a + n, device=dev)[:, None]      # absolute positions
         mask = torch.cat([torch.arange(sk.shape[2], device=dev)[None, :] <= p - W, mask], 1)
-        kb, vb = torch.cat([sk, kb], 2), torch.cat([sv, vb], 2)
-    return F.scaled_dot_product_attention(qh[:, :, a:a + n], kb, vb, attn_mask=mask,
-                                          scale=scale, enable_gqa=qh.shape[1] != kh.shape[1])
+        if sqh is not None:                         # [q, sink_q] . [k, 0] and . [0, sink_k]
+            D = qb.shape[-1]
+            qb = torch.cat([qb, sqh[:, :, a:a + n]], -1)
+            kb = torch.cat([F.pad(sk, (D, 0)), F.pad(kb, (0, D))], 2)
+        else:
+            kb = torch.cat([sk, kb], 2)
+        vb = torch.cat([sv, vb], 2)
+    return F.scaled_dot_product_attention(qb, kb, vb, attn_mask=mask, scale=scale,
+                                          enable_gqa=qb.shape[1] != kb.shape[1])
 
 
 def _sees_non_finite(q, k, v, sink_q, sink_k, sink_v, W: int, q_offset: int) -> torch.Tensor:

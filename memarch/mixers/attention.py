@@ -39,18 +39,32 @@ State. Full attention: a KV cache that grows by one entry per token; under ``no_
 see ``_KVBuffer``), and states stay functional: an older state that is continued again (a
 branch) copies first, so no state ever sees its entries change. Window: the S sink
 entries plus the W-1 most recent entries (the current token comes from the input), a
-constant size. The persistent pairs are parameters, not state: ``state_size`` does not
-count them. A state is checked against what ``init_state`` makes for this configuration
-(the KV cache's length is the declared growing dimension). Every pass over the window goes
-through the banded op ``memarch.kernels.sliding_window_attn`` (memory O(T (W + block)),
-never a T x T mask; Triton on CUDA); decode is the T = 1 case. Persistent pairs, or a
-batch whose sequences sit at different positions, take an equivalent blocked PyTorch path
-in this module.
+constant size; under ``no_grad`` its entries are views of a buffer with spare room after
+the window (``_window_append``, ``_window_decode``): a token is written in place, the window
+is never cloned per token and is copied once every max(64, W/2) tokens. The persistent
+pairs are parameters, not state: ``state_size`` does not count them. A state is checked
+against what ``init_state`` makes for this configuration (the KV cache's length is the
+declared growing dimension).
+
+Paths. A pass over the window (prefill, training) goes through the op
+``memarch.kernels.sliding_window_attn`` (query blocks of fused SDPA on CPU, Triton on CUDA;
+never a T x T mask). A decode step (one token, every sequence at one position) sees a
+contiguous set of keys, so it needs no mask: without autograd one SDPA call over a
+contiguous run of the window buffer [valid window entries, new token, visible sinks]
+(``_decode_step``: the sinks are written after the new entry; for cache positions past
+the cache, the sink keys are turned so that the step's own query scores them, since
+<rope(q, c), k> = <rope(q, p), rope(k, p - c)>); with autograd one softmax over the window
+and the sinks (``_decode_attend``). Persistent pairs, or a batch whose sequences sit at
+different positions, take an equivalent blocked PyTorch path in this module.
 
 Causality holds for any input: a NaN/inf at token t changes no output before t. Masks
 select (masked scores), values are made finite before a matmul whose weights can be zero,
 and every query that sees a non-finite key or value gets a NaN output (persistent pairs
-are parameters, finite unless the weights themselves are not).
+are parameters, finite unless the weights themselves are not). The decode step keeps the
+promise without a pass over the window: the buffer remembers the last slot that held a
+non-finite entry (each new entry is checked by one reduction, a copied window once), and
+while such a slot is visible the guarded softmax runs instead of the fused kernel (which
+would give a key with a -inf score weight 0: a finite, wrong output).
 """
 
 from __future__ import annotations
@@ -245,7 +259,8 @@ class Attention(Mixer):
         q = self.q_proj(x).view(B, T, H, Dh)
         kvx = self.kv_proj(x)                                         # [B, T, 2 Hkv Dh]
         k, v = kvx.view(B, T, 2, Hkv, Dh).unbind(2)                   # [B, T, Hkv, Dh]
-        pos = state.pos[:, None] + torch.arange(T, device=x.device)   # [B, T] absolute
+        pos = (state.pos[:, None] if T == 1 else
+               state.pos[:, None] + torch.arange(T, device=x.device))  # [B, T] absolute
         cos, sin = self.rotary.cos_sin(pos, x.dtype)                  # [B, T, Dh/2]
         cos, sin = cos[:, :, None], sin[:, :, None]
         qr = apply_rotary(q, cos, sin).transpose(1, 2)                # [B, H, T, Dh]
@@ -277,10 +292,11 @@ class Attention(Mixer):
                 ks, vs = kr, v
             else:
                 ks, vs, bad = _finite_kv(kr, v)                        # bad [B, Hkv, T]
-            if torch.is_grad_enabled():
+            if L0 == 0:       # a first call: the new entries are the cache (no copy; the
+                K, V, Kc, Vc = kr, v, ks, vs   # first decode step moves them to a buffer)
+            elif torch.is_grad_enabled():
                 K, V = torch.cat([state.k, kr], 2), torch.cat([state.v, v], 2)
-                Kc = ks if L0 == 0 else torch.cat([state.k, ks], 2)
-                Vc = vs if L0 == 0 else torch.cat([state.v, vs], 2)
+                Kc, Vc = torch.cat([state.k, ks], 2), torch.cat([state.v, vs], 2)
             else:     # the buffer's new slots hold the finite copies during the compute
                 K, V = Kc, Vc = _append_kv(state.k, state.v, ks, vs)
         new = KVCacheState(K, V, state.pos + T)

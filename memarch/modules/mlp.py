@@ -21,4 +21,7 @@ class SwiGLU(nn.Module):
         self.w2 = nn.Linear(d_hidden, d_model, bias=bias)  # down
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # [B, T, D] -> [B, T, D]
-        return self.w2(F.silu(self.w1(x)) * self.w3(x))
+        if torch.is_grad_enabled():
+            return self.w2(F.silu(self.w1(x)) * self.w3(x))
+        h = F.silu(self.w1(x), inplace=True)             # no autograd: in place, one buffer
+        return self.w2(h.mul_(self.w3(x)))

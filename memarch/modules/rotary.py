@@ -96,11 +96,29 @@ class Rotary(nn.Module):
         The frequencies are made here in fp64 (not a buffer: ``model.to(bf16)`` would round
         them and move every position)."""
         key = (pos.device, self.base, repr(self.scaling))
+        if pos.numel() <= _SMALL and pos.device.type == "cpu":
+            # decode: every layer asks for the same few positions; answer from a small cache
+            # (a CPU read of a few ints costs less than the five ops)
+            small = (key, self.head_dim, dtype, torch.is_inference_mode_enabled(),
+                     tuple(pos.shape), tuple(pos.flatten().tolist()))
+            hit = _RECENT.get(small)
+            if hit is None:
+                hit = _RECENT[small] = self._cos_sin(pos, dtype, key)
+                if len(_RECENT) > 64:
+                    _RECENT.pop(next(iter(_RECENT)))
+            return hit
+        return self._cos_sin(pos, dtype, key)
+
+    def _cos_sin(self, pos, dtype, key):
         w = self._inv_freq.get(key)
         if w is None:                                   # made once per device and setting
             w = self._inv_freq[key] = self.inv_freq(pos.device)
         ang = pos.to(torch.float64)[..., None] * w
         return ang.cos().to(dtype), ang.sin().to(dtype)
+
+
+_SMALL = 8                                         # positions per call that cos_sin caches
+_RECENT: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}   # (setting, positions) -> cos, sin
 
 
 def rotation_matrix(rotary: Rotary, position: int, dtype: torch.dtype,
