@@ -37,24 +37,6 @@ def known_finite(*tensors) -> bool:
     return True
 
 
-def finite_rows(*tensors) -> torch.Tensor | None:
-    """``known_finite`` per batch row: bool [B], True where every tensor's row b (dim 0) is
-    known finite; None on CUDA (unknown: take the guarded path). For ops whose fast path is
-    not bitwise equal to their guarded one: a NaN in one row must leave the others exactly
-    as they were, so each row takes the path its own input decides."""
-    ok = None
-    for t in tensors:
-        if t is None:
-            continue
-        if t.is_cuda or t.device.type == "meta":
-            return None
-        acc = torch.float64 if t.dtype == torch.float64 else torch.float32
-        row = t.sum(dim=tuple(range(1, t.dim())), dtype=acc).isfinite() if GUARD else \
-            torch.ones(t.shape[0], dtype=torch.bool, device=t.device)
-        ok = row if ok is None else ok & row
-    return ok
-
-
 def pick_impl(op: str, impl: str, x: torch.Tensor) -> str:
     """Resolve ``impl``. "auto" -> $MEMARCH_KERNEL_IMPL if set, else "triton" for CUDA
     tensors of a dtype the kernels take (fp16/bf16/fp32), else "torch"."""

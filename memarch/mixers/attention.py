@@ -292,8 +292,8 @@ class Attention(Mixer):
                 ks, vs = kr, v
             else:
                 ks, vs, bad = _finite_kv(kr, v)                        # bad [B, Hkv, T]
-            if L0 == 0:       # a first call: the new entries are the cache (no copy; the
-                K, V, Kc, Vc = kr, v, ks, vs   # first decode step moves them to a buffer)
+            if torch.is_grad_enabled() and L0 == 0:   # a first call: nothing to concatenate
+                K, V, Kc, Vc = kr, v, ks, vs
             elif torch.is_grad_enabled():
                 K, V = torch.cat([state.k, kr], 2), torch.cat([state.v, v], 2)
                 Kc, Vc = torch.cat([state.k, ks], 2), torch.cat([state.v, vs], 2)
