@@ -79,7 +79,8 @@ from torch import nn
 from memarch.kernels import known_finite
 from memarch.kernels.sliding_window import sliding_window_attn
 from memarch.mixers.base import Mixer, MixerOutput, check_positive_int
-from memarch.modules.rotary import Rotary, apply_rotary, check_rope_scaling, rotation_matrix
+from memarch.modules.rotary import (Rotary, apply_rotary, check_rope_scaling, full_width, rotate,
+                                    rotation_matrix)
 
 __all__ = ["Attention", "KVCacheState", "SinkWindowState"]
 
@@ -262,14 +263,14 @@ class Attention(Mixer):
         pos = (state.pos[:, None] if T == 1 else
                state.pos[:, None] + torch.arange(T, device=x.device))  # [B, T] absolute
         cos, sin = self.rotary.cos_sin(pos, x.dtype)                  # [B, T, Dh/2]
-        cos, sin = cos[:, :, None], sin[:, :, None]
-        qr = apply_rotary(q, cos, sin).transpose(1, 2)                # [B, H, T, Dh]
-        kr = apply_rotary(k, cos, sin).transpose(1, 2)                # [B, Hkv, T, Dh]
+        cs2 = full_width(cos[:, :, None], sin[:, :, None])            # [B, T, 1, Dh] each
+        qr = rotate(q, *cs2).transpose(1, 2)                          # [B, H, T, Dh]
+        kr = rotate(k, *cs2).transpose(1, 2)                          # [B, Hkv, T, Dh]
         v = v.transpose(1, 2)                                         # [B, Hkv, T, Dh]
         if self.window is None:
             o, new = self._full(q.transpose(1, 2), qr, kr, v, state)
         else:
-            o, new = self._banded(q.transpose(1, 2), qr, pos, kr, v, state, (cos, sin), kvx)
+            o, new = self._banded(q.transpose(1, 2), qr, pos, kr, v, state, cs2, kvx)
         y = self.o_proj(o.transpose(1, 2).reshape(B, T, H * Dh))
         return MixerOutput(y, new, None)
 
@@ -305,7 +306,7 @@ class Attention(Mixer):
             mask = u[None, :] <= (L0 + torch.arange(T, device=qr.device))[:, None]  # [T, L0+T]
             o = self._attend_with_persistent(q, qr, Kc, Vc, mask)
         elif T == 1:                                                   # decode: sees all
-            o = F.scaled_dot_product_attention(qr, Kc, Vc, scale=self.scale, enable_gqa=True)
+            o = _sdpa_one_query(qr, Kc, Vc, self.scale)
         elif L0 == 0:
             o = F.scaled_dot_product_attention(qr, Kc, Vc, is_causal=True, scale=self.scale,
                                                enable_gqa=True)
@@ -343,7 +344,7 @@ class Attention(Mixer):
             o = o + torch.einsum("bhgtn,hnd->bhgtd", p[..., :Np], pv)
         return o.reshape(B, H, T, Dh).to(qr.dtype)
 
-    def _decode_step(self, qr, kr, v, state: SinkWindowState, p: int, cos_sin, kvx):
+    def _decode_step(self, qr, kr, v, state: SinkWindowState, p: int, cs2, kvx):
         """One token (position p, every sink set) without autograd: one SDPA call over a
         contiguous run of the window buffer, [valid window entries, new token, visible sinks]
         (``_window_decode``). Sinks enter in the form ``qr`` scores: for cache positions
@@ -355,19 +356,32 @@ class Attention(Mixer):
         ns = min(S, max(0, p - W + 1))                                   # sinks s <= p - W
         sk = sv = None
         if ns:
-            sk, sv = state.sink_k[:, :, :ns], state.sink_v[:, :, :ns]
-            if self.sink_positions == "cache" and p > S + W - 1:
-                cos, sin = cos_sin                                       # [B, 1, 1, Dh/2]
-                sk = apply_rotary(sk @ rotation_matrix(self.rotary, -(S + W - 1), sk.dtype,
-                                                       sk.device), cos, sin)
+            sk, sv = state.sink_k, state.sink_v
+            if ns < S:
+                sk, sv = sk[:, :, :ns], sv[:, :, :ns]
+            if self.sink_positions == "cache" and p > S + W - 1:   # ns == S here
+                a, a_half = self._sinks_back(state.sink_k)              # rotate(a, *cs2)
+                sk = a * cs2[0] + a_half * cs2[1]                        # cs2: [B, 1, 1, Dh]
         K, V, wk, wv, clean = _window_decode(state.k, state.v, kr, v, sk, sv, u0,
                                              known_finite(kvx), (state.sink_k, state.sink_v))
         new = SinkWindowState(state.sink_k, state.sink_v, wk, wv, state.pos + 1)
         if clean:            # nothing visible is non-finite: the fused kernel, raw entries
-            o = F.scaled_dot_product_attention(qr, K, V, scale=self.scale, enable_gqa=True)
+            o = _sdpa_one_query(qr, K, V, self.scale)
         else:                # the guarded softmax (every visible key: NaN where non-finite)
             o = _decode_attend(qr, qr, K, V, None, None, self.scale)
         return o, new
+
+    def _sinks_back(self, sink_k):
+        """(A, [A2, A1]) for A = sink_k turned back by the cache slot c = S + W - 1: what
+        ``rotate`` turns by the step's position p into rope(k_s, p - c). Kept for the last
+        sink tensor (the sinks of a stream do not change once set)."""
+        last = self.__dict__.get("_sinks_back_cache")
+        if last is None or last[0] is not sink_k:
+            c = self.n_sinks + self.window - 1
+            a = sink_k @ rotation_matrix(self.rotary, -c, sink_k.dtype, sink_k.device)
+            a1, a2 = a.chunk(2, dim=-1)
+            last = self.__dict__["_sinks_back_cache"] = (sink_k, a, torch.cat([a2, a1], -1))
+        return last[1], last[2]
 
     def _sink_queries(self, q, qr, pos):
         """The queries that score the sinks, [B, H, T, Dh]: ``qr`` for absolute positions;
@@ -590,6 +604,16 @@ def _window_append(ck: torch.Tensor, cv: torch.Tensor, k: torch.Tensor, v: torch
     wk, wv = buf.k[:, :, f + T - n:f + T], buf.v[:, :, f + T - n:f + T]
     buf.k_view, buf.v_view = _link(wk, buf), _link(wv, buf)
     return K, V, wk, wv
+
+
+def _sdpa_one_query(q, K, V, scale: float) -> torch.Tensor:
+    """One query per sequence that sees every key: ``q [B, H, 1, Dh]``, ``K, V [B, Hkv, L,
+    Dh]``. The G = H / Hkv query heads of a KV head become G query rows of one SDPA call
+    (no mask is needed), so the keys are read once, not repeated per query head."""
+    B, H, _, Dh = q.shape
+    Hkv = K.shape[1]
+    o = F.scaled_dot_product_attention(q.reshape(B, Hkv, H // Hkv, Dh), K, V, scale=scale)
+    return o.reshape(B, H, 1, Dh)
 
 
 def _window_decode(ck, cv, k, v, sk, sv, u0: int, new_ok: bool, sinks):
