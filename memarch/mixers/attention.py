@@ -407,7 +407,17 @@ class Attention(Mixer):
             return self._decode_step(qr, kr, v, state, lo, cos_sin, kvx)
         # [window cache, new]: views of a buffer with spare room under no_grad (no copy of
         # the window per call), a concatenation when autograd records
-        K, V, wk, wv = _window_append(state.k, state.v, kr, v)          # [B, Hkv, W-1+T, Dh]
+        if lo == hi == 0 and not self.n_persistent and torch.is_grad_enabled() and T >= W - 1:
+            # a fresh sequence under autograd (training): no cache entry is visible, so the
+            # new keys alone are K (no concatenation with the W-1 empty slots kept for the
+            # backward); the new cache is their last W-1
+            K, V = kr, v
+            wk = kr[:, :, T - (W - 1):].clone()
+            wv = v[:, :, T - (W - 1):].clone()
+            pre = W - 1                                                  # K starts at slot W-1
+        else:
+            K, V, wk, wv = _window_append(state.k, state.v, kr, v)      # [B, Hkv, W-1+T, Dh]
+            pre = 0
         if S and lo >= S:                                                # every sink is set
             sink_k, sink_v = state.sink_k, state.sink_v
         elif S:
@@ -423,7 +433,7 @@ class Attention(Mixer):
         if decode:
             # decode: every visible key is a contiguous run (the window's valid slots, the
             # sinks that left the window), so one softmax over both, no mask
-            u0 = max(0, W - 1 - lo)                                      # slots before token 0
+            u0 = max(0, W - 1 - lo) - pre                                # slots before token 0
             ns = min(S, max(0, lo - W + 1))                              # sinks s <= p - W
             q_sink = qr
             if ns and self.sink_positions == "cache" and lo > S + W - 1:
@@ -440,7 +450,7 @@ class Attention(Mixer):
         if not self.n_persistent and lo == hi:
             # the kernel: one position for the whole batch; drop cache slots before token 0
             p = lo
-            u0 = max(0, W - 1 - p)
+            u0 = max(0, W - 1 - p) - pre
             sk = dict(sink_k=sink_k.transpose(1, 2), sink_v=sink_v.transpose(1, 2),
                       sink_q=q_sink.transpose(1, 2)) if S else {}
             o = sliding_window_attn(qr.transpose(1, 2), K[:, :, u0:].transpose(1, 2),
