@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import numbers
 import os
 
 import torch
@@ -106,3 +107,112 @@ def check_qkv_g(op: str, q, k, v, g, **extra) -> tuple[int, int, int, int, int]:
     for name, t in (("k", k), ("v", v), ("g", g), *extra.items()):
         check(t is None or t.device == q.device, op, f"{name} must be on q's device {q.device}")
     return B, T, H, K, V
+
+
+# -- strict parsing of scalar arguments (constructors, configs, op arguments) ----------------
+# One parser for bools, ints and finite numbers, shared by memarch's constructors (re-exported
+# by ``memarch.mixers.base``) and the ops here: no truthy strings, no bools where a number is
+# meant, no NaN/inf. Every error names the owner, the argument, the value and what is expected.
+
+def _got(value) -> str:
+    text = repr(value)
+    if len(text) > 60:
+        text = text[:57] + "..."
+    return f"{text} ({type(value).__name__})" if isinstance(value, str) or not isinstance(
+        value, (int, float)) else text
+
+
+def check_bool(owner: str, name: str, value) -> bool:
+    """``value`` if it is a bool, else ``ValueError``: strings such as ``'false'`` or ``'no'``
+    (truthy in Python) and numbers are refused."""
+    if not isinstance(value, bool):     # a ValueError, as every argument check here
+        hint = "; a string is not read as a boolean" if isinstance(value, str) else ""
+        raise ValueError(  # noqa: TRY004
+            f"{owner}: {name} must be a bool (True or False), got {_got(value)}{hint}")
+    return value
+
+
+def check_int(owner: str, name: str, value, *, minimum: int | None = None,
+              maximum: int | None = None, none_ok: bool = False,
+              expected: str | None = None) -> int | None:
+    """``int(value)`` if ``value`` is an integer (not a bool, not a float such as 4.0, not a
+    string) in [minimum, maximum]; None when ``none_ok``. Else ``ValueError`` naming
+    ``owner``, ``name``, the value and ``expected`` (default: built from the bounds)."""
+    if value is None and none_ok:
+        return None
+    if expected is None:
+        if minimum is not None and maximum is not None:
+            expected = f"an int in [{minimum}, {maximum}]"
+        elif minimum == 1:
+            expected = "a positive int"
+        elif minimum is not None:
+            expected = f"an int >= {minimum}"
+        elif maximum is not None:
+            expected = f"an int <= {maximum}"
+        else:
+            expected = "an int"
+        if none_ok:
+            expected += " or None"
+    if (isinstance(value, bool) or not isinstance(value, numbers.Integral)
+            or (minimum is not None and value < minimum)
+            or (maximum is not None and value > maximum)):
+        raise ValueError(f"{owner}: {name} must be {expected}, got {_got(value)}")
+    return int(value)
+
+
+def check_number(owner: str, name: str, value, *, minimum: float | None = None,
+                 maximum: float | None = None, min_open: bool = False, max_open: bool = False,
+                 none_ok: bool = False, expected: str | None = None) -> float | None:
+    """``float(value)`` if ``value`` is a finite real number (not a bool, not a string) in the
+    interval given by ``minimum``/``maximum`` (open ends with ``min_open``/``max_open``);
+    None when ``none_ok``. Else ``ValueError`` naming the owner, the argument and the value.
+    ``minimum=0, min_open=True`` is "> 0" (a positive number)."""
+    if value is None and none_ok:
+        return None
+    if expected is None:
+        lo = None if minimum is None else (">" if min_open else ">=")
+        hi = None if maximum is None else ("<" if max_open else "<=")
+        if lo and hi:
+            expected = (f"a number in {'(' if min_open else '['}{minimum!r}, {maximum!r}"
+                        f"{')' if max_open else ']'}")
+        elif lo:
+            expected = f"a number {lo} {minimum!r}"
+        elif hi:
+            expected = f"a number {hi} {maximum!r}"
+        else:
+            expected = "a finite number"
+        if none_ok:
+            expected += " or None"
+    ok = isinstance(value, numbers.Real) and not isinstance(value, bool)
+    finite = ok and math.isfinite(value)
+    if ok and finite:
+        ok = not ((minimum is not None and (value <= minimum if min_open else value < minimum))
+                  or (maximum is not None and (value >= maximum if max_open else value > maximum)))
+    if not ok or not finite:
+        why = "; it must be finite" if ok and not finite else ""
+        raise ValueError(f"{owner}: {name} must be {expected}, got {_got(value)}{why}")
+    return float(value)
+
+
+def check_choice(owner: str, name: str, value, choices) -> str:
+    """``value`` if it is one of ``choices`` (strings), else ``ValueError`` listing them."""
+    if not isinstance(value, str) or value not in choices:
+        raise ValueError(f"{owner}: {name} must be one of {tuple(choices)}, got {_got(value)}")
+    return value
+
+
+def check_range(op: str, name: str, t: torch.Tensor, lo: float, hi: float, *,
+                why: str = "") -> None:
+    """Raise ``ValueError`` if a finite entry of tensor ``t`` lies outside [lo, hi] (NaN/inf
+    entries are left to the op's non-finite guard). Checked off CUDA only, as g <= 0 in
+    ``check_qkv_g``: on CUDA the check would cost a host sync per call."""
+    if t.is_cuda or t.device.type == "meta" or t.numel() == 0:
+        return
+    t = t.detach()
+    out = t.isfinite() & ((t < lo) | (t > hi))
+    if bool(out.any()):
+        bad = t[out]
+        raise ValueError(f"{op}: {name} must lie in [{lo:g}, {hi:g}]"
+                         + (f" ({why})" if why else "")
+                         + f", got values from {bad.min().item():.4g} to "
+                           f"{bad.max().item():.4g} outside it")

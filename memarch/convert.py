@@ -84,19 +84,40 @@ def gguf_checkpoint(path: str | os.PathLike, *, dtype=None, **attention_override
 
 
 def _refuse_source(src: str | os.PathLike, out: str | os.PathLike) -> None:
-    """Never write over the model being converted (or a file inside its folder)."""
+    """Never write over an input: ``out`` may not be the source (file or folder), nor lie
+    inside a source folder (a new file there is refused too: the folder is the model's),
+    nor go through a source file (``model.gguf/x.ckpt``)."""
     s, o = Path(src).expanduser().resolve(), Path(out).expanduser().resolve()
-    if o == s or (s.is_dir() and s in o.parents and o.exists()):
-        raise ValueError(f"convert: OUT {out} would overwrite the source model {src}; write "
-                         "the checkpoint somewhere else")
+    if o == s or s in o.parents:
+        where = "is the source" if o == s else "lies inside the source"
+        raise ValueError(f"convert: OUT {out} would overwrite the source {src} (it {where}); "
+                         "write the checkpoint somewhere else")
+
+
+def _check_out(out: str | os.PathLike) -> None:
+    """``out`` must be a file path whose folder can be made: refused early and by name."""
+    o = Path(out).expanduser()
+    if o.is_dir():
+        raise ValueError(f"convert: OUT {out} is a directory; give the checkpoint's file name "
+                         f"(e.g. {o / 'model.ckpt'})")
+    for parent in o.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise ValueError(f"convert: OUT {out}: {parent} is a file, not a folder")
+            break
 
 
 def save(ckpt: dict, out: str | os.PathLike) -> Path:
+    """Write ``ckpt`` to ``out`` through ``out.tmp`` (renamed into place; removed when the
+    write fails, so a failed write never leaves a half-written file behind)."""
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".tmp")
-    torch.save(ckpt, tmp)
-    os.replace(tmp, out)
+    try:
+        torch.save(ckpt, tmp)
+        os.replace(tmp, out)
+    finally:
+        tmp.unlink(missing_ok=True)
     return out
 
 
@@ -124,15 +145,24 @@ def main(argv: list[str] | None = None) -> int:
     over = {k: v for k, v in (("window", args.window), ("n_sinks", args.n_sinks),
                               ("sink_positions", args.sink_positions)) if v is not None}
     try:
-        _refuse_source(args.path, args.out)
+        for src in (args.path, getattr(args, "tokenizer", None)):
+            if src is not None:
+                _refuse_source(src, args.out)
+        _check_out(args.out)
         if args.source == "hf":
             ckpt = hf_checkpoint(args.path, dtype=args.dtype, tokenizer=args.tokenizer, **over)
         else:
             ckpt = gguf_checkpoint(args.path, dtype=args.dtype, **over)
-    except (ValueError, TypeError, FileNotFoundError, ImportError) as e:
+    except (ValueError, TypeError, OSError, ImportError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    out = save(ckpt, args.out)
+    try:
+        out = save(ckpt, args.out)
+    except (OSError, RuntimeError) as e:  # disk full (torch says "unexpected pos"), ...
+        print(f"error: cannot write {args.out} (disk full or not writable?): "
+              f"{type(e).__name__}: {str(e).splitlines()[0][:200]}; nothing was written "
+              "(an existing file there is kept)", file=sys.stderr)
+        return 2
     cfg = ckpt[CONFIG_KEY]
     n = sum(v.numel() for k, v in ckpt["state_dict"].items()
             if not (k == "net.head.weight" and cfg.get("tie_embeddings")))

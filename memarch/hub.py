@@ -16,7 +16,12 @@ loading a folder never runs code from it. ``push_to_hub`` uploads that same fold
 ``huggingface_hub.HfApi`` (imported only there).
 
 ``config.json`` = the model config plus a ``"memarch"`` entry: ``{"format": 1, "version",
-"class", "dtype"}`` (``dtype``: the parameters' dtype when they share one; loading casts to it).
+"class", "dtype", "sha256"}`` (``dtype``: the parameters' dtype when they share one; loading
+casts to it; ``sha256``: each tensor's name -> the sha256 of its bytes in
+``model.safetensors``, which ``from_pretrained`` checks, refusing a corrupted file by the
+tensor's name; folders written before it, and Hugging Face folders, load unchecked).
+``save_pretrained`` refuses to write into the folder (or GGUF file) the model was read from by
+``from_hf`` / ``from_gguf``: that would replace the source's files.
 """
 
 from __future__ import annotations
@@ -41,6 +46,7 @@ __all__ = ["model_config", "save_pretrained", "from_pretrained", "push_to_hub",
            "PretrainedError", "CONFIG_NAME", "WEIGHTS_NAME", "FORMAT"]
 
 CONFIG_NAME, WEIGHTS_NAME, FORMAT = "config.json", "model.safetensors", 1
+DIGEST_KEY = "sha256"     # config.json's memarch.sha256: {tensor name: sha256 of its bytes}
 
 
 class PretrainedError(ValueError):
@@ -118,25 +124,103 @@ def save_pretrained(model: nn.Module, save_directory: str | os.PathLike, *,
                          "(safe_serialization=True), so loading never unpickles")
     from safetensors.torch import save_model
 
+    out = Path(save_directory)
+    _refuse_sources(model, out)
+    if out.exists() and not out.is_dir():
+        raise PretrainedError(f"save_pretrained: {out} is a file, not a folder")
     cfg = model_config(model)
     dtypes = {p.dtype for p in model.state_dict().values() if p.is_floating_point()}
     cfg["memarch"] = {"format": FORMAT, "version": getattr(memarch, "__version__", "0.1.0"),
                       "class": cfg["_target_"],
                       "dtype": str(dtypes.pop()).removeprefix("torch.") if len(dtypes) == 1
                       else None}
-    text = json.dumps(cfg, indent=2, sort_keys=True, allow_nan=False) + "\n"
-    out = Path(save_directory)
     out.mkdir(parents=True, exist_ok=True)
     tmp = {name: out / f".{name}.{os.getpid()}.tmp" for name in (CONFIG_NAME, WEIGHTS_NAME)}
     try:
-        tmp[CONFIG_NAME].write_text(text)
         save_model(model, str(tmp[WEIGHTS_NAME]))
+        cfg["memarch"][DIGEST_KEY] = tensor_digests(tmp[WEIGHTS_NAME])   # of what was written
+        text = json.dumps(cfg, indent=2, sort_keys=True, allow_nan=False) + "\n"
+        tmp[CONFIG_NAME].write_text(text)
         for name, t in tmp.items():
             os.replace(t, out / name)
     finally:
         for t in tmp.values():
             t.unlink(missing_ok=True)
     return out
+
+
+def _refuse_sources(model: nn.Module, out: Path) -> None:
+    """Never write into what the model was read from: a Hugging Face folder (``from_hf``,
+    its files would be replaced by memarch's) or a GGUF file (``from_gguf``)."""
+    o = out.expanduser().resolve()
+    for m in model.modules():
+        src = getattr(m, "_memarch_source", None)
+        if src is None:
+            continue
+        src = Path(src)
+        if o == src or src in o.parents:
+            raise PretrainedError(
+                f"save_pretrained: {out} {'is' if o == src else 'lies inside'} {src}, the "
+                "source the model was read from; writing there would replace the source's "
+                "files: save it somewhere else")
+
+
+def tensor_digests(path: str | os.PathLike) -> dict[str, str]:
+    """sha256 of each tensor's bytes in the safetensors file ``path`` (name -> hex digest),
+    read from the file's own byte ranges (so they describe what is on disk)."""
+    import hashlib
+    import mmap
+    import struct
+
+    with open(path, "rb") as f:
+        size = os.fstat(f.fileno()).st_size
+        head = f.read(8)
+        if len(head) < 8:
+            raise PretrainedError(f"{path}: not a safetensors file (shorter than its header)")
+        n = struct.unpack("<Q", head)[0]
+        if n > size - 8:
+            raise PretrainedError(f"{path}: not a safetensors file or truncated (header of "
+                                  f"{n} bytes in a file of {size})")
+        try:
+            header = json.loads(f.read(n))
+        except (ValueError, UnicodeDecodeError) as e:
+            raise PretrainedError(f"{path}: not a safetensors file ({e})") from None
+        if not isinstance(header, dict):
+            raise PretrainedError(f"{path}: not a safetensors file (its header is not a map)")
+        out = {}
+        with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm, memoryview(mm) as mv:
+            for name, info in header.items():
+                if name == "__metadata__":
+                    continue
+                try:
+                    b, e = (int(x) for x in info["data_offsets"])
+                except (TypeError, KeyError, ValueError):
+                    raise PretrainedError(f"{path}: tensor {name!r} has no valid "
+                                          "data_offsets") from None
+                if not 0 <= b <= e <= size - 8 - n:
+                    raise PretrainedError(f"{path}: tensor {name!r} runs past the end of the "
+                                          "file (truncated)")
+                with mv[8 + n + b:8 + n + e] as view:
+                    out[name] = hashlib.sha256(view).hexdigest()
+    return out
+
+
+def _check_digests(path: Path, recorded: Any) -> None:
+    """Refuse a weights file whose tensors' bytes differ from the digests ``save_pretrained``
+    recorded in ``config.json`` (``memarch.sha256``), naming the tensors."""
+    if not isinstance(recorded, dict) or not all(isinstance(v, str) for v in recorded.values()):
+        raise PretrainedError(f"{path.parent / CONFIG_NAME}: memarch.{DIGEST_KEY} must map "
+                              "tensor names to sha256 hex digests")
+    found = tensor_digests(path)
+    bad = sorted(k for k in recorded if k in found and found[k] != recorded[k])
+    missing = sorted(set(recorded) - set(found))
+    if bad or missing:
+        what = (f"the bytes of {', '.join(bad[:8])}{' ...' if len(bad) > 8 else ''} differ from "
+                "the sha256 recorded when it was saved" if bad else "") + \
+            ("; " if bad and missing else "") + \
+            (f"tensors {missing[:8]} recorded when it was saved are missing" if missing else "")
+        raise PretrainedError(f"{path}: corrupted: {what} (memarch.{DIGEST_KEY} in "
+                              f"{CONFIG_NAME}); restore the folder from a good copy")
 
 
 # -- load ---------------------------------------------------------------------------------
@@ -177,6 +261,8 @@ def from_pretrained(directory: str | os.PathLike, *, map_location: Any = "cpu",
                               f"{type(model).__name__}, not a torch.nn.Module")
     model.to(device=map_location, dtype=dtype or _saved_dtype(meta, directory))
     _load_weights(model, directory / WEIGHTS_NAME, map_location, strict)
+    if DIGEST_KEY in meta:              # folders saved before digests load unchecked
+        _check_digests(directory / WEIGHTS_NAME, meta[DIGEST_KEY])
     return model.eval()
 
 

@@ -12,7 +12,16 @@ import warnings
 
 import torch
 
-from .._common import check, check_float, check_qkv_g, check_triton, known_finite, pick_impl
+from .._common import (
+    check,
+    check_float,
+    check_number,
+    check_qkv_g,
+    check_range,
+    check_triton,
+    known_finite,
+    pick_impl,
+)
 from .naive import delta_rule_naive
 from .torch_chunk import chunk_delta_rule
 
@@ -32,16 +41,24 @@ def delta_rule(q, k, v, beta, *, g=None, scale=None, initial_state=None,
     (memarch's orientation: read q^T S, write k v^T; the paper's S_t = S_{t-1} alpha_t
     (I - beta_t k_t k_t^T) + beta_t v_t k_t^T is its transpose.) Equivalently: decay
     S' = exp(g_t) S_{t-1}, then move the value stored under k_t towards v_t by beta_t,
-    S_t = S' + beta_t k_t (v_t - k_t^T S')^T. With unit-norm k and beta in [0, 1] the
-    write is non-expansive; callers normally L2-normalise q and k (MoM's delta cell does).
+    S_t = S' + beta_t k_t (v_t - k_t^T S')^T.
+
+    Stability: the write multiplies the state along k_t by 1 - beta_t ||k_t||^2, so the
+    recurrence stays bounded iff beta_t ||k_t||^2 in [0, 2] for every token (non-expansive;
+    in [0, 1] it interpolates towards v_t, at 2 it reflects). Outside, the state grows
+    geometrically: beta = 5 or -1 with unit keys, or ||k|| = 10 with beta = 0.5, reach
+    NaN / ~1e31 within a few hundred tokens. ``delta_rule`` refuses beta outside [0, 2];
+    the key norm is the caller's: L2-normalise q and k (MoM's delta cell does, so its
+    beta = sigmoid(.) in (0, 1) keeps beta_t ||k_t||^2 in [0, 2]).
 
     Args:
         q, k: [B, T, H, K]; same dtype as v.
         v: [B, T, H, V].
-        beta: [B, T, H] write strength per token and head (usually sigmoid(.) in (0, 1)).
+        beta: [B, T, H] write strength per token and head, in [0, 2] (usually
+            sigmoid(.) in (0, 1)); see Stability.
         g: [B, T, H] log-space decay per token and head, must be <= 0; None = no decay
             (the plain delta rule).
-        scale: multiplies q; default K^-0.5.
+        scale: multiplies q: a finite number > 0; default (None) K^-0.5.
         initial_state: S_0 [B, H, K, V] (a tensor; a ``LinearAttnState(S, None)`` is also
             taken); None = zeros.
         output_final_state: also return the state after the last token.
@@ -56,8 +73,9 @@ def delta_rule(q, k, v, beta, *, g=None, scale=None, initial_state=None,
         on the naive/torch paths), or None unless ``output_final_state``. Feeding S back as
         ``initial_state`` continues the sequence exactly (chunked streaming).
 
-    Errors and non-finite input: ``g > 0`` raises ValueError when g is not on a CUDA device
-    (on CUDA it is not checked: a host sync per call). A token t whose k, v, beta or g holds
+    Errors and non-finite input: ``g > 0`` and a finite beta outside [0, 2] raise
+    ValueError when they are not on a CUDA device (on CUDA they are not checked: a host sync
+    per call); so does a ``scale`` that is not a finite number > 0. A token t whose k, v, beta or g holds
     a non-finite value changes no output before t, and every output from t on (and the final
     state) is NaN: each later output reads the state that token wrote. Every implementation
     does this the same way: such tokens are replaced by a no-op write (k = v = beta = g = 0)
@@ -74,8 +92,12 @@ def delta_rule(q, k, v, beta, *, g=None, scale=None, initial_state=None,
         o2, _ = delta_rule(q, k, v, beta, g=g, initial_state=S)   # continues
     """
     B, T, H, K, V = check_qkv_g(OP, q, k, v, g, beta=beta)
+    check_range(OP, "beta", beta, 0.0, 2.0, why="the write is stable iff beta_t "
+                "||k_t||^2 in [0, 2]; outside, the state grows without bound")
     S0 = _unpack_state(initial_state, B, H, K, V)
-    scale = K ** -0.5 if scale is None else float(scale)
+    scale = K ** -0.5 if scale is None else check_number(
+        OP, "scale", scale, minimum=0, min_open=True,
+        expected="a number > 0 or None (None: K^-0.5)")
     asked = impl
     impl = pick_impl(OP, impl, q)
     if impl == "triton" and T == 0:       # nothing to launch: what the torch path returns

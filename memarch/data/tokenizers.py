@@ -141,11 +141,36 @@ def tokenizer_spec(path: str | os.PathLike, *, eos_id: int | None = None) -> dic
     (``load_tokenizer`` reads it back; the ``tokenizers`` library parses JSON only, no code).
     ``eos_id`` None: the usual end-of-text tokens are looked up."""
     p = Path(os.path.expanduser(str(path)))
+    if p.suffix == ".gguf" and p.is_file():          # the tokenizer in a GGUF's metadata
+        from memarch.data.gguf_tokenizer import gguf_tokenizer_spec
+        try:
+            spec = gguf_tokenizer_spec(p)
+        except (ValueError, KeyError, IndexError, TypeError, OSError) as e:
+            raise ValueError(f"tokenizer: {p} is not a tokenizer: a GGUF file without usable "
+                             f"tokenizer metadata ({type(e).__name__}: {str(e)[:200]})") from None
+        return {**spec, "eos_id": spec.get("eos_id") if eos_id is None else eos_id}
     file = p if p.is_file() else p / "tokenizer.json"
     if not file.is_file():
         raise FileNotFoundError(f"tokenizer: no tokenizer.json at {p}")
-    return {"tokenizer.json": file.read_text(encoding="utf-8"), "eos_id": eos_id,
-            "source": str(p)}
+    try:
+        text = file.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise ValueError(f"tokenizer: {file} is not a tokenizer (not UTF-8 text; a "
+                         "tokenizer.json or a .gguf is expected)") from None
+    _parse_tokenizer_json(text, str(file))
+    return {"tokenizer.json": text, "eos_id": eos_id, "source": str(p)}
+
+
+def _parse_tokenizer_json(text: str, what: str):
+    """``tokenizers.Tokenizer`` of ``text``, or a ValueError naming ``what``: a file that
+    parses as JSON but not as a tokenizer (a config.json, say) is not one."""
+    from tokenizers import Tokenizer
+    try:
+        return Tokenizer.from_str(text)
+    except Exception as e:  # noqa: BLE001 - tokenizers raises its own exception types
+        raise ValueError(f"tokenizer: {what} is not a tokenizer (the tokenizers library "
+                         f"cannot read it as a tokenizer.json: {str(e).splitlines()[0][:200]}); "
+                         "give a tokenizer.json, a folder holding one, or a .gguf") from None
 
 
 def _from_tokenizers(tok, eos_id: int | None = None, **kw) -> _HFTokenizer:
@@ -168,8 +193,9 @@ def load_tokenizer(name: str | dict | None = "byte"):
         if not isinstance(name.get("tokenizer.json"), str):
             raise ValueError(f"tokenizer: a tokenizer spec must hold the text of a "
                              f"tokenizer.json under 'tokenizer.json', got keys {sorted(name)}")
-        from tokenizers import Tokenizer
-        return _from_tokenizers(Tokenizer.from_str(name["tokenizer.json"]), name.get("eos_id"),
+        tok = _parse_tokenizer_json(name["tokenizer.json"],
+                                    f"the embedded tokenizer (from {name.get('source')})")
+        return _from_tokenizers(tok, name.get("eos_id"),
                                 bos_id=name.get("bos_id"), chat_template=name.get("chat_template"))
     p = Path(os.path.expanduser(str(name)))
     if p.suffix == ".gguf":
@@ -179,8 +205,11 @@ def load_tokenizer(name: str | dict | None = "byte"):
         return load_tokenizer(gguf_tokenizer_spec(p))
     file = p if p.is_file() else p / "tokenizer.json"
     if file.is_file() and file.suffix == ".json":
-        from tokenizers import Tokenizer
-        return _from_tokenizers(Tokenizer.from_file(str(file)))
+        try:
+            text = file.read_text(encoding="utf-8")
+        except UnicodeDecodeError:
+            raise ValueError(f"tokenizer: {file} is not a tokenizer (not UTF-8 text)") from None
+        return _from_tokenizers(_parse_tokenizer_json(text, str(file)))
     if not p.exists() and os.environ.get("HF_HUB_OFFLINE") == "1":
         raise FileNotFoundError(
             f"tokenizer: {name!r} is neither a local tokenizer.json nor a folder, and the hub is "

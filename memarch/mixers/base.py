@@ -25,8 +25,11 @@ import torch
 from torch import nn
 
 from memarch import state as st
+from memarch.kernels._common import IMPLS, check_bool, check_choice, check_int, check_number
 
-__all__ = ["Mixer", "MixerOutput", "check_positive_int", "trusted_states"]
+__all__ = ["IMPLS", "MAX_SCALARS", "Mixer", "MixerOutput", "check_bool", "check_choice",
+           "check_input_like_params", "check_int", "check_number", "check_positive_int",
+           "check_scalars", "trusted_states"]
 
 _TRUST = threading.local()
 
@@ -46,11 +49,52 @@ def trusted_states() -> Iterator[None]:
         _TRUST.on = before
 
 
-def check_positive_int(owner: str, name: str, value) -> None:
+def check_positive_int(owner: str, name: str, value) -> int:
     """Raise ``ValueError("<owner>: <name> must be a positive int, got ...")`` unless
-    ``value`` is an int >= 1 (bools are refused). Shared by every constructor."""
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise ValueError(f"{owner}: {name} must be a positive int, got {value!r}")
+    ``value`` is an int >= 1 (bools, floats and strings are refused); returns it. Shared by
+    every constructor, with ``check_int``, ``check_bool``, ``check_number`` and
+    ``check_choice`` (the one strict parser: ``memarch.kernels._common``)."""
+    return check_int(owner, name, value, minimum=1)
+
+
+MAX_SCALARS = 2 ** 32
+"""The most parameters, or state scalars per sequence, one mixer (or HMT's own part) may
+have: past it a constructor refuses, naming the arguments, instead of an allocation failure
+("tried to allocate 128 GB") at construction or at the first call."""
+
+
+def check_scalars(owner: str, what: str, n: int, args: dict) -> None:
+    """Raise ``ValueError`` if ``n`` (the size of ``what``: "parameters", "state scalars per
+    sequence") exceeds ``MAX_SCALARS``, naming the arguments ``args`` that set it."""
+    if n > MAX_SCALARS:
+        given = ", ".join(f"{k}={v!r}" for k, v in args.items())
+        raise ValueError(f"{owner}: {given} would make {n:.3g} {what} (more than "
+                         f"{MAX_SCALARS:.3g}, {4 * n / 2 ** 30:.3g} GiB in fp32): lower "
+                         f"{' or '.join(args)}")
+
+
+def check_input_like_params(owner: str, x: torch.Tensor, module: nn.Module, *,
+                            dtype: bool = True) -> None:
+    """Clear errors for input the module cannot run on, before torch's own: x on the meta
+    device (no values to read), on another device than the parameters, or of another
+    floating dtype than the parameters outside autocast (torch says "m1 and m2"; skipped
+    with ``dtype=False``, for a module that casts its weights to x's dtype)."""
+    if x.device.type == "meta":
+        raise ValueError(f"{owner}: x is on the meta device (shapes only, no values), but this "
+                         "mixer reads values (positions, the non-finite guard): run it on cpu "
+                         "or cuda tensors (module.to(device), x.to(device))")
+    p = next(module.parameters(), None)
+    if p is None:
+        return
+    if p.device != x.device:
+        raise ValueError(f"{owner}: x is on {x.device} but the module's parameters are on "
+                         f"{p.device}: move one of them (module.to({str(x.device)!r}) or "
+                         f"x.to({str(p.device)!r}))")
+    if (dtype and p.is_floating_point() and x.dtype != p.dtype
+            and not torch.is_autocast_enabled(x.device.type)):
+        raise TypeError(f"{owner}: x has dtype {x.dtype} but the module's parameters have dtype "
+                        f"{p.dtype}: convert the input (x.to({p.dtype})) or the module "
+                        f"(module.to({x.dtype})), or run under torch.autocast")
 
 
 class MixerOutput(NamedTuple):
@@ -74,10 +118,9 @@ class Mixer(nn.Module, abc.ABC):
 
     def __init__(self, d_model: int, *, layer_idx: int | None = None):
         super().__init__()
-        if not isinstance(d_model, int) or d_model < 1:
-            raise ValueError(f"d_model must be a positive int, got {d_model!r}")
-        self.d_model = d_model
-        self.layer_idx = layer_idx
+        owner = type(self).__name__
+        self.d_model = check_positive_int(owner, "d_model", d_model)
+        self.layer_idx = check_int(owner, "layer_idx", layer_idx, minimum=0, none_ok=True)
 
     # -- the contract --------------------------------------------------------------
     @abc.abstractmethod

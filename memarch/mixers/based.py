@@ -32,7 +32,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from memarch.mixers.base import Mixer, MixerOutput
+from memarch.mixers.base import (
+    Mixer,
+    MixerOutput,
+    check_bool,
+    check_input_like_params,
+    check_int,
+    check_scalars,
+)
 from memarch.mixers.linear_attention import LinearAttention
 from memarch.mixers.short_conv import ShortConv, ShortConvState
 
@@ -57,7 +64,16 @@ class BaseConv(Mixer):
         if (not isinstance(expand_proj, int) or isinstance(expand_proj, bool) or expand_proj < 1
                 or (expand_proj * d_model) % 2):
             raise ValueError(f"BaseConv: expand_proj * d_model must be even and >= 2, got "
-                             f"expand_proj={expand_proj}, d_model={d_model}")
+                             f"expand_proj={expand_proj!r}, d_model={d_model}")
+        check_int("BaseConv", "kernel_size", kernel_size, minimum=1, expected="an int >= 1")
+        check_bool("BaseConv", "bias", bias)
+        check_bool("BaseConv", "conv_bias", conv_bias)
+        d_inner = expand_proj * d_model // 2
+        args = {"d_model": d_model, "expand_proj": expand_proj, "kernel_size": kernel_size}
+        check_scalars("BaseConv", "parameters", 3 * d_model * d_inner + kernel_size * d_inner,
+                      args)
+        check_scalars("BaseConv", "state scalars per sequence", (kernel_size - 1) * d_inner,
+                      args)
         self.d_inner = expand_proj * d_model // 2
         self.in_proj = nn.Linear(d_model, 2 * self.d_inner, bias=bias)
         self.out_proj = nn.Linear(self.d_inner, d_model, bias=bias)
@@ -71,6 +87,7 @@ class BaseConv(Mixer):
         return self.conv.state_size(seq_len)
 
     def _forward(self, x: torch.Tensor, state: ShortConvState) -> MixerOutput:
+        check_input_like_params(self._owner(), x, self)
         u1, u2 = self.in_proj(x).chunk(2, dim=-1)                        # [B, T, d_inner] x2
         c = self.conv(u1, state)
         y = self.out_proj(F.silu(c.y) * u2)                              # [B, T, D]

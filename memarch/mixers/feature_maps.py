@@ -23,6 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from memarch.kernels._common import check_int
+
 __all__ = ["FeatureMap", "TaylorFeatureMap", "make_feature_map", "FEATURE_MAPS"]
 
 
@@ -33,7 +35,8 @@ class FeatureMap(nn.Module):
 
     def __init__(self, dim: int, kind: str = "identity"):
         super().__init__()
-        if kind not in self._FNS:
+        check_int("FeatureMap", "dim", dim, minimum=1)
+        if not isinstance(kind, str) or kind not in self._FNS:
             raise ValueError(f"feature_map must be one of {FEATURE_MAPS}, got {kind!r}")
         self.kind, self.in_dim, self.out_dim = kind, dim, dim
 
@@ -44,7 +47,8 @@ class FeatureMap(nn.Module):
 class TaylorFeatureMap(nn.Module):
     def __init__(self, head_dim: int, form: str = "unique"):
         super().__init__()
-        if form not in ("full", "unique"):
+        check_int("TaylorFeatureMap", "head_dim", head_dim, minimum=1)
+        if not isinstance(form, str) or form not in ("full", "unique"):
             raise ValueError(f"TaylorFeatureMap: form must be 'full' or 'unique', got {form!r}")
         d = head_dim
         self.in_dim, self.form = d, form

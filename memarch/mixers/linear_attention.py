@@ -23,7 +23,17 @@ import torch.nn.functional as F
 from torch import nn
 
 from memarch.kernels.linear_attn import linear_attn
-from memarch.mixers.base import Mixer, MixerOutput, check_positive_int
+from memarch.mixers.base import (
+    IMPLS,
+    Mixer,
+    MixerOutput,
+    check_bool,
+    check_choice,
+    check_input_like_params,
+    check_number,
+    check_positive_int,
+    check_scalars,
+)
 from memarch.mixers.feature_maps import FEATURE_MAPS, make_feature_map
 
 __all__ = ["LinearAttention", "LinearAttentionState"]
@@ -57,20 +67,32 @@ class LinearAttention(Mixer):
         check_positive_int(name, "n_heads", n_heads)
         if feature_dim is not None:
             check_positive_int(name, "feature_dim", feature_dim)
-        if not eps >= 0:
-            raise ValueError(f"{name}: eps must be >= 0, got {eps!r}")
+        check_number(name, "eps", eps, minimum=0)
         if d_model % n_heads:
             raise ValueError(f"{type(self).__name__}: n_heads={n_heads} must divide "
                              f"d_model={d_model}")
-        if feature_map not in FEATURE_MAPS:
+        if not isinstance(feature_map, str) or feature_map not in FEATURE_MAPS:
             raise ValueError(f"{type(self).__name__}: feature_map must be one of {FEATURE_MAPS}, "
                              f"got {feature_map!r}")
+        check_bool(name, "normalize", normalize)
+        check_bool(name, "gated", gated)
+        check_choice(name, "taylor_form", taylor_form, ("unique", "full"))
+        check_choice(name, "impl", impl, IMPLS)
         if normalize and feature_map == "identity":
             raise ValueError(f"{type(self).__name__}: normalize=True needs a non-negative "
                              "feature map (elu, relu, taylor), got 'identity'")
+        Fq = d_model // n_heads if feature_dim is None else feature_dim
+        Fd = (1 + Fq + (Fq * Fq if taylor_form == "full" else Fq * (Fq + 1) // 2)
+              if feature_map == "taylor" else Fq)
+        args = {"d_model": d_model, "n_heads": n_heads, "feature_dim": feature_dim,
+                "feature_map": feature_map}
+        check_scalars(name, "parameters", 2 * d_model * n_heads * Fq + 2 * d_model * d_model,
+                      args)
+        check_scalars(name, "state scalars per sequence", n_heads * Fd * (d_model // n_heads + 1),
+                      args)
         self.n_heads, self.head_dim = n_heads, d_model // n_heads
         self.feature_dim = self.head_dim if feature_dim is None else feature_dim
-        self.normalize, self.gated, self.eps, self.impl = normalize, gated, eps, impl
+        self.normalize, self.gated, self.eps, self.impl = normalize, gated, float(eps), impl
         self.phi = make_feature_map(feature_map, self.feature_dim, taylor_form=taylor_form)
         self.n_features = self.phi.out_dim
         self.scale = 1.0 if feature_map == "taylor" else self.n_features ** -0.5
@@ -96,6 +118,7 @@ class LinearAttention(Mixer):
         return n * self.head_dim + (n if self.normalize else 0)
 
     def _forward(self, x: torch.Tensor, state: LinearAttentionState) -> MixerOutput:
+        check_input_like_params(self._owner(), x, self)
         B, T, _ = x.shape
         H = self.n_heads
         q = self.phi(self.q_proj(x).view(B, T, H, self.feature_dim))    # [B, T, H, F]

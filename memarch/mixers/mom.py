@@ -50,7 +50,8 @@ weight is always 1, so only the balance loss trains the router (as in the MoM co
 scales by the unnormalised probability).
 
 State ``MoMState(S [B, M, H, K, V], shared [B, H, K, V] | None, conv [B, conv_size-1, C] |
-None, pos [B])``: the memories, the shared memory and the window of the last conv_size - 1
+None, pos [B])`` (``MoMLinearState``, the same fields, for ``cell="linear"``: each cell
+refuses the other's state): the memories, the shared memory and the window of the last conv_size - 1
 q/k/v projections (C = H K + (M + 1) H (K + V) with the shared memory). fp32 (fp64 for fp64
 input); constant size.
 
@@ -69,11 +70,22 @@ from torch import nn
 
 from memarch.kernels.delta_rule import delta_rule
 from memarch.kernels.linear_attn import linear_attn
-from memarch.mixers.base import Mixer, MixerOutput, check_positive_int
+from memarch.mixers.base import (
+    IMPLS,
+    Mixer,
+    MixerOutput,
+    check_bool,
+    check_choice,
+    check_input_like_params,
+    check_int,
+    check_number,
+    check_positive_int,
+    check_scalars,
+)
 from memarch.mixers.short_conv import causal_conv_step
 from memarch.modules.norm import RMSNorm
 
-__all__ = ["MoM", "MoMState"]
+__all__ = ["MoM", "MoMLinearState", "MoMState"]
 
 CELLS = ("gated_delta", "linear")
 _L2_EPS = 1e-6
@@ -84,6 +96,14 @@ class MoMState(NamedTuple):
     shared: torch.Tensor | None    # [B, H, K, V] the shared memory, or None
     conv: torch.Tensor | None      # [B, conv_size-1, C] last q|k|v projections, or None
     pos: torch.Tensor              # [B] int64 tokens seen
+
+
+class MoMLinearState(MoMState):
+    """The state of a MoM with ``cell="linear"``: ``MoMState``'s fields, its own type. The two
+    cells' states have the same shapes but not the same meaning (a linear memory summed
+    without a normaliser vs a delta-rule memory over unit keys), so each cell refuses the
+    other's state (``Mixer._check_state`` compares types)."""
+    __slots__ = ()
 
 
 class MoM(Mixer):
@@ -119,20 +139,29 @@ class MoM(Mixer):
         check_positive_int(name, "head_dim", head_dim)
         if topk > n_memories:
             raise ValueError(f"{name}: topk must be <= n_memories={n_memories}, got {topk}")
-        if cell not in CELLS:
-            raise ValueError(f"{name}: cell must be one of {CELLS}, got {cell!r}")
+        check_choice(name, "cell", cell, CELLS)
+        expected = f"> 0 with head_dim * expand_v an int (head_dim={head_dim})"
+        check_number(name, "expand_v", expand_v, minimum=0, min_open=True, expected=expected)
         v_dim = head_dim * expand_v
-        if not (isinstance(expand_v, (int, float)) and expand_v > 0 and v_dim == int(v_dim)):
-            raise ValueError(f"{name}: expand_v must be > 0 with head_dim * expand_v an int, "
-                             f"got expand_v={expand_v!r} (head_dim={head_dim})")
-        if not isinstance(conv_size, int) or isinstance(conv_size, bool) or conv_size < 0:
-            raise ValueError(f"{name}: conv_size must be an int >= 0, got {conv_size!r}")
-        if not (isinstance(aux_loss_coef, (int, float)) and aux_loss_coef >= 0):
-            raise ValueError(f"{name}: aux_loss_coef must be a number >= 0, got "
-                             f"{aux_loss_coef!r}")
+        if v_dim != int(v_dim):
+            raise ValueError(f"{name}: expand_v must be {expected}, got expand_v={expand_v!r}")
+        check_int(name, "conv_size", conv_size, minimum=0)
+        check_number(name, "aux_loss_coef", aux_loss_coef, minimum=0)
+        check_bool(name, "shared_memory", shared_memory)
+        check_number(name, "norm_eps", norm_eps, minimum=0, min_open=True)
+        check_choice(name, "impl", impl, IMPLS)
+        H, K, V = n_heads, head_dim, int(v_dim)
+        E = n_memories + int(shared_memory)
+        C = H * K + E * H * (K + V)
+        args = {"d_model": d_model, "n_heads": n_heads, "head_dim": head_dim,
+                "expand_v": expand_v, "n_memories": n_memories, "conv_size": conv_size}
+        check_scalars(name, "parameters", d_model * (C + n_memories + 2 * E * H + 2 * H * V)
+                      + C * conv_size, args)
+        check_scalars(name, "state scalars per sequence", E * H * K * V
+                      + max(conv_size - 1, 0) * C, args)
         self.n_heads, self.head_dim, self.v_dim = n_heads, head_dim, int(v_dim)
         self.n_memories, self.topk, self.cell = n_memories, topk, cell
-        self.shared_memory, self.aux_loss_coef = bool(shared_memory), float(aux_loss_coef)
+        self.shared_memory, self.aux_loss_coef = shared_memory, float(aux_loss_coef)
         self.conv_size, self.impl = conv_size, impl
         H, K, V = n_heads, head_dim, self.v_dim
         E = n_memories + int(self.shared_memory)                 # memories with a state
@@ -172,7 +201,8 @@ class MoM(Mixer):
 
         def z(*shape):
             return torch.zeros(batch_size, *shape, device=device, dtype=dtype)
-        return MoMState(z(M, H, K, V), z(H, K, V) if self.shared_memory else None,
+        kind = MoMState if self.cell == "gated_delta" else MoMLinearState
+        return kind(z(M, H, K, V), z(H, K, V) if self.shared_memory else None,
                         z(self.conv_size - 1, self.n_channels) if self.conv_size else None,
                         torch.zeros(batch_size, dtype=torch.long, device=device))
 
@@ -201,6 +231,7 @@ class MoM(Mixer):
         return self.aux_loss_coef * M * (f * P).sum()
 
     def _forward(self, x: torch.Tensor, state: MoMState) -> MixerOutput:
+        check_input_like_params(self._owner(), x, self)
         B, T, _ = x.shape
         H, K, V, M = self.n_heads, self.head_dim, self.v_dim, self.n_memories
         E = M + int(self.shared_memory)
@@ -244,7 +275,8 @@ class MoM(Mixer):
         o = torch.where(live[..., None], o * mix[..., None, None], 0.0).sum(2)   # [B, T, H, V]
         y = self.o_norm(o) * F.silu(self.g_proj(x).to(ct).view(B, T, H, V))
         y = self.o_proj(y.reshape(B, T, H * V).to(x.dtype))
-        new = MoMState(S[:, :M], S[:, M] if self.shared_memory else None, conv, state.pos + T)
+        new = type(state)(S[:, :M], S[:, M] if self.shared_memory else None, conv,
+                          state.pos + T)
         return MixerOutput(y, new, self.balance_loss(probs, routed))
 
 

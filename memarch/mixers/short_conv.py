@@ -15,7 +15,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from memarch.mixers.base import Mixer, MixerOutput
+from memarch.mixers.base import (
+    Mixer,
+    MixerOutput,
+    check_bool,
+    check_input_like_params,
+    check_int,
+    check_scalars,
+)
 
 __all__ = ["ShortConv", "ShortConvState", "causal_conv", "causal_conv_step"]
 
@@ -50,9 +57,11 @@ class ShortConv(Mixer):
     def __init__(self, d_model: int, *, layer_idx: int | None = None, kernel_size: int = 4,
                  activation: str | None = "silu", bias: bool = True):
         super().__init__(d_model, layer_idx=layer_idx)
-        if not isinstance(kernel_size, int) or isinstance(kernel_size, bool) or kernel_size < 1:
-            raise ValueError(f"ShortConv: kernel_size must be an int >= 1, got {kernel_size!r}")
-        if activation not in _ACTS:
+        check_int("ShortConv", "kernel_size", kernel_size, minimum=1, expected="an int >= 1")
+        check_bool("ShortConv", "bias", bias)
+        args = {"d_model": d_model, "kernel_size": kernel_size}
+        check_scalars("ShortConv", "parameters", d_model * (kernel_size + 1), args)
+        if not isinstance(activation, (str, type(None))) or activation not in _ACTS:
             raise ValueError(
                 f"ShortConv: activation must be one of {sorted(map(str, _ACTS))}, got {activation!r}")
         self.kernel_size = kernel_size
@@ -72,6 +81,7 @@ class ShortConv(Mixer):
         return (self.kernel_size - 1) * self.d_model
 
     def _forward(self, x: torch.Tensor, state: ShortConvState) -> MixerOutput:
+        check_input_like_params(self._owner(), x, self, dtype=False)   # weights follow x
         B, T, D = x.shape
         K = self.kernel_size
         xx = torch.cat([state.conv, x], dim=1)                    # [B, K-1+T, D]

@@ -42,8 +42,11 @@ a linear layer before the output projection" (section 4.4).
 State: the memory weights and momentum after the last completed chunk, the keys, values and
 gate logits of the pending tokens of the incomplete chunk (decode reads with the last
 completed weights and updates when the chunk fills), the conv window, and positions. Its
-size does not depend on the tokens seen. Sequences of a batch at different positions (their
-chunk boundaries differ) are run one row at a time.
+size does not depend on the tokens seen. Positions are checked against what the rest of the
+state implies (off CUDA): pos % chunk_size is the number of pending tokens it holds, and
+MAC's / MAG's sub-states advance with their own ``pos``; a hand-edited pos is refused.
+Sequences of a batch at different positions (their chunk boundaries differ) are run one row
+at a time.
 
 Choices where the paper gives no value (the defaults):
 * ``max_lr=0.1``: with unit-norm keys and the loss's factor 2, theta = 0.5 would overwrite
@@ -75,6 +78,7 @@ MAC, MAG and MAL: see ``MemoryAsContext``, ``MemoryAsGate``; MAL is the layer st
 from __future__ import annotations
 
 import inspect
+import itertools
 import math
 from collections.abc import Mapping
 from typing import NamedTuple
@@ -84,7 +88,17 @@ import torch.nn.functional as F
 from torch import nn
 
 from memarch.mixers.attention import Attention, _finite_kv
-from memarch.mixers.base import Mixer, MixerOutput, check_positive_int
+from memarch.mixers.base import (
+    Mixer,
+    MixerOutput,
+    check_bool,
+    check_choice,
+    check_input_like_params,
+    check_int,
+    check_number,
+    check_positive_int,
+    check_scalars,
+)
 from memarch.mixers.short_conv import causal_conv_step
 from memarch.modules.norm import RMSNorm
 from memarch.modules.rotary import apply_rotary
@@ -232,34 +246,40 @@ class NeuralMemory(Mixer):
                  max_grad_norm: float | None = None, theta_init: float = 1e-3,
                  eta_init: float = 0.5, alpha_init: float = 1e-3):
         super().__init__(d_model, layer_idx=layer_idx)
+        own = "NeuralMemory"
         n_heads = max(1, d_model // 64) if n_heads is None else n_heads
-        check_positive_int("NeuralMemory", "n_heads", n_heads)
+        check_positive_int(own, "n_heads", n_heads)
         head_dim = d_model // n_heads if head_dim is None else head_dim
-        check_positive_int("NeuralMemory", "head_dim", head_dim)
-        check_positive_int("NeuralMemory", "depth", depth)
-        check_positive_int("NeuralMemory", "expansion", expansion)
-        check_positive_int("NeuralMemory", "chunk_size", chunk_size)
-        if not isinstance(conv_size, int) or isinstance(conv_size, bool) or conv_size < 0:
-            raise ValueError(f"NeuralMemory: conv_size must be an int >= 0, got {conv_size!r}")
-        if not (isinstance(max_lr, (int, float)) and not isinstance(max_lr, bool) and max_lr > 0):
-            raise ValueError(f"NeuralMemory: max_lr must be a number > 0, got {max_lr!r}")
+        check_positive_int(own, "head_dim", head_dim)
+        check_positive_int(own, "depth", depth)
+        check_positive_int(own, "expansion", expansion)
+        check_positive_int(own, "chunk_size", chunk_size)
+        check_int(own, "conv_size", conv_size, minimum=0)
+        check_bool(own, "momentum", momentum)
+        check_bool(own, "forgetting", forgetting)
+        check_bool(own, "residual_norm", residual_norm)
+        max_lr = check_number(own, "max_lr", max_lr, minimum=0, min_open=True)
         for name, val, hi in (("theta_init", theta_init, max_lr), ("eta_init", eta_init, 1.0),
                               ("alpha_init", alpha_init, 1.0)):
-            if not (isinstance(val, (int, float)) and not isinstance(val, bool)
-                    and isinstance(hi, (int, float)) and 0 < val < hi):
-                raise ValueError(f"NeuralMemory: {name} must be a number in (0, {hi!r}), "
-                                 f"got {val!r}")
-        if gates not in ("token", "chunk"):
-            raise ValueError(f"NeuralMemory: gates must be 'token' or 'chunk', got {gates!r}")
-        if max_grad_norm is not None and not (isinstance(max_grad_norm, (int, float))
-                                              and max_grad_norm > 0):
-            raise ValueError(
-                f"NeuralMemory: max_grad_norm must be a number > 0 or None, got {max_grad_norm!r}")
+            check_number(own, name, val, minimum=0, maximum=hi, min_open=True, max_open=True)
+        check_choice(own, "gates", gates, ("token", "chunk"))
+        max_grad_norm = check_number(own, "max_grad_norm", max_grad_norm, minimum=0,
+                                     min_open=True, none_ok=True)
+        widths = [head_dim] + [head_dim * expansion] * (depth - 1) + [head_dim]
+        n_mem = n_heads * sum(a * b for a, b in itertools.pairwise(widths))
+        HD = n_heads * head_dim
+        args = {"d_model": d_model, "n_heads": n_heads, "head_dim": head_dim, "depth": depth,
+                "expansion": expansion}
+        check_scalars(own, "parameters", n_mem + 5 * d_model * HD + 3 * HD * conv_size, args)
+        check_scalars(own, "state scalars per sequence",
+                      2 * n_mem + n_heads * (chunk_size - 1) * (2 * head_dim + 3)
+                      + max(conv_size - 1, 0) * 3 * HD,
+                      {**args, "chunk_size": chunk_size, "conv_size": conv_size})
         self.n_heads, self.head_dim, self.depth = n_heads, head_dim, depth
         self.expansion, self.chunk_size = expansion, chunk_size
-        self.momentum, self.forgetting = bool(momentum), bool(forgetting)
-        self.max_lr, self.gates = float(max_lr), gates
-        self.conv_size, self.residual_norm = conv_size, bool(residual_norm)
+        self.momentum, self.forgetting = momentum, forgetting
+        self.max_lr, self.gates = max_lr, gates
+        self.conv_size, self.residual_norm = conv_size, residual_norm
         self.max_grad_norm = max_grad_norm
         self.theta_init, self.eta_init, self.alpha_init = theta_init, eta_init, alpha_init
         H, Dh = n_heads, head_dim
@@ -420,8 +440,33 @@ class NeuralMemory(Mixer):
         y = torch.cat(reads, 2) if reads else None
         return y, (ws, mom, pend(k), pend(v), pend(g))
 
+    # -- state checks (past the generic one) ---------------------------------------------
+    def _check_state(self, x: torch.Tensor, state) -> None:
+        super()._check_state(x, state)
+        self.check_positions(state)
+
+    def check_positions(self, state: NeuralMemoryState, owner: str | None = None,
+                        prefix: str = "") -> None:
+        """What ``pos`` implies about the rest of the state: the pending slots (``pend_*``)
+        hold exactly the pos % chunk_size tokens of the incomplete chunk, zeros after them
+        (a pending token's gate logits are never all zero: the gate biases are not). A
+        hand-edited ``pos`` therefore disagrees with them and is refused, naming the field.
+        Skipped on CUDA (a host sync per call) and for chunk_size 1 (nothing pending)."""
+        C, pos = self.chunk_size, state.pos
+        if C == 1 or pos.device.type in ("cuda", "meta") or pos.numel() == 0:
+            return
+        held = (state.pend_g != 0).any(-1).any(1)                     # [B, C-1] slots in use
+        want = torch.arange(C - 1, device=pos.device) < (pos % C)[:, None]
+        if not bool((held == want).all()):
+            raise ValueError(
+                f"{owner or self._owner()}: state field '{prefix}pos' = {pos.tolist()} "
+                f"disagrees with the state's pending tokens ({held.sum(1).tolist()} per row; "
+                f"pos % chunk_size={C} must equal that count): pass the state this mixer "
+                "returned, unedited")
+
     # -- forward -----------------------------------------------------------------------
     def _forward(self, x: torch.Tensor, state: NeuralMemoryState) -> MixerOutput:
+        check_input_like_params(self._owner(), x, self)
         if x.shape[0] > 1 and not bool((state.pos == state.pos[0]).all()):
             return _per_row(self, x, state)
         B, T, _ = x.shape
@@ -442,6 +487,20 @@ def _per_row(mixer: Mixer, x: torch.Tensor, state):
         lambda *ts: torch.cat(ts, 0) if isinstance(ts[0], torch.Tensor) else ts[0],
         *[o.state for o in outs])
     return MixerOutput(y, new, None)
+
+
+def _same_positions(owner: str, state, *fields: str) -> None:
+    """Each sub-state's ``pos`` (``fields``, e.g. "memory") advances with the state's own
+    ``pos``: any difference is a hand-edited state. Skipped on CUDA (no host sync)."""
+    pos = state.pos
+    if pos.device.type in ("cuda", "meta"):
+        return
+    for f in fields:
+        sub = getattr(state, f).pos
+        if not torch.equal(sub, pos):
+            raise ValueError(f"{owner}: state field '{f}.pos' = {sub.tolist()} disagrees with "
+                             f"state field 'pos' = {pos.tolist()} (they advance together): "
+                             "pass the state this mixer returned, unedited")
 
 
 class _NormGate(nn.Module):
@@ -527,7 +586,13 @@ class MemoryAsGate(Mixer):
     def state_size(self, seq_len: int) -> int:
         return self.attn.state_size(seq_len) + self.memory.state_size(seq_len)
 
+    def _check_state(self, x: torch.Tensor, state) -> None:
+        super()._check_state(x, state)
+        _same_positions(self._owner(), state, "attn", "memory")
+        self.memory.check_positions(state.memory, self._owner(), "memory.")
+
     def _forward(self, x: torch.Tensor, state: MemoryAsGateState) -> MixerOutput:
+        check_input_like_params(self._owner(), x, self)
         a = self.attn._forward(x, state.attn)
         m = self.memory._forward(x, state.memory)
         return MixerOutput(self.gate(a.y, m.y),
@@ -587,6 +652,9 @@ class MemoryAsContext(Mixer):
         self.attn = Attention(d_model, layer_idx=layer_idx, n_heads=n_heads,
                               n_kv_heads=n_kv_heads, n_persistent=n_persistent,
                               rope_base=rope_base)
+        check_scalars("MemoryAsContext", "state scalars per sequence",
+                      4 * (segment_len - 1) * self.attn.n_kv_heads * self.attn.head_dim,
+                      {"segment_len": segment_len, "d_model": d_model})
         self.memory = NeuralMemory(d_model, layer_idx=layer_idx, **_memory_kwargs(
             "MemoryAsContext", memory, chunk_size=segment_len))
         mem = self.memory
@@ -672,7 +740,13 @@ class MemoryAsContext(Mixer):
                   for c, n in ((state.k, k), (state.v, v), (state.hk, hk), (state.hv, hv))]
         return y, kv
 
+    def _check_state(self, x: torch.Tensor, state) -> None:
+        super()._check_state(x, state)
+        _same_positions(self._owner(), state, "memory")
+        self.memory.check_positions(state.memory, self._owner(), "memory.")
+
     def _forward(self, x: torch.Tensor, state: MemoryAsContextState) -> MixerOutput:
+        check_input_like_params(self._owner(), x, self)
         if x.shape[0] > 1 and not bool((state.pos == state.pos[0]).all()):
             return _per_row(self, x, state)
         N, T = self.segment_len, x.shape[1]

@@ -39,8 +39,8 @@ from typing import Any
 
 import torch
 
-from memarch.models.hf import (ATTENTION_OVERRIDES, HFConfigError, _dtype,
-                               build_from_hf_parts, hf_to_memarch_config)
+from memarch.models.hf import (HFConfigError, _dtype, build_from_hf_parts,
+                               check_attention_overrides, hf_to_memarch_config)
 
 __all__ = ["from_gguf", "read_gguf", "gguf_to_hf", "GGUFError", "GGUF_ARCHITECTURES"]
 
@@ -200,13 +200,12 @@ def from_gguf(path: str | os.PathLike, *, dtype=None, d_model: int | None = None
     The model is in eval mode; ``model.context_length`` is the file's trained context
     (``{arch}.context_length``; None when the file does not say).
     """
-    bad = sorted(set(attention_overrides) - set(ATTENTION_OVERRIDES))
-    if bad:
-        raise TypeError(f"from_gguf: unknown attention override(s) {bad}; allowed (no "
-                        f"parameter shape changes): {list(ATTENTION_OVERRIDES)}")
+    check_attention_overrides(attention_overrides, "from_gguf")
     reader = read_gguf(path)
-    return model_from_reader(reader, gguf_to_hf(reader), dtype=dtype, d_model=d_model,
-                             **attention_overrides)
+    model = model_from_reader(reader, gguf_to_hf(reader), dtype=dtype, d_model=d_model,
+                              **attention_overrides)
+    model._memarch_source = Path(os.path.expanduser(str(path))).resolve()  # never written
+    return model
 
 
 def model_from_reader(reader, hf: dict, *, dtype=None, d_model: int | None = None,

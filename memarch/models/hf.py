@@ -14,6 +14,13 @@ GQA attention with rotate-half RoPE, a SwiGLU MLP and a final RMSNorm. The map i
     layers.i.mlp.gate_proj, up_proj, down_proj  -> blocks.i.mlp.w1, w3, w2
     model.norm, lm_head                         -> norm, head   (head = embed when tied)
 
+Tying follows transformers 5: ``tie_word_embeddings: true`` with an ``lm_head.weight`` of
+its own, different from the embedding, loads untied (a warning says so); untied without an
+``lm_head.weight`` is refused (transformers would initialise a random head). Shards listed
+in ``model.safetensors.index.json`` must be files inside the folder (no absolute path, no
+``..``). ``from_hf`` records the folder it read (``model._memarch_source``), and
+``memarch.hub.save_pretrained`` refuses to write into it.
+
 and the config keys: ``rms_norm_eps``, ``head_dim``, biases (Llama's ``attention_bias`` and
 ``mlp_bias``; Qwen2's q/k/v biases without an o bias), ``tie_word_embeddings``, RoPE base
 and scaling (``rope_theta`` + ``rope_scaling`` in transformers 4.x files, ``rope_parameters``
@@ -52,11 +59,13 @@ import torch
 from memarch.config import instantiate, read_json_object
 
 __all__ = ["from_hf", "hf_to_memarch_config", "read_hf_config", "resolve_hf_configs",
-           "HFConfigError", "FAMILIES", "ATTENTION_OVERRIDES"]
+           "HFConfigError", "FAMILIES", "ATTENTION_OVERRIDES", "ATTENTION_IMPLS"]
 
 FAMILIES = ("llama", "mistral", "qwen2")
 # Attention kwargs that change no parameter shape: what ``from_hf`` may override
 ATTENTION_OVERRIDES = ("window", "n_sinks", "sink_positions", "block_size", "impl")
+# the implementations of ``memarch.kernels.sliding_window_attn`` (``Attention(impl=...)``)
+ATTENTION_IMPLS = ("auto", "naive", "torch", "triton")
 log = logging.getLogger(__name__)
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16,
           "float64": torch.float64}
@@ -205,6 +214,19 @@ def _windows(hf: dict, family: str, n_layers: int) -> list[int | None]:
     return [sw if t == "sliding_attention" else None for t in types]
 
 
+def check_attention_overrides(overrides: Mapping[str, Any], owner: str = "from_hf") -> None:
+    """Refuse an unknown override name (TypeError) or an ``impl`` that is not one of
+    ``ATTENTION_IMPLS`` (ValueError); ``Attention`` checks the other values itself."""
+    bad = sorted(set(overrides) - set(ATTENTION_OVERRIDES))
+    if bad:
+        raise TypeError(f"{owner}: unknown attention override(s) {bad}; allowed (no parameter "
+                        f"shape changes): {list(ATTENTION_OVERRIDES)}")
+    impl = overrides.get("impl", "auto")
+    if not isinstance(impl, str) or impl not in ATTENTION_IMPLS:
+        raise ValueError(f"{owner}: attention override impl={impl!r} is not an "
+                         f"implementation; allowed: {', '.join(map(repr, ATTENTION_IMPLS))}")
+
+
 def hf_to_memarch_config(hf: Mapping[str, Any], *, d_model: int | None = None,
                          **attention_overrides) -> dict:
     """The memarch model config (``_target_`` format, as in training checkpoints) of a
@@ -232,10 +254,7 @@ def hf_to_memarch_config(hf: Mapping[str, Any], *, d_model: int | None = None,
         log.debug("from_hf: ignoring metadata config keys %s (they do not change the "
                   "function)", ignored)
     hf = {**FAMILY_DEFAULTS[family], **hf}
-    bad = sorted(set(attention_overrides) - set(ATTENTION_OVERRIDES))
-    if bad:
-        raise TypeError(f"from_hf: unknown attention override(s) {bad}; allowed (no parameter "
-                        f"shape changes): {list(ATTENTION_OVERRIDES)}")
+    check_attention_overrides(attention_overrides)
 
     def need(key):
         v = hf.get(key)
@@ -307,6 +326,11 @@ def _safetensors_files(d: Path) -> list[Path]:
         except (json.JSONDecodeError, KeyError, TypeError) as e:
             raise HFConfigError(f"from_hf: {index} is not a safetensors index with a "
                                 f"'weight_map' ({type(e).__name__}: {e})") from None
+        if not isinstance(wm, dict) or not all(isinstance(f, str) for f in wm.values()):
+            raise HFConfigError(f"from_hf: {index}: 'weight_map' must map tensor names to "
+                                "shard file names")
+        for f in dict.fromkeys(wm.values()):
+            _check_shard_name(f, d, index)
         files = [d / f for f in dict.fromkeys(wm.values())]
         missing = [f.name for f in files if not f.is_file()]
         if missing:
@@ -321,6 +345,16 @@ def _safetensors_files(d: Path) -> list[Path]:
             "them to safetensors first") if found else ""
     raise FileNotFoundError(f"from_hf: no model.safetensors or model.safetensors.index.json "
                             f"in {d}{hint}")
+
+
+def _check_shard_name(name: str, d: Path, index: Path) -> None:
+    """A shard must be a file inside the model folder: no absolute path, no ``..`` (the
+    names are taken as written, so the symlinks of a Hugging Face cache snapshot still
+    work)."""
+    p = Path(name)
+    if not name or p.is_absolute() or p.drive or ".." in p.parts or "\\" in name:
+        raise HFConfigError(f"from_hf: shard {name!r} listed in {index} lies outside the "
+                            f"model folder {d}; shards must be files inside it")
 
 
 def _read_weights(d: Path) -> dict[str, torch.Tensor]:
@@ -350,8 +384,11 @@ def _hf_to_memarch_weights(w: dict[str, torch.Tensor], n_layers: int, tied: bool
             sd[dst], origin[dst] = w[src], name[src]
             used.add(src)
         elif required:
+            hint = (" (the config does not tie the embeddings, tie_word_embeddings: false, so "
+                    "the head needs its own weights; transformers would initialise it at "
+                    "random)") if src == "lm_head.weight" else ""
             raise HFConfigError(f"{owner}: tensor {'model.' * (src != 'lm_head.weight')}"
-                                f"{src!r} is missing from the checkpoint")
+                                f"{src!r} is missing from the checkpoint{hint}")
 
     take("embed_tokens.weight", "embed.weight")
     take("norm.weight", "norm.weight")
@@ -423,6 +460,10 @@ def from_hf(path_or_model, *, dtype=None, d_model: int | None = None, **attentio
         hf = read_hf_config(d)
         cfg = hf_to_memarch_config(hf, d_model=d_model, **attention_overrides)  # before reading
         weights = _read_weights(d)
+        model = build_from_hf_parts(hf, cfg, weights, dtype=dtype,
+                                    attention_overrides=attention_overrides)
+        model._memarch_source = d.resolve()   # save_pretrained never writes into it
+        return model
     elif hasattr(path_or_model, "config") and hasattr(path_or_model, "state_dict"):
         hf = path_or_model.config.to_dict()
         cfg = hf_to_memarch_config(hf, d_model=d_model, **attention_overrides)
@@ -435,6 +476,35 @@ def from_hf(path_or_model, *, dtype=None, d_model: int | None = None, **attentio
                                attention_overrides=attention_overrides)
 
 
+def _separate_head(weights: Mapping[str, torch.Tensor]) -> bool:
+    """True when ``weights`` hold an ``lm_head.weight`` that is not the embedding: then
+    transformers (5.x) does not tie them, whatever ``tie_word_embeddings`` says."""
+    head = weights.get("lm_head.weight")
+    emb = weights.get("model.embed_tokens.weight", weights.get("embed_tokens.weight"))
+    if head is None or emb is None:
+        return False
+    return head.shape != emb.shape or not torch.equal(head, emb.to(head.dtype))
+
+
+def _file_tie(hf: dict, d: Path) -> dict:
+    """``hf`` with ``tie_word_embeddings`` false when the folder's files hold an lm_head
+    different from the embedding (read: those two tensors only)."""
+    if not hf.get("tie_word_embeddings"):
+        return hf
+    from safetensors import safe_open
+    found = {}
+    try:
+        for f in _safetensors_files(d):
+            with safe_open(str(f), framework="pt") as fh:
+                names = set(fh.keys())
+                for k in ("lm_head.weight", "model.embed_tokens.weight"):
+                    if k in names:
+                        found[k] = fh.get_tensor(k)
+    except Exception:   # noqa: BLE001 - unreadable files are reported when weights load
+        return hf
+    return {**hf, "tie_word_embeddings": False} if _separate_head(found) else hf
+
+
 def build_from_hf_parts(hf: dict, cfg: dict, weights: dict[str, torch.Tensor], *, dtype=None,
                         attention_overrides: Mapping[str, Any] | None = None,
                         owner: str = "from_hf"):
@@ -443,6 +513,11 @@ def build_from_hf_parts(hf: dict, cfg: dict, weights: dict[str, torch.Tensor], *
     step ``from_hf`` and ``from_gguf`` share). In eval mode; one token is run to prove that
     the dtype and implementation work here."""
     attention_overrides = dict(attention_overrides or {})
+    if cfg["tie_embeddings"] and _separate_head(weights):
+        log.warning("%s: the config ties the embeddings (tie_word_embeddings), but the "
+                    "checkpoint has its own lm_head.weight, different from the embedding; "
+                    "it is used, untied, as transformers does", owner)
+        cfg = {**cfg, "tie_embeddings": False}
     sd, origin = _hf_to_memarch_weights(weights, len(cfg["layer_pattern"]),
                                         cfg["tie_embeddings"], owner)
     if dtype is None:
@@ -511,7 +586,8 @@ def resolve_hf_configs(cfg: Any) -> Any:
                                 f"{'directory' if key == 'path_or_model' else '.gguf file'}, "
                                 f"got {path!r}")
         if target in FROM_HF_TARGETS:
-            return hf_to_memarch_config(read_hf_config(path), **kw)
+            d = Path(os.path.expanduser(str(path)))
+            return hf_to_memarch_config(_file_tie(read_hf_config(d), d), **kw)
         from memarch.models.gguf import gguf_to_hf, read_gguf
         return hf_to_memarch_config(gguf_to_hf(read_gguf(path)), **kw)
     return {k: resolve_hf_configs(v) for k, v in cfg.items()}

@@ -78,7 +78,13 @@ from torch import nn
 
 from memarch import state as st
 from memarch.hub import HubMixin
-from memarch.mixers.base import check_positive_int
+from memarch.mixers.base import (
+    check_bool,
+    check_choice,
+    check_int,
+    check_positive_int,
+    check_scalars,
+)
 from memarch.models.lm import LMOutput, check_ids
 
 __all__ = ["HMT", "HMTState"]
@@ -139,17 +145,14 @@ class HMT(HubMixin, nn.Module):
         for name, v, lo, hi in (("sensory_len", sensory_len, 0, L),
                                 ("summary_len", summary_len, 1, L),
                                 ("n_memories", n_memories, 0, None)):
-            if not isinstance(v, int) or isinstance(v, bool) or v < lo or (
-                    hi is not None and v > hi):
-                rng = f"in [{lo}, segment_len={L}]" if hi is not None else f">= {lo}"
-                raise ValueError(f"HMT: {name} must be an int {rng}, got {v!r}")
-        if recall_query not in RECALL_QUERIES:
-            raise ValueError(f"HMT: recall_query must be one of {RECALL_QUERIES}, got "
-                             f"{recall_query!r}")
-        if bptt_segments is not None:
-            check_positive_int("HMT", "bptt_segments", bptt_segments)
-        if not isinstance(freeze_backbone, bool):
-            raise ValueError(f"HMT: freeze_backbone must be a bool, got {freeze_backbone!r}")
+            rng = f"in [{lo}, segment_len={L}]" if hi is not None else f">= {lo}"
+            check_int("HMT", name, v, minimum=lo, maximum=hi, expected=f"an int {rng}")
+        check_choice("HMT", "recall_query", recall_query, RECALL_QUERIES)
+        check_int("HMT", "bptt_segments", bptt_segments, minimum=1, none_ok=True,
+                  expected="a positive int or None")
+        check_bool("HMT", "freeze_backbone", freeze_backbone)
+        check_int("HMT", "d_model", d_model, minimum=1, none_ok=True,
+                  expected="a positive int or None")
         if freeze_backbone:
             backbone.requires_grad_(False)
         backbone.train(self.training)            # from_hf returns eval mode: follow HMT's
@@ -159,6 +162,11 @@ class HMT(HubMixin, nn.Module):
         if recall_dim is None:
             recall_dim = D
         check_positive_int("HMT", "recall_dim", recall_dim)
+        check_scalars("HMT", "state scalars per sequence (without the backbone's)",
+                      (n_memories + 1) * D + max(sensory_len, summary_len),
+                      {"n_memories": n_memories, "d_model": D})
+        check_scalars("HMT", "parameters of its own", 2 * D * recall_dim,
+                      {"recall_dim": recall_dim, "d_model": D})
         self.backbone = backbone
         self.segment_len, self.sensory_len, self.n_memories = L, sensory_len, n_memories
         self.summary_len, self.recall_dim, self.recall_query = summary_len, recall_dim, recall_query
@@ -216,6 +224,12 @@ class HMT(HubMixin, nn.Module):
             if not getattr(state, name).is_floating_point():
                 raise ValueError(f"HMT: state field {name!r} must be floating point, got "
                                  f"{getattr(state, name).dtype}")
+        r = state.recent
+        if r.numel() and r.device.type not in ("cuda", "meta") and (
+                r.min() < 0 or r.max() >= self.vocab_size):     # no host sync on CUDA
+            raise ValueError(f"HMT: state field 'recent' must hold token ids in [0, "
+                             f"vocab_size={self.vocab_size}), got values in [{int(r.min())}, "
+                             f"{int(r.max())}] (pass the state this model returned, unedited)")
 
     @staticmethod
     def _position(state: HMTState) -> int:

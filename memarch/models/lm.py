@@ -19,7 +19,14 @@ import torch
 from torch import nn
 
 from memarch.hub import HubMixin
-from memarch.mixers.base import Mixer, check_positive_int
+from memarch.mixers.base import (
+    Mixer,
+    check_bool,
+    check_int,
+    check_number,
+    check_positive_int,
+    check_scalars,
+)
 from memarch.modules.mlp import SwiGLU
 from memarch.modules.norm import RMSNorm
 
@@ -85,12 +92,16 @@ class MemLM(HubMixin, nn.Module):
                                 init_std=init_std, mlp_bias=mlp_bias)
         check_positive_int("MemLM", "vocab_size", vocab_size)
         check_positive_int("MemLM", "d_model", d_model)
-        if not (isinstance(norm_eps, (int, float)) and norm_eps > 0):
-            raise ValueError(f"MemLM: norm_eps must be a number > 0, got {norm_eps!r}")
-        if d_hidden is not None and (not isinstance(d_hidden, int) or d_hidden < 0):
-            raise ValueError(f"MemLM: d_hidden must be an int >= 0 or None, got {d_hidden!r}")
-        if not isinstance(mlp_bias, bool):
-            raise ValueError(f"MemLM: mlp_bias must be a bool, got {mlp_bias!r}")
+        check_number("MemLM", "norm_eps", norm_eps, minimum=0, min_open=True)
+        check_number("MemLM", "init_std", init_std, minimum=0)
+        check_int("MemLM", "d_hidden", d_hidden, minimum=0, none_ok=True)
+        check_bool("MemLM", "mlp_bias", mlp_bias)
+        check_bool("MemLM", "tie_embeddings", tie_embeddings)
+        check_scalars("MemLM", "embedding parameters", vocab_size * d_model,
+                      {"vocab_size": vocab_size, "d_model": d_model})
+        if d_hidden:
+            check_scalars("MemLM", "parameters per MLP", 3 * d_model * d_hidden,
+                          {"d_model": d_model, "d_hidden": d_hidden})
         if not isinstance(mixers, Mapping) or not mixers:
             raise ValueError("MemLM: mixers must be a non-empty mapping of slot name -> factory")
         if isinstance(layer_pattern, str) or not layer_pattern:
@@ -146,7 +157,26 @@ class MemLM(HubMixin, nn.Module):
         h, new_state, aux = self.forward_embeds(h, state)
         if logits_to_keep:
             h = h[:, -logits_to_keep:]
-        return LMOutput(self.head(h), new_state, aux)                  # logits [B, T, V]
+        return LMOutput(self._logits(h), new_state, aux)               # logits [B, T, V]
+
+    HEAD_T_MIN = 1 << 20     # head weights (V x D elements) from which decode reads a copy
+
+    def _logits(self, h: torch.Tensor) -> torch.Tensor:
+        """``head(h)``. For one position per sequence without autograd (a decode step, a
+        prefill's last position) and a large head, ``h @ W^T`` through a contiguous copy of
+        W^T: a matrix-vector product that streams the weights in the layout the CPU reads
+        fastest (SmolLM2's 49,152 x 576 head: 1.8x faster on this machine). The copy (one more
+        head, 113 MB in fp32 for SmolLM2) is made at the first such call and remade when the
+        weight changes (its version counter); ``MemLM.HEAD_T_MIN = 0`` turns it off."""
+        w = self.head.weight
+        if (h.shape[-2] != 1 or torch.is_grad_enabled() or self.head.bias is not None
+                or not self.HEAD_T_MIN or w.numel() < self.HEAD_T_MIN or w.is_cuda):
+            return self.head(h)
+        key = (w.data_ptr(), w._version, w.dtype, w.device, torch.is_inference_mode_enabled())
+        cached = self.__dict__.get("_head_t")
+        if cached is None or cached[0] != key:
+            cached = self.__dict__["_head_t"] = (key, w.detach().t().contiguous())
+        return h @ cached[1] if h.dtype == cached[1].dtype else self.head(h)
 
     def forward_embeds(self, h: torch.Tensor, state: tuple | None = None):
         """The stack on input embeddings ``h [B, T, D]`` (what wrappers such as HMT feed:
