@@ -85,6 +85,7 @@ def restore_overrides(argv: list[str]) -> list[str]:
 
 @hydra.main(version_base="1.3", config_path="configs", config_name="train")
 def main(cfg: DictConfig) -> None:
+    from memarch.checkpoint import CheckpointError
     from memarch.data.text import DataError
     from memarch.lit.module import TrainingStopped
     from memarch.lit.train import ConfigError, adopt_checkpoint_model, run
@@ -102,7 +103,7 @@ def main(cfg: DictConfig) -> None:
         raise SystemExit(f"training stopped: {e}") from None
     except ConfigError as e:
         raise SystemExit(f"config error: {e}") from None
-    except (DataError, FileNotFoundError) as e:
+    except (DataError, CheckpointError, FileNotFoundError) as e:
         raise SystemExit(f"error: {e}") from None
 
 

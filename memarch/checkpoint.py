@@ -17,12 +17,22 @@ ValueError) naming the path.
 model with shape-free constructor arguments changed (``memarch.overrides``: StreamingLLM's
 dense-trained model evaluated with a window and sinks); the weights then load strictly, the
 proof that no parameter shape changed, and ``Loaded.config`` is the changed config.
+
+Digest: checkpoints written by memarch's training (``memarch.lit.io.AtomicCheckpointIO``,
+through ``with_digest``; not FSDP's sharded folders) record a SHA-256 of every tensor they hold (the weights, the
+optimizer state, the RNG and carried states) under ``"memarch_digest"``, and ``read`` (so
+``load``, resuming with ``ckpt_path=`` and ``memarch.eval``) recomputes it and refuses a file
+whose tensors changed after it was written (``CheckpointError`` naming the tensors, e.g.
+``state_dict/net.embed.weight``). A checkpoint without a digest (older ones, or written by
+other tools) loads as before.
 """
 
 from __future__ import annotations
 
+import hashlib
+import os
 import pickle
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -33,6 +43,9 @@ from memarch.overrides import apply_overrides, parse_overrides
 
 CONFIG_KEY = "memarch_model_config"
 TOKENIZER_KEY = "memarch_tokenizer"   # the training data's tokenizer name/path (None: token task)
+DIGEST_KEY = "memarch_digest"         # {"algorithm": "sha256", "tensors": {name: hexdigest}}
+_ALGORITHM = "sha256"
+_PARALLEL_BYTES = 64 << 20            # hash a checkpoint this large on several threads
 
 
 class CheckpointError(ValueError):
@@ -45,9 +58,14 @@ class Loaded(NamedTuple):
     checkpoint: dict
 
 
-def read(path: str | Path, *, map_location: Any = "cpu", mmap: bool = False) -> dict:
+def read(path: str | Path, *, map_location: Any = "cpu", mmap: bool = False,
+         verify: bool | None = None) -> dict:
     """The checkpoint dict in ``path``, unpickled with ``weights_only=True``; ``mmap=True``
-    maps the tensors instead of reading them (to look at the config of a large file)."""
+    maps the tensors instead of reading them (to look at the config of a large file).
+
+    ``verify``: check the tensors against the checkpoint's digest (if it has one), raising
+    ``CheckpointError`` naming those that changed; default: unless ``mmap`` (a look at the
+    config should not read every byte)."""
     path = Path(path)
     if path.is_dir():
         raise CheckpointError(f"checkpoint {path}: is a directory, not a checkpoint file "
@@ -77,7 +95,90 @@ def read(path: str | Path, *, map_location: Any = "cpu", mmap: bool = False) -> 
     if not isinstance(ckpt, dict):
         raise CheckpointError(f"checkpoint {path}: not a memarch checkpoint (it holds a "
                               f"{type(ckpt).__name__}, not a dict)")
+    if verify or (verify is None and not mmap):
+        verify_digest(ckpt, path)
     return ckpt
+
+
+# -- digest ---------------------------------------------------------------------------------
+def _tensors(obj: Any, name: str = "") -> Iterator[tuple[str, torch.Tensor]]:
+    """(name, tensor) for every tensor in a checkpoint's containers, named by their path
+    (``state_dict/net.embed.weight``, ``optimizer_states/0/state/3/exp_avg``)."""
+    if isinstance(obj, torch.Tensor):
+        yield name, obj
+    elif isinstance(obj, Mapping):
+        for k, v in obj.items():
+            if not name and k == DIGEST_KEY:
+                continue
+            yield from _tensors(v, f"{name}/{k}" if name else str(k))
+    elif isinstance(obj, (list, tuple)):
+        for i, v in enumerate(obj):
+            yield from _tensors(v, f"{name}/{i}" if name else str(i))
+
+
+def tensor_digest(t: torch.Tensor) -> str:
+    """SHA-256 of a tensor's dtype, shape and bytes (a copy to the CPU if it is elsewhere)."""
+    h = hashlib.new(_ALGORITHM)
+    h.update(f"{t.dtype}{tuple(t.shape)}".encode())
+    t = t.detach()
+    if t.layout is not torch.strided or t.is_meta or t.is_quantized:
+        h.update(b"unhashed:" + str(t.layout).encode())
+        return h.hexdigest()
+    t = t.cpu().reshape(-1)                 # contiguous (a copy only when it is not)
+    if t.numel():
+        h.update(memoryview(t.view(torch.uint8).numpy()))
+    return h.hexdigest()
+
+
+def _digests(tensors: list[torch.Tensor]) -> list[str]:
+    """``tensor_digest`` of each, on a few threads for a large checkpoint (hashlib releases
+    the GIL while it hashes)."""
+    size = sum(t.numel() * t.element_size() for t in tensors)
+    workers = min(8, os.cpu_count() or 1, len(tensors))
+    if size < _PARALLEL_BYTES or workers < 2:
+        return [tensor_digest(t) for t in tensors]
+    from concurrent.futures import ThreadPoolExecutor
+    with ThreadPoolExecutor(workers) as ex:
+        return list(ex.map(tensor_digest, tensors))
+
+
+def digest(checkpoint: Mapping) -> dict:
+    """The digest ``with_digest`` records: ``{"algorithm", "tensors": {name: hex}}``."""
+    found = dict(_tensors(checkpoint))
+    return {"algorithm": _ALGORITHM,
+            "tensors": dict(zip(found, _digests(list(found.values()))))}
+
+
+def with_digest(checkpoint: Mapping) -> dict:
+    """A shallow copy of ``checkpoint`` with the digest of its tensors under ``DIGEST_KEY``
+    (checked by ``read``)."""
+    out = {k: v for k, v in checkpoint.items() if k != DIGEST_KEY}
+    out[DIGEST_KEY] = digest(out)
+    return out
+
+
+def verify_digest(checkpoint: Mapping, path: str | Path = "?") -> None:
+    """Raise ``CheckpointError`` naming every tensor of ``checkpoint`` that does not match its
+    recorded digest (or that was added or removed). No digest recorded: nothing to check."""
+    rec = checkpoint.get(DIGEST_KEY)
+    if rec is None:
+        return
+    if not isinstance(rec, Mapping) or not isinstance(rec.get("tensors"), Mapping) \
+            or rec.get("algorithm") != _ALGORITHM:
+        raise CheckpointError(f"checkpoint {path}: corrupted: its {DIGEST_KEY!r} entry is not "
+                              f"a {_ALGORITHM} digest of its tensors")
+    want = rec["tensors"]
+    have = dict(_tensors(checkpoint))
+    got = dict(zip(have, _digests(list(have.values()))))
+    bad = [n for n in have if want.get(n) != got[n]]
+    bad += [f"{n} (missing)" for n in want if n not in have]
+    if bad:
+        shown = ", ".join(bad[:8]) + (f" and {len(bad) - 8} more" if len(bad) > 8 else "")
+        raise CheckpointError(
+            f"checkpoint {path}: corrupted: {len(bad)} tensor(s) differ from the digest "
+            f"recorded when it was saved: {shown}. The file was damaged after it was "
+            "written (disk, copy or edit); use another checkpoint (an earlier step_*.ckpt) "
+            "or a backup")
 
 
 def _corrupt(path: Path, e: Exception) -> CheckpointError:

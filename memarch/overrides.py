@@ -32,12 +32,15 @@ from __future__ import annotations
 
 import copy
 import inspect
+import types
+import typing
 from collections.abc import Mapping
 from typing import Any
 
 from memarch.config import resolve
 
-__all__ = ["SHAPE_FREE_KEYS", "apply_overrides", "parse_overrides"]
+__all__ = ["SHAPE_FREE_KEYS", "annotation_leaves", "apply_overrides", "describe_leaves",
+           "kwarg_leaves", "kwargs_owner", "parse_overrides", "value_fits"]
 
 SHAPE_FREE_KEYS = frozenset({
     # Attention (MemoryAsGate takes window too): StreamingLLM's window and sinks; speed only
@@ -97,9 +100,10 @@ def apply_overrides(cfg: dict, overrides: str | Mapping[str, Any] | None) -> dic
 
     Raises ValueError when a key's parent path is not in ``cfg`` (naming the keys that are),
     when its last name is not in ``SHAPE_FREE_KEYS``, when the config there neither holds it
-    nor builds a class that takes it, or when a value is not a plain value (None, bool,
-    number, string) or names an unknown ``impl``. The constructors check the rest when the
-    model is rebuilt."""
+    nor builds a class that takes it, when a value is not a plain value (None, bool,
+    number, string) or names an unknown ``impl``, or when it does not fit the constructor's
+    annotation strictly (``value_fits``: a bool where an int is meant, a string or an int
+    where a bool is meant). The constructors check the rest when the model is rebuilt."""
     out = copy.deepcopy(cfg)
     for key, value in parse_overrides(overrides).items():
         *parents, leaf = key.split(".")
@@ -116,8 +120,8 @@ def apply_overrides(cfg: dict, overrides: str | Mapping[str, Any] | None) -> dic
             raise ValueError(f"model_overrides: {key!r} is not allowed: {leaf!r} would change "
                              f"parameter shapes or is not a run-time setting; allowed keys: "
                              f"{sorted(SHAPE_FREE_KEYS)}")
+        owner = kwargs_owner(node, up, parents[-1] if parents else None)
         if leaf not in node:
-            owner = _owner(node, up, parents[-1] if parents else None)
             if owner is None:
                 raise ValueError(f"model_overrides: {key!r}: the config at "
                                  f"{'.'.join(parents)!r} has no {leaf!r} and names no class "
@@ -126,12 +130,12 @@ def apply_overrides(cfg: dict, overrides: str | Mapping[str, Any] | None) -> dic
             if leaf not in takes:
                 raise ValueError(f"model_overrides: {key!r}: {owner.__name__} takes no "
                                  f"{leaf!r} argument; it takes {sorted(takes)}")
-        _check_value(key, leaf, value)
+        _check_value(key, leaf, value, owner)
         node[leaf] = value
     return out
 
 
-def _owner(node: dict, up: dict | None, name: str | None) -> Any:
+def kwargs_owner(node: dict, up: dict | None, name: str | None) -> Any:
     """The class whose constructor takes the kwargs in ``node`` (None: unknown): its
     ``_target_`` (allow-listed before anything is imported), or for Titans MAG / MAC's
     ``memory`` dict, ``NeuralMemory``."""
@@ -153,11 +157,105 @@ def _kwargs(owner: Any) -> set[str]:
         "d_model", "layer_idx"}
 
 
-def _check_value(key: str, leaf: str, value: Any) -> None:
+def _check_value(key: str, leaf: str, value: Any, owner: Any = None) -> None:
     if not isinstance(value, _SCALARS):
         raise ValueError(f"model_overrides: {key!r} must be a plain value (null, a number, a "
                          f"string or a bool), got {value!r}")
+    if owner is not None:
+        leaves, default = kwarg_leaves(owner, leaf)
+        if not value_fits(value, leaves, default=default):
+            raise ValueError(f"model_overrides: {key!r} must be {describe_leaves(leaves)}, "
+                             f"got {value!r}")
     if leaf == "impl":
         from memarch.kernels._common import IMPLS
         if value not in IMPLS:
             raise ValueError(f"model_overrides: {key!r} must be one of {IMPLS}, got {value!r}")
+
+
+# -- the strict check of a value against a constructor's annotation ----------------------------
+# Shared by ``apply_overrides`` and train.py's config check (memarch.lit.train.check_config):
+# no truthy strings or ints where a bool is meant, no bools where a number is meant.
+def annotation_leaves(tp: Any) -> list | None:
+    """An annotation as a list of scalar types and ``Literal`` values (``("literal", v)``),
+    or None when it admits anything else (then the value is not checked)."""
+    if tp is inspect.Parameter.empty or isinstance(tp, str):
+        return None
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        out = []
+        for a in typing.get_args(tp):
+            sub = annotation_leaves(a)
+            if sub is None:
+                return None
+            out += sub
+        return out
+    if origin is typing.Literal:
+        return [("literal", v) for v in typing.get_args(tp)]
+    if tp in (int, float, bool, str, type(None)):
+        return [tp]
+    import torch
+    if tp is torch.Tensor:
+        return [tp]
+    return None
+
+
+def describe_leaves(leaves: list) -> str:
+    """``"an int or null"``, ``"a bool (true/false)"``, ... for an error message."""
+    kinds = {t for t in leaves if isinstance(t, type)}
+    words = []
+    if int in kinds and float in kinds:
+        words.append("a number")
+    elif int in kinds:
+        words.append("an int")
+    elif float in kinds:
+        words.append("a float")
+    if bool in kinds:
+        words.append("a bool (true/false)")
+    if str in kinds:
+        words.append("a string")
+    words += [repr(v) for t, v in (x for x in leaves if isinstance(x, tuple))]
+    if type(None) in kinds:
+        words.append("null")
+    return " or ".join(words) or "a tensor"
+
+
+def value_fits(value: Any, leaves: list | None, *, default: Any = ...) -> bool:
+    """Whether ``value`` (a parsed config value) fits the annotation ``leaves``, strictly:
+    a bool only where a bool is meant (not where an int or float is), no int or string
+    where a bool is meant, None where None is allowed or is the default."""
+    if not leaves:
+        return True
+    kinds = {t for t in leaves if isinstance(t, type)}
+    literals = [v for t, v in (x for x in leaves if isinstance(x, tuple))]
+    if value is None:
+        return type(None) in kinds or default is None
+    if isinstance(value, bool):
+        return bool in kinds or any(v is value for v in literals)
+    plain = [v for v in literals if not isinstance(v, bool)]
+    if isinstance(value, int):
+        return int in kinds or float in kinds or value in plain
+    if isinstance(value, float):
+        return float in kinds or value in plain
+    if isinstance(value, str):
+        return str in kinds or value in plain
+    return False                                    # a list or dict for a scalar
+
+
+def kwarg_leaves(owner: Any, name: str) -> tuple[list | None, Any]:
+    """(the annotation leaves, the default) of ``owner``'s keyword argument ``name``; an
+    unannotated argument whose default is a bool is taken as a bool."""
+    try:
+        p = inspect.signature(owner).parameters.get(name)
+    except (TypeError, ValueError):
+        return None, ...
+    if p is None or p.kind in (p.VAR_KEYWORD, p.VAR_POSITIONAL):
+        return None, ...
+    try:
+        hints = typing.get_type_hints(owner.__init__ if isinstance(owner, type) else owner)
+    except Exception:  # noqa: BLE001 - unresolvable annotations: use the raw ones
+        hints = {}
+    default = p.default if p.default is not p.empty else ...
+    leaves = annotation_leaves(hints.get(name, p.annotation))
+    if leaves is None and p.annotation is p.empty and isinstance(default, bool):
+        leaves = [bool]
+    return leaves, default

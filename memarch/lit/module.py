@@ -9,20 +9,33 @@ by ``memarch.data.StreamSegments``) and saved in checkpoints, so resume is exact
 A non-finite loss or gradient stops training with ``NonFiniteLossError`` before the
 optimizer step, so no checkpoint ever holds the damaged weights.
 
-Divergence guard (a finite blow-up): once ``divergence_window`` training losses have been
-seen (the warm-up), a loss above ``divergence_factor`` x the median of the last
-``divergence_window`` normal losses (the median floored at 0.1, so noise around a loss near
-zero is no blow-up) for ``divergence_patience`` consecutive training steps stops training
-with ``LossBlowUpError``, naming the last checkpoint saved before the blow-up began. Losses
-over the threshold do not enter the window. ``divergence_factor=None`` turns the guard off.
-Under DDP the guard follows the loss averaged over ranks, so all ranks stop together.
+Divergence guard (a finite blow-up): at every training step the loss and the largest
+weight magnitude ``max |w|`` are compared with ``divergence_factor`` x the median of their
+last ``divergence_window`` normal values (the medians floored at 0.1 nats and 1.0, so noise
+near zero is no blow-up). A step where either is above it is out of range; its values do
+not enter the windows. Once ``divergence_window`` steps have been seen (the warm-up),
+``divergence_patience`` consecutive out-of-range steps stop training with
+``LossBlowUpError``. The weights are checked as well as the loss because a run whose weights
+explode (``optim.lr=1e3``) can saturate to a loss that looks normal.
+
+Every stop (a blow-up, a non-finite loss or gradient) names the last checkpoint saved
+before the training left its range, with its step (a checkpoint of step s holds the weights
+whose loss is computed at step s, so it counts as good once that step's loss and weights
+were in range; out-of-range steps during the warm-up count too), and names ``last.ckpt``
+when it was saved after that (with weights not safe to resume from). Step checkpoints are
+never deleted (``save_top_k=-1``), so the named one is kept. ``divergence_factor=None``
+turns the guard off (the stops then name the newest checkpoint saved before the stop's
+step). Under DDP the guard follows the loss averaged over ranks and the largest weight over
+ranks, so all ranks stop together.
 """
 
 from __future__ import annotations
 
+import math
 import random
 import statistics
 from collections import deque
+from pathlib import Path
 from typing import Any, Callable
 
 import lightning.pytorch as pl
@@ -34,6 +47,12 @@ from torch.utils import _pytree as pytree
 from memarch import state as st
 from memarch.checkpoint import CONFIG_KEY, TOKENIZER_KEY
 from memarch.data.synthetic import IGNORE_INDEX
+
+
+class ConfigError(ValueError):
+    """A config value that cannot work; the message names the key as typed on the command
+    line (``model.d_model: expected an int, got 'abc'``). train.py prints it without a
+    traceback (``memarch.lit.train.ConfigError`` is this class)."""
 
 
 class TrainingStopped(RuntimeError):
@@ -49,6 +68,7 @@ class LossBlowUpError(TrainingStopped):
 
 
 _MEDIAN_FLOOR = 0.1       # nats: below it a relative jump is noise, not a blow-up
+_WEIGHT_FLOOR = 1.0       # max |w|: below it a relative jump is no blow-up (RMSNorm init: 1)
 
 
 class LitLM(pl.LightningModule):
@@ -67,9 +87,14 @@ class LitLM(pl.LightningModule):
                 raise ValueError(f"module.{key} must be an int >= 1, got {v!r}")
         self.divergence_factor, self.divergence_patience = divergence_factor, divergence_patience
         self._loss_window: deque[float] = deque(maxlen=divergence_window)  # normal losses
+        self._weight_window: deque[float] = deque(maxlen=divergence_window)  # their max|w|
+        self._seen = 0                                       # steps checked (warm-up)
         self._blowup_steps = 0                               # consecutive steps over it
         self._blowup_since: int | None = None                # step the blow-up began
-        self._good_ckpt: str | None = None                   # last checkpoint before it
+        self._blowup_what: str | None = None                 # what left its range there
+        self._good: tuple[str, int | None] | None = None     # last checkpoint before it
+        self._last_save_step: int | None = None              # step of this run's newest save
+        self._resumed_step: int | None = None
         self.tokenizer_name = tokenizer                      # saved for evaluation
         self.net = net
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
@@ -104,8 +129,9 @@ class LitLM(pl.LightningModule):
         if not torch.isfinite(total):
             raise NonFiniteLossError(
                 f"non-finite training loss ({total.item()}) at step {self.global_step}; "
-                "training stopped before the optimizer step, so the last checkpoint is "
-                "intact. Lower optim.lr, raise sched.warmup_steps or check the data.")
+                f"training stopped before the optimizer step; "
+                f"{self._checkpoint_note(self.global_step)}. Lower optim.lr, raise "
+                "sched.warmup_steps or check the data.")
         self._check_blowup(total)
         self.log("train/loss", loss, prog_bar=True)
         if aux is not None:
@@ -113,44 +139,105 @@ class LitLM(pl.LightningModule):
         self.log("train/acc", correct / n.clamp(min=1))
         return total
 
-    def _latest_checkpoint(self) -> str | None:
-        """The newest step checkpoint saved so far (or the one this run resumed from)."""
+    def _latest_checkpoint(self) -> tuple[str, int | None] | None:
+        """(path, step) of the newest step checkpoint saved so far (or of the one this run
+        resumed from)."""
         if self._trainer is None:
             return None
+        if self._last_save_step is not None:
+            for cb in self.trainer.checkpoint_callbacks:
+                if getattr(cb, "best_model_path", ""):
+                    return str(cb.best_model_path), self._last_save_step
+        if self.trainer.ckpt_path:
+            return str(self.trainer.ckpt_path), self._resumed_step
+        return None
+
+    def _newest_file(self) -> tuple[str, int] | None:
+        """(path, step) of the checkpoint this run wrote last (``last.ckpt`` when saved)."""
+        if self._trainer is None or self._last_save_step is None:
+            return None
         for cb in self.trainer.checkpoint_callbacks:
-            if getattr(cb, "best_model_path", ""):
-                return str(cb.best_model_path)
-        return self.trainer.ckpt_path
+            path = getattr(cb, "last_model_path", "") or getattr(cb, "best_model_path", "")
+            if path:
+                return str(path), self._last_save_step
+        return None
+
+    def _checkpoint_note(self, step: int) -> str:
+        """Which checkpoint to resume from after a stop at ``step``: the last one saved
+        before the training left its range (the current step, if it had not before), and
+        whether a newer one holds weights from after that."""
+        first = self._blowup_since if self._blowup_since is not None else step
+        parts = []
+        if self._blowup_since is not None:
+            parts.append(f"the training left its range at step {first} ({self._blowup_what})")
+        if self._good is not None:
+            path, at = self._good
+            parts.append(f"the last checkpoint saved before step {first} is {path}"
+                         + (f" (step {at})" if at is not None else "") + ": resume from it")
+        else:
+            parts.append(f"no checkpoint was saved before step {first}")
+        newest = self._newest_file()
+        if newest is not None and newest[1] >= first and (
+                self._good is None or newest[0] != self._good[0]):
+            parts.append(f"{Path(newest[0]).name} (step {newest[1]}) holds the weights of step "
+                         f"{newest[1]}, not from before step {first}: do not resume from it")
+        return "; ".join(parts)
+
+    def _weights_max(self) -> torch.Tensor:
+        """max |w| over the parameters (local shards under FSDP), as a 0-dim tensor."""
+        ts = [p.detach() for p in self.parameters() if p.numel()]
+        ts = [t.to_local() if hasattr(t, "to_local") else t for t in ts]
+        ts = [t for t in ts if t.numel()]
+        if not ts:
+            return torch.zeros(())
+        by_device: dict = {}
+        for t in ts:
+            by_device.setdefault((t.device, t.dtype), []).append(t)
+        maxes = [torch.stack(torch._foreach_norm(g, float("inf"))).max().float()
+                 for g in by_device.values()]
+        dev = maxes[0].device
+        return torch.stack([m.to(dev) for m in maxes]).max()
 
     def _check_blowup(self, total: torch.Tensor) -> None:
         if self.divergence_factor is None:
+            self._good = self._latest_checkpoint()
             return
-        value = total.detach()
+        value, wmax = total.detach().float(), self._weights_max().to(total.device)
         if self._trainer is not None and self.trainer.world_size > 1:
             value = self.trainer.strategy.reduce(value, reduce_op="mean")
-        value, window = float(value), self._loss_window
-        if len(window) < window.maxlen:                      # warm-up: fill the window
-            window.append(value)
-            self._good_ckpt = self._latest_checkpoint()
-            return
-        median = statistics.median(window)
-        if value <= self.divergence_factor * max(median, _MEDIAN_FLOOR):
-            window.append(value)
-            self._blowup_steps, self._blowup_since = 0, None
-            self._good_ckpt = self._latest_checkpoint()
+            wmax = self.trainer.strategy.reduce(wmax, reduce_op="max")
+        value, wmax = torch.stack([value.reshape(()), wmax.reshape(())]).tolist()
+        lw, ww, f = self._loss_window, self._weight_window, self.divergence_factor
+        warm = self._seen < lw.maxlen
+        self._seen += 1
+        median = statistics.median(lw) if lw else math.inf
+        wmedian = statistics.median(ww) if ww else math.inf
+        out = []
+        if value > f * max(median, _MEDIAN_FLOOR):
+            out.append(f"loss {value:.4g} above {f:g} x its running median {median:.4g}")
+        if not math.isfinite(wmax) or wmax > f * max(wmedian, _WEIGHT_FLOOR):
+            out.append(f"largest weight |w| {wmax:.4g} above {f:g} x its running median "
+                       f"{wmedian:.4g}")
+        if not out:
+            lw.append(value)
+            ww.append(wmax)
+            self._blowup_steps, self._blowup_since, self._blowup_what = 0, None, None
+            self._good = self._latest_checkpoint()
             return
         if self._blowup_steps == 0:
-            self._blowup_since = self.global_step
+            self._blowup_since, self._blowup_what = self.global_step, "; ".join(out)
         self._blowup_steps += 1
-        if self._blowup_steps < self.divergence_patience:
+        if warm or self._blowup_steps < self.divergence_patience:
             return
-        good = (f"the last checkpoint saved before it began is {self._good_ckpt}"
-                if self._good_ckpt else "no checkpoint was saved before it began")
+        what = (f"training loss blew up: {value:.4g} at step {self.global_step} is above "
+                f"{f:g} x its running median {median:.4g}" if value > f * max(median,
+                                                                           _MEDIAN_FLOOR)
+                else f"the weights blew up: the largest |w| {wmax:.4g} at step "
+                     f"{self.global_step} is above {f:g} x its running median {wmedian:.4g}")
         raise LossBlowUpError(
-            f"training loss blew up: {value:.4g} at step {self.global_step} is above "
-            f"{self.divergence_factor:g} x its running median {median:.4g} (last "
-            f"{window.maxlen} normal steps), for {self._blowup_steps} consecutive steps since "
-            f"step {self._blowup_since}; training stopped before the optimizer step. {good}. "
+            f"{what} (last {lw.maxlen} normal steps), for {self._blowup_steps} consecutive "
+            f"steps since step {self._blowup_since}; training stopped before the optimizer "
+            f"step; {self._checkpoint_note(self.global_step)}. "
             "Lower optim.lr, raise sched.warmup_steps or check the data "
             "(module.divergence_factor/_window/_patience tune this guard).")
 
@@ -159,7 +246,8 @@ class LitLM(pl.LightningModule):
         if norms and not torch.isfinite(torch.stack(norms).sum()):
             raise NonFiniteLossError(
                 f"non-finite gradient at step {self.global_step}; training stopped before the "
-                "optimizer step, so the last checkpoint is intact.")
+                f"optimizer step; {self._checkpoint_note(self.global_step)}. Lower optim.lr, "
+                "raise sched.warmup_steps or check the data.")
 
     def validation_step(self, batch, batch_idx):
         loss, _, correct, n, _ = self._loss(batch)
@@ -188,8 +276,8 @@ class LitLM(pl.LightningModule):
         try:
             opt = self.optimizer_factory(self.param_groups(wd))
         except (TypeError, ValueError) as e:
-            raise ValueError(f"optim: cannot build the optimizer: {type(e).__name__}: "
-                             f"{e}") from e
+            raise ConfigError(f"optim: cannot build the optimizer: {type(e).__name__}: "
+                              f"{e}{_named(self.optimizer_factory, 'optim', e)}") from e
         if self.scheduler_factory is None:
             return opt
         kw = {}
@@ -203,8 +291,8 @@ class LitLM(pl.LightningModule):
         try:
             sched = self.scheduler_factory(opt, **kw)
         except (TypeError, ValueError) as e:
-            raise ValueError(f"sched: cannot build the LR schedule: {type(e).__name__}: "
-                             f"{e}") from e
+            raise ConfigError(f"sched: cannot build the LR schedule: {type(e).__name__}: "
+                              f"{e}{_named(self.scheduler_factory, 'sched', e)}") from e
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
     # -- checkpoints -------------------------------------------------------------------
@@ -213,9 +301,12 @@ class LitLM(pl.LightningModule):
         checkpoint[TOKENIZER_KEY] = self.tokenizer_name
         checkpoint["memarch_total_steps"] = getattr(self, "_total_steps", None)
         checkpoint["memarch_carry_state"] = self._gather_carry()
-        checkpoint["memarch_divergence"] = {"window": [float(v) for v in self._loss_window],
-                                            "steps": self._blowup_steps,
-                                            "since": self._blowup_since}
+        self._last_save_step = int(self.global_step)
+        checkpoint["memarch_divergence"] = {
+            "window": [float(v) for v in self._loss_window],
+            "weights": [float(v) for v in self._weight_window], "seen": self._seen,
+            "steps": self._blowup_steps, "since": self._blowup_since, "what": self._blowup_what,
+            "good": list(self._good) if self._good is not None else None}
         checkpoint["memarch_rng"] = {
             "torch": torch.get_rng_state(), "python": random.getstate(),
             "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
@@ -253,13 +344,30 @@ class LitLM(pl.LightningModule):
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         self._resume_total_steps = checkpoint.get("memarch_total_steps")
         self._carry = self._scatter_carry(checkpoint.get("memarch_carry_state"))
+        self._resumed_step = checkpoint.get("global_step")
         guard = checkpoint.get("memarch_divergence")
         if guard is not None:
             self._loss_window = deque(guard["window"], maxlen=self._loss_window.maxlen)
+            self._weight_window = deque(guard.get("weights", []),
+                                        maxlen=self._weight_window.maxlen)
+            self._seen = guard.get("seen", len(guard["window"]))
             self._blowup_steps, self._blowup_since = guard["steps"], guard["since"]
+            self._blowup_what = guard.get("what")
+            good = guard.get("good")
+            self._good = (str(good[0]), good[1]) if good else None
         rng = checkpoint.get("memarch_rng")
         if rng is not None:
             torch.set_rng_state(rng["torch"])
             random.setstate(rng["python"])
             if rng["cuda"] is not None and torch.cuda.is_available():
                 torch.cuda.set_rng_state_all(rng["cuda"])
+
+
+def _named(factory, group: str, e: Exception) -> str:
+    """`` (check optim.lr=-1)``: the settings of a Hydra partial whose value the error
+    message quotes, so the message names the key."""
+    kw = getattr(factory, "keywords", {}) or {}
+    text = str(e)
+    hits = [f"{group}.{k}={v!r}" for k, v in kw.items()
+            if not isinstance(v, bool) and isinstance(v, (int, float, str)) and str(v) in text]
+    return f" (check {', '.join(hits)})" if hits else ""

@@ -13,6 +13,10 @@ def warmup_cosine(optimizer, *, total_steps: int, warmup_steps: int = 100,
     ``total_steps`` (constant afterwards)."""
     if total_steps < 1:
         raise ValueError(f"sched.total_steps must be >= 1, got {total_steps}")
+    if warmup_steps < 0:
+        raise ValueError(f"sched.warmup_steps must be >= 0, got {warmup_steps}")
+    if not 0 <= min_lr_ratio <= 1:
+        raise ValueError(f"sched.min_lr_ratio must lie in [0, 1], got {min_lr_ratio}")
 
     def f(step: int) -> float:
         if step < warmup_steps:

@@ -4,8 +4,15 @@ Before anything is built, ``check_config`` checks every config node against the 
 of what it configures (its ``_target_``; ``module`` against ``LitLM``): an unknown key or a
 value of the wrong scalar type (``model.d_model=abc``) raises ``ConfigError`` naming the key
 as typed on the command line, and an error raised while instantiating a group is re-raised
-naming the group. Resuming (``ckpt_path=...``) refuses a model config that differs from the
-checkpoint's unless ``+allow_config_change=true``.
+naming the group. Values are checked strictly (``memarch.overrides.value_fits``): a string or
+an int where a bool is meant (``...memory.residual_norm=no``) and a bool where a number is
+meant are refused; Titans MAG / MAC's ``memory`` dict is checked against ``NeuralMemory``,
+and an ``impl`` against the kernel implementations. The data are set up at start-up
+(``setup_data``, in ``run``) and a memory longer than the training sequence (a Titans chunk, a MAC or
+HMT segment over ``data.dataset.seq_len``) is refused (``check_memory_lengths``), before
+training. Resuming (``ckpt_path=...``) refuses a model config that differs from the
+checkpoint's unless ``+allow_config_change=true``, and a checkpoint whose tensors do not
+match their recorded digest (``memarch.checkpoint``).
 """
 
 from __future__ import annotations
@@ -14,13 +21,10 @@ import inspect
 import logging
 import sys
 import time
-import types
-import typing
 from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
-import torch
 from hydra.errors import InstantiationException
 from hydra.utils import get_object, instantiate
 from lightning.pytorch.callbacks import ModelCheckpoint
@@ -30,8 +34,15 @@ from omegaconf.errors import MissingMandatoryValue
 
 from memarch.lit.console import StepPrinter, command, setup_logging
 from memarch.lit.io import AtomicCheckpointIO
-from memarch.lit.module import LitLM
+from memarch.lit.module import ConfigError, LitLM
 from memarch.models.hf import resolve_hf_configs
+from memarch.overrides import (
+    annotation_leaves,
+    describe_leaves,
+    kwarg_leaves,
+    kwargs_owner,
+    value_fits,
+)
 
 log = logging.getLogger(__name__)
 
@@ -42,72 +53,16 @@ _META = {"_target_", "_partial_", "_recursive_", "_convert_", "_args_"}
 _GROUPS = ("model", "data", "optim", "sched", "trainer", "logger", "callbacks")
 
 
-class ConfigError(ValueError):
-    """A config value that cannot work; the message names the key as typed on the command
-    line (``model.d_model: expected an int, got 'abc'``)."""
-
-
 # -- config checks ---------------------------------------------------------------------
-def _leaves(tp) -> list | None:
-    """An annotation as a list of scalar types and ``Literal`` values (``("literal", v)``),
-    or None when it admits anything else (then the value is not checked)."""
-    if tp is inspect.Parameter.empty or isinstance(tp, str):
-        return None
-    origin = typing.get_origin(tp)
-    if origin in (typing.Union, types.UnionType):
-        out = []
-        for a in typing.get_args(tp):
-            sub = _leaves(a)
-            if sub is None:
-                return None
-            out += sub
-        return out
-    if origin is typing.Literal:
-        return [("literal", v) for v in typing.get_args(tp)]
-    if tp in (int, float, bool, str, type(None), torch.Tensor):
-        return [tp]
-    return None
-
-
-def _describe(leaves: list) -> str:
-    kinds = {t for t in leaves if isinstance(t, type)}
-    words = []
-    if int in kinds and float in kinds:
-        words.append("a number")
-    elif int in kinds:
-        words.append("an int")
-    elif float in kinds:
-        words.append("a float")
-    if bool in kinds:
-        words.append("a bool (true/false)")
-    if str in kinds:
-        words.append("a string")
-    words += [repr(v) for t, v in (x for x in leaves if isinstance(x, tuple))]
-    if type(None) in kinds:
-        words.append("null")
-    return " or ".join(words) or "a tensor"
+# the strict checker is memarch.overrides' (shared with model_overrides): no truthy strings or
+# ints where a bool is meant, no bools where a number is meant
+_leaves, _describe = annotation_leaves, describe_leaves
 
 
 def check_value(key: str, value: Any, leaves: list | None, *, default: Any = None) -> None:
     """Raise ``ConfigError`` if ``value`` does not fit the scalar annotation ``leaves``."""
-    if not leaves:
-        return
-    kinds = {t for t in leaves if isinstance(t, type)}
-    literals = [v for t, v in (x for x in leaves if isinstance(x, tuple))]
-    if value is None:
-        ok = type(None) in kinds or default is None
-    elif isinstance(value, bool):
-        ok = bool in kinds or int in kinds or any(v is value for v in literals)
-    elif isinstance(value, int):
-        ok = int in kinds or float in kinds or value in literals
-    elif isinstance(value, float):
-        ok = float in kinds or value in literals
-    elif isinstance(value, str):
-        ok = str in kinds or value in literals
-    else:                                                # a list or dict for a scalar
-        ok = False
-    if not ok:
-        raise ConfigError(f"{key}: expected {_describe(leaves)}, got {value!r}")
+    if not value_fits(value, leaves, default=default):
+        raise ConfigError(f"{key}: expected {describe_leaves(leaves)}, got {value!r}")
 
 
 def _check_kwargs(node: dict, key: str, fn, skip=()) -> None:
@@ -115,10 +70,6 @@ def _check_kwargs(node: dict, key: str, fn, skip=()) -> None:
         sig = inspect.signature(fn)
     except (TypeError, ValueError):
         return
-    try:
-        hints = typing.get_type_hints(fn.__init__ if isinstance(fn, type) else fn)
-    except Exception:  # noqa: BLE001 - unresolvable annotations: use the raw ones
-        hints = {}
     params = {n: p for n, p in sig.parameters.items() if n not in skip}
     var_kw = any(p.kind is p.VAR_KEYWORD for p in params.values())
     named = [n for n, p in params.items() if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)]
@@ -133,8 +84,13 @@ def _check_kwargs(node: dict, key: str, fn, skip=()) -> None:
             if k in skip:
                 raise ConfigError(f"{key}.{k}: set by train.py, not a config key")
             raise ConfigError(f"{key}.{k}: unknown key ({what} takes {', '.join(named)})")
-        check_value(f"{key}.{k}", v, _leaves(hints.get(k, p.annotation)),
-                    default=p.default if p.default is not p.empty else ...)
+        leaves, default = kwarg_leaves(fn, k)
+        check_value(f"{key}.{k}", v, leaves, default=default)
+        if k == "impl" and isinstance(v, str) and \
+                getattr(fn, "__module__", "").startswith("memarch."):
+            from memarch.kernels._common import IMPLS
+            if v not in IMPLS:
+                raise ConfigError(f"{key}.impl: expected one of {IMPLS}, got {v!r}")
 
 
 def _check_node(node: Any, key: str, fn=None, skip=()) -> None:
@@ -150,10 +106,22 @@ def _check_node(node: Any, key: str, fn=None, skip=()) -> None:
             _check_kwargs(node, key, fn, skip)
         for k, v in node.items():
             if k not in _META:
-                _check_node(v, f"{key}.{k}")
+                _check_node(v, f"{key}.{k}", _sub_owner(node, k, v))
     elif isinstance(node, list):
         for i, v in enumerate(node):
             _check_node(v, f"{key}[{i}]")
+
+
+def _sub_owner(node: dict, k: str, v: Any):
+    """The class whose kwargs a plain dict ``node[k]`` holds (Titans MAG / MAC's ``memory``:
+    NeuralMemory's), or None."""
+    if not isinstance(v, dict) or "_target_" in v or not str(
+            node.get("_target_", "")).startswith("memarch."):
+        return None
+    try:
+        return kwargs_owner(v, node, k)
+    except (ValueError, ImportError, AttributeError):
+        return None
 
 
 def _container(cfg: DictConfig, key: str) -> Any:
@@ -273,8 +241,8 @@ def check_resume(cfg: DictConfig) -> None:
         raise ConfigError(f"ckpt_path: checkpoint not found: {ckpt}")
     if Path(ckpt).is_dir():
         return                               # a sharded (FSDP) checkpoint: not readable here
-    try:
-        stored = read(ckpt, mmap=True).get(CONFIG_KEY)   # the config only: map, not read
+    try:                                     # mapped, and checked against its digest
+        stored = read(ckpt, mmap=True, verify=True).get(CONFIG_KEY)
     except ValueError as e:                  # memarch.checkpoint.CheckpointError: corrupt etc.
         raise ConfigError(f"ckpt_path: {e}") from e
     if stored is None:
@@ -333,6 +301,7 @@ def build(cfg: DictConfig, *, extra_callbacks=()):
     model_config = resolve_hf_configs(OmegaConf.to_container(cfg.model, resolve=True))
     datamodule = _instantiate("data", cfg.data)
     net = _instantiate("model", cfg.model)
+    check_memory_lengths(net, cfg, model_config)
     try:
         module = LitLM(net=net, optimizer=_instantiate("optim", cfg.optim),
                        scheduler=_instantiate("sched", cfg.sched), model_config=model_config,
@@ -356,6 +325,85 @@ def build(cfg: DictConfig, *, extra_callbacks=()):
     trainer = _instantiate("trainer", cfg.trainer, callbacks=callbacks,
                            logger=loggers or False, plugins=plugins, **extra)
     return datamodule, module, trainer
+
+
+def setup_data(datamodule) -> None:
+    """Set the data up before training starts (Lightning's own ``setup`` call then finds it
+    done), so a data setting that cannot work (``data.dataset.seq_len=0``, a
+    ``data.vocab_size`` smaller than the data's) is a ``ConfigError`` naming the key, not a
+    traceback from inside the trainer."""
+    from memarch.data.text import DataError
+    try:
+        datamodule.setup("fit")
+    except DataError:
+        raise
+    except ValueError as e:
+        msg = str(e)
+        raise ConfigError(msg if msg.startswith("data") else f"data: {msg}") from e
+
+
+def _find_keys(cfg: Any, leaf: str, value: Any, prefix: str = "model") -> list[str]:
+    """Dotted keys under ``cfg`` whose last name is ``leaf`` and value ``value``."""
+    out = []
+    if isinstance(cfg, dict):
+        for k, v in cfg.items():
+            if k == leaf and v == value and not isinstance(v, bool):
+                out.append(f"{prefix}.{k}")
+            elif isinstance(v, (dict, list)):
+                out += _find_keys(v, leaf, value, f"{prefix}.{k}")
+    elif isinstance(cfg, list):
+        for i, v in enumerate(cfg):
+            out += _find_keys(v, leaf, value, f"{prefix}[{i}]")
+    return out
+
+
+def _config_seq_len(cfg: DictConfig) -> int | None:
+    v = OmegaConf.select(cfg, "data.dataset.seq_len", default=None)
+    return v if isinstance(v, int) and not isinstance(v, bool) else None
+
+
+def check_memory_lengths(net, cfg: DictConfig, model_config: Any, datamodule=None) -> None:
+    """Refuse a memory that would never run: a Titans ``NeuralMemory`` whose update chunk,
+    or a MAC / HMT segment, is longer than the training sequence (``data.dataset.seq_len``;
+    a memory is written once per chunk or segment, and its state starts empty for every
+    sequence, also under stateful training). The message names both values. One exactly as
+    long as the sequence is written at its end and never read: a warning."""
+    seq_len = _config_seq_len(cfg)
+    if seq_len is None:
+        seq_len = getattr(getattr(datamodule, "train_ds", None), "seq_len", None)
+    if not isinstance(seq_len, int) or isinstance(seq_len, bool) or seq_len < 1:
+        return
+    from memarch.mixers.titans import MemoryAsContext, NeuralMemory
+    from memarch.models.hmt import HMT
+    kinds = ((HMT, "segment_len", "writes its memory once per segment", "used"),
+             (MemoryAsContext, "segment_len", "writes its memory once per segment",
+              "written"),
+             (NeuralMemory, "chunk_size", "writes its memory once per chunk", "written"))
+    problems: dict[str, str] = {}
+    warned: set[str] = set()
+    for m in net.modules():
+        for cls, attr, how, never in kinds:
+            value = getattr(m, attr, None) if isinstance(m, cls) else None
+            if not isinstance(value, int) or value < seq_len:
+                continue
+            keys = _find_keys(model_config, attr, value)
+            name = " and ".join(keys) if keys else f"{cls.__name__} {attr}"
+            if value == seq_len:
+                if name not in warned:
+                    warned.add(name)
+                    log.warning("%s=%d equals the training sequence (data.dataset.seq_len=%d): "
+                                "%s %s of %s tokens and reads it in the next one, so while "
+                                "training it is written at the end of each sequence and "
+                                "never read; a longer data.dataset.seq_len uses it", name,
+                                value, seq_len, cls.__name__, how, attr)
+                continue
+            problems.setdefault(name, (
+                f"{name}={value} is longer than the training sequence "
+                f"(data.dataset.seq_len={seq_len}): {cls.__name__} {how} of {attr} tokens, "
+                f"so it would never be {never}. Set {keys[0] if keys else attr} below {seq_len} "
+                "or a longer data.dataset.seq_len"))
+    if problems:
+        raise ConfigError("; ".join(problems.values()))
 
 
 def start_from_weights(cfg: DictConfig, module) -> bool:
@@ -398,6 +446,9 @@ def run(cfg: DictConfig, *, extra_callbacks=()) -> dict:
     ckpt_path = cfg.get("ckpt_path")
     if start_from_weights(cfg, module):
         ckpt_path = None                     # fine-tuning: weights only, a fresh run
+    setup_data(datamodule)
+    if _config_seq_len(cfg) is None:         # the dataset's own length, now it is known
+        check_memory_lengths(module.net, cfg, module.model_config, datamodule)
     dirs = [Path(cfg.paths.output_dir) / "checkpoints"]
     if ckpt_path and Path(ckpt_path).exists():
         dirs.append(Path(ckpt_path).parent)
