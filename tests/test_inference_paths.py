@@ -219,3 +219,10 @@ def test_generation_checks_the_state_once_and_prefill_keeps_the_last_logits(monk
     checks.close(m(ids, logits_to_keep=3).logits, full[:, -3:], atol=1e-12, msg="keep 3")
     with pytest.raises(ValueError, match="logits_to_keep"):
         m(ids, logits_to_keep=-1)
+
+
+@pytest.mark.parametrize("window", [None, 4])
+def test_attention_refuses_an_unknown_impl(window):
+    """impl is checked at construction, also for full attention (which never calls the op)."""
+    with pytest.raises(ValueError, match="impl must be one of"):
+        Attention(D, n_heads=4, window=window, impl="bogus")

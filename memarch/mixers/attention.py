@@ -78,7 +78,7 @@ from torch import nn
 
 from memarch.kernels import known_finite
 from memarch.kernels.sliding_window import sliding_window_attn
-from memarch.mixers.base import Mixer, MixerOutput, check_positive_int
+from memarch.mixers.base import IMPLS, Mixer, MixerOutput, check_choice, check_positive_int
 from memarch.modules.rotary import (Rotary, apply_rotary, check_rope_scaling, full_width, rotate,
                                     rotation_matrix)
 
@@ -181,6 +181,7 @@ class Attention(Mixer):
                     f"but n_persistent={n_persistent}: pass n_persistent alone")
             n_persistent = 1
         check_positive_int("Attention", "block_size", block_size)
+        impl = check_choice("Attention", "impl", impl, IMPLS)   # also with window=None
         if not (isinstance(rope_base, (int, float)) and rope_base > 1):
             raise ValueError(f"Attention: rope_base must be a number > 1, got {rope_base!r}")
         self.n_heads, self.n_kv_heads = n_heads, n_kv_heads
