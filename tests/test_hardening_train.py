@@ -5,14 +5,11 @@ probe it reproduces."""
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 
 import lightning.pytorch as pl
 import pytest
 import torch
-from hydra.core.global_hydra import GlobalHydra
-from train_helpers import ROOT, TINY, compose_cfg
+from train_helpers import TINY, compose_cfg, train_py_exit
 
 from memarch.checkpoint import DIGEST_KEY, CheckpointError, load, read
 from memarch.lit.io import AtomicCheckpointIO
@@ -217,15 +214,9 @@ def test_non_finite_stop_without_a_checkpoint_before_says_so(tmp_path, checks):
 
 # -- 5. no traceback for user errors in train.py ------------------------------------------------
 def _train_py(args, tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(sys, "argv", [str(ROOT / "train.py"), *TINY, "trainer.max_steps=2",
-                                      "validate_at_end=false", *args,
-                                      f"hydra.run.dir={tmp_path}", "hydra/job_logging=none",
-                                      "hydra/hydra_logging=none"])
-    GlobalHydra.instance().clear()
-    spec = importlib.util.spec_from_file_location("__main__", ROOT / "train.py")
-    with pytest.raises(SystemExit) as e:
-        spec.loader.exec_module(importlib.util.module_from_spec(spec))
-    return str(e.value.code), capsys.readouterr().err
+    code = train_py_exit([*TINY, "trainer.max_steps=2", "validate_at_end=false", *args],
+                         tmp_path, monkeypatch)
+    return str(code), capsys.readouterr().err
 
 
 @pytest.mark.parametrize("args,pattern", [

@@ -3,21 +3,18 @@ the file and line/byte offset), each probe named in its test's docstring."""
 
 from __future__ import annotations
 
-import importlib.util
 import logging
 import os
-import sys
 import time
 
 import pytest
 import torch
-from hydra.core.global_hydra import GlobalHydra
 from hydra.utils import instantiate
 
 from memarch.data.text import DataError
 from memarch.lit.module import LitLM, LossBlowUpError
 from memarch.lit.train import ConfigError, check_config, config_diff, run
-from train_helpers import ROOT, TINY, compose_cfg
+from train_helpers import TINY, compose_cfg, train_py_exit
 
 
 @pytest.mark.parametrize("override,pattern", [
@@ -67,15 +64,9 @@ def test_cli_prints_the_config_error_without_traceback(tmp_path, monkeypatch, ca
     """Probe: ``python train.py model.d_model=abc`` on the command line: it exits with
     ``config error: model.d_model: expected an int, got 'abc'`` and no traceback (train.py's
     Hydra main, run in-process to skip a second interpreter's imports)."""
-    monkeypatch.setattr(sys, "argv", [str(ROOT / "train.py"), *TINY, "model.d_model=abc",
-                                      f"hydra.run.dir={tmp_path}", "hydra/job_logging=none",
-                                      "hydra/hydra_logging=none"])
-    GlobalHydra.instance().clear()
-    spec = importlib.util.spec_from_file_location("__main__", ROOT / "train.py")
-    with pytest.raises(SystemExit) as e:           # runs like ``python train.py ...``
-        spec.loader.exec_module(importlib.util.module_from_spec(spec))
-    checks.true(str(e.value.code) == "config error: model.d_model: expected an int, got 'abc'",
-                f"exit: {e.value.code!r}")
+    code = train_py_exit([*TINY, "model.d_model=abc"], tmp_path, monkeypatch)
+    checks.true(str(code) == "config error: model.d_model: expected an int, got 'abc'",
+                f"exit: {code!r}")
     checks.true("Traceback" not in capsys.readouterr().err, "no traceback")
 
 

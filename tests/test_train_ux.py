@@ -15,9 +15,8 @@ from collections import Counter
 
 import pytest
 import torch
-from hydra.core.global_hydra import GlobalHydra
 from hydra.utils import instantiate
-from train_helpers import ROOT, TINY, compose_cfg
+from train_helpers import ROOT, TINY, compose_cfg, train_py_exit
 
 from memarch.data.text import DataError, HubUnavailable
 from memarch.lit import console
@@ -189,14 +188,7 @@ def test_hf_no_dns_fails_at_once_and_cli_prints_no_traceback(tmp_path, monkeypat
     called = []
     monkeypatch.setattr(socket, "getaddrinfo", no_dns)
     monkeypatch.setattr(datasets, "load_dataset", lambda *a, **k: called.append(1))
-    monkeypatch.setattr(sys, "argv", [str(ROOT / "train.py"), *TINY, "data=hf",
-                                      f"hydra.run.dir={tmp_path}", "hydra/job_logging=none",
-                                      "hydra/hydra_logging=none"])
-    GlobalHydra.instance().clear()
-    spec = importlib.util.spec_from_file_location("__main__", ROOT / "train.py")
-    with pytest.raises(SystemExit) as e:
-        spec.loader.exec_module(importlib.util.module_from_spec(spec))
-    msg = str(e.value.code)
+    msg = str(train_py_exit([*TINY, "data=hf"], tmp_path, monkeypatch))
     checks.true(msg.startswith("error: data=hf: cannot load the Hugging Face dataset")
                 and "does not resolve" in msg and "data=text" in msg, msg)
     checks.true(not called, "the loader was not called")

@@ -24,3 +24,20 @@ def compose_cfg(overrides: list[str], out: Path):
 
 def experiments() -> list[str]:
     return sorted(p.stem for p in (CONFIGS / "experiment").glob("*.yaml"))
+
+
+def train_py_exit(args: list[str], out: Path, monkeypatch):
+    """Run ``python train.py *args`` in-process (train.py's Hydra main, skipping a second
+    interpreter's imports), with its outputs in ``out``; it must exit: returns the exit
+    code / message (``SystemExit.code``)."""
+    import importlib.util
+    import sys
+
+    import pytest
+    monkeypatch.setattr(sys, "argv", [str(ROOT / "train.py"), *args, f"hydra.run.dir={out}",
+                                      "hydra/job_logging=none", "hydra/hydra_logging=none"])
+    GlobalHydra.instance().clear()
+    spec = importlib.util.spec_from_file_location("__main__", ROOT / "train.py")
+    with pytest.raises(SystemExit) as e:           # runs like ``python train.py ...``
+        spec.loader.exec_module(importlib.util.module_from_spec(spec))
+    return e.value.code

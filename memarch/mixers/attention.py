@@ -436,10 +436,7 @@ class Attention(Mixer):
             # sinks that left the window), so one softmax over both, no mask
             u0 = max(0, W - 1 - lo) - pre                                # slots before token 0
             ns = min(S, max(0, lo - W + 1))                              # sinks s <= p - W
-            q_sink = qr
-            if ns and self.sink_positions == "cache" and lo > S + W - 1:
-                # the slot is the constant S + W - 1: one matmul by its rotation matrix
-                q_sink = q @ rotation_matrix(self.rotary, S + W - 1, q.dtype, q.device)
+            q_sink = self._sink_queries(q, qr, pos) if ns else qr
             if u0:                                                       # warm-up only
                 K, V = K[:, :, u0:], V[:, :, u0:]
             if ns < S:
@@ -540,6 +537,14 @@ def _buffer_of(ck: torch.Tensor, cv: torch.Tensor) -> _KVBuffer | None:
     return buf
 
 
+def _room(buf: _KVBuffer, k: torch.Tensor, n: int) -> bool:
+    """``buf`` can take ``n`` more entries like ``k`` in place: the free slots are there, and
+    dtype, device and inference mode match (an inference tensor cannot join autograd)."""
+    return (buf.fill + n <= buf.k.shape[2] and k.dtype == buf.k.dtype
+            and k.device == buf.k.device
+            and buf.k.is_inference() == torch.is_inference_mode_enabled())
+
+
 def _link(view: torch.Tensor, buf: _KVBuffer) -> weakref.ref:
     key = id(view)
     _BUFFERS[key] = buf
@@ -556,9 +561,7 @@ def _append_kv(ck: torch.Tensor, cv: torch.Tensor, k: torch.Tensor, v: torch.Ten
         return torch.cat([ck, k], dim=2), torch.cat([cv, v], dim=2)
     L0, T = ck.shape[2], k.shape[2]
     buf = _buffer_of(ck, cv)
-    if not (buf is not None and buf.fill == L0 and L0 + T <= buf.k.shape[2]
-            and k.dtype == buf.k.dtype and k.device == buf.k.device
-            and buf.k.is_inference() == torch.is_inference_mode_enabled()):
+    if not (buf is not None and buf.fill == L0 and _room(buf, k, T)):
         cap = max(64, L0 + T + (L0 + T) // 2)
         B, H, _, D = k.shape
         buf = _KVBuffer(k.new_empty(B, H, cap, D), v.new_empty(B, H, cap, D), L0)
@@ -593,9 +596,7 @@ def _window_append(ck: torch.Tensor, cv: torch.Tensor, k: torch.Tensor, v: torch
         return K, V, K[:, :, T:].clone(), V[:, :, T:].clone()   # don't keep K alive
     spare = max(64, n // 2)
     buf = _buffer_of(ck, cv)
-    if not (buf is not None and buf.fill + T <= buf.k.shape[2]
-            and k.dtype == buf.k.dtype and k.device == buf.k.device
-            and buf.k.is_inference() == torch.is_inference_mode_enabled()):
+    if not (buf is not None and _room(buf, k, T)):
         B, H, _, D = k.shape
         cap = n + max(T, spare)
         buf = _KVBuffer(k.new_empty(B, H, cap, D), v.new_empty(B, H, cap, D), n)
@@ -643,9 +644,7 @@ def _window_decode(ck, cv, k, v, sk, sv, u0: int, new_ok: bool, sinks):
     n, ns = ck.shape[2], 0 if sk is None else sk.shape[2]
     spare = max(64, n // 2)
     buf = _buffer_of(ck, cv)
-    if not (buf is not None and buf.bad is not None and buf.fill + 1 + ns <= buf.k.shape[2]
-            and k.dtype == buf.k.dtype and k.device == buf.k.device
-            and buf.k.is_inference() == torch.is_inference_mode_enabled()):
+    if not (buf is not None and buf.bad is not None and _room(buf, k, 1 + ns)):
         B, H, _, D = k.shape
         cap = n + max(spare, 1 + ns)
         buf = _KVBuffer(k.new_empty(B, H, cap, D), v.new_empty(B, H, cap, D), n)

@@ -95,9 +95,7 @@ class Rotary(nn.Module):
         """pos: integer positions of any shape [...]; returns cos, sin of shape [..., D/2].
         The frequencies are made here in fp64 (not a buffer: ``model.to(bf16)`` would round
         them and move every position)."""
-        return self._cos_sin(pos, dtype, (pos.device, self.base, repr(self.scaling)))
-
-    def _cos_sin(self, pos, dtype, key):
+        key = (pos.device, self.base, repr(self.scaling))
         w = self._inv_freq.get(key)
         if w is None:                                   # made once per device and setting
             w = self._inv_freq[key] = self.inv_freq(pos.device)
