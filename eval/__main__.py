@@ -54,6 +54,10 @@ def main(cfg: DictConfig) -> None:
     try:
         if unknown:
             raise ValueError(f"eval config: unknown key(s) {unknown}; expected {sorted(known)}")
+        if c.get("checkpoint") in (None, "", "???"):
+            raise ValueError("no checkpoint given: pass checkpoint=PATH (a training checkpoint, "
+                             "e.g. outputs/DATE/TIME/checkpoints/last.ckpt, or a file made by "
+                             "python -m memarch.convert)")
         overrides = parse_overrides(c.get("model_overrides"))     # a string or a dict
         validate_tasks(c["tasks"])
         model = EvalModel.from_checkpoint(c["checkpoint"], tokenizer=c["tokenizer"],

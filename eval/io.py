@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import platform
 import sys
 from collections.abc import Iterable, Iterator
@@ -17,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from memarch.checkpoint import atomic_write
 from memarch.data.text import iter_jsonl
 
 if TYPE_CHECKING:
@@ -60,13 +60,9 @@ def _clean(x: Any) -> Any:
 
 def write_json(path: str | Path, obj: Any) -> Path:
     """Write ``obj`` as indented JSON, atomically (a crash leaves the old file or none)."""
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    tmp = p.with_name(p.name + ".tmp")
-    tmp.write_text(json.dumps(_clean(obj), indent=2, ensure_ascii=False) + "\n",
-                   encoding="utf-8")
-    os.replace(tmp, p)
-    return p
+    text = json.dumps(_clean(obj), indent=2, ensure_ascii=False) + "\n"
+    return atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"),
+                        what="results")
 
 
 class JsonlWriter:

@@ -29,10 +29,12 @@ other tools) loads as before.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import pickle
-from collections.abc import Iterator, Mapping
+import shutil
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -56,6 +58,35 @@ class Loaded(NamedTuple):
     model: torch.nn.Module
     config: dict
     checkpoint: dict
+
+
+def atomic_write(path: str | Path, write: Callable[[Path], Any], *, what: str = "file") -> Path:
+    """Write ``path`` through ``<path>.tmp``: ``write(tmp)`` fills the temporary file, then
+    ``os.replace`` puts it in place (atomic on POSIX), so a crash, SIGKILL or failed write
+    leaves the previous file (or none), never a half-written one. The one writer of every
+    file memarch saves (checkpoints, converted models, results JSON).
+
+    A failed write removes ``.tmp`` and raises ``OSError`` naming ``what``, the path and the
+    cause: torch's writer reports a full disk as a ``RuntimeError`` ("enforce fail at
+    inline_container.cc ... unexpected pos"), which is translated, with the free space."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException as e:
+        tmp.unlink(missing_ok=True)
+        kept = "the previous file is kept" if path.exists() else "nothing was written"
+        if isinstance(e, OSError):
+            raise OSError(e.errno, f"cannot save {what} {path}: {e.strerror or e}; {kept}") from e
+        if isinstance(e, RuntimeError) and ("inline_container" in str(e) or "write" in str(e)):
+            free = shutil.disk_usage(path.parent).free
+            raise OSError(errno.EIO, f"cannot save {what} {path}: the write failed ({e}); "
+                                     f"{free / 2 ** 20:.0f} MiB free on its disk (a full disk "
+                                     f"or quota?); {kept}") from e
+        raise
+    return path
 
 
 def read(path: str | Path, *, map_location: Any = "cpu", mmap: bool = False,

@@ -30,7 +30,7 @@ from pathlib import Path
 
 import torch
 
-from memarch.checkpoint import CONFIG_KEY, TOKENIZER_KEY
+from memarch.checkpoint import CONFIG_KEY, TOKENIZER_KEY, atomic_write, with_digest
 
 CONVERTED_KEY = "memarch_converted"
 
@@ -110,15 +110,8 @@ def _check_out(out: str | os.PathLike) -> None:
 def save(ckpt: dict, out: str | os.PathLike) -> Path:
     """Write ``ckpt`` to ``out`` through ``out.tmp`` (renamed into place; removed when the
     write fails, so a failed write never leaves a half-written file behind)."""
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
-    try:
-        torch.save(ckpt, tmp)
-        os.replace(tmp, out)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return out
+    ckpt = with_digest(ckpt)       # loading checks it (memarch.checkpoint.read)
+    return atomic_write(out, lambda tmp: torch.save(ckpt, tmp), what="checkpoint")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -143,6 +143,9 @@ def check_like(state: Any, spec: Any, *, owner: str,
                                f"size {sizes[sym][1]} there; they must agree")
                 else:
                     sizes.setdefault(sym, (path, n_a))
+            if a.device.type == "meta":
+                fail(path, "is on the meta device (shapes only, no values); a state must "
+                           "hold values: build it with init_state(..., device=x.device)")
             if not e.is_floating_point():
                 if a.dtype != e.dtype:
                     fail(path, f"must have dtype {e.dtype}, got {a.dtype}")

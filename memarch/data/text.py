@@ -117,6 +117,9 @@ def read_documents(paths: Sequence[str], field: str = "text") -> list[str]:
                         ".txt/.jsonl paths)")
     docs = []
     for p in map(Path, paths):
+        if p.is_dir():
+            raise DataError(f"data.dataset.paths: {p} is a directory; list the data files in "
+                            f"it (.txt, .jsonl, optionally .xz/.gz), e.g. {p}/train.jsonl")
         if not p.is_file():
             raise FileNotFoundError(f"data.dataset.paths: data file not found: {p}")
         start = len(docs)

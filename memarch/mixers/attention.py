@@ -78,7 +78,9 @@ from torch import nn
 
 from memarch.kernels import known_finite
 from memarch.kernels.sliding_window import sliding_window_attn
-from memarch.mixers.base import IMPLS, Mixer, MixerOutput, check_choice, check_positive_int
+from memarch.mixers.base import (IMPLS, Mixer, MixerOutput, check_bool, check_choice, check_int,
+                                 check_input_like_params, check_number, check_positive_int,
+                                 check_scalars)
 from memarch.modules.rotary import (Rotary, apply_rotary, check_rope_scaling, full_width, rotate,
                                     rotation_matrix)
 
@@ -150,30 +152,24 @@ class Attention(Mixer):
                              "(or pass head_dim)")
         if head_dim is not None:
             check_positive_int("Attention", "head_dim", head_dim)
-        for name, b in (("bias", bias), ("qkv_bias", qkv_bias), ("o_bias", o_bias)):
-            if not (isinstance(b, bool) or (b is None and name != "bias")):
-                raise ValueError(f"Attention: {name} must be a bool"
-                                 f"{'' if name == 'bias' else ' or None'}, got {b!r}")
+        check_bool("Attention", "bias", bias)
+        for name, b in (("qkv_bias", qkv_bias), ("o_bias", o_bias)):
+            if b is not None:
+                check_bool("Attention", name, b)
         if n_heads % n_kv_heads:
             raise ValueError(
                 f"Attention: n_kv_heads={n_kv_heads} must divide n_heads={n_heads} (GQA)")
-        if window is not None and (not isinstance(window, int) or isinstance(window, bool)
-                                   or window < 1):
-            raise ValueError(f"Attention: window must be a positive int or None, got {window!r}")
-        if not isinstance(n_sinks, int) or isinstance(n_sinks, bool) or n_sinks < 0:
-            raise ValueError(f"Attention: n_sinks must be an int >= 0, got {n_sinks!r}")
+        window = check_int("Attention", "window", window, minimum=1, none_ok=True,
+                           expected="a positive int or None")
+        n_sinks = check_int("Attention", "n_sinks", n_sinks, minimum=0)
         if n_sinks and window is None:
             raise ValueError(
                 "Attention: n_sinks > 0 needs a window (full attention sees every token anyway)")
-        if sink_positions not in ("absolute", "cache"):
+        if not isinstance(sink_positions, str) or sink_positions not in ("absolute", "cache"):
             raise ValueError(
                 f"Attention: sink_positions must be 'absolute' or 'cache', got {sink_positions!r}")
-        if (not isinstance(n_persistent, int) or isinstance(n_persistent, bool)
-                or n_persistent < 0):
-            raise ValueError(
-                f"Attention: n_persistent must be an int >= 0, got {n_persistent!r}")
-        if not isinstance(learned_sink, bool):
-            raise ValueError(f"Attention: learned_sink must be a bool, got {learned_sink!r}")
+        n_persistent = check_int("Attention", "n_persistent", n_persistent, minimum=0)
+        check_bool("Attention", "learned_sink", learned_sink)
         if learned_sink:
             if n_persistent not in (0, 1):
                 raise ValueError(
@@ -182,8 +178,13 @@ class Attention(Mixer):
             n_persistent = 1
         check_positive_int("Attention", "block_size", block_size)
         impl = check_choice("Attention", "impl", impl, IMPLS)   # also with window=None
-        if not (isinstance(rope_base, (int, float)) and rope_base > 1):
-            raise ValueError(f"Attention: rope_base must be a number > 1, got {rope_base!r}")
+        rope_base = check_number("Attention", "rope_base", rope_base, minimum=1, min_open=True)
+        head_dim_ = d_model // n_heads if head_dim is None else head_dim
+        check_scalars("Attention", "parameters",
+                      d_model * head_dim_ * (2 * n_heads + 2 * n_kv_heads)
+                      + 2 * n_persistent * n_kv_heads * head_dim_,
+                      {"d_model": d_model, "n_heads": n_heads, "head_dim": head_dim,
+                       "n_persistent": n_persistent})
         self.n_heads, self.n_kv_heads = n_heads, n_kv_heads
         self.head_dim = d_model // n_heads if head_dim is None else head_dim
         self.window, self.n_sinks = window, n_sinks
@@ -256,6 +257,7 @@ class Attention(Mixer):
 
     # -- forward -----------------------------------------------------------------------
     def _forward(self, x: torch.Tensor, state) -> MixerOutput:
+        check_input_like_params(self._owner(), x, self)
         B, T, _ = x.shape
         H, Hkv, Dh = self.n_heads, self.n_kv_heads, self.head_dim
         q = self.q_proj(x).view(B, T, H, Dh)

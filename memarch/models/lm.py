@@ -198,14 +198,21 @@ class MemLM(HubMixin, nn.Module):
         return self.norm(h), tuple(new_states), aux
 
 
+_ID_DTYPES = (torch.long, torch.int32, torch.int16, torch.int8, torch.uint8)
+
+
 def check_ids(owner: str, ids, vocab_size: int) -> None:
-    """Raise ``ValueError`` unless ``ids`` is an integer tensor [B, T] in [0, vocab_size)."""
-    if not isinstance(ids, torch.Tensor) or ids.dim() != 2 or ids.dtype not in (
-            torch.long, torch.int32, torch.int16, torch.uint8):
+    """Raise ``ValueError`` unless ``ids`` is an integer tensor [B, T] (int64, int32, int16,
+    int8 or uint8) with values in [0, vocab_size), on a device with values (not meta)."""
+    if not isinstance(ids, torch.Tensor) or ids.dim() != 2 or ids.dtype not in _ID_DTYPES:
+        got = (f"dtype {ids.dtype} with shape {tuple(ids.shape)}"
+               if isinstance(ids, torch.Tensor) else type(ids).__name__)
         raise ValueError(
-            f"{owner}: ids must be an integer tensor [B, T], got "
-            f"{getattr(ids, 'dtype', type(ids).__name__)} "
-            f"with shape {tuple(getattr(ids, 'shape', ()))}")
+            f"{owner}: ids must be an integer tensor [B, T] of token ids (dtype torch.long, "
+            f"int32, int16, int8 or uint8), got {got}")
+    if ids.device.type == "meta":
+        raise ValueError(f"{owner}: ids are on the meta device (shapes only, no values): "
+                         "pass token ids on cpu or cuda")
     if ids.numel() and not ids.is_cuda and (ids.min() < 0 or ids.max() >= vocab_size):
         raise ValueError(
             f"{owner}: ids must lie in [0, vocab_size={vocab_size}), got values in "
