@@ -83,6 +83,46 @@ def restore_overrides(argv: list[str]) -> list[str]:
     return [argv[0], *args[:first], *keep, *args[first:]]
 
 
+def check_override_keys(argv: list[str]) -> None:
+    """Refuse an override of a key the config does not have (``model.d_modle=32``) before
+    Hydra does, naming the closest existing keys: Hydra's own message only suggests
+    ``+model.d_modle=32``, which adds the typo as a new key. Other composition errors are
+    left to Hydra, which names them well."""
+    import difflib
+
+    from hydra import compose, initialize_config_dir
+    from hydra.errors import ConfigCompositionException
+    from omegaconf import OmegaConf
+    overrides = [a for a in argv[1:] if _is_override(a)]
+    if not overrides or any(a.startswith(("-", "hydra.")) for a in argv[1:]
+                            if not _is_override(a)):
+        return
+    config_dir = str(Path(__file__).resolve().parent / "configs")
+    with initialize_config_dir(config_dir=config_dir, version_base="1.3"):
+        try:
+            compose("train", overrides=overrides)
+            return
+        except ConfigCompositionException as e:
+            m = re.match(r"Could not override '([^']+)'", str(e))
+            if not m or "not in struct" not in str(e.__cause__):
+                return
+            key = m.group(1)
+        except Exception:  # noqa: BLE001 - any other problem: Hydra reports it below
+            return
+        try:
+            cfg = compose("train", overrides=[o for o in overrides if _key(o) != key])
+        except Exception:  # noqa: BLE001
+            return
+    parent, _, leaf = key.rpartition(".")
+    node = OmegaConf.select(cfg, parent) if parent else cfg
+    known = [str(k) for k in node.keys()] if OmegaConf.is_dict(node) else []
+    close = difflib.get_close_matches(leaf, known, n=3, cutoff=0.6)
+    hint = (f"did you mean {' or '.join((parent + '.' if parent else '') + c for c in close)}?"
+            if close else f"{parent or 'the config'} has {', '.join(sorted(known))}")
+    raise SystemExit(f"config error: {key}: unknown key; {hint} (to add a new key on "
+                     f"purpose, prefix it with '+': +{key}=...)")
+
+
 @hydra.main(version_base="1.3", config_path="configs", config_name="train")
 def main(cfg: DictConfig) -> None:
     from memarch.checkpoint import CheckpointError
@@ -109,4 +149,5 @@ def main(cfg: DictConfig) -> None:
 
 if __name__ == "__main__":
     sys.argv[:] = restore_overrides(sys.argv)
+    check_override_keys(sys.argv)
     main()

@@ -41,7 +41,7 @@ def _train(args, env=None):
 # -- resume ----------------------------------------------------------------------------
 def test_resume_with_only_ckpt_path_restores_the_overrides_and_the_hint_runs(tmp_path, checks):
     """Probe: ``train.py experiment=passkey_tiny ...`` then the printed hint
-    ``.venv/bin/python train.py ckpt_path=...`` (+ trainer.max_steps): it used to fail with
+    ``.venv/bin/python train.py ckpt_path=... trainer.max_steps=4``: it used to fail with
     ``size mismatch for net.embed.weight``; now the run's overrides are restored. The run's
     console output has each line once, no Lightning advertisement and no progress bar."""
     a, b = tmp_path / "a", tmp_path / "b"
@@ -64,14 +64,16 @@ def test_resume_with_only_ckpt_path_restores_the_overrides_and_the_hint_runs(tmp
     checks.true("step 1/2  loss" in r.stdout and "step 2/2  loss" in r.stdout, r.stdout)
     checks.true("chance 10.0%" in r.stdout, "passkey defines a chance level")
     hint = r.stdout.splitlines()[r.stdout.splitlines().index(next(
-        ln for ln in r.stdout.splitlines() if ln.startswith("resume training"))) + 1].strip()
+        ln for ln in r.stdout.splitlines() if ln.startswith("train further"))) + 1].strip()
     argv = shlex.split(hint)
     checks.true(os.path.abspath(os.path.join(ROOT, argv[0])) == os.path.abspath(sys.executable)
                 or argv[0] == "python", f"the hint names this interpreter: {hint}")
-    checks.true(argv[1:] == ["train.py", f"ckpt_path={a / 'checkpoints' / 'last.ckpt'}"], hint)
+    # the run reached max_steps: the hint trains further (a plain resume would do nothing)
+    checks.true(argv[1:] == ["train.py", f"ckpt_path={a / 'checkpoints' / 'last.ckpt'}",
+                             "trainer.max_steps=4"], hint)
     if argv[0] == "python":
         argv[0] = sys.executable
-    r = _train([*argv, "trainer.max_steps=4", f"hydra.run.dir={b}"])
+    r = _train([*argv, f"hydra.run.dir={b}"])
     checks.true(r.returncode == 0, r.stderr[-3000:])
     checks.true("size mismatch" not in r.stderr, "no size mismatch")
     restored = next(ln for ln in r.stdout.splitlines() if ln.startswith("resume: restored"))
@@ -230,3 +232,32 @@ def test_text_data_summary_has_no_chance(tmp_path, capsys, checks):
     out = capsys.readouterr().out
     line = next(ln for ln in out.splitlines() if ln.startswith("held-out accuracy"))
     checks.true("chance" not in line and "nan" not in line, line)
+
+
+@pytest.mark.parametrize("override,want", [
+    ("model.d_modle=32", "model.d_modle: unknown key; did you mean model.d_model?"),
+    ("trainer.max_step=3", "trainer.max_step: unknown key; did you mean trainer.max_steps?"),
+    ("optim.zzz=1", "optim.zzz: unknown key; optim has "),
+])
+def test_a_mistyped_key_names_the_closest_one_before_hydra(override, want, tmp_path,
+                                                          monkeypatch):
+    """A typo got Hydra's advice to append ``+model.d_modle=32`` (which adds the typo as a
+    new key) before memarch's own "unknown key" error; train.py now catches it first."""
+    code = str(train_py_exit([override], tmp_path / "run", monkeypatch))
+    assert code.startswith(f"config error: {want}"), code
+    assert f"+{override.split('=')[0]}=" in code, code       # how to add a key on purpose
+
+
+def test_resuming_a_finished_run_says_how_to_train_further(tmp_path, monkeypatch):
+    """A first-hour friction: the printed resume command of a finished run did nothing
+    ("max_steps=600 reached") and left an empty outputs folder; it is refused at start-up,
+    naming the step and the command that trains further."""
+    from train_helpers import TINY, compose_cfg
+
+    from memarch.lit.train import ConfigError, check_resume
+    ck = tmp_path / "last.ckpt"
+    torch.save({"global_step": 6, "loops": {}, "state_dict": {}}, ck)
+    cfg = compose_cfg([*TINY, "trainer.max_steps=6", f"ckpt_path={ck}"], tmp_path)
+    with pytest.raises(ConfigError, match=r"(?s)at step 6 and trainer.max_steps=6: nothing left "
+                                          r"to train.*ckpt_path=.*trainer.max_steps=12"):
+        check_resume(cfg)

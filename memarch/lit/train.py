@@ -242,9 +242,17 @@ def check_resume(cfg: DictConfig) -> None:
     if Path(ckpt).is_dir():
         return                               # a sharded (FSDP) checkpoint: not readable here
     try:                                     # mapped, and checked against its digest
-        stored = read(ckpt, mmap=True, verify=True).get(CONFIG_KEY)
+        ck = read(ckpt, mmap=True, verify=True)
     except ValueError as e:                  # memarch.checkpoint.CheckpointError: corrupt etc.
         raise ConfigError(f"ckpt_path: {e}") from e
+    stored = ck.get(CONFIG_KEY)
+    done, max_steps = ck.get("global_step"), cfg.get("trainer", {}).get("max_steps")
+    if (isinstance(done, int) and isinstance(max_steps, int) and 0 <= max_steps <= done
+            and "loops" in ck):              # a training checkpoint that is already there
+        raise ConfigError(
+            f"ckpt_path={ckpt}: the run is at step {done} and trainer.max_steps={max_steps}: "
+            f"nothing left to train; to train further, raise it, e.g.\n  "
+            f"{command(f'ckpt_path={ckpt}', f'trainer.max_steps={2 * max(done, 1)}')}")
     if stored is None:
         return                               # not a memarch checkpoint: nothing to compare
     now = resolve_hf_configs(OmegaConf.to_container(cfg.model, resolve=True))
@@ -460,6 +468,7 @@ def run(cfg: DictConfig, *, extra_callbacks=()) -> dict:
         result.update({k: float(v) for k, v in metrics.items()})
     ckpt_cb = trainer.checkpoint_callback
     result["checkpoint"] = ckpt_cb.last_model_path if ckpt_cb else None
+    result["max_steps"] = trainer.max_steps
     if trainer.is_global_zero:
         print_summary(result, getattr(datamodule.val_ds, "chance", None))
     return result
@@ -478,6 +487,16 @@ def print_summary(result: dict, chance: float | None = None) -> None:
         print("load it for evaluation or generation:\n"
               "  from memarch.checkpoint import load\n"
               f"  model = load({ckpt!r}).model\n"
-              "resume training (the run's settings are restored; add e.g. "
-              "trainer.max_steps=N to train longer):\n"
-              f"  {command(f'ckpt_path={ckpt}')}")
+              + resume_hint(ckpt, result.get("global_step"), result.get("max_steps")))
+
+
+def resume_hint(ckpt: str, step: int | None, max_steps: int | None) -> str:
+    """How to go on from ``ckpt``: a run that reached ``trainer.max_steps`` trains further
+    only with a larger one (resuming as it is would have nothing to do); an interrupted run
+    resumes as it is."""
+    if isinstance(step, int) and isinstance(max_steps, int) and 0 <= max_steps <= step:
+        return ("train further (the run's settings are restored; the run reached "
+                f"trainer.max_steps={max_steps}, so give a larger one):\n"
+                f"  {command(f'ckpt_path={ckpt}', f'trainer.max_steps={2 * max(step, 1)}')}")
+    return ("resume training (the run's settings are restored):\n"
+            f"  {command(f'ckpt_path={ckpt}')}")
