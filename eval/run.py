@@ -278,7 +278,11 @@ def _rows(results: Mapping[str, dict]):
             yield name, "ppl", r["ppl"], r.get("max_length_run"), ""
         else:
             by = r.get("by_length") or {}
-            extra = " ".join(f"{k}:{v:.0f}" for k, v in by.items() if v is not None)
+            # MQAR's pairs grow with the length (training reports one length's accuracy)
+            kv = (r.get("settings") or {}).get("num_kv_pairs")
+            kv = dict(zip(map(str, r["settings"]["lengths"]), kv)) if isinstance(kv, list) else {}
+            extra = " ".join(f"{k}{f'[{kv[k]} pairs]' if k in kv else ''}:{v:.0f}"
+                             for k, v in by.items() if v is not None)
             yield name, "acc %", r.get("score"), r.get("max_length_run"), extra
 
 

@@ -538,3 +538,15 @@ def test_plot_titles_use_the_run_name(tmp_path, monkeypatch, checks):
                 + ["mqar: 2026-12-02/03-16-46 last"], f"{titles}")
     checks.true(json.loads((tmp_path / "needle.json").read_text())["model"] == path,
                 "result files keep the full path")
+
+
+def test_the_printed_table_names_mqar_pairs_per_length():
+    """After ``make train`` the eval table printed 42 % against training's 98.7 % with no
+    hint that MQAR's pairs grow with the length; each length now shows its pairs."""
+    from memarch.eval.run import format_table
+    table = format_table({"mqar": {"score": 42.1, "max_length_run": 256,
+                                   "by_length": {"128": 98.7, "256": 50.0},
+                                   "settings": {"lengths": [128, 256], "num_kv_pairs": [4, 8]}},
+                          "passkey": {"score": 50.0, "by_length": {"128": 50.0}}})
+    assert "128[4 pairs]:99 256[8 pairs]:50" in table, table
+    assert "128:50" in table.splitlines()[-1], table            # other tasks unchanged

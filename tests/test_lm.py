@@ -111,3 +111,20 @@ def test_stream_is_unbounded_generator(checks):
     it = stream(m, torch.randint(0, 61, (1, 4)))
     toks = [next(it).token for _ in range(5)]
     checks.true(len(toks) == 5, "stream yields without max_new_tokens")
+
+
+def test_public_methods_document_themselves():
+    """``help(MemLM.forward)`` / ``help(Mixer.forward)`` showed torch's generic text, and
+    ``MemLM.init_state``'s docstring was a stray comment: each names its arguments now."""
+    import pydoc
+
+    from memarch.mixers.base import Mixer, MixerOutput
+    from memarch.models.lm import LMOutput
+    for fn, words in [(MemLM.forward, ("ids", "state", "logits_to_keep", "LMOutput")),
+                      (Mixer.forward, ("x [B, T, D]", "state", "MixerOutput")),
+                      (MemLM.init_state, ("batch_size", "dtype")),
+                      (LMOutput, ("logits", "state", "aux_loss")),
+                      (MixerOutput, ("y [B, T, D]", "state", "aux_loss"))]:
+        text = pydoc.render_doc(fn, renderer=pydoc.plaintext)
+        assert "Define the computation performed at every call" not in text, fn
+        assert all(w in (fn.__doc__ or "") for w in words), (fn, fn.__doc__)

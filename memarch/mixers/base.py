@@ -98,6 +98,9 @@ def check_input_like_params(owner: str, x: torch.Tensor, module: nn.Module, *,
 
 
 class MixerOutput(NamedTuple):
+    """What a mixer's ``forward`` returns: ``y [B, T, D]``, the ``state`` after the last
+    token, and ``aux_loss`` (a scalar tensor, e.g. MoM's router balance, or None)."""
+
     y: torch.Tensor                      # [B, T, D]
     state: Any                           # the state after the last token
     aux_loss: torch.Tensor | None = None  # scalar or None
@@ -151,6 +154,17 @@ class Mixer(nn.Module, abc.ABC):
         return x_dtype
 
     def forward(self, x: torch.Tensor, state: Any = None) -> MixerOutput:
+        """Mix the tokens of ``x [B, T, D]`` (``D = d_model``) from ``state``.
+
+        ``state``: what the previous call returned (the sequences continue), or None (a
+        fresh start, ``init_state``). A state this mixer would not have made (another kind,
+        shapes, dtype, device, positions) is refused with a ``ValueError``/``TypeError``
+        naming the field. One call over T tokens equals any split into calls with the state
+        carried, token by token included.
+
+        Returns ``MixerOutput(y [B, T, D], state, aux_loss)``: the outputs, the state after
+        the last token (a new object; the input state is never modified) and the mixer's
+        auxiliary loss (a scalar tensor, or None)."""
         self._check_input(x)
         if state is None:
             state = self.init_state(x.shape[0], device=x.device,

@@ -34,6 +34,16 @@ __all__ = ["MemLM", "Block", "LMOutput", "check_ids"]
 
 
 class LMOutput(NamedTuple):
+    """What ``MemLM.forward`` returns.
+
+    Fields:
+        logits: ``[B, T, vocab_size]`` (``[B, n, vocab_size]`` with ``logits_to_keep=n``).
+        state: the model state after the last token: a tuple with one entry per layer (each
+            mixer's own state); pass it to the next call to continue the sequences.
+        aux_loss: the sum of the mixers' auxiliary losses (MoM's router balance), a scalar
+            tensor, or None when no mixer has one.
+    """
+
     logits: torch.Tensor               # [B, T, vocab]
     state: tuple                       # one entry per layer
     aux_loss: torch.Tensor | None      # sum of the mixers' aux losses, or None
@@ -135,6 +145,10 @@ class MemLM(HubMixin, nn.Module):
 
     # -- state -------------------------------------------------------------------------
     def init_state(self, batch_size: int, *, device=None, dtype=None) -> tuple:
+        """The empty state of ``batch_size`` sequences: one entry per layer, each mixer's
+        ``init_state`` (positions 0). ``dtype``: the activations' dtype (default: the
+        embedding's); recurrent mixers keep their states in fp32 whatever it is.
+        ``forward(ids)`` with ``state=None`` starts from this state."""
         dtype = dtype or self.embed.weight.dtype
         return tuple(b.mixer.init_state(batch_size, device=device,
                                         dtype=b.mixer.state_dtype(dtype)) for b in self.blocks)
@@ -145,9 +159,23 @@ class MemLM(HubMixin, nn.Module):
     # -- forward -----------------------------------------------------------------------
     def forward(self, ids: torch.Tensor, state: tuple | None = None, *,
                 logits_to_keep: int = 0) -> LMOutput:
-        """``ids [B, T]`` -> logits ``[B, T, V]``; ``logits_to_keep = n > 0`` computes the
-        logits of the last n positions only (``[B, min(n, T), V]``): a prefill needs the last
-        one, and a 4k-token chunk's full logits at V = 49,152 are 800 MB of fp32."""
+        """Run the model over ``ids`` from ``state``.
+
+        Args:
+            ids: token ids ``[B, T]`` (int64, int32, int16, int8 or uint8), in
+                ``[0, vocab_size)``.
+            state: the state returned by the previous call (the sequences continue), or
+                None (a fresh start, ``init_state``). Splitting a sequence into calls does
+                not change the result: one call over T tokens equals any split with the
+                state carried, token by token included.
+            logits_to_keep: ``n > 0`` computes the logits of the last n positions only
+                (``[B, min(n, T), V]``): a prefill needs the last one, and a 4k-token
+                chunk's full logits at V = 49,152 are 800 MB of fp32. 0: every position.
+
+        Returns:
+            ``LMOutput(logits [B, T, V], state, aux_loss)``. The input state is never
+            modified.
+        """
         check_ids("MemLM", ids, self.vocab_size)
         if (not isinstance(logits_to_keep, int) or isinstance(logits_to_keep, bool)
                 or logits_to_keep < 0):
