@@ -15,11 +15,18 @@ another library, a message without the keywords, a CLI that printed a Python tra
 an error where a result was expected), ``silent`` (no error where one was due, or a wrong
 result), ``hang`` (past the per-probe timeout: signal.alarm in-process, subprocess timeout).
 Writes ``benchmarks/results/probes.json`` (meta + one row per probe) and ``probes.md``.
+
+Issue 29's cases (hardening, round two) are in the table too (``*29_probes``, ``models``,
+``hub``, ``convert``, ``overrides`` and the ``cli/*`` rows of ``cli29_probes``), set up as
+tests/test_hardening_*.py set them up. ``all_probes()`` builds the whole table (cheaply: the
+fixtures are made in TMP when a probe first needs them) and ``run_probe`` runs one:
+tests/test_probes.py runs the table as tests.
 """
 
 from __future__ import annotations
 
 import argparse
+import atexit
 import concurrent.futures as cf
 import datetime
 import json
@@ -59,6 +66,7 @@ RAW = (AttributeError, IndexError, KeyError, ZeroDivisionError, RuntimeError, As
        NameError, UnboundLocalError, NotImplementedError, StopIteration, RecursionError)
 REPO_DIRS = tuple(str(ROOT / d) for d in ("memarch", "eval", "kernels", "train.py"))
 TMP = Path(tempfile.mkdtemp(prefix="memarch_probes_"))
+atexit.register(shutil.rmtree, TMP, True)       # also when imported (tests/test_probes.py)
 SETUP_LOCK = threading.Lock()
 D = 32
 
@@ -157,6 +165,11 @@ def run_inproc(p: Probe) -> tuple[str, str]:
     finally:
         signal.alarm(0)
         signal.signal(signal.SIGALRM, old)
+
+
+def run_probe(p: Probe) -> tuple[str, str]:
+    """(outcome, note) of one probe: in-process, or a subprocess for a CLI probe."""
+    return run_cli(p) if p.cli else run_inproc(p)
 
 
 def run_cli(p: Probe) -> tuple[str, str]:
@@ -323,7 +336,7 @@ def layer_probes():
     for n, other, what in SAME_TYPE_OTHER:
         out.append(P(f"layers/{n}", f"{n}:state_from_other_{what.split()[0]}",
                      lambda n=n, o=other: mk(n)(x_(2, 3, D), state_of(o)), "state"))
-    return out
+    return out + layer29_probes()
 
 
 def _retype(s):
@@ -401,7 +414,7 @@ def constructor_probes():
         ("MemLM state of wrong length", lambda: _lm()(ids, (None,)), "state"),
         ("MemLM state is a list", lambda: _lm()(ids, list(_lm().init_state(1))), "state|tuple"),
     ]
-    return out + [P(c, n, f, kw) for n, f, kw in rows]
+    return out + [P(c, n, f, kw) for n, f, kw in rows] + ctor29_probes()
 
 
 def _lm(vocab=16, nan=False):
@@ -540,7 +553,7 @@ def kernel_probes():
                      check=lambda r, w: (r[0].shape == (2, 0, 2, 8) and torch.equal(
                          r[1].S, s0[0]) and torch.equal(r[1].z, s0[1]),
                          f"o {tuple(r[0].shape)}"), timeout=90))
-    return out
+    return out + kernel29_probes()
 
 
 # -- generation -----------------------------------------------------------------------------
@@ -560,7 +573,8 @@ GEN_BAD = [   # generate(model, ids, n, **kwargs) arguments -> keywords of the m
     ({"nan": 1, "temperature": 1.0}, "non-finite|nan"),
     ({"ids": torch.tensor([[1.0, 2.0]])}, "ids"), ({"ids": torch.tensor([1, 2])}, "ids"),
     ({"ids": torch.zeros(1, 0, dtype=torch.long)}, "ids|T"),
-    ({"ids": torch.tensor([[1, 99]])}, "vocab"), ({"ids": [[1, 2]]}, "ids")]
+    ({"ids": torch.tensor([[1, 99]])}, "vocab"), ({"ids": [[1, 2], [3]]}, "ids,equal"),
+    ({"ids": [["a", "b"]]}, "ids"), ({"ids": [[1.0, 2.0]]}, "ids")]
 
 
 def gen(n=4, nan=0, ids=None, **kw):
@@ -594,6 +608,8 @@ def generation_probes():
         ("stream unbounded stops when the consumer stops", lambda: [
             s for _, s in zip(range(50), stream(_lm(), long, max_new_tokens=None))],
          lambda r, w: (len(r) == 50, f"{len(r)} steps")),
+        ("ids as a list of lists (as the tensor)", lambda: (gen(ids=[[1, 2, 3, 4]]), gen()),
+         lambda r, w: (torch.equal(r[0].tokens, r[1].tokens), f"{r[0].tokens.tolist()}")),
         ("prompt longer than chunk_size", lambda: (gen(chunk_size=3, ids=long),
                                                    gen(chunk_size=None, ids=long)),
          lambda r, w: (torch.equal(r[0].tokens, r[1].tokens), "chunked == one call")),
@@ -689,7 +705,7 @@ def checkpoint_probes():
     out = [P(c, n, f, kw) for n, f, kw in rows]
     out.append(P(c, "valid checkpoint loads (control)", lambda: load(g),
                  check=lambda r, w: (r.model.vocab_size == 16, "loaded")))
-    return out
+    return out + checkpoint29_probes()
 
 
 def _saved(obj) -> bytes:
@@ -856,13 +872,624 @@ def cli_probes():
                                                     "tasks=[mqar]"], ("checkpoint",), cli=True,
               timeout=120),
     ]
+    return out + cli29_probes()
+
+
+# -- issue 29 (hardening, round two) -------------------------------------------------------
+# The cases of issue 29 ("Silent" 1-9 and every "Unclear" bullet), set up as the hardening
+# tests set them up (tests/test_hardening_{args,files,train}.py); the CLI cases are in
+# ``cli_probes``. Fixtures (a saved Hugging Face folder, ...) are made on first use, in TMP.
+INF, NAN = math.inf, math.nan
+_CACHE: dict = {}
+
+
+def _tests_path():
+    """tests/ on sys.path (last), for the helpers the hardening tests use (hf_helpers,
+    train_helpers)."""
+    t = str(ROOT / "tests")
+    if t not in sys.path:
+        sys.path.append(t)
+
+
+def _once(key, make):
+    with SETUP_LOCK:
+        if key not in _CACHE:
+            _CACHE[key] = make()
+        return _CACHE[key]
+
+
+def _tokenizer_json(d: Path) -> None:
+    """tests/test_hardening_files.py's tokenizer: a tiny BPE trained on one phrase."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+    tok = Tokenizer(models.BPE(unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.train_from_iterator(["the face of the deep " * 20],
+                            trainers.BpeTrainer(vocab_size=40, special_tokens=["</s>", "<unk>"]))
+    tok.save(str(d / "tokenizer.json"))
+
+
+def hf_dir(name="llama", **kw) -> Path:
+    """A saved tiny random Llama (tests/hf_helpers.hf_model) with a tokenizer.json (the
+    hardening tests' ``hf_dir``); made once. Do not write into it: copy it (``hf_copy``)."""
+    def make():
+        _tests_path()
+        from hf_helpers import hf_model
+        d = TMP / f"hf_{name}"
+        hf_model("llama", **kw).save_pretrained(d)
+        _tokenizer_json(d)
+        return d
+    return _once(("hf", name), make)
+
+
+def hf_copy(tag) -> Path:
+    d = TMP / f"hfcopy_{''.join(ch if ch.isalnum() else '_' for ch in tag)}_{time.time_ns()}"
+    shutil.copytree(hf_dir(), d)
+    return d
+
+
+def _snapshot(d: Path) -> dict:
+    return {str(p.relative_to(d)): p.read_bytes() for p in sorted(d.rglob("*")) if p.is_file()}
+
+
+def _small_lm(**kw):
+    return MemLM(**{"vocab_size": 11, "d_model": 16, "mixers": {"c": ShortConv},
+                    "layer_pattern": ["c"], **kw})
+
+
+def _hmt(**kw):
+    from memarch.models import HMT
+    torch.manual_seed(0)
+    return HMT(_small_lm(), **{"segment_len": 8, "sensory_len": 2, "n_memories": 2, **kw})
+
+
+def _mixers29():
+    from memarch import mixers as mx
+    return {   # tests/test_hardening_args.py's MIXERS, plus Attention and ShortConv
+        "mom": lambda: mx.MoM(D, n_heads=2),
+        "mom_linear": lambda: mx.MoM(D, n_heads=2, cell="linear"),
+        "nm": lambda: mx.NeuralMemory(D, n_heads=2, chunk_size=4),
+        "mac": lambda: mx.MemoryAsContext(D, n_heads=2, segment_len=4, memory={"n_heads": 2}),
+        "mag": lambda: mx.MemoryAsGate(D, n_heads=2, window=4,
+                                       memory={"n_heads": 2, "chunk_size": 4}),
+        "linear": lambda: mx.LinearAttention(D, n_heads=2),
+        "based": lambda: mx.BasedLinearAttention(D, n_heads=2, feature_dim=4),
+        "baseconv": lambda: mx.BaseConv(D),
+        "attn_win": lambda: Attention(D, n_heads=4, window=8, n_sinks=2),
+        "attn_full": lambda: Attention(D, n_heads=4),
+        "shortconv": lambda: ShortConv(D, kernel_size=4),
+    }
+
+
+def _bump(state, path):
+    """state with the int64 field at ``path`` (e.g. ('memory', 'pos')) + 1."""
+    if len(path) == 1:
+        return state._replace(**{path[0]: getattr(state, path[0]) + 1})
+    return state._replace(**{path[0]: _bump(getattr(state, path[0]), path[1:])})
+
+
+def _seeded(build):
+    torch.manual_seed(0)
+    return build()
+
+
+def _meta_state(build):
+    from memarch import state as st
+    m = _seeded(build)
+    s = m(x_(1, 5, D)).state
+    return m(x_(1, 3, D), st.to(s, "meta"))
+
+
+def _big_keys_mom():
+    """MoM with keys of norm ~50 before its normalisation (issue 29 item 5: ||k|| = 10
+    grew the delta rule's state to NaN / 1e31 within 512 tokens): 512 tokens stay finite."""
+    from memarch import mixers as mx
+    m = _seeded(lambda: mx.MoM(D, n_heads=2))
+    with torch.no_grad():
+        m.qkv_proj.weight.mul_(50.0)
+        return m(x_(1, 512, D)).y
+
+
+def _dr_inputs(T=16, knorm=1.0):
+    torch.manual_seed(2)
+    q, k = (torch.nn.functional.normalize(torch.randn(1, T, 2, 8), dim=-1) for _ in range(2))
+    return q, k * knorm, torch.randn(1, T, 2, 4), torch.rand(1, T, 2)
+
+
+def _dr(impl="torch", beta_at=None, **kw):
+    from memarch.kernels import delta_rule
+    q, k, v, beta = _dr_inputs()
+    if beta_at is not None:
+        beta[0, 3, 1] = beta_at
+    return delta_rule(q, k, v, beta, impl=impl, **kw)
+
+
+def ctor29_probes():
+    from memarch import mixers as mx
+    c = "constructors"
+    ctor = [
+        (mx.NeuralMemory, {"momentum": "false"}, "momentum"),
+        (mx.MoM, {"shared_memory": "no"}, "shared_memory"),
+        (mx.MoM, {"norm_eps": -1}, "norm_eps"),
+        (mx.MoM, {"aux_loss_coef": INF}, "aux_loss_coef"),
+        (mx.MoM, {"expand_v": True}, "expand_v"),
+        (mx.NeuralMemory, {"max_grad_norm": True}, "max_grad_norm"),
+        (mx.MoM, {"impl": "bogus"}, "impl,bogus"),
+        (mx.MoM, {"cell": "linear", "impl": "bogus"}, "impl,bogus"),
+        (Attention, {"n_heads": 4, "window": None, "impl": "bogus"}, "impl,bogus"),
+        (mx.NeuralMemory, {"max_lr": INF}, "max_lr"),
+        (mx.NeuralMemory, {"d_model": True}, "d_model"),
+        (mx.MoM, {"n_heads": 2, "n_memories": 10 ** 8}, "n_memories"),
+        (mx.MoM, {"n_heads": 2, "expand_v": 10 ** 9}, "expand_v"),
+        (mx.NeuralMemory, {"n_heads": 2, "chunk_size": 10 ** 9}, "chunk_size"),
+        (mx.NeuralMemory, {"n_heads": 2, "expansion": 10 ** 10}, "expansion"),
+        (mx.MemoryAsContext, {"n_heads": 2, "segment_len": 10 ** 9}, "segment_len"),
+        (mx.LinearAttention, {"n_heads": 2, "feature_map": "taylor", "feature_dim": 10 ** 6},
+         "feature_dim"),
+        (ShortConv, {"kernel_size": 10 ** 10}, "kernel_size"),
+    ]
+    out = [P(c, f"{cls.__name__}({_kw(kw)})", lambda cls=cls, kw=kw: _ctor(cls, kw), k)
+           for cls, kw, k in ctor]
+    out.append(P(c, "HMT(n_memories=1000000000)", lambda: _hmt(n_memories=10 ** 9),
+                 "n_memories"))
+    return out
+
+
+def kernel29_probes():
+    c = "kernels"
+    out = [P(c, "delta_rule scale=nan", lambda: _dr(scale=NAN), "scale"),
+            P(c, "delta_rule scale='a'", lambda: _dr(scale="a"), "scale"),
+            P(c, "delta_rule g>0", lambda: _dr(g=torch.full((1, 16, 2), 0.5)), "g,<= 0|<=0")]
+    for impl in IMPLS:
+        for b in (5.0, -1.0):
+            out.append(P(c, f"delta_rule[{impl}] beta={b:g}",
+                         lambda impl=impl, b=b: _dr(impl, beta_at=b), "beta", timeout=90))
+    out.append(P(c, "MoM keys of norm ~50 (normalised): 512 tokens stay finite", _big_keys_mom,
+                 check=lambda r, w: (bool(torch.isfinite(r).all()), _short(r)), timeout=90))
+    return out
+
+
+def layer29_probes():
+    """States that shapes cannot see; meta-device and fp16 input."""
+    from memarch import mixers as mx
+    out = []
+    x = x_(2, 5, D)
+    for a, b in (("linear", "gated_delta"), ("gated_delta", "linear")):
+        out.append(P("layers/mom", f"mom cell={a} given a cell={b} state",
+                     lambda a=a, b=b: _seeded(lambda: mx.MoM(D, layer_idx=0, n_heads=2, cell=a))(
+                         x, _seeded(lambda: mx.MoM(D, layer_idx=0, n_heads=2, cell=b))(x).state),
+                     "state"))
+    titans = {
+        "nm": (lambda: mx.NeuralMemory(D, layer_idx=0, n_heads=2, chunk_size=4), [("pos",)]),
+        "mac": (lambda: mx.MemoryAsContext(D, layer_idx=0, n_heads=2, segment_len=4,
+                                           memory={"n_heads": 2}),
+                [("pos",), ("memory", "pos")]),
+        "mag": (lambda: mx.MemoryAsGate(D, layer_idx=0, n_heads=2, window=4,
+                                        memory={"n_heads": 2, "chunk_size": 4}),
+                [("pos",), ("memory", "pos"), ("attn", "pos")]),
+    }
+    for n, (build, paths) in titans.items():
+        for path in paths:
+            def edited(build=build, path=path):
+                m = _seeded(build)
+                xx = x_(2, 6, D)
+                return m(xx[:, :1], _bump(m(xx).state, path))
+            out.append(P(f"layers/{n}", f"{n}:state {'.'.join(path)} + 1", edited, "pos"))
+    for n, build in _mixers29().items():
+        c = f"layers/{n}"
+        out += [
+            P(c, f"{n}:meta input", lambda b=build: _seeded(b)(torch.randn(1, 3, D,
+                                                                          device="meta")),
+              "meta"),
+            P(c, f"{n}:meta input to a meta module", lambda b=build: _seeded(b).to("meta")(
+                torch.randn(1, 3, D, device="meta")), "meta"),
+            P(c, f"{n}:meta state", lambda b=build: _meta_state(b), "meta"),
+        ]
+        if n == "shortconv":      # documented: ShortConv's weights follow x's dtype
+            out.append(P(c, f"{n}:fp16 input to an fp32 module (weights follow x)",
+                         lambda b=build: _fp16_and_fp32(b), check=_fp16_close))
+        else:
+            out.append(P(c, f"{n}:fp16 input to an fp32 module", lambda b=build: _seeded(b)(
+                x_(1, 3, D).half()), "float16,dtype"))
+    return out
+
+
+def _fp16_and_fp32(build):
+    m = _seeded(build)
+    with torch.no_grad():
+        return m(x_(1, 3, D).half()).y, m(x_(1, 3, D)).y
+
+
+def _fp16_close(r, _w):
+    y16, y32 = r
+    err = float((y16.float() - y32).abs().max())
+    return y16.dtype == torch.float16 and err < 1e-2, f"{y16.dtype}, max |fp16 - fp32| {err:.2g}"
+
+
+def _same_as_long(model, ids):
+    with torch.no_grad():
+        return model(ids.to(torch.int8)).logits, model(ids).logits
+
+
+def _equal_pair(r, _w):
+    return torch.equal(r[0], r[1]), "equal" if torch.equal(r[0], r[1]) else "differ"
+
+
+def _hmt_recent_edited():
+    m = _hmt()
+    s = m(torch.randint(0, 11, (2, 10))).state
+    return m(torch.randint(0, 11, (2, 1)), s._replace(recent=s.recent.fill_(11)))
+
+
+def model_probes():
+    c = "models"
+    ids = torch.zeros(1, 4, dtype=torch.long)
+    return [
+        P(c, "MemLM ids on the meta device", lambda: _lm()(ids.to("meta")), "meta"),
+        P(c, "MemLM int8 ids: the logits of int64 ids", lambda: _same_as_long(_lm(), ids),
+          check=_equal_pair),
+        P(c, "HMT int8 ids: the logits of int64 ids", lambda: _same_as_long(_hmt(), ids),
+          check=_equal_pair),
+        P(c, "MemLM bool ids", lambda: _lm()(ids.bool()), "ids,integer"),
+        P(c, "HMT state.recent edited out of the vocabulary", _hmt_recent_edited,
+          "recent,vocab"),
+    ]
+
+
+# -- issue 29: Hugging Face folders (from_hf, save_pretrained) -------------------------------
+def _tied_with_own_head():
+    """tie_word_embeddings: true, but the file has its own lm_head.weight: from_hf's logits
+    against transformers' (which keeps the separate head)."""
+    _tests_path()
+    from hf_helpers import hf_model, import_transformers
+
+    from memarch.models import from_hf
+    tf = import_transformers()
+    d = TMP / f"hf_tied_{time.time_ns()}"
+    hf_model("llama", tie_word_embeddings=False).save_pretrained(d)
+    cfg = json.loads((d / "config.json").read_text())
+    (d / "config.json").write_text(json.dumps({**cfg, "tie_word_embeddings": True}))
+    ref = tf.LlamaForCausalLM.from_pretrained(d).eval()
+    ids = torch.randint(0, 97, (1, 12))
+    with torch.no_grad():
+        return ref(ids).logits, from_hf(d)(ids).logits
+
+
+def _logits_close(r, _w):
+    want, got = r
+    err = float((got - want).abs().max())
+    return err <= 1e-5 * float(want.abs().max()), f"max |logits - transformers| = {err:.3g}"
+
+
+def _shard_outside(shard):
+    from safetensors import safe_open
+
+    from memarch.models import from_hf
+    d = hf_copy("shard")
+    outside = d.parent / f"{d.name}_outside.safetensors"
+    shutil.copy(d / "model.safetensors", outside)
+    with safe_open(str(d / "model.safetensors"), framework="pt") as f:
+        keys = list(f.keys())
+    (d / "model.safetensors").unlink()
+    name = str(outside) if shard == "ABSOLUTE" else shard.replace("X", outside.name)
+    (d / "model.safetensors.index.json").write_text(
+        json.dumps({"metadata": {}, "weight_map": {k: name for k in keys}}))
+    return from_hf(d)
+
+
+def _flip_safetensors(path: Path, tensor: str) -> None:
+    import struct
+    data = bytearray(path.read_bytes())
+    n = struct.unpack("<Q", data[:8])[0]
+    b, e = json.loads(data[8:8 + n])[tensor]["data_offsets"]
+    mid = 8 + n + (b + e) // 2
+    for i in range(mid, mid + 4):
+        data[i] ^= 0x01
+    path.write_bytes(bytes(data))
+
+
+def _corrupt_pretrained(tensor):
+    from memarch.hub import from_pretrained, save_pretrained
+    torch.manual_seed(0)
+    model = MemLM(vocab_size=37, d_model=16, mixers={"attn": partial(Attention, n_heads=2)},
+                  layer_pattern=["attn", "attn"])
+    d = TMP / f"pretrained_{time.time_ns()}"
+    save_pretrained(model, d)
+    _flip_safetensors(d / "model.safetensors", tensor)
+    return from_pretrained(d)
+
+
+def _save_into_source(sub):
+    from memarch.hub import save_pretrained
+    from memarch.models import from_hf
+    d = hf_copy("save_into")
+    before = _snapshot(d)
+    try:
+        return save_pretrained(from_hf(d), d / sub if sub else d)
+    finally:
+        if _snapshot(d) != before:
+            raise CodeRan(f"save_pretrained wrote over its source folder {d}")
+
+
+def hub_probes():
+    from memarch.models import from_hf
+    c = "hub"
+    return [
+        P(c, "from_hf tie_word_embeddings=true with its own lm_head: logits as transformers",
+          _tied_with_own_head, check=_logits_close, timeout=120),
+        P(c, "from_hf impl='bogus'", lambda: from_hf(hf_dir(), impl="bogus"), "impl,bogus",
+          timeout=120),
+        P(c, "from_hf impl=3", lambda: from_hf(hf_dir(), impl=3), "impl", timeout=120),
+        P(c, "shard index entry ../outside.safetensors", lambda: _shard_outside("../X"),
+          "outside", timeout=120),
+        P(c, "shard index entry an absolute path", lambda: _shard_outside("ABSOLUTE"),
+          "outside", timeout=120),
+        P(c, "save_pretrained folder with flipped bytes in embed.weight",
+          lambda: _corrupt_pretrained("embed.weight"), "embed.weight,sha256"),
+        P(c, "save_pretrained folder with flipped bytes in blocks.1.mlp.w2.weight",
+          lambda: _corrupt_pretrained("blocks.1.mlp.w2.weight"), "w2.weight,sha256"),
+        P(c, "save_pretrained into the folder from_hf read", lambda: _save_into_source(""),
+          "read from", timeout=120),
+        P(c, "save_pretrained into a subfolder of the folder from_hf read",
+          lambda: _save_into_source("sub"), "read from", timeout=120),
+    ]
+
+
+# -- issue 29: the converter, in-process (the CLI cases are in cli_probes) -------------------
+class _Stderr:
+    def __enter__(self):
+        import io
+        self.old, sys.stderr = sys.stderr, io.StringIO()
+        return self
+
+    def __exit__(self, *exc):
+        self.text, sys.stderr = sys.stderr.getvalue(), self.old
+
+
+def _convert(args):
+    """memarch.convert.main(args) as the CLI runs it: a non-zero exit is SystemExit(stderr)."""
+    from memarch.convert import main as convert_main
+    with _Stderr() as err:
+        rc = convert_main([str(a) for a in args])
+    if rc:
+        raise SystemExit(err.text.strip() or rc)
+    return rc
+
+
+def _disk_full_convert():
+    """torch.save fails as a full disk makes it fail (issue 29: "[enforce fail at
+    inline_container.cc:672] unexpected pos"); the old output must be kept and named."""
+    out = TMP / f"convert_full_{time.time_ns()}.ckpt"
+    out.write_bytes(b"old")
+    real = torch.save
+
+    def full(obj, f, *a, **kw):
+        Path(f).write_bytes(b"partial")
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 64")
+    torch.save = full
+    try:
+        return _convert(["hf", hf_dir(), out])
+    finally:
+        torch.save = real
+        if out.read_bytes() != b"old" or out.with_name(out.name + ".tmp").exists():
+            raise CodeRan("a failed convert lost the old output or left a .tmp")
+
+
+def convert_probes():
+    c = "convert"
+    return [P(c, "convert: disk full while writing (torch 'unexpected pos')", _disk_full_convert,
+              "cannot write,disk full", timeout=120)]
+
+
+# -- issue 29: training checkpoints (digests, disk full) -------------------------------------
+def _digest_ckpt() -> Path:
+    """A training-like checkpoint (config, weights, an Adam state) written by the training
+    run's writer (AtomicCheckpointIO: it records the digest)."""
+    def make():
+        from memarch.checkpoint import CONFIG_KEY
+        from memarch.config import instantiate
+        from memarch.lit.io import AtomicCheckpointIO
+        torch.manual_seed(0)
+        net = instantiate(LM_CFG)
+        opt = torch.optim.AdamW(net.parameters())
+        net(torch.zeros(1, 4, dtype=torch.long)).logits.sum().backward()
+        opt.step()
+        p = TMP / "digest.ckpt"
+        AtomicCheckpointIO().save_checkpoint(
+            {CONFIG_KEY: LM_CFG, "state_dict": {f"net.{k}": v for k, v in
+                                                net.state_dict().items()},
+             "optimizer_states": [opt.state_dict()], "global_step": 1}, p)
+        return p
+    return _once("digest_ckpt", make)
+
+
+def _flipped(where):
+    """A copy of the digest checkpoint with one byte of a tensor flipped."""
+    from memarch.checkpoint import load
+    good = _digest_ckpt()
+    ck = torch.load(good, weights_only=True)
+    t = (ck["state_dict"]["net.embed.weight"] if where == "embed" else
+         ck["optimizer_states"][0]["state"][0]["exp_avg"])
+    data = bytearray(good.read_bytes())
+    raw = t.contiguous().view(-1).view(torch.uint8).numpy().tobytes()
+    at = data.find(raw)
+    if at < 0:
+        raise RuntimeError("setup: the tensor's bytes are not in the file")
+    data[at + len(raw) // 2] ^= 0x10
+    p = TMP / f"flipped_{where}.ckpt"
+    p.write_bytes(bytes(data))
+    return load(p)
+
+
+def _disk_full_save(exc):
+    """AtomicCheckpointIO (the training run's writer) when torch.save fails as on a full
+    disk: the previous file kept, and the error must say what happened."""
+    from memarch.lit.io import AtomicCheckpointIO
+    path = TMP / f"full_{time.time_ns()}" / "last.ckpt"
+    io = AtomicCheckpointIO()
+    io.save_checkpoint({"step": torch.tensor(1)}, path)
+    old = path.read_bytes()
+    real = torch.save
+
+    def full(obj, f, *a, **kw):
+        Path(f).write_bytes(b"partial" * 100)
+        raise exc
+    torch.save = full
+    try:
+        return io.save_checkpoint({"step": torch.tensor(2)}, path)
+    finally:
+        torch.save = real
+        if path.read_bytes() != old or len(list(path.parent.iterdir())) != 1:
+            raise CodeRan("a failed save lost the previous checkpoint or left a .tmp")
+
+
+def checkpoint29_probes():
+    import errno
+    c = "checkpoints"
+    return [
+        P(c, "flipped bytes in embed.weight", lambda: _flipped("embed"), "embed.weight"),
+        P(c, "flipped bytes in the optimizer state", lambda: _flipped("opt"),
+          "optimizer_states,exp_avg"),
+        P(c, "disk full while saving (torch 'unexpected pos')", lambda: _disk_full_save(
+            RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 64")),
+          "cannot save,full disk|disk full|no space"),
+        P(c, "disk full while saving (ENOSPC)", lambda: _disk_full_save(
+            OSError(errno.ENOSPC, "No space left on device")), "cannot save,no space"),
+    ]
+
+
+# -- issue 29: overrides (train.py's config check, eval's model_overrides) -------------------
+MAG = ["experiment=titans_mag_tiny", "model.d_model=32", "data.batch_size=2",
+       "data.val_size=4", "logger={}", "trainer.enable_progress_bar=false",
+       "trainer.max_steps=1", "validate_at_end=false"]
+
+
+def _check_overrides(*overrides):
+    _tests_path()
+    from train_helpers import compose_cfg
+
+    from memarch.lit.train import check_config
+    return check_config(compose_cfg([*MAG, *overrides], TMP / "overrides_run"))
+
+
+def _apply(key, value):
+    from memarch.overrides import apply_overrides
+    cfg = {"_target_": "memarch.models.MemLM", "vocab_size": 17, "d_model": 16,
+           "mixers": {"attn": {"_target_": "memarch.mixers.Attention", "_partial_": True,
+                               "n_heads": 2}},
+           "layer_pattern": ["attn"]}
+    return apply_overrides(cfg, {key: value})
+
+
+def override_probes():
+    c = "overrides"
+    mem = "model.mixers.titans.memory"
+    rows = [
+        (f"+{mem}.residual_norm=no", "residual_norm,bool"),
+        (f"+{mem}.momentum=maybe", "momentum,bool"),
+        (f"+{mem}.forgetting=1", "forgetting,bool"),
+        (f"{mem}.chunk_size=true", "chunk_size,int"),
+        ("model.mixers.titans.window=true", "window,int"),
+        (f"+{mem}.bogus=1", "bogus,unknown"),
+    ]
+    out = [P(c, f"train config {o}", lambda o=o: _check_overrides(o), kw, timeout=60)
+           for o, kw in rows]
+    out += [P(c, f"model_overrides {k}={v!r}", lambda k=k, v=v: _apply(k, v), kw) for k, v, kw in (
+        ("mixers.attn.window", True, "window,int"), ("mixers.attn.window", "8", "window,int"),
+        ("mixers.attn.block_size", 2.5, "block_size,int"))]
+    return out
+
+
+def cli29_probes():
+    """The CLI cases of issue 29: train.py, python -m memarch.convert, python -m memarch.eval."""
+    from memarch.checkpoint import TOKENIZER_KEY
+    c_t, c_c, c_e = "cli/train", "cli/convert", "cli/eval"
+    train = [str(ROOT / "train.py"), "debug=tiny", "hydra.run.dir=."]
+    d = TMP / "data"
+    d.mkdir(exist_ok=True)
+    (d / "adir").mkdir(exist_ok=True)
+    (d / "adir" / "a.txt").write_text("some text " * 200)
+    mem = "+model.mixers.titans.memory"
+    rows = [
+        (c_t, "titans_mag +memory.residual_norm=no", [*train, "experiment=titans_mag_tiny",
+                                                      f"{mem}.residual_norm=no"],
+         "residual_norm,bool"),
+        (c_t, "titans_mag +memory.momentum=maybe", [*train, "experiment=titans_mag_tiny",
+                                                    f"{mem}.momentum=maybe"], "momentum,bool"),
+        (c_t, "titans_mal chunk_size=100000 over seq_len=128", [
+            *train, "experiment=titans_mal_tiny", "model.mixers.mem.chunk_size=100000"],
+         "chunk_size=100000,seq_len=128"),
+        (c_t, "hmt segment_len=256 over seq_len=128", [
+            *train, "experiment=hmt_attention_tiny", "model.segment_len=256"],
+         "segment_len=256,seq_len=128"),
+        (c_t, "mom_gdn mixers.mom.norm_eps=-1", [*train, "experiment=mom_gdn_tiny",
+                                                  "model.mixers.mom.norm_eps=-1"], "norm_eps"),
+        (c_t, "mom_gdn mixers.mom.impl=bogus", [*train, "experiment=mom_gdn_tiny",
+                                                 "model.mixers.mom.impl=bogus"], "impl,bogus"),
+        (c_t, "optim.lr=-1", [*train, "optim.lr=-1"], "lr,-1"),
+        (c_t, "data.dataset.seq_len=0 (default data)", [*train, "data.dataset.seq_len=0"],
+         "seq_len"),
+        (c_t, "data.vocab_size=10 smaller than the data's", [*train, "data.vocab_size=10"],
+         "vocab_size"),
+        (c_t, "data path is a directory", [*train, "data=text",
+                                           f"data.dataset.paths=[{d / 'adir'}]"],
+         "adir,directory"),
+        (c_t, "optim.lr=1e3: the stop names no checkpoint as intact", [
+            str(ROOT / "train.py"), "hydra.run.dir=.", "model.d_model=32", "data.batch_size=4",
+            "data.val_size=8", "logger={}", "trainer.enable_progress_bar=false",
+            "trainer.val_check_interval=1000", "optim.lr=1e3", "checkpoint.every_n_steps=2",
+            "trainer.max_steps=80", "validate_at_end=false"], "saved before,step"),
+    ]
+    out = [Probe(cat, n, a, tuple(kw.split(",")), cli=True, timeout=300)
+           for cat, n, a, kw in rows]
+    conv = ["-m", "memarch.convert", "hf"]
+
+    def conv_setup(out_of, *extra):
+        def setup():
+            src = hf_copy("cli")
+            return [*conv, str(src), str(out_of(src)), *[str(e(src)) for e in extra]]
+        return setup
+    out += [
+        Probe(c_c, "convert hf DIR DIR/model.safetensors", None, ("source",), cli=True,
+              timeout=300, setup=conv_setup(lambda s: s / "model.safetensors")),
+        Probe(c_c, "convert hf DIR DIR/config.json", None, ("source",), cli=True, timeout=300,
+              setup=conv_setup(lambda s: s / "config.json")),
+        Probe(c_c, "convert hf DIR DIR", None, ("source",), cli=True, timeout=300,
+              setup=conv_setup(lambda s: s)),
+        Probe(c_c, "convert --tokenizer config.json", None, ("config.json", "not a tokenizer"),
+              cli=True, timeout=300, setup=conv_setup(lambda s: s.parent / f"{s.name}.ckpt",
+                                                      lambda s: "--tokenizer",
+                                                      lambda s: s / "config.json")),
+        Probe(c_c, "convert output path is a directory", None, ("directory",), cli=True,
+              timeout=300, setup=conv_setup(lambda s: (s.parent / f"{s.name}_out").mkdir()
+                                            or s.parent / f"{s.name}_out")),
+    ]
+    ev = ["-m", "memarch.eval", "out_dir=."]
+    tok_cfg = {"tokenizer.json": json.dumps({"architectures": ["LlamaForCausalLM"],
+                                             "model_type": "llama", "vocab_size": 16}),
+               "eos_id": None, "source": "config.json"}
+    out += [
+        Probe(c_e, "eval without checkpoint=", [*ev, "tasks=[mqar]"],
+              ("checkpoint", "not set|no checkpoint|required|missing|checkpoint="), cli=True,
+              timeout=120),
+        Probe(c_e, "eval checkpoint whose embedded tokenizer is a config", None,
+              ("not a tokenizer",), cli=True, timeout=120, setup=lambda: [
+                  *ev, f"checkpoint={good_ckpt(name='tokcfg.ckpt', **{TOKENIZER_KEY: tok_cfg})}",
+                  "tasks=[mqar]"]),
+    ]
     return out
 
 
 # -- main -----------------------------------------------------------------------------------
 GROUPS = {"layers": layer_probes, "constructors": constructor_probes, "kernels": kernel_probes,
           "generation": generation_probes, "checkpoints": checkpoint_probes, "eval": eval_probes,
-          "cli": cli_probes}
+          "models": model_probes, "hub": hub_probes, "convert": convert_probes,
+          "overrides": override_probes, "cli": cli_probes}
+
+
+def all_probes(groups=None) -> list[Probe]:
+    """Every probe of the table (or of ``groups``), in table order; building the table is
+    cheap: the fixtures (files, a Hugging Face folder, ...) are made when a probe runs."""
+    return [p for g in (groups or GROUPS) for p in GROUPS[g]()]
 OUTCOMES = ("clear", "unclear", "silent", "hang")
 
 
@@ -883,7 +1510,7 @@ def main():
             t = time.time()
             outcome, note = run_inproc(p)
             rows.append(_row(p, outcome, note, time.time() - t))
-        cli = [p for p in probes if p.cli]
+        cli = [p for p in probes if p.cli and not a.skip_cli]
         if cli:
             ordered = sorted(cli, key=lambda p: p.setup is not None)   # setup ones last
             with cf.ThreadPoolExecutor(max(1, a.jobs)) as ex:
