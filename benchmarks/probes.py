@@ -18,9 +18,9 @@ Writes ``benchmarks/results/probes.json`` (meta + one row per probe) and ``probe
 
 Issue 29's cases (hardening, round two) are in the table too (``*29_probes``, ``models``,
 ``hub``, ``convert``, ``overrides`` and the ``cli/*`` rows of ``cli29_probes``), set up as
-tests/test_hardening_*.py set them up. ``all_probes()`` builds the whole table (cheaply: the
+tests/hardening/test_hardening_*.py set them up. ``all_probes()`` builds the whole table (cheaply: the
 fixtures are made in TMP when a probe first needs them) and ``run_probe`` runs one:
-tests/test_probes.py runs the table as tests.
+tests/hardening/test_probes.py runs the table as tests.
 """
 
 from __future__ import annotations
@@ -66,7 +66,7 @@ RAW = (AttributeError, IndexError, KeyError, ZeroDivisionError, RuntimeError, As
        NameError, UnboundLocalError, NotImplementedError, StopIteration, RecursionError)
 REPO_DIRS = tuple(str(ROOT / d) for d in ("memarch", "eval", "kernels", "train.py"))
 TMP = Path(tempfile.mkdtemp(prefix="memarch_probes_"))
-atexit.register(shutil.rmtree, TMP, True)       # also when imported (tests/test_probes.py)
+atexit.register(shutil.rmtree, TMP, True)       # also when imported (tests/hardening/test_probes.py)
 SETUP_LOCK = threading.Lock()
 D = 32
 
@@ -877,16 +877,16 @@ def cli_probes():
 
 # -- issue 29 (hardening, round two) -------------------------------------------------------
 # The cases of issue 29 ("Silent" 1-9 and every "Unclear" bullet), set up as the hardening
-# tests set them up (tests/test_hardening_{args,files,train}.py); the CLI cases are in
+# tests set them up (tests/hardening/test_hardening_{args,files,train}.py); the CLI cases are in
 # ``cli_probes``. Fixtures (a saved Hugging Face folder, ...) are made on first use, in TMP.
 INF, NAN = math.inf, math.nan
 _CACHE: dict = {}
 
 
 def _tests_path():
-    """tests/ on sys.path (last), for the helpers the hardening tests use (hf_helpers,
+    """tests/helpers/ on sys.path (last), for the helpers the hardening tests use (hf_helpers,
     train_helpers)."""
-    t = str(ROOT / "tests")
+    t = str(ROOT / "tests" / "helpers")
     if t not in sys.path:
         sys.path.append(t)
 
@@ -899,7 +899,7 @@ def _once(key, make):
 
 
 def _tokenizer_json(d: Path) -> None:
-    """tests/test_hardening_files.py's tokenizer: a tiny BPE trained on one phrase."""
+    """tests/hardening/test_hardening_files.py's tokenizer: a tiny BPE trained on one phrase."""
     from tokenizers import Tokenizer, models, pre_tokenizers, trainers
     tok = Tokenizer(models.BPE(unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.Whitespace()
@@ -909,7 +909,7 @@ def _tokenizer_json(d: Path) -> None:
 
 
 def hf_dir(name="llama", **kw) -> Path:
-    """A saved tiny random Llama (tests/hf_helpers.hf_model) with a tokenizer.json (the
+    """A saved tiny random Llama (tests/helpers/hf_helpers.hf_model) with a tokenizer.json (the
     hardening tests' ``hf_dir``); made once. Do not write into it: copy it (``hf_copy``)."""
     def make():
         _tests_path()
@@ -944,7 +944,7 @@ def _hmt(**kw):
 
 def _mixers29():
     from memarch import mixers as mx
-    return {   # tests/test_hardening_args.py's MIXERS, plus Attention and ShortConv
+    return {   # tests/hardening/test_hardening_args.py's MIXERS, plus Attention and ShortConv
         "mom": lambda: mx.MoM(D, n_heads=2),
         "mom_linear": lambda: mx.MoM(D, n_heads=2, cell="linear"),
         "nm": lambda: mx.NeuralMemory(D, n_heads=2, chunk_size=4),

@@ -109,7 +109,7 @@ def _build_index(args) -> dict:
 
 def write_json(path: str, rows: list[dict], command: str) -> None:
     """``benchmarks/results/aot_resources.json``: the measured resources of every build (the
-    data behind the dispatchers' tile tables; tests/test_kernel_aot.py compares them)."""
+    data behind the dispatchers' tile tables; tests/kernels/test_kernel_aot.py compares them)."""
     import datetime
     import json
     import platform

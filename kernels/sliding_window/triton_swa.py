@@ -45,7 +45,7 @@ BS = 16                       # sinks per block of the forward / dq sink loops
 # time for sm_80 and sm_90 (fp16 and bf16, with and without sinks) and keeps the first
 # candidate with no register spill (cuobjdump STACK 0, LOCAL 0) within shared memory, bigger
 # tiles (BM BN) first, num_warps 4 before 8, STAGES = 1 only where no pipelined tile fits;
-# `python -m memarch.kernels.aot` checks every entry (tests/test_kernel_aot.py).
+# `python -m memarch.kernels.aot` checks every entry (tests/kernels/test_kernel_aot.py).
 TILES = {
     "fwd": {
         "half": {16: (128, 128, 8), 32: (128, 64, 8), 64: (64, 64, 8), 128: (64, 32, 8),

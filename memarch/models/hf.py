@@ -117,7 +117,7 @@ def _metadata_key(key: str) -> bool:
     return key in _METADATA or key.startswith("_") or key.endswith(("_token_id", "_token_ids"))
 
 
-# transformers' defaults (5.25 config classes; tests/test_hf.py checks them) for the keys a
+# transformers' defaults (5.25 config classes; tests/io/test_hf.py checks them) for the keys a
 # config.json may leave out
 FAMILY_DEFAULTS = {
     "llama": dict(num_key_value_heads=None, rms_norm_eps=1e-6, tie_word_embeddings=False,
@@ -227,6 +227,51 @@ def check_attention_overrides(overrides: Mapping[str, Any], owner: str = "from_h
                          f"implementation; allowed: {', '.join(map(repr, ATTENTION_IMPLS))}")
 
 
+MAX_LAYERS = 10_000
+"""The most layers a config may ask for (the largest checkpoints have ~100): past it
+``hf_to_memarch_config`` refuses before building a per-layer list."""
+
+# the type of each value read (strict: no bool where a number is meant, no string, no
+# NaN/inf; an int where a float is meant is fine, as JSON writes 10000 for 10000.0)
+_INTS = {"num_key_value_heads": (1, True), "head_dim": (1, True),
+         "sliding_window": (1, True), "max_window_layers": (0, True)}   # key: (minimum, None ok)
+_NUMBERS = {"rms_norm_eps": dict(minimum=0, min_open=True),
+            "rope_theta": dict(minimum=1, min_open=True, none_ok=True),
+            "partial_rotary_factor": dict(minimum=0, min_open=True, none_ok=True),
+            "attention_dropout": dict(minimum=0, none_ok=True)}
+_BOOLS = ("tie_word_embeddings", "attention_bias", "mlp_bias", "use_sliding_window",
+          "rope_interleaved", "use_mrope")
+_BOOLS_NOT_NONE = ("tie_word_embeddings", "use_sliding_window")   # null is not false
+
+
+def _check_values(hf: Mapping[str, Any]) -> None:
+    """``HFConfigError`` naming the key for a value of the wrong type or range (the strict
+    parser of ``memarch.kernels._common``): ``tie_word_embeddings: "false"`` would otherwise
+    be true, ``num_key_value_heads: 0`` the default, ``rope_theta: NaN`` a NaN model."""
+    from memarch.kernels._common import check_bool, check_int, check_number
+    try:
+        for key, (lo, none_ok) in _INTS.items():
+            if key in hf:
+                check_int("from_hf", f"config {key!r}", hf[key], minimum=lo, none_ok=none_ok)
+        for key, kw in _NUMBERS.items():
+            if key in hf:
+                check_number("from_hf", f"config {key!r}", hf[key], **kw)
+        for key in _BOOLS:
+            if hf.get(key) is not None or (key in _BOOLS_NOT_NONE and key in hf):
+                check_bool("from_hf", f"config {key!r}", hf[key])
+    except ValueError as e:
+        raise HFConfigError(str(e)) from None
+    H, Hkv = hf.get("num_attention_heads"), hf.get("num_key_value_heads")
+    if (isinstance(H, int) and not isinstance(H, bool) and H >= 1 and Hkv is not None
+            and H % Hkv):
+        raise HFConfigError(f"from_hf: config 'num_key_value_heads'={Hkv!r} must divide "
+                            f"'num_attention_heads'={H} (grouped-query attention)")
+    if hf.get("use_sliding_window") and hf.get("max_window_layers") is None \
+            and hf.get("model_type") == "qwen2" and hf.get("layer_types") is None:
+        raise HFConfigError("from_hf: config 'max_window_layers' must be an int >= 0 with "
+                            "use_sliding_window=true, got None")
+
+
 def hf_to_memarch_config(hf: Mapping[str, Any], *, d_model: int | None = None,
                          **attention_overrides) -> dict:
     """The memarch model config (``_target_`` format, as in training checkpoints) of a
@@ -255,6 +300,7 @@ def hf_to_memarch_config(hf: Mapping[str, Any], *, d_model: int | None = None,
                   "function)", ignored)
     hf = {**FAMILY_DEFAULTS[family], **hf}
     check_attention_overrides(attention_overrides)
+    _check_values(hf)
 
     def need(key):
         v = hf.get(key)
@@ -279,11 +325,19 @@ def hf_to_memarch_config(hf: Mapping[str, Any], *, d_model: int | None = None,
                             "not supported: memarch, like transformers, rotates halves")
     want, (d_model, n_layers, H) = d_model, (need("hidden_size"), need("num_hidden_layers"),
                                              need("num_attention_heads"))
+    if n_layers > MAX_LAYERS:            # one list entry (and one block) per layer
+        raise HFConfigError(f"from_hf: config 'num_hidden_layers' must be <= {MAX_LAYERS}, "
+                            f"got {n_layers}")
     if want is not None and want != d_model:
         raise HFConfigError(f"from_hf: d_model={want} was asked for, but the checkpoint's "
                             f"hidden_size is {d_model} (set d_model to null or {d_model})")
     Hkv = hf.get("num_key_value_heads") or H
     head_dim = hf.get("head_dim") or d_model // H
+    if head_dim < 2 or head_dim % 2:            # RoPE rotates pairs
+        given = (f"config 'head_dim'={head_dim}" if hf.get("head_dim") else
+                 f"config 'hidden_size'={d_model} // 'num_attention_heads'={H} = {head_dim}")
+        raise HFConfigError(f"from_hf: the head dimension must be even and >= 2 (RoPE rotates "
+                            f"pairs), got {given}")
     if head_dim == d_model // H and d_model % H == 0:
         head_dim = None                                       # the default: not spelled out
     base, scaling = _rope(hf)
@@ -295,6 +349,16 @@ def hf_to_memarch_config(hf: Mapping[str, Any], *, d_model: int | None = None,
     mlp_bias = bool(equal("mlp_bias", (True, False), False)) if family == "llama" else \
         bool(equal("mlp_bias", (False,), False))
     windows = _windows(hf, family, n_layers)
+    sw = max((w for w in windows if w is not None), default=None)
+    if sw is not None:                  # the window's cache: refused before any allocation
+        from memarch.mixers.base import check_scalars
+        try:
+            check_scalars("from_hf", "state scalars per sequence per layer",
+                          2 * Hkv * (head_dim or d_model // H) * (sw - 1),
+                          {"sliding_window": sw, "num_key_value_heads": Hkv,
+                           "head_dim": head_dim or d_model // H})
+        except ValueError as e:
+            raise HFConfigError(str(e)) from None
     attn = {"_target_": "memarch.mixers.Attention", "_partial_": True, "n_heads": H,
             "n_kv_heads": Hkv, "rope_base": base, **bias}
     if head_dim is not None:

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-RESULTS = Path(__file__).resolve().parents[1] / "benchmarks" / "results" / "aot_resources.json"
+RESULTS = Path(__file__).resolve().parents[2] / "benchmarks" / "results" / "aot_resources.json"
 
 
 def _key(r):

@@ -19,7 +19,7 @@ from lm_helpers import hybrid_lm
 from memarch.eval.model import EvalModel
 from memarch.eval.perplexity import bucket_edges, run_perplexity
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 PNG = b"\x89PNG\r\n\x1a\n"
 LETTERS = b" abcdefgh"
 

@@ -22,7 +22,7 @@ from memarch.generation import generate
 from memarch.models import from_hf
 
 pytestmark = pytest.mark.real
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")

@@ -20,7 +20,7 @@ from memarch.data import IGNORE_INDEX, MQAR
 from memarch.mixers import Attention, ShortConv
 from memarch.models import MemLM
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 # -- the layout -------------------------------------------------------------------------------

@@ -1,7 +1,7 @@
 """Titans (2501.00663): the chunked neural memory against an independent token-loop
 reference, learning at test time, the MAL stack's streaming contract, and bad input.
 The per-mixer streaming contract, state validation and NaN causality of NeuralMemory, MAC
-and MAG run with every other mixer (tests/mixer_cases.py)."""
+and MAG run with every other mixer (tests/helpers/mixer_cases.py)."""
 
 from __future__ import annotations
 

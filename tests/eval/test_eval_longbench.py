@@ -15,7 +15,7 @@ from memarch.eval.longbench.run import build_prompt_ids, run_longbench, truncate
 from memarch.eval.model import EvalModel
 from memarch.eval.run import evaluate, known_tasks
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "longbench"
+SHARED = Path(__file__).resolve().parents[3] / "shared" / "longbench"
 
 # pred.py's dataset lists, and eval.py's dataset2metric (LongBench v1, THUDM/LongBench)
 V1 = ["narrativeqa", "qasper", "multifieldqa_en", "multifieldqa_zh", "hotpotqa", "2wikimqa",

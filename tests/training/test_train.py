@@ -34,7 +34,7 @@ def test_experiment_composes_instantiates_and_runs_fast_dev_run(exp, tmp_path, c
         checks.true(OmegaConf.is_missing(cfg.model.backbone, "path_or_model"),
                     "the pretrained folder is a required key")
         return
-    if exp == "hmt_smollm2":      # the real model at its own width: tests/test_hmt_real.py
+    if exp == "hmt_smollm2":      # the real model at its own width: tests/models/test_hmt_real.py
         checks.true(cfg.model.backbone._target_ == "memarch.models.from_gguf" and
                     cfg.model.backbone.path.endswith("SmolLM2-135M-Instruct.Q4_1.gguf"),
                     "the real model's GGUF is the backbone")

@@ -1,5 +1,5 @@
 """``hf_to_memarch_config`` on real ``config.json`` files of public checkpoints
-(``tests/fixtures/hf_configs``, sources in its ``SOURCES.md``): each is accepted and builds
+(``tests/io/fixtures/hf_configs``, sources in its ``SOURCES.md``): each is accepted and builds
 the matching MemLM (on the meta device: no weights), or is refused for a feature memarch
 really lacks. Plus the key classification: metadata is ignored (one debug line), keys that
 change the function are refused by name, ``auto_map`` (custom code) is refused."""

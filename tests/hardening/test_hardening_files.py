@@ -86,7 +86,7 @@ def test_convert_cli_user_errors_have_no_traceback(hf_dir, tmp_path, checks):
 
 def test_convert_gguf_refuses_its_source_and_paths_through_it(tmp_path, capsys, checks):
     pytest.importorskip("gguf")
-    from test_gguf import write_gguf
+    from gguf_helpers import write_gguf
     write_gguf(hf_model("llama", hidden_size=64, intermediate_size=128), tmp_path / "m.gguf")
     before = _snapshot(tmp_path)
     for out in (tmp_path / "m.gguf", tmp_path / "m.gguf" / "x.ckpt", tmp_path):
@@ -222,7 +222,7 @@ def test_tokenizer_must_parse_as_a_tokenizer(hf_dir, tmp_path, capsys, checks):
 
 def test_tokenizer_may_be_a_gguf(hf_dir, tmp_path, capsys, checks):
     pytest.importorskip("gguf")
-    from test_gguf import write_gguf
+    from gguf_helpers import write_gguf
 
     from memarch.checkpoint import TOKENIZER_KEY, read
     from memarch.data.tokenizers import load_tokenizer
