@@ -14,7 +14,7 @@ PY := $(VENV)/bin/python
 ENVVARS := TRITON_INTERPRET=1 HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 WANDB_MODE=disabled
 PYTEST_ARGS ?=
 
-.PHONY: setup test test-slow test-all train lint clean gpu-check bench bench-quick bench-deps real-model
+.PHONY: setup test test-slow test-real test-all train lint clean gpu-check bench bench-quick bench-deps real-model
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -28,8 +28,13 @@ setup: $(VENV)/.installed
 test: setup
 	$(ENVVARS) $(PY) -m pytest -q $(PYTEST_ARGS)
 
+# the exhaustive grids, CLI end-to-end runs and long runs (make test keeps one of each kind)
 test-slow: setup
-	$(ENVVARS) $(PY) -m pytest -q -m slow $(PYTEST_ARGS)
+	$(ENVVARS) $(PY) -m pytest -q -m "slow and not real" $(PYTEST_ARGS)
+
+# the real pretrained model (make real-model first; skipped without it)
+test-real: setup
+	$(ENVVARS) $(PY) -m pytest -q -m real $(PYTEST_ARGS)
 
 test-all: setup
 	$(ENVVARS) $(PY) -m pytest -q -m "" $(PYTEST_ARGS)

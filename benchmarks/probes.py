@@ -1,4 +1,4 @@
-"""Adversarial bad-input audit (issue 10): run a table of bad inputs against the current tree.
+"""Adversarial bad-input audit: run a table of bad inputs against the current tree.
 
     TRITON_INTERPRET=1 HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 WANDB_MODE=disabled \
         .venv/bin/python benchmarks/probes.py [--only CATEGORY] [--skip-cli] [--jobs 1]
@@ -16,7 +16,7 @@ an error where a result was expected), ``silent`` (no error where one was due, o
 result), ``hang`` (past the per-probe timeout: signal.alarm in-process, subprocess timeout).
 Writes ``benchmarks/results/probes.json`` (meta + one row per probe) and ``probes.md``.
 
-Issue 29's cases (hardening, round two) are in the table too (``*29_probes``, ``models``,
+The hardening cases (round two) are in the table too (``*29_probes``, ``models``,
 ``hub``, ``convert``, ``overrides`` and the ``cli/*`` rows of ``cli29_probes``), set up as
 tests/hardening/test_hardening_*.py set them up. ``all_probes()`` builds the whole table (cheaply: the
 fixtures are made in TMP when a probe first needs them) and ``run_probe`` runs one:
@@ -875,8 +875,8 @@ def cli_probes():
     return out + cli29_probes()
 
 
-# -- issue 29 (hardening, round two) -------------------------------------------------------
-# The cases of issue 29 ("Silent" 1-9 and every "Unclear" bullet), set up as the hardening
+# -- hardening, round two -------------------------------------------------------------------
+# The second round of hardening (silent and unclear cases), set up as the hardening
 # tests set them up (tests/hardening/test_hardening_{args,files,train}.py); the CLI cases are in
 # ``cli_probes``. Fixtures (a saved Hugging Face folder, ...) are made on first use, in TMP.
 INF, NAN = math.inf, math.nan
@@ -980,7 +980,7 @@ def _meta_state(build):
 
 
 def _big_keys_mom():
-    """MoM with keys of norm ~50 before its normalisation (issue 29 item 5: ||k|| = 10
+    """MoM with keys of norm ~50 before its normalisation (||k|| = 10
     grew the delta rule's state to NaN / 1e31 within 512 tokens): 512 tokens stay finite."""
     from memarch import mixers as mx
     m = _seeded(lambda: mx.MoM(D, n_heads=2))
@@ -1135,7 +1135,7 @@ def model_probes():
     ]
 
 
-# -- issue 29: Hugging Face folders (from_hf, save_pretrained) -------------------------------
+# -- hardening: Hugging Face folders (from_hf, save_pretrained) -------------------------------
 def _tied_with_own_head():
     """tie_word_embeddings: true, but the file has its own lm_head.weight: from_hf's logits
     against transformers' (which keeps the separate head)."""
@@ -1234,7 +1234,7 @@ def hub_probes():
     ]
 
 
-# -- issue 29: the converter, in-process (the CLI cases are in cli_probes) -------------------
+# -- hardening: the converter, in-process (the CLI cases are in cli_probes) -------------------
 class _Stderr:
     def __enter__(self):
         import io
@@ -1256,7 +1256,7 @@ def _convert(args):
 
 
 def _disk_full_convert():
-    """torch.save fails as a full disk makes it fail (issue 29: "[enforce fail at
+    """torch.save fails as a full disk makes it fail ("[enforce fail at
     inline_container.cc:672] unexpected pos"); the old output must be kept and named."""
     out = TMP / f"convert_full_{time.time_ns()}.ckpt"
     out.write_bytes(b"old")
@@ -1280,7 +1280,7 @@ def convert_probes():
               "cannot write,disk full", timeout=120)]
 
 
-# -- issue 29: training checkpoints (digests, disk full) -------------------------------------
+# -- hardening: training checkpoints (digests, disk full) -------------------------------------
 def _digest_ckpt() -> Path:
     """A training-like checkpoint (config, weights, an Adam state) written by the training
     run's writer (AtomicCheckpointIO: it records the digest)."""
@@ -1357,7 +1357,7 @@ def checkpoint29_probes():
     ]
 
 
-# -- issue 29: overrides (train.py's config check, eval's model_overrides) -------------------
+# -- hardening: overrides (train.py's config check, eval's model_overrides) -------------------
 MAG = ["experiment=titans_mag_tiny", "model.d_model=32", "data.batch_size=2",
        "data.val_size=4", "logger={}", "trainer.enable_progress_bar=false",
        "trainer.max_steps=1", "validate_at_end=false"]
@@ -1400,7 +1400,7 @@ def override_probes():
 
 
 def cli29_probes():
-    """The CLI cases of issue 29: train.py, python -m memarch.convert, python -m memarch.eval."""
+    """The CLI hardening cases: train.py, python -m memarch.convert, python -m memarch.eval."""
     from memarch.checkpoint import TOKENIZER_KEY
     c_t, c_c, c_e = "cli/train", "cli/convert", "cli/eval"
     train = [str(ROOT / "train.py"), "debug=tiny", "hydra.run.dir=."]

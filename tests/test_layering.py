@@ -1,4 +1,4 @@
-"""Lower layers never import higher ones (DESIGN.md "Import names")."""
+"""Lower layers never import higher ones (docs/design.md#import-layering)."""
 
 from __future__ import annotations
 

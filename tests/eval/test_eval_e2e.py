@@ -63,6 +63,7 @@ def _png(path):
     return path.is_file() and path.read_bytes()[:8] == PNG
 
 
+@pytest.mark.slow
 def test_trained_checkpoint_evaluated_from_the_command_line(byte_ckpt, tmp_path, checks):
     prompts, data = _longbench_files(tmp_path)
     out = tmp_path / "eval"
@@ -105,6 +106,7 @@ def test_trained_checkpoint_evaluated_from_the_command_line(byte_ckpt, tmp_path,
         checks.true(rows[0]["input_tokens"] == rows[0]["prompt_tokens"] < 600, "short: kept")
 
 
+@pytest.mark.slow
 def test_default_training_checkpoint_runs_mqar_and_refuses_text(mqar_ckpt, tmp_path, checks):
     """``make train``'s experiment (hybrid_tiny) is an MQAR model over 65 token ids: MQAR
     runs; a text suite stops with a message that says why."""
@@ -120,6 +122,7 @@ def test_default_training_checkpoint_runs_mqar_and_refuses_text(mqar_ckpt, tmp_p
                 and "Traceback" not in r.stderr, r.stderr[-2000:])
 
 
+@pytest.mark.slow
 def test_command_line_errors_are_one_clear_line(byte_ckpt, tmp_path, checks):
     r = _cli(f"checkpoint={byte_ckpt}", "tasks=[passky]", f"out_dir={tmp_path}")
     checks.true(r.returncode != 0 and "unknown task(s) ['passky']; known tasks:" in r.stderr
@@ -134,6 +137,7 @@ def test_command_line_errors_are_one_clear_line(byte_ckpt, tmp_path, checks):
                 r.stderr[-2000:])
 
 
+@pytest.mark.slow
 def test_longbench_data_and_setting_errors_from_the_command_line(byte_ckpt, tmp_path, checks):
     """Probe (command line): ``longbench.limit=0`` and a trec row with ``all_classes: null``
     are one clear line each (naming ``longbench.limit``; the file, line and task), before any
@@ -175,6 +179,7 @@ def test_longbench_fields_are_the_official_ones(checks):
                                 "all_classes", "_id"}, "LongBench's JSONL fields")
 
 
+@pytest.mark.slow
 def test_auto_preset_on_the_default_training_checkpoint(mqar_ckpt, tmp_path, checks):
     """The README's first command (no preset: ``auto``) on ``make train``'s MQAR model runs
     mqar and says which suites it skipped and why."""
@@ -195,6 +200,7 @@ def test_auto_preset_on_the_default_training_checkpoint(mqar_ckpt, tmp_path, che
     checks.true(list(summary["results"]["mqar"]["by_length"]) == ["64", "128"], "mqar lengths")
 
 
+@pytest.mark.slow
 def test_auto_preset_on_a_byte_checkpoint(byte_ckpt, tmp_path, checks):
     """A byte-level model: the text suites run, mqar is skipped (the model reads text), and
     a length too short for a suite is dropped and reported."""
@@ -226,6 +232,7 @@ def test_auto_preset_on_a_byte_checkpoint(byte_ckpt, tmp_path, checks):
         checks.true(_png(out / f"{t}_by_length.png"), f"{t}_by_length.png")
 
 
+@pytest.mark.slow
 def test_synthetic_preset_is_checked_before_any_suite_runs(byte_ckpt, tmp_path, checks):
     """The issue's run: ``preset=synthetic`` on a byte model stopped after 6 of 7 suites with
     an error that did not name ruler_cwe. Now it stops before the first suite, naming it, and
@@ -238,6 +245,7 @@ def test_synthetic_preset_is_checked_before_any_suite_runs(byte_ckpt, tmp_path, 
     checks.true(not (tmp_path / "runs").exists(), "no empty output folder")
 
 
+@pytest.mark.slow
 def test_failed_runs_leave_no_empty_output_folder(mqar_ckpt, tmp_path, checks):
     for args in (["tasks=[passky]"], ["tasks=[passkey]"], ["+batchsize=3"],
                  [f"checkpoint={tmp_path / 'none.ckpt'}"]):

@@ -271,7 +271,7 @@ def test_text_suite_on_a_token_level_model_says_so(tmp_path):
     assert passkey_model.eos_id is None
 
 
-# -- issue 10 part 5: bad data and settings ------------------------------------------------
+# -- bad data and settings ------------------------------------------------------------
 TREC = "Classify.\n\n{context}\n{input}"
 
 

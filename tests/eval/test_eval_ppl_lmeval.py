@@ -367,6 +367,7 @@ def _checkpoint(path: Path):
     return net
 
 
+@pytest.mark.slow
 def test_cli_runs_registered_model(adapter, tmp_path, checks):
     """``python -m memarch.eval.lm_eval_adapter --model memarch ...`` from a checkpoint."""
     net = _checkpoint(tmp_path / "tiny.ckpt")
@@ -394,6 +395,7 @@ def test_cli_runs_registered_model(adapter, tmp_path, checks):
     checks.true(math.isclose(acc, sum(hits) / len(hits)), f"acc {acc} vs {hits}")
 
 
+@pytest.mark.slow
 def test_cli_hub_task_offline_is_one_message(adapter, tmp_path, monkeypatch, capsys, checks):
     """``memarch-lm-eval`` with a hub task whose data is not cached (offline): one message
     that says the data must be cached or given as local files with --include_path, not

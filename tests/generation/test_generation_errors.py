@@ -1,4 +1,4 @@
-"""Generation (issue 10 part 5): bad arguments and bad logits raise a clear error that names
+"""Generation: bad arguments and bad logits raise a clear error that names
 the parameter; the edge cases that have a right answer get it. Each docstring names its probe."""
 
 from __future__ import annotations

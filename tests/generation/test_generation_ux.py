@@ -1,4 +1,4 @@
-"""Generation usability (issue 11 point 10): list prompts are accepted by ``generate``,
+"""Generation usability: list prompts are accepted by ``generate``,
 ``stream`` and ``prefill``; the result objects print a short summary, not every tensor."""
 
 from __future__ import annotations

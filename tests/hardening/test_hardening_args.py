@@ -1,4 +1,4 @@
-"""Issue 29 (hardening, round two): strict argument parsing in the constructors, ``impl``
+"""Hardening: strict argument parsing in the constructors, ``impl``
 validated, ``delta_rule``'s beta range and scale, states that carry what they belong to,
 and clear errors for meta / mismatched-dtype input and huge arguments."""
 

@@ -1,4 +1,4 @@
-"""Issue 29, files: writers never write over their inputs (convert, save_pretrained),
+"""Hardening, files: writers never write over their inputs (convert, save_pretrained),
 ``from_hf`` follows transformers on tied weights, attention overrides are validated, shard
 paths stay inside their folder, ``--tokenizer`` must parse as a tokenizer, and
 ``save_pretrained`` folders carry a digest of their tensors that loading checks."""
@@ -73,6 +73,7 @@ def test_convert_refuses_an_output_that_is_the_tokenizer_or_a_directory(hf_dir, 
     checks.true(not list(tmp_path.glob("adir*.tmp")), "no .tmp left behind")
 
 
+@pytest.mark.slow
 def test_convert_cli_user_errors_have_no_traceback(hf_dir, tmp_path, checks):
     for args in (["hf", str(hf_dir), str(hf_dir / "model.safetensors")],
                  ["hf", str(hf_dir), str(tmp_path)],

@@ -1,4 +1,4 @@
-"""Issue 29 (hardening, round two), the remaining "unclear" cases: Attention's arguments
+"""Hardening, the bad inputs whose errors did not say what to do: Attention's arguments
 through the strict parser, meta-device and wrong-dtype inputs and states, int8 ids, a
 directory given as training data, ``python -m memarch.eval`` without a checkpoint, a full
 disk while saving, and converted checkpoints that carry a digest. Each test fails on the
@@ -66,6 +66,7 @@ def test_a_directory_given_as_data_is_named_as_one(tmp_path):
         read_documents([tmp_path])
 
 
+@pytest.mark.slow
 def test_eval_without_a_checkpoint_says_so(tmp_path):
     """Probe: ``python -m memarch.eval`` with no checkpoint said ``file not found: ???``."""
     import os

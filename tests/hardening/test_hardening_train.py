@@ -1,4 +1,4 @@
-"""Issue 29 (hardening, round two), the training side: strings read as booleans in
+"""Hardening, the training side: strings read as booleans in
 overrides, memories that never run, corrupted checkpoints that load, a false reassurance
 from the divergence stop, and tracebacks for user errors in train.py. Each test names the
 probe it reproduces."""
@@ -229,6 +229,7 @@ def _train_py(args, tmp_path, monkeypatch, capsys):
     (["+model.mixers.swa.impl=bogus"], (r"^config error: model\.mixers\.swa\.impl: expected "
                                         r"one of .*'auto'.*got 'bogus'$")),
 ])
+@pytest.mark.slow
 def test_train_py_user_errors_have_no_traceback(args, pattern, tmp_path, monkeypatch, capsys,
                                                  checks):
     """Probe: ``train.py optim.lr=-1``, ``data.dataset.seq_len=0``, a vocabulary too small

@@ -29,7 +29,7 @@ SLOW = {
     "from_hf tie_word_embeddings=true with its own lm_head: logits as transformers",
 }
 
-# probes that are not clear on the current tree: findings (issue 29), name -> what happens
+# probes that are not clear on the current tree: findings, name -> what happens
 XFAIL: dict[str, str] = {
 }
 

@@ -1,4 +1,4 @@
-"""Issue 10: loading a checkpoint never runs code, bad files give one clear error, and a
+"""Loading a checkpoint never runs code, bad files give one clear error, and a
 failed save keeps the previous checkpoint. Each test names the probe it covers."""
 
 from __future__ import annotations
@@ -153,6 +153,7 @@ def test_probe_random_empty_truncated_files_give_one_clear_error(tmp_path, check
 
 
 # -- probes 1 and 2 through `python -m memarch.eval checkpoint=...` -----------------------------
+@pytest.mark.slow
 def test_probe_eval_cli_refuses_and_reports_without_traceback(tmp_path, checks):
     marker = tmp_path / "marker"
     cases = {

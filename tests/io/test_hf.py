@@ -86,6 +86,7 @@ def test_window_layers_follow_layer_types(tmp_path):
     assert [b.mixer.window for b in ours.blocks] == [None, 8]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_greedy_generation_matches_transformers(case, tmp_path):
     """64 greedy tokens: memarch's chunked prefill + one-token decode vs transformers'

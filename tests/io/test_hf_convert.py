@@ -75,6 +75,7 @@ def test_convert_cli_writes_a_checkpoint_memarch_reads(hf_dir, tmp_path, capsys)
     assert not (tmp_path / "llama.ckpt.tmp").exists()
 
 
+@pytest.mark.slow
 def test_convert_cli_errors(tmp_path, hf_dir):
     r = subprocess.run([sys.executable, "-m", "memarch.convert", "hf", str(tmp_path / "none"),
                         str(tmp_path / "x.ckpt")], capture_output=True, text=True, cwd=ROOT)
@@ -187,6 +188,7 @@ def test_adopting_a_checkpoint_model_runs_no_foreign_code(tmp_path):
     assert not marker.exists()
 
 
+@pytest.mark.slow
 def test_finetune_run_resumes_with_the_printed_command(hf_dir, tmp_path, text_file):
     """Fine-tune a converted checkpoint with train.py, then resume the fine-tuning run with
     ``train.py ckpt_path=<its last.ckpt>``: the model comes from the checkpoint (the run's

@@ -68,7 +68,7 @@ def test_model_input_validation(checks):
 
 
 def test_constructor_probes_of_issue_10(checks):
-    """Issue 10 §5 probes: ``n_heads=0`` and ``feature_dim=0`` silently became the default;
+    """Constructor probes: ``n_heads=0`` and ``feature_dim=0`` silently became the default;
     ``n_kv_heads`` < 1, ``MemLM(vocab_size=0 / d_model < 1)`` and batch size 0 for
     windowed attention had no clear error."""
     from memarch.mixers import BaseConv, LinearAttention

@@ -1,4 +1,4 @@
-"""A state knows which mixer and which configuration made it (issue 10 §2).
+"""A state knows which mixer and which configuration made it.
 
 ``Mixer._check_state`` compares the given state with what ``init_state`` would make for the
 mixer's configuration: type, fields, every shape (but declared growing dims), dtypes,

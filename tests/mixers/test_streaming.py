@@ -40,6 +40,7 @@ def _decode_and_check(n_tokens: int, checks, every: int):
     checks.close(dec, par, atol=1e-4, rtol=1e-4, msg="decode == parallel at the end")
 
 
+@pytest.mark.slow
 def test_decode_2000_tokens_constant_state(checks):
     _decode_and_check(2000, checks, every=100)
 

@@ -1,4 +1,4 @@
-"""The inference fast paths (issue 26) are the paths taken, and they compute what the plain
+"""The inference fast paths are the paths taken, and they compute what the plain
 paths compute: exact streaming, NaN causality and functional states included.
 
 * window decode without autograd: one SDPA call over a contiguous run of the window buffer

@@ -1,4 +1,4 @@
-"""Full-attention KV cache: amortised O(1) appends that keep states functional (issue 10 §4).
+"""Full-attention KV cache: amortised O(1) appends that keep states functional.
 
 Under ``torch.no_grad`` a state whose cache length equals its buffer's fill mark appends in
 place into spare capacity; an older state (a branch) copies. Cached and uncached greedy
@@ -80,7 +80,7 @@ def test_inference_mode_state_continues_under_no_grad(checks):
 
 @torch.no_grad()
 def test_non_finite_chunk_after_a_cache_is_causal(checks):
-    """Issue 10 §3 probe on the in-place path: a NaN inside a multi-token chunk appended to
+    """The non-finite rule on the in-place path: a NaN inside a multi-token chunk appended to
     a cache changes no earlier output; the state keeps the raw NaN, so later tokens see it."""
     m = mx.Attention(D_MODEL, n_heads=4).double()
     x = torch.randn(2, 20, D_MODEL, dtype=torch.float64)

@@ -179,7 +179,7 @@ def test_a_short_seq_len_names_the_numbers(checks):
 # -- at chance by construction -----------------------------------------------------------------
 def receptive_field(pattern, window: int, kernel_size: int) -> int:
     """Tokens a stack sees back: L x (W - 1) over the windowed layers + sum(K - 1) over the
-    convs (DESIGN.md, "Long-range tasks")."""
+    convs (docs/design.md#memory-beyond-the-window)."""
     return sum(window - 1 if p == "swa" else kernel_size - 1 for p in pattern)
 
 

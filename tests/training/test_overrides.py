@@ -1,4 +1,4 @@
-"""Issue 15 (StreamingLLM's workflow): a model trained with dense attention, evaluated with a
+"""StreamingLLM's workflow: a model trained with dense attention, evaluated with a
 window and sinks by overriding shape-free constructor arguments of its checkpoint's config
 (``memarch.overrides``, ``memarch.checkpoint.load(overrides=...)``, ``python -m memarch.eval
 model_overrides=...``)."""
@@ -240,6 +240,7 @@ def _cli(*args):
                           capture_output=True, text=True, timeout=300, check=False)
 
 
+@pytest.mark.slow
 def test_eval_command_line_model_overrides(tmp_path, checks):
     """Perplexity by position (buckets of W tokens) of a dense byte model, then with a window
     and sinks given in Hydra's two forms: the first W positions score the same, later ones

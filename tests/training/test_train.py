@@ -25,7 +25,13 @@ from memarch.lit.train import build, run
 from train_helpers import ROOT, TINY, compose_cfg, experiments
 
 
-@pytest.mark.parametrize("exp", experiments())
+# titans_mac_125m's one step at full size (seq_len 1024, 12 layers) takes ~20 s here: slow
+_SLOW_EXPERIMENTS = {"titans_mac_125m"}
+
+
+@pytest.mark.parametrize("exp", [
+    pytest.param(e, marks=pytest.mark.slow) if e in _SLOW_EXPERIMENTS else e
+    for e in experiments()])
 def test_experiment_composes_instantiates_and_runs_fast_dev_run(exp, tmp_path, checks):
     # GPU experiments run their tiny smoke test on the CPU
     cfg = compose_cfg([f"experiment={exp}", "debug=tiny", "trainer.accelerator=cpu",
@@ -89,6 +95,7 @@ def test_exact_resume_of_stateful_training(tmp_path, checks):
     checks.close(resumed["module"]._carry, straight["module"]._carry, atol=0, msg="carry")
 
 
+@pytest.mark.slow
 def test_sigkill_mid_run_then_resume(tmp_path, checks):
     out = tmp_path / "run"
     args = [sys.executable, "train.py", *TINY, "checkpoint.every_n_steps=5",
@@ -115,6 +122,7 @@ def test_sigkill_mid_run_then_resume(tmp_path, checks):
 @pytest.mark.parametrize("logger,pattern", [("csv", "csv/version_0/metrics.csv"),
                                             ("tensorboard", "tensorboard/version_0/events.*"),
                                             ("wandb", "wandb/offline-run-*")])
+@pytest.mark.slow
 def test_loggers(logger, pattern, tmp_path, monkeypatch, checks):
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_SILENT", "true")

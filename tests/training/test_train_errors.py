@@ -36,6 +36,7 @@ from train_helpers import TINY, compose_cfg, train_py_exit
     ("+allow_config_change=yes", r"^allow_config_change: expected a bool \(true/false\) or "
                                  r"null, got 'yes'$"),
 ])
+@pytest.mark.slow
 def test_bad_config_value_names_the_key(override, pattern, tmp_path, checks):
     """Probe: ``python train.py <override>`` (model.d_model=abc, optim.lr=abc,
     trainer.max_steps=-1, ...): one generic check of every config node against the

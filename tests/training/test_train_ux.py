@@ -1,4 +1,4 @@
-"""The first hour of a new user (issue 11): resuming with only ``ckpt_path=`` (the run's
+"""The first hour of a new user: resuming with only ``ckpt_path=`` (the run's
 overrides restored), hints that run as printed, ``data=hf`` without a network, and console
 output (Lightning lines once, no advertisements, plain progress lines when stdout is not a
 terminal, no ``chance nan%``)."""
@@ -39,6 +39,7 @@ def _train(args, env=None):
 
 
 # -- resume ----------------------------------------------------------------------------
+@pytest.mark.slow
 def test_resume_with_only_ckpt_path_restores_the_overrides_and_the_hint_runs(tmp_path, checks):
     """Probe: ``train.py experiment=passkey_tiny ...`` then the printed hint
     ``.venv/bin/python train.py ckpt_path=... trainer.max_steps=4``: it used to fail with
