@@ -2,7 +2,8 @@
 
     y_t = act( sum_{i=0}^{K-1} w_i * x_{t-K+1+i} + b ),  per channel (depthwise)
 
-Used by Titans (q/k/v), BASED (BaseConv) and MoM. The state is the last K-1 inputs
+BASED's BaseConv uses this mixer. Titans' and MoM's q/k/v convolutions use the same
+convolution as a building block (``memarch.modules.conv``). The state is the last K-1 inputs
 ``conv [B, K-1, D]`` (zeros before the first token), so one call over T tokens equals any
 split into calls: the window is simply prepended to the next chunk.
 """
@@ -24,28 +25,9 @@ from memarch.mixers.base import (
     check_scalars,
 )
 
-__all__ = ["ShortConv", "ShortConvState", "causal_conv", "causal_conv_step"]
+__all__ = ["ShortConv", "ShortConvState"]
 
 _ACTS = {None: lambda x: x, "identity": lambda x: x, "silu": F.silu}
-
-
-def causal_conv(uu: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-    """Depthwise causal conv: uu [B, K-1+T, C] (window then new inputs), w [C, 1, K] ->
-    [B, T, C] with out_t = sum_i w[:, 0, i] uu_{t+i}. K shifted multiply-adds: on CPU much
-    faster than conv1d's depthwise backward, and the same sum as ``F.conv1d``. Used by
-    Titans' and MoM's q/k/v convolutions."""
-    K, T = w.shape[-1], uu.shape[1] - w.shape[-1] + 1
-    out = uu[:, :T] * w[:, 0, 0]
-    for i in range(1, K):
-        out = out + uu[:, i:i + T] * w[:, 0, i]
-    return out
-
-
-def causal_conv_step(u: torch.Tensor, window: torch.Tensor, w: torch.Tensor):
-    """The conv over a call's inputs u [B, T, C] continued from ``window`` [B, K-1, C] (the
-    last K-1 inputs before them): (out [B, T, C], the new window [B, K-1, C])."""
-    uu = torch.cat([window, u], 1)                                         # [B, K-1+T, C]
-    return causal_conv(uu, w), uu[:, uu.shape[1] - (w.shape[-1] - 1):]
 
 
 class ShortConvState(NamedTuple):

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from memarch.modules import RMSNorm, Rotary, ShortConv, SwiGLU, apply_rotary
+from memarch.mixers import ShortConv
+from memarch.modules import RMSNorm, Rotary, SwiGLU, apply_rotary
 from reference import _rope, short_conv_ref
 
 
