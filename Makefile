@@ -57,7 +57,7 @@ train: setup
 # (ARGS="--full" for the whole grid; "--dry-run" runs its steps on the CPU, tiny sizes).
 GPU_PY ?= python3
 gpu-check:
-	$(GPU_PY) benchmarks/gpu_check.py $(ARGS)
+	$(GPU_PY) -m benchmarks.gpu_check $(ARGS)
 
 # Results suites (benchmarks/__main__.py): mixers, peers, recall, long, streaming, inference ->
 # JSON + PNG in benchmarks/results, then the README's tables and figures regenerated from the

@@ -10,7 +10,7 @@ against titans-pytorch, SDPA, FlexAttention and flash-linear-attention, as ratio
 ``recall`` (MQAR accuracy against state size), ``long`` (accuracy against context length past
 the window), ``streaming`` (StreamingLLM: perplexity by position to 1M tokens, decode speed),
 ``inference`` (inference speed on CPU: the real model against transformers and llama.cpp, window
-decode against context, tiny models, ops; issue 26's targets).
+decode against context, tiny models, ops; its speed targets).
 Each writes ``benchmarks/results/<suite>-<device>.json`` (rows of an earlier run that this run
 does not measure are kept: ``--quick`` re-measures a subset) and its PNGs; then
 ``python benchmarks/update_readme.py`` regenerates the README's tables and figures

@@ -12,7 +12,10 @@ import sys
 from collections import defaultdict
 from pathlib import Path
 
-RESULTS = Path(__file__).resolve().parent / "results" / "aot_resources.json"
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import RESULTS  # noqa: E402
+
+RESULTS_JSON = RESULTS / "aot_resources.json"
 
 
 def render(data: dict) -> str:
@@ -38,4 +41,4 @@ def render(data: dict) -> str:
 
 if __name__ == "__main__":
     if "--render" in sys.argv:
-        print(render(json.loads(RESULTS.read_text())))
+        print(render(json.loads(RESULTS_JSON.read_text())))

@@ -47,6 +47,14 @@ BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
 RESULTS = BENCH / "results"
 SUITES = ("mixers", "peers", "recall", "long", "streaming", "inference")
+DEPS = ROOT / ".bench-deps"       # the peers (make bench-deps), never in the venv: git-ignored
+
+
+def add_bench_deps() -> None:
+    """Make the peers in ``.bench-deps/`` importable, after the venv (the venv's torch and
+    einops win over any copy there)."""
+    if DEPS.is_dir() and str(DEPS) not in sys.path:
+        sys.path.append(str(DEPS))
 
 
 # ----------------------------------------------------------------------------- meta + files
@@ -94,6 +102,12 @@ def meta(device: str, threads: int, command: str | None = None) -> dict:
         m["commit"] = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT,
                                      capture_output=True, text=True).stdout.strip()
     return m
+
+
+def script_command() -> str:
+    """The command line of a standalone script (``python benchmarks/ops.py ...``), for
+    ``meta(..., command=script_command())``; the suites' default is ``python -m benchmarks``."""
+    return shlex.join(["python", *sys.argv])
 
 
 def results_path(suite: str, device: str, results: Path = RESULTS) -> Path:
@@ -154,6 +168,71 @@ def time_s(fn: Callable[[], object], device: str = "cpu", reps: int = 3, warmup:
         sync(device)
         ts.append(time.perf_counter() - t0)
     return statistics.median(ts)
+
+
+def alternate(fns: dict, reps: int, warmup: int = 1) -> dict:
+    """Alternated calls of ``fns`` (name -> fn), order flipped every repetition, so that load
+    on a shared machine hits them alike: median seconds, all seconds (after ``warmup``
+    rounds), the first call's seconds and output (a tuple output: its first element)."""
+    names = list(fns)
+    times = {n: [] for n in names}
+    first = {}
+    for rep in range(warmup + reps):
+        for n in (names if rep % 2 == 0 else names[::-1]):
+            t0 = time.perf_counter()
+            out = fns[n]()
+            dt = time.perf_counter() - t0
+            if rep == 0:
+                first[n] = (dt, out if isinstance(out, torch.Tensor) else out[0])
+            if rep >= warmup:
+                times[n].append(dt)
+    return {"median": {n: statistics.median(v) if v else None for n, v in times.items()},
+            "all": times, "first": first}
+
+
+def memory_bandwidth(nbytes: int, reps: int = 5) -> tuple[float, float]:
+    """Single-process CPU memory bandwidth (bytes/s), best of ``reps``: ``x.sum()`` over
+    ``nbytes`` of fp32 (read) and ``y.copy_(x)`` (copy: bytes read + written)."""
+    x = torch.ones(nbytes // 4)
+    y = torch.empty_like(x)
+    x.sum()
+    y.copy_(x)
+    rd, cp = [], []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        x.sum()
+        rd.append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        y.copy_(x)
+        cp.append(time.perf_counter() - t0)
+    del x, y
+    return nbytes / min(rd), 2 * nbytes / min(cp)
+
+
+# Load from other processes. On a small machine shared with other jobs, a 2-thread call runs
+# several times slower while another process holds a core (each of torch's threads waits for
+# the other at every op): the peers suite records the share of the CPUs that others used.
+_TICK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+def cpu_ticks() -> tuple[int, int] | None:
+    """(busy ticks of the whole machine, CPU ticks of this process) from /proc, or None."""
+    try:
+        with open("/proc/stat") as f:
+            v = [int(t) for t in f.readline().split()[1:9]]
+        with open("/proc/self/stat") as f:
+            own = f.read().rsplit(")", 1)[1].split()
+        return sum(v) - v[3] - v[4], int(own[11]) + int(own[12])   # less idle and iowait
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def others_share(a, b, wall: float) -> float | None:
+    """Share of all CPUs that other processes used between two ``cpu_ticks()`` snapshots
+    ``wall`` seconds apart."""
+    if a is None or b is None or wall <= 0:
+        return None
+    return max(0.0, ((b[0] - a[0]) - (b[1] - a[1])) / _TICK / (wall * (os.cpu_count() or 1)))
 
 
 @contextlib.contextmanager

@@ -25,7 +25,8 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from ops import RESULTS, _sync, meta  # noqa: E402
+import common  # noqa: E402
+from common import RESULTS, sync  # noqa: E402
 
 from memarch import state as st  # noqa: E402
 from memarch.mixers import Attention, KVCacheState  # noqa: E402
@@ -45,19 +46,19 @@ def decode_ms(layer, L, steps, mode, device):
     if mode == "attention math":            # the floor: SDPA of one query over the cache
         q = torch.randn(1, layer.n_heads, 1, D, device=device)
         for _ in range(steps):
-            _sync(device)
+            sync(device)
             t0 = time.perf_counter()
             torch.nn.functional.scaled_dot_product_attention(q, K, V, enable_gqa=True)
-            _sync(device)
+            sync(device)
             ts.append(time.perf_counter() - t0)
         return statistics.median(ts[2:]) * 1e3
     for _ in range(steps):
         if mode == "copy":
             state = st.detach(state)                        # a new view: no buffer, so a copy
-        _sync(device)
+        sync(device)
         t0 = time.perf_counter()
         state = layer(x, state).state
-        _sync(device)
+        sync(device)
         ts.append(time.perf_counter() - t0)
     return statistics.median(ts[2:]) * 1e3
 
@@ -80,7 +81,8 @@ def main(argv=None):
             ms = decode_ms(layer, L, a.steps, mode, a.device)
             rows.append(dict(context=L, mode=mode, ms_per_token=ms, tokens_per_s=1e3 / ms))
             print(f"L={L:6d} {mode:8s} {ms:8.3f} ms/token  {1e3 / ms:8.1f} tokens/s")
-    out = dict(meta=meta(a.device, torch.get_num_threads()),
+    out = dict(meta=common.meta(a.device, torch.get_num_threads(),
+                                command=common.script_command()),
                config=dict(d_model=512, n_heads=8, batch=1, steps=a.steps), rows=rows)
     RESULTS.mkdir(exist_ok=True)
     base = RESULTS / f"decode_{a.device}"

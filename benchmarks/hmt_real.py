@@ -55,9 +55,10 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-BENCH = Path(__file__).resolve().parent
-ROOT = BENCH.parent
-RESULTS = BENCH / "results"
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import common  # noqa: E402
+from common import RESULTS, ROOT  # noqa: E402
+
 OUT_JSON = RESULTS / "hmt_real-cpu.json"
 EXPERIMENT = "hmt_smollm2"
 RUN_DIR = "outputs/hmt_smollm2"                    # relative to the repository root
@@ -409,16 +410,11 @@ def evaluate(args) -> dict | None:
     rec.setdefault("steps", info["steps"])
     if args.train_record:
         rec.update(args.train_record)
+    evaluate = shlex.join(["python", "benchmarks/hmt_real.py", *_without_note(sys.argv[1:])])
     meta = dict(
-        device="cpu", torch=torch.__version__,
-        date=datetime.datetime.now().isoformat(timespec="seconds"),
-        threads=args.threads, cpus=os.cpu_count(),
-        loadavg=round(os.getloadavg()[0], 2),
-        commit=subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT,
-                              capture_output=True, text=True, check=False).stdout.strip(),
+        common.meta("cpu", args.threads, command=evaluate),
         commands=dict(train=f"OMP_NUM_THREADS={args.threads} {TRAIN_CMD}",
-                      evaluate=shlex.join(["python", "benchmarks/hmt_real.py",
-                                           *_without_note(sys.argv[1:])])),
+                      evaluate=evaluate),
         model=dict(file=SMOLLM2.filename, package=f"{SMOLLM2.package}=={SMOLLM2.version}",
                    sha256=SMOLLM2.sha256, license=SMOLLM2.license),
         **info, held_out=where, eval_wall_s=round(time.time() - t0, 1), training=rec)

@@ -8,13 +8,13 @@
 Ops: linear_attn (B=1, H=4, K=V=64, with decay g), sliding_window_attn (B=1, H=4, D=64,
 W=64, 4 sinks), delta_rule (B=1, H=4, K=V=64, L2-normalised q/k, beta, decay g), and the MoM
 layer for both cells (B=1, d_model=256, 4 heads, 4 memories, top-2, shared memory; fwd+bwd
-includes the parameters' gradients; its table adds tokens/s). Peers are imported optionally (flash-linear-attention's chunk_linear_attn,
-fused_chunk_linear_attn and parallel_based; PyTorch SDPA with a banded mask; FlexAttention
-with a sliding-window block mask) and skipped when missing. Time is the median of `reps`
-runs after warm-up (naive: 1 run, no warm-up, it is a token loop). Peak memory is the extra
-memory a run needs beyond its inputs: torch.cuda.max_memory_allocated on GPU, the profiler's
-allocation trace on CPU (its C-level stderr chatter, ``USDT:... profiler_start``, is
-silenced).
+includes the parameters' gradients; its table adds tokens/s). Peers are imported optionally
+(flash-linear-attention's chunk_linear_attn, fused_chunk_linear_attn and parallel_based;
+PyTorch SDPA with a banded mask; FlexAttention with a sliding-window block mask) and skipped
+when missing. Time is the median of `reps` runs after warm-up (naive: 1 run, no warm-up, it
+is a token loop). Peak memory is the extra memory a run needs beyond its inputs:
+torch.cuda.max_memory_allocated on GPU, the profiler's allocation trace on CPU (its C-level
+stderr chatter, ``USDT:... profiler_start``, is silenced).
 """
 
 from __future__ import annotations
@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shlex
 import sys
 from pathlib import Path
 
@@ -31,25 +30,16 @@ from memarch.kernels import delta_rule, linear_attn, sliding_window_attn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
-from common import RESULTS, peak_bytes, quiet_c_stderr, sync, time_s  # noqa: E402, F401
+from common import RESULTS, peak_bytes, time_s  # noqa: E402
 
 NAIVE_MAX_T = 4096
 
 
 # ----------------------------------------------------------------------------- measuring
-# the shared helpers live in common.py (also used by the results suites); these names stay
-# for the scripts and tests that import them from here
-_sync = sync
-_peak = peak_bytes
-
-
+# the shared helpers live in common.py (also used by the results suites)
 def _time(fn, device, reps, warmup):
     """Median milliseconds of ``fn()`` (``common.time_s`` in ms)."""
     return time_s(fn, device, reps, warmup) * 1e3
-
-
-def _peak_cpu(fn):
-    return peak_bytes(fn, "cpu")
 
 
 def measure(make_inputs, run, device, reps, warmup):
@@ -68,7 +58,7 @@ def measure(make_inputs, run, device, reps, warmup):
 
     f = _time(fwd, device, reps, warmup)
     fb = _time(fwd_bwd, device, reps, warmup)
-    return f, fb, _peak(fwd_bwd, device) / 2**20
+    return f, fb, peak_bytes(fwd_bwd, device) / 2**20
 
 
 # ----------------------------------------------------------------------------- cases
@@ -166,12 +156,6 @@ def sliding_window_cases(device, T, dtype, B=1, H=4, D=64, W=64, S=4):
 
 
 # ----------------------------------------------------------------------------- run + report
-def meta(device, threads):
-    """``common.meta`` with the command line of the script that runs (decode.py, ops.py,
-    recipes.py, titans.py import it from here)."""
-    return common.meta(device, threads, command=shlex.join(["python", *sys.argv]))
-
-
 def run_all(device, Ts, reps, dtype):
     rows = []
     for op, cases in (("linear_attn", linear_attn_cases),
@@ -288,7 +272,7 @@ def main(argv=None):
                  else [2048, 8192, 32768])
     dtype = getattr(torch, a.dtype or ("float32" if a.device == "cpu" else "bfloat16"))
     rows = run_all(a.device, Ts, a.reps, dtype)
-    data = dict(meta=meta(a.device, a.threads),
+    data = dict(meta=common.meta(a.device, a.threads, command=common.script_command()),
                 shapes=dict(linear_attn=f"B=1, H=4, K=V=64, decay g, {dtype}",
                             sliding_window_attn=f"B=1, H=4, D=64, W=64, 4 sinks, {dtype}",
                             delta_rule=f"B=1, H=4, K=V=64, beta, decay g, {dtype}",

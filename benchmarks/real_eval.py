@@ -25,19 +25,20 @@ the dense one (same logits); past them it sees only the last 1024 tokens and the
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import math
 import os
-import platform
 import shlex
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-OUT_JSON = ROOT / "benchmarks" / "results" / "real_eval-cpu.json"
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import common  # noqa: E402
+from common import RESULTS, ROOT  # noqa: E402
+
+OUT_JSON = RESULTS / "real_eval-cpu.json"
 WINDOW, SINKS = 1024, 4
 STREAM = (f"{{mixers.attn.window: {WINDOW}, mixers.attn.n_sinks: {SINKS}, "
           "mixers.attn.sink_positions: cache}")
@@ -128,8 +129,6 @@ def collect(out_dir: Path, timing: dict | None = None, threads: int = 1,
     """``real_eval-cpu.json``'s content from the harness outputs in ``out_dir/<model>``
     (``ckpt``: the converted checkpoint the commands read, default ``out_dir/smollm2.ckpt``;
     ``timing``: kept in ``meta.timing``)."""
-    import torch
-
     from memarch.pretrained import SMOLLM2
     models, env = {}, None
     for name, (label, overrides) in MODELS.items():
@@ -159,10 +158,7 @@ def collect(out_dir: Path, timing: dict | None = None, threads: int = 1,
     cmds = commands(ckpt, out_dir)
     convert = f"{python()} -m memarch.convert gguf ~/.cache/memarch/{SMOLLM2.filename} {ckpt}"
     contexts = [m["context_length"] for m in models.values() if m["context_length"]]
-    meta = {"device": env["device"], "cpu": _cpu(), "threads": threads,
-            "torch": torch.__version__, "python": platform.python_version(),
-            "date": datetime.datetime.now().isoformat(timespec="seconds"),
-            "commit": _git("rev-parse", "--short", "HEAD"),
+    meta = {**common.meta(env["device"], threads, command=common.script_command()),
             "model": f"SmolLM2-135M-Instruct ({SMOLLM2.filename}, PyPI "
                      f"{SMOLLM2.package}=={SMOLLM2.version}, {SMOLLM2.license}), fp32",
             "model_sha256": SMOLLM2.sha256,
@@ -174,25 +170,6 @@ def collect(out_dir: Path, timing: dict | None = None, threads: int = 1,
     if timing:
         meta["timing"] = timing
     return {"meta": meta, "models": models}
-
-
-def _cpu() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor()
-
-
-def _git(*args) -> str | None:
-    try:
-        return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True,
-                              check=False).stdout.strip() or None
-    except OSError:
-        return None
 
 
 # -------------------------------------------------------------------------------- render
@@ -248,7 +225,8 @@ def verdict(data: dict) -> str:
                       f"{s['perplexity']['spans'][k]:.2f}" for k in past)
     return (f"{lead}: past the {WINDOW}-token window its perplexity is "
             f"{'close to' if fluent else 'far from'} the dense model's (dense vs window + "
-            f"sinks: {spans}), while at {_label(2 * WINDOW)}-{_label(max(e['length'] for e in far(d)))} "
+            f"sinks: {spans}), while at {_label(2 * WINDOW)}-"
+            f"{_label(max(e['length'] for e in far(d)))} "
             f"tokens it finds {fs:.0f} % of the pass keys and needles against {fd:.0f} % "
             f"for dense attention ({len(far(s))} prompts), and {inside} of its {len(hits)} "
             f"hits had the answer inside its last {WINDOW} tokens.")

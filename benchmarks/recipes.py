@@ -46,7 +46,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from ops import RESULTS, meta
+import common  # noqa: E402
+from common import RESULTS  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -94,7 +95,8 @@ RECIPES = {
                         "python train.py experiment=titans_mac_tiny"),
     "mom_gdn_tiny": RECIPE_MOM["mom_gdn_tiny"],
     "mom_gdn_tiny_1mem": RECIPE_MOM["mom_gdn_tiny_1mem"],
-    "mom_gdn_tiny_1mem_5x": (["experiment=mom_gdn_tiny", *_ONE_MEMORY, "model.mixers.mom.expand_v=5"],
+    "mom_gdn_tiny_1mem_5x": (["experiment=mom_gdn_tiny", *_ONE_MEMORY,
+                              "model.mixers.mom.expand_v=5"],
                              "python train.py experiment=mom_gdn_tiny " + " ".join(_ONE_MEMORY)
                              + " model.mixers.mom.expand_v=5"),
     "mom_gdn_tiny_1mem_shared": RECIPE_MOM["mom_gdn_tiny_1mem_shared"],
@@ -271,7 +273,8 @@ def main(argv=None):
         new.update({r["name"]: r for r in json.loads(Path(f).read_text())["rows"]})
     for name in [] if a.merge else (a.only or RECIPES):
         row = run_recipe(name)
-        row.update(meta("cpu", torch.get_num_threads()))   # each row keeps its own machine
+        # each row keeps its own machine
+        row.update(common.meta("cpu", torch.get_num_threads(), command=common.script_command()))
         new[name] = row
         print(f"{name}: held-out accuracy {100 * row['val_acc']:.1f} % after "
               f"{row['global_step']} steps, {row['train_s']:.0f} s", flush=True)
@@ -280,7 +283,9 @@ def main(argv=None):
     rows = {r["name"]: r for r in json.loads(out.read_text())["rows"]} if keep else {}
     rows.update(new)
     order = [n for n in RECIPES if n in rows]
-    data = {"meta": meta("cpu", torch.get_num_threads()), "rows": [rows[n] for n in order]}
+    data = {"meta": common.meta("cpu", torch.get_num_threads(),
+                                command=common.script_command()),
+            "rows": [rows[n] for n in order]}
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(data, indent=1) + "\n")
     out.with_suffix(".md").write_text(render(data))

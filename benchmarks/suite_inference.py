@@ -161,7 +161,8 @@ def _parts(args) -> list[str]:
 # ----------------------------------------------------------------------------- helpers
 def import_transformers():
     """``transformers`` with the repository root off ``sys.path`` (its top-level ``kernels/``
-    shadows the PyPI package ``kernels`` that transformers imports), as tests/hf_helpers.py."""
+    shadows the PyPI package ``kernels`` that transformers imports), as
+    tests/helpers/hf_helpers.py."""
     saved = list(sys.path)
     sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != str(common.ROOT)]
     try:
@@ -236,22 +237,10 @@ def _median(xs):
 
 def bandwidth(threads: int, nbytes: int = BW_BYTES, reps: int = 5) -> dict:
     """Single-process memory bandwidth (bytes/s), best of ``reps``: ``x.sum()`` (read) and
-    ``y.copy_(x)`` (copy: bytes read + written)."""
-    x = torch.ones(nbytes // 4)
-    y = torch.empty_like(x)
-    x.sum()
-    y.copy_(x)
-    rd, cp = [], []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        x.sum()
-        rd.append(time.perf_counter() - t0)
-        t0 = time.perf_counter()
-        y.copy_(x)
-        cp.append(time.perf_counter() - t0)
-    del x, y
+    ``y.copy_(x)`` (copy: bytes read + written); ``common.memory_bandwidth``'s row."""
+    read, copy = common.memory_bandwidth(nbytes, reps)
     return _base("real", "bandwidth", "-", "torch", None, threads, bytes=nbytes, reps=reps,
-                 read_Bps=sig(nbytes / min(rd)), copy_Bps=sig(2 * nbytes / min(cp)),
+                 read_Bps=sig(read), copy_Bps=sig(copy),
                  how=("x.sum() (read) and y.copy_(x) (read + write) over 512 MB fp32, best "
                       f"of {reps}"))
 
@@ -518,12 +507,6 @@ def compile_row(model, ids, steps: int, t: int, rss: PeakRSS, bw, wbytes: int,
     return row
 
 
-def _add_deps() -> None:
-    deps = common.ROOT / ".bench-deps"
-    if deps.is_dir() and str(deps) not in sys.path:
-        sys.path.append(str(deps))         # after the venv: the venv's packages win
-
-
 def _llama_argmax(llm, np) -> int:
     """The argmax of the last evaluated token's logits. llama-cpp-python fills ``scores``
     only with ``logits_all=True`` (which would compute the head at every prompt position);
@@ -544,7 +527,7 @@ def llama_cpp_rows(path, ids, steps: int, threads_list, quick: bool, rss: PeakRS
                    memarch_rows: list[dict], info: dict) -> list[dict]:
     """llama.cpp on the same GGUF (its native Q4_1 kernels): prefill and decode tok/s."""
     base = dict(info, note=LLAMA_CPP_NOTE, rss_source=rss.source)
-    _add_deps()
+    common.add_bench_deps()
     try:
         import llama_cpp
         import numpy as np
@@ -711,28 +694,10 @@ def run_tiny(args, threads_list: list[int], steps: int) -> list[dict]:
 
 
 # ----------------------------------------------------------------------------- part ops
-def _alternate(fns: dict, reps: int, warmup: int = 1) -> dict:
-    """Alternated calls of ``fns`` (name -> fn), order flipped every repetition: median
-    seconds, all seconds, the first call's seconds and output."""
-    names = list(fns)
-    times = {n: [] for n in names}
-    first = {}
-    for rep in range(warmup + reps):
-        for n in (names if rep % 2 == 0 else names[::-1]):
-            t0 = time.perf_counter()
-            out = fns[n]()
-            dt = time.perf_counter() - t0
-            if rep == 0:
-                first[n] = (dt, out if isinstance(out, torch.Tensor) else out[0])
-            if rep >= warmup:
-                times[n].append(dt)
-    return {"median": {n: _median(v) for n, v in times.items()}, "all": times, "first": first}
-
-
 def ops_pair_row(case, T: int, t: int, reps: int, op: str) -> dict:
     pair = case.make(T, "cpu", torch.float32)
     with torch.no_grad():
-        r = _alternate({"memarch": lambda: pair.memarch(*pair.inputs),
+        r = common.alternate({"memarch": lambda: pair.memarch(*pair.inputs),
                         "peer": lambda: pair.peer(*pair.inputs)}, reps)
     m, p = r["median"]["memarch"], r["median"]["peer"]
     diff = float((r["first"]["memarch"][1].float() - r["first"]["peer"][1].float()).abs().max())
@@ -813,7 +778,7 @@ def guard_rows(t: int, reps: int) -> list[dict]:
                 cm.GUARD = saved
         try:
             with torch.no_grad():
-                r = _alternate({"guarded": guarded, "unguarded": unguarded}, reps)
+                r = common.alternate({"guarded": guarded, "unguarded": unguarded}, reps)
         finally:
             cm.GUARD = saved
         g_, u_ = r["median"]["guarded"], r["median"]["unguarded"]

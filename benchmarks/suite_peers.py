@@ -8,7 +8,7 @@ side in the same run and reported as ratios.
 Groups (``group`` in the rows; ``case`` names the peer):
 
 * ``titans``: titans-pytorch's ``NeuralMemory`` (0.5.5) against ``memarch.mixers.
-  NeuralMemory``, built exactly as ``benchmarks/titans.py`` builds them (d_model 256, 4 heads
+  NeuralMemory``, built by ``benchmarks/peers_titans.py`` (d_model 256, 4 heads
   of 64, depth-2 MLP memory, chunk 64, momentum, forgetting, B=1); the peer at its defaults
   and with ``batch_size=64`` (the recurrence memarch computes). The two are different
   parametrisations of the same layer, so their outputs are not compared (``max_abs_diff``
@@ -40,7 +40,7 @@ Groups (``group`` in the rows; ``case`` names the peer):
   memarch's Triton kernels instead.
 
 Timing: the two sides of a case alternate call by call (order flipped every repeat, as
-``benchmarks/titans.py`` does), each side's call = a forward under ``torch.no_grad`` then a
+``common.alternate`` does), each side's call = a forward under ``torch.no_grad`` then a
 forward+backward (``out.backward(dy)`` with a fixed random ``dy``, every floating input
 requiring grad; module parameters' grads set to None first); ``warmup`` calls, then the
 median of ``reps`` calls. ``ratio`` = peer ms / memarch ms, so > 1 means memarch is faster.
@@ -60,7 +60,7 @@ file without measuring again.
 The peers are not memarch dependencies; they live in ``.bench-deps/`` (git-ignored), put
 there with ``--no-deps`` so pip never touches the venv's torch::
 
-    .venv/bin/python -m pip install --no-deps --target .bench-deps <titans.py's list> \\
+    .venv/bin/python -m pip install --no-deps --target .bench-deps <peers_titans.py's list> \\
         fla-core==0.6.0
     echo '*' > .bench-deps/.gitignore
 
@@ -104,7 +104,6 @@ RECURRENT_WHY = (f"not measured above T={RECURRENT_MAX_T}: fla's token-loop refe
                  "o[..., t, :] in place every step, so autograd copies the whole output "
                  "gradient once per token and its backward grows as T^2 (tens of seconds per "
                  "call at 4k); a reference, not a training path")
-DEPS = common.ROOT / ".bench-deps"
 
 # Why memarch is slower where it is (ratio < 1), keyed by (group, case) or (group, case,
 # pass); written from torch.profiler runs of these calls (see the report in the rows).
@@ -197,11 +196,6 @@ def _gen():
     return torch.Generator().manual_seed(SEED)
 
 
-def _add_deps():
-    if DEPS.is_dir() and str(DEPS) not in sys.path:
-        sys.path.append(str(DEPS))          # after the venv: the venv's torch/einops win
-
-
 def _version(dist: str) -> str | None:
     try:
         return importlib.metadata.version(dist)
@@ -210,13 +204,13 @@ def _version(dist: str) -> str | None:
 
 
 def fla_version() -> str | None:
-    _add_deps()
+    common.add_bench_deps()
     return _version("fla-core") or _version("flash-linear-attention")
 
 
 # -- titans
 def titans_cases(device):
-    import titans as tb  # benchmarks/titans.py: the sides and their settings
+    import peers_titans as tb  # the sides and their settings
 
     def make(batch_size):
         def mk(T, device, dtype):
@@ -358,7 +352,7 @@ def fla_cases(device):
     t = lambda x: x.transpose(1, 2)                                 # noqa: E731
 
     def fla(mod, name):
-        _add_deps()
+        common.add_bench_deps()
         return getattr(importlib.import_module(f"fla.ops.{mod}"), name)
 
     def la(q, k, v):
@@ -484,7 +478,6 @@ def _max_diff(a, b):
 def measure(pair: Pair, reps: int, warmup: int, device: str) -> dict:
     """Interleaved timing of both sides of a pair: {side: {pass: [seconds]}}, the outputs'
     and input gradients' differences, errors per side and pass."""
-    import titans as tb
     sides = {"memarch": pair.memarch, "peer": pair.peer}
     times = {s: {p: [] for p in PASSES} for s in sides}
     errors: dict = {}
@@ -497,7 +490,7 @@ def measure(pair: Pair, reps: int, warmup: int, device: str) -> dict:
         order = ["memarch", "peer"] if rep % 2 == 0 else ["peer", "memarch"]
         for pas, side in ((pas, side) for pas in PASSES for side in order):
             fn, mod = sides[side], pair.modules.get(side)
-            a, w0 = tb._cpu_ticks(), time.perf_counter()
+            a, w0 = common.cpu_ticks(), time.perf_counter()
             if (side, pas) in errors or (side == "peer" and pas not in pair.peer_passes):
                 continue
             try:
@@ -532,7 +525,7 @@ def measure(pair: Pair, reps: int, warmup: int, device: str) -> dict:
                 first[(side, pas)] = (out.detach(), grads, dt)
             if rep >= warmup:
                 times[side][pas].append(dt)
-            share = tb._others_share(a, tb._cpu_ticks(), time.perf_counter() - w0)
+            share = common.others_share(a, common.cpu_ticks(), time.perf_counter() - w0)
             if share is not None:
                 shares.append(share)
     if pair.probe is not None and ("peer", "fwd_bwd") not in errors:
@@ -563,7 +556,7 @@ def case_rows(c: Case, T: int, device: str, dtype: str, warmup: int, reps: int,
             "peer_call": c.peer_call, "peer_version": peer_version, "dtype": dtype,
             "seed": SEED, "reps": reps, "warmup": warmup}
     if c.group == "titans":
-        import titans as tb
+        import peers_titans as tb
         base["config"] = dict(tb.CONFIG)
     else:
         base["config"] = dict(LA) if c.group == "fla" else dict(ATT)

@@ -9,7 +9,7 @@ relative to that folder (``rebase_links``). Each block ``<!-- bench:NAME -->`` .
 ``<!-- /bench:NAME -->`` gets the markdown table that the script owning
 ``results/NAME.json`` prints with ``--render`` (``decode.py`` for ``decode_*``,
 ``recipes.py`` for ``recipes_*``, ``peers_titans.py`` for ``titans_*``, ``aot_table.py`` for
-``aot_*``, ``gpu_check.py`` for ``gpu_check_*``, ``real_eval.py`` and ``hmt_real.py`` for
+``aot_*``, ``gpu_check/`` for ``gpu_check_*``, ``real_eval.py`` and ``hmt_real.py`` for
 ``real_eval-*`` and ``hmt_real-*``, ``suite_SUITE.py`` for the results suites'
 ``SUITE-DEVICE`` (``python -m benchmarks SUITE``), ``ops.py`` for ``ops_*``; the block
 ``suites`` is ``common.render_index``, the index of all suites' files; any other name is an

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import common  # noqa: E402
@@ -85,6 +85,7 @@ def test_write_json_is_atomic(tmp_path):
     ([], "usage: python -m benchmarks SUITE"),
     (["mixers", "--dtype", "float64"], "--dtype must be float32, bfloat16 or float16"),
 ])
+@pytest.mark.slow
 def test_entry_point_errors_name_the_problem(args, message):
     p = subprocess.run([sys.executable, "-m", "benchmarks", *args], cwd=ROOT,
                        capture_output=True, text=True, timeout=120)

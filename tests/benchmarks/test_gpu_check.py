@@ -1,10 +1,9 @@
-"""benchmarks/gpu_check.py (`make gpu-check`) as far as a CPU can run it: the dry run (every step
-with tiny sizes, the Triton interpreter) and the JSON it writes, the worker processes, the stop
-without CUDA, the time limit, and the peers' skip paths."""
+"""benchmarks/gpu_check/ (`make gpu-check`: `python -m benchmarks.gpu_check`) as far as a CPU can
+run it: the dry run (every step with tiny sizes, the Triton interpreter) and the JSON it writes,
+the worker processes, the stop without CUDA, the time limit, and the peers' skip paths."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 import os
@@ -17,23 +16,22 @@ from pathlib import Path
 import pytest
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-SCRIPT = ROOT / "benchmarks" / "gpu_check.py"
+ROOT = Path(__file__).resolve().parents[2]
+BENCH = ROOT / "benchmarks"
 OPS = ("linear_attn", "sliding_window_attn", "delta_rule")
 INPUTS = {"linear_attn": {"q", "k", "v", "g", "S0"},
           "delta_rule": {"q", "k", "v", "beta", "g", "S0"},
           "sliding_window_attn": {"q", "k", "v", "sink_k", "sink_v"}}
 OUTPUTS = {"linear_attn": {"o", "S"}, "delta_rule": {"o", "S"}, "sliding_window_attn": {"o"}}
 
-spec = importlib.util.spec_from_file_location("gpu_check", SCRIPT)
-gpu_check = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(gpu_check)
+sys.path.insert(0, str(BENCH))                     # benchmarks/ is not a package
+from gpu_check import correctness, env, impls, peers, speed  # noqa: E402
 
 
 def run_script(*args, timeout=240):
-    env = dict(os.environ, TRITON_INTERPRET="1", PYTHONUNBUFFERED="1")
-    return subprocess.run([sys.executable, str(SCRIPT), *args], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=timeout, check=False)
+    environ = dict(os.environ, TRITON_INTERPRET="1", PYTHONUNBUFFERED="1")
+    return subprocess.run([sys.executable, "-m", "benchmarks.gpu_check", *args], cwd=ROOT,
+                          env=environ, capture_output=True, text=True, timeout=timeout, check=False)
 
 
 @pytest.fixture(scope="module")
@@ -45,6 +43,7 @@ def dry_run(tmp_path_factory):
     return p, data, out
 
 
+@pytest.mark.slow
 def test_dry_run_meta_names_the_machine_and_command(dry_run):
     _, data, _ = dry_run
     m = data["meta"]
@@ -52,7 +51,7 @@ def test_dry_run_meta_names_the_machine_and_command(dry_run):
         assert m[key], key
     assert "cuda" in m and m["mode"] == "dry-run"
     assert m["torch"] == torch.__version__
-    assert "--dry-run" in m["command"] and "gpu_check.py" in m["command"]
+    assert "--dry-run" in m["command"] and "-m benchmarks.gpu_check" in m["command"]
     assert m["triton_interpret"] == "1"          # set before memarch.kernels was imported
     assert data["passed"] is True
 
@@ -142,6 +141,7 @@ def test_dry_run_prints_the_tables_and_writes_the_log(dry_run):
     assert (out / "gpu_check-cpu-dry-run.log").read_text().strip() == p.stdout.strip()
 
 
+@pytest.mark.slow
 def test_worker_processes_and_warmup(tmp_path):
     p = run_script("--dry-run", "--jobs", "2", "--ops", "linear_attn", "--dtypes", "bf16",
                    "--out", str(tmp_path))
@@ -157,6 +157,7 @@ def test_worker_processes_and_warmup(tmp_path):
     assert {r["op"] for r in data["benchmark"]["rows"]} == {"linear_attn"}
 
 
+@pytest.mark.slow
 def test_time_limit_reports_what_did_not_run(tmp_path):
     p = run_script("--dry-run", "--time-limit", "1", "--ops", "delta_rule", "--out",
                    str(tmp_path))
@@ -168,6 +169,7 @@ def test_time_limit_reports_what_did_not_run(tmp_path):
     assert "NOT RUN" in p.stdout and "gpu-check FAILED" in p.stdout
 
 
+@pytest.mark.slow
 def test_without_cuda_it_stops_at_once(tmp_path):
     if torch.cuda.is_available():
         pytest.skip("this machine has CUDA")
@@ -187,7 +189,7 @@ def test_make_target_uses_its_own_python():
     env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MAKELEVEL", "MFLAGS")}
     p = subprocess.run(["make", "-n", "--no-print-directory", "gpu-check", "ARGS=--full"],
                        cwd=ROOT, capture_output=True, text=True, check=False, env=env)
-    assert p.returncode == 0 and p.stdout.strip() == "python3 benchmarks/gpu_check.py --full"
+    assert p.returncode == 0 and p.stdout.strip() == "python3 -m benchmarks.gpu_check --full"
 
 
 def test_peer_whose_install_fails_is_skipped(monkeypatch):
@@ -199,50 +201,50 @@ def test_peer_whose_install_fails_is_skipped(monkeypatch):
     def fake_run(cmd, **kw):
         calls.append(cmd)
         return Failed()
-    monkeypatch.setattr(gpu_check, "installed_version", lambda name: None)
-    monkeypatch.setattr(gpu_check.subprocess, "run", fake_run)
-    rec = gpu_check.prepare_peer("fla", dry_run=False, install=True, wheels="/wheels")
+    monkeypatch.setattr(peers, "installed_version", lambda name: None)
+    monkeypatch.setattr(peers.subprocess, "run", fake_run)
+    rec = peers.prepare_peer("fla", dry_run=False, install=True, wheels="/wheels")
     assert rec["status"] == "skipped" and "No matching distribution" in rec["reason"], rec
     cmd = calls[0]
     assert cmd[:4] == [sys.executable, "-m", "pip", "install"] and cmd[-1] == "fla-core"
     assert "--only-binary" in cmd and "-c" in cmd and "--find-links" in cmd, cmd
-    rec = gpu_check.prepare_peer("flash_attn", dry_run=False, install=False, wheels=None)
+    rec = peers.prepare_peer("flash_attn", dry_run=False, install=False, wheels=None)
     assert rec["status"] == "skipped" and "--no-install" in rec["reason"]
     assert len(calls) == 1
 
 
 def test_fla_on_hopper_with_old_triton_skips_its_backward(monkeypatch):
-    monkeypatch.setattr(gpu_check, "installed_version", lambda name: "0.6.0")
-    monkeypatch.setattr(gpu_check, "fla_backward_blocked", lambda: True)
-    rec = gpu_check.prepare_peer("fla", dry_run=False, install=False, wheels=None)
+    monkeypatch.setattr(peers, "installed_version", lambda name: "0.6.0")
+    monkeypatch.setattr(peers, "fla_backward_blocked", lambda: True)
+    rec = peers.prepare_peer("fla", dry_run=False, install=False, wheels=None)
     assert rec["status"] == "ok" and "Triton < 3.7.1" in rec["note"]
     x = {"a": torch.randn(4, 3)}
-    row = gpu_check.measure(gpu_check.Impl("peer", lambda a: a * 2,
-                                           bwd_skip=gpu_check.FLA_HOPPER_REASON), x, 1, 0)
+    row = speed.measure(impls.Impl("peer", lambda a: a * 2,
+                                   bwd_skip=peers.FLA_HOPPER_REASON), x, 1, 0)
     assert row["fwd_ms"] > 0 and "fwd_bwd_ms" not in row
-    assert row["bwd_skipped"] == gpu_check.FLA_HOPPER_REASON
+    assert row["bwd_skipped"] == peers.FLA_HOPPER_REASON
 
 
 def test_a_peer_that_fails_to_load_is_an_error_row_not_ours(monkeypatch):
     def broken(op, args):
         raise RuntimeError("fla needs a newer triton")
-    monkeypatch.setattr(gpu_check, "fla_impl", broken)
-    peers = {name: {"status": "skipped"} for name in gpu_check.PEERS}
-    peers["fla"] = {"status": "ok"}
-    bench = gpu_check.GRIDS["dry-run"]["bench"]
-    impls = gpu_check.bench_impls("delta_rule", 64, bench, peers, None)
-    assert [i.name for i in impls] == ["triton", "torch", "fla"]
+    monkeypatch.setattr(impls, "fla_impl", broken)
+    status = {name: {"status": "skipped"} for name in peers.PEERS}
+    status["fla"] = {"status": "ok"}
+    bench = env.GRIDS["dry-run"]["bench"]
+    made = impls.bench_impls("delta_rule", 64, bench, status, None)
+    assert [i.name for i in made] == ["triton", "torch", "fla"]
     with pytest.raises(RuntimeError, match="newer triton"):
-        gpu_check.measure(impls[-1], {}, 1, 0)
+        speed.measure(made[-1], {}, 1, 0)
 
 
 def test_tolerance_rule():
-    assert gpu_check.tolerance("fp32", "out", None) == 4e-4
-    assert gpu_check.tolerance("fp32", "grad", {"rel": 1.0, "finite": True}) == 2e-3
-    assert gpu_check.tolerance("bf16", "grad", {"rel": 1e-3, "finite": True}) == \
+    assert correctness.tolerance("fp32", "out", None) == 4e-4
+    assert correctness.tolerance("fp32", "grad", {"rel": 1.0, "finite": True}) == 2e-3
+    assert correctness.tolerance("bf16", "grad", {"rel": 1e-3, "finite": True}) == \
         pytest.approx(2e-3 + 2e-2)
-    assert gpu_check.tolerance("fp16", "out", {"rel": float("nan"), "finite": False}) == 2e-3
-    e = gpu_check.rel_error(torch.tensor([1.0, float("nan")]), torch.tensor([1.0, 2.0]))
+    assert correctness.tolerance("fp16", "out", {"rel": float("nan"), "finite": False}) == 2e-3
+    e = correctness.rel_error(torch.tensor([1.0, float("nan")]), torch.tensor([1.0, 2.0]))
     assert e["finite"] is False
-    assert gpu_check.rel_error(torch.tensor([3.5]), torch.tensor([3.0]))["rel"] == \
+    assert correctness.rel_error(torch.tensor([3.5]), torch.tensor([3.0]))["rel"] == \
         pytest.approx(0.5 / 3)

@@ -13,14 +13,14 @@ from pathlib import Path
 import pytest
 import torch
 
-BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
+BENCH = Path(__file__).resolve().parents[2] / "benchmarks"
 sys.path.insert(0, str(BENCH))
 
 import suite_peers as sp  # noqa: E402
 
 
 def _has(mod: str) -> bool:
-    sp._add_deps()
+    sp.common.add_bench_deps()
     return importlib.util.find_spec(mod) is not None
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import suite_streaming as S  # noqa: E402
@@ -167,6 +167,7 @@ def test_eval_text_is_the_held_out_tail_wrapped(tmp_path):
     assert bytes(ids[:9]) == b"bcdefghij" and bytes(ids[9:18]) == b"bcdefghij"
 
 
+@pytest.mark.slow
 def test_tiny_run(tmp_path):
     # a synthetic text in place of ../shared/data/kjv.txt: runs on a fresh clone
     from benchmarks.__main__ import main
