@@ -19,6 +19,17 @@ DIMS = ((16, 24, 2), (40, 16, 3))                     # K, V, H: K != V, H = 3 o
 GRID = [(T, K, V, H, use_g, init) for T, (K, V, H), use_g, init
         in itertools.product(TS, DIMS, (False, True), (False, True))]
 
+# `make test` runs a few cases of each grid (issue 27 item 6: the interpreter makes the whole
+# grid minutes long); `-m slow` runs the rest. FAST_GRID: T = 65 (across the 32- and 64-token
+# chunk edges) with g and the initial state (so its gradient) on; T = 1 with everything off
+# and the other dims (K > V, H = 3).
+FAST_GRID = [(65, 16, 24, 2, True, True), (1, 40, 16, 3, False, False)]
+
+
+def split_slow(cases, fast):
+    """Every case of `cases`; those not in `fast` are marked slow (same ids as before)."""
+    return [c if c in fast else pytest.param(*c, marks=pytest.mark.slow) for c in cases]
+
 
 def make(B, T, H, K, V, dtype, use_g, init, seed=0):
     """Inputs as real callers build them: L2-normalised q and k, beta = sigmoid(.), g =
@@ -101,17 +112,18 @@ def test_naive_matches_explicit_matrix_product_fp64(checks):
         compare(checks, [o, S], ref, 1e-10, f"naive vs explicit product g={use_g} init={init}")
 
 
-@pytest.mark.parametrize("T,K,V,H,use_g,init", GRID)
+@pytest.mark.parametrize("T,K,V,H,use_g,init", split_slow(GRID, FAST_GRID))
 def test_torch_vs_naive_fp32(T, K, V, H, use_g, init, checks):
     check_impl(checks, "torch", T, K, V, H, use_g, init)
 
 
-@pytest.mark.parametrize("T,K,V,H,use_g,init", GRID)
+@pytest.mark.parametrize("T,K,V,H,use_g,init", split_slow(GRID, FAST_GRID))
 def test_triton_vs_naive_fp32(T, K, V, H, use_g, init, checks):
-    """The whole grid under the interpreter (about 30 s on 2 cores)."""
+    """The whole grid under the interpreter with `-m slow` (minutes on 2 cores)."""
     check_impl(checks, "triton", T, K, V, H, use_g, init)
 
 
+@pytest.mark.slow                     # B = 2 is in make test's non-finite cases (forward only)
 def test_triton_batch_rows_and_full_tiles(checks):
     """B = 2 and K = V = 128 (the largest tiles: the whole K in one state tile)."""
     check_impl(checks, "triton", 40, 128, 128, 1, True, True, B=2)
@@ -176,7 +188,8 @@ def low_precision_case(checks, impl, T, K, V, use_g, init, dtype=torch.float16):
 FP16_CASES = [(63, 40, 24, True, True), (65, 16, 16, False, True), (100, 64, 40, True, False)]
 
 
-@pytest.mark.parametrize("case", FP16_CASES)
+@pytest.mark.parametrize("case", [FP16_CASES[0], *(pytest.param(c, marks=pytest.mark.slow)
+                                                  for c in FP16_CASES[1:])])  # fast: the first
 @pytest.mark.parametrize("impl", ["torch", "triton"])
 def test_fp16_vs_naive(impl, case, checks):
     low_precision_case(checks, impl, *case)
@@ -185,16 +198,29 @@ def test_fp16_vs_naive(impl, case, checks):
 SPLITS = [(1,), (31, 1), (32,), (63, 70), (30, 64, 1, 40), (65, 1, 1)]
 
 
-@pytest.mark.parametrize("impl", ["naive", "torch", "triton"])
-@pytest.mark.parametrize("use_g", [False, True])
+@pytest.mark.parametrize("impl", ["naive", "torch",
+                                  pytest.param("triton", marks=pytest.mark.slow)])
+@pytest.mark.parametrize("use_g", [pytest.param(False, marks=pytest.mark.slow), True])
 def test_split_and_resume_equals_one_call(impl, use_g, checks):
     """Streaming: chunks with carried state (cuts on and across the 32/64-token chunk edges,
-    one-token pieces through the decode kernel) == one call."""
-    T = 150
+    one-token pieces through the decode kernel) == one call. Fast: naive and torch with g;
+    triton's fast case is test_split_and_resume_short below."""
+    split_and_resume(checks, impl, use_g, 150, SPLITS)
+
+
+@pytest.mark.parametrize("impl", ["triton"])
+def test_split_and_resume_short(impl, checks):
+    """The same on 40 tokens (the triton case of `make test`; 150 tokens are slow there):
+    one-token pieces (the decode kernel), cuts on (1 + 31) and just after (33) the 32-token
+    chunk edge."""
+    split_and_resume(checks, impl, True, 40, [(1, 31), (33, 1)])
+
+
+def split_and_resume(checks, impl, use_g, T, splits):
     q, k, v, beta, g, S0 = make(2, T, 2, 20, 16, torch.float32, use_g, True)
     kw = dict(output_final_state=True, impl=impl)
     o_all, s_all = delta_rule(q, k, v, beta, g=g, initial_state=S0, **kw)
-    for split in SPLITS:
+    for split in splits:
         cuts = list(itertools.accumulate(split)) + [T]
         state, outs, a = S0, [], 0
         for b in cuts:
@@ -207,8 +233,10 @@ def test_split_and_resume_equals_one_call(impl, use_g, checks):
         checks.close(state, s_all, atol=2e-5, rtol=1e-5, msg=f"{impl} {split} state")
 
 
-@pytest.mark.parametrize("K,V,use_g,init", [(16, 16, False, False), (40, 24, True, True),
-                                            (128, 100, True, True), (20, 128, False, True)])
+@pytest.mark.parametrize("K,V,use_g,init", [            # fast: (40, 24, True, True)
+    pytest.param(16, 16, False, False, marks=pytest.mark.slow), (40, 24, True, True),
+    pytest.param(128, 100, True, True, marks=pytest.mark.slow),
+    pytest.param(20, 128, False, True, marks=pytest.mark.slow)])
 def test_triton_decode_kernel_matches_naive(K, V, use_g, init, checks):
     """T == 1 without grad goes through the fused one-token decode kernel."""
     from memarch.kernels.delta_rule import triton_chunk
@@ -339,11 +367,23 @@ def _nonfinite_call(impl, q, k, v, beta, g, S0):
                           impl=impl)
 
 
+def _nonfinite_grid():
+    """impl x bad x name x t, ids as the stacked parametrisation gave them. Fast: NaN in each
+    of q, k, v, beta, g and +inf in g (the ValueError) at t = 64 (a chunk edge), for each
+    impl; every other (bad, t) is slow."""
+    cases = []
+    for impl in ["naive", "torch", "triton"]:
+        for (bad, bid), name, t in itertools.product(
+                [(float("nan"), "nan"), (float("inf"), "inf")], ["q", "k", "v", "beta", "g"],
+                [0, 5, 64, 69]):
+            fast = t == 64 and (bid == "nan" or name == "g")
+            cases.append(pytest.param(impl, bad, name, t, id=f"{impl}-{bid}-{name}-{t}",
+                                      marks=() if fast else pytest.mark.slow))
+    return cases
+
+
 @pytest.mark.filterwarnings("ignore::RuntimeWarning")       # numpy in the interpreter on NaN
-@pytest.mark.parametrize("t", [0, 5, 64, 69])
-@pytest.mark.parametrize("name", ["q", "k", "v", "beta", "g"])
-@pytest.mark.parametrize("bad", [float("nan"), float("inf")], ids=["nan", "inf"])
-@pytest.mark.parametrize("impl", ["naive", "torch", "triton"])
+@pytest.mark.parametrize("impl,bad,name,t", _nonfinite_grid())
 def test_nonfinite_input_is_causal(impl, bad, name, t, checks):
     """A NaN/+inf in q, k, v, beta or g at token t of batch row 0, head 0: every output
     before t, all of row 1 and all of head 1 (and their final states) are bitwise the clean

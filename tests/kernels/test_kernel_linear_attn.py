@@ -15,6 +15,19 @@ TS, KS, VS = (1, 63, 64, 65, 200), (16, 60, 153), (16, 64)
 GRID = list(itertools.product(TS, KS, VS, (False, True), (False, True), (False, True)))
 EPS = 1e-6
 
+# `make test` runs a few cases of each grid (issue 27 item 6: the interpreter makes the whole
+# grid minutes long); `-m slow` runs the rest. FAST_GRID covers T = 1 and T = 65 (across the
+# 64-token chunk edge) and 63, K = 60 and 153 (not powers of two; 153 > 128: two K tiles),
+# V = 16 and 64, each of g / normalize / initial state on and off; init=True checks the
+# gradient of the initial state (S and z).
+FAST_GRID = [(65, 60, 16, True, True, True), (1, 16, 16, False, False, True),
+             (63, 153, 64, True, False, False), (64, 16, 64, False, True, False)]
+
+
+def split_slow(cases, fast):
+    """Every case of `cases`; those not in `fast` are marked slow (same ids as before)."""
+    return [c if c in fast else pytest.param(*c, marks=pytest.mark.slow) for c in cases]
+
 
 
 def make(B, T, H, K, V, dtype, use_g, normalize, init, seed=0):
@@ -120,14 +133,14 @@ def test_naive_matches_plain_quadratic_form_fp64(checks):
         compare(checks, [o, fs.S] + ([fs.z] if normalize else []), ref, 1e-10, "naive vs plain")
 
 
-@pytest.mark.parametrize("T,K,V,use_g,normalize,init", GRID)
+@pytest.mark.parametrize("T,K,V,use_g,normalize,init", split_slow(GRID, FAST_GRID))
 def test_torch_vs_naive_fp32(T, K, V, use_g, normalize, init, checks):
     check_impl(checks, "torch", T, K, V, use_g, normalize, init)
 
 
-@pytest.mark.parametrize("T,K,V,use_g,normalize,init", GRID)
+@pytest.mark.parametrize("T,K,V,use_g,normalize,init", split_slow(GRID, FAST_GRID))
 def test_triton_vs_naive_fp32(T, K, V, use_g, normalize, init, checks):
-    """The whole grid under the interpreter (about a minute on 2 cores)."""
+    """The whole grid under the interpreter with `-m slow` (minutes on 2 cores)."""
     check_impl(checks, "triton", T, K, V, use_g, normalize, init)
 
 
@@ -164,7 +177,8 @@ FP16_CASES = [(63, 60, 64, True, False, True), (65, 16, 16, False, True, True),
               (200, 153, 16, True, True, False)]
 
 
-@pytest.mark.parametrize("case", FP16_CASES)
+@pytest.mark.parametrize("case", [FP16_CASES[0], *(pytest.param(c, marks=pytest.mark.slow)
+                                                  for c in FP16_CASES[1:])])  # fast: the first
 @pytest.mark.parametrize("impl", ["torch", "triton"])
 def test_fp16_vs_naive(impl, case, checks):
     low_precision_case(checks, impl, *case)
@@ -174,7 +188,9 @@ SPLITS = [(1,), (63, 1), (64,), (65, 70), (30, 64, 1, 40)]
 
 
 @pytest.mark.parametrize("impl", ["naive", "torch", "triton"])
-@pytest.mark.parametrize("use_g,normalize", [(False, False), (True, True), (True, False)])
+@pytest.mark.parametrize("use_g,normalize", [pytest.param(False, False, marks=pytest.mark.slow),
+                                             (True, True),         # fast: g and normalize on
+                                             pytest.param(True, False, marks=pytest.mark.slow)])
 def test_split_and_resume_equals_one_call(impl, use_g, normalize, checks):
     T = 150
     q, k, v, g, st = make(1, T, 2, 20, 16, torch.float32, use_g, normalize, True)
@@ -268,13 +284,24 @@ def _nonfinite_call(impl, q, k, v, g, st, normalize):
     return [o.float()] + [x.float() for x in leaves(fs)]
 
 
+def _nonfinite_grid():
+    """impl x normalize x bad x name x t, ids as the stacked parametrisation gave them. Fast:
+    NaN in each of q, k, v, g and +inf in g (the ValueError) at t = 64 (the first token of
+    the second chunk), for each impl and normalize; every other (bad, t) is slow."""
+    cases = []
+    for impl, normalize in itertools.product(["naive", "torch", "triton"], [False, True]):
+        for (bad, bid), name, t in itertools.product(
+                [(float("nan"), "nan"), (float("inf"), "inf")], ["q", "k", "v", "g"],
+                [0, 5, 64, 69]):
+            fast = t == 64 and (bid == "nan" or name == "g")
+            cases.append(pytest.param(impl, normalize, bad, name, t,
+                                      id=f"{impl}-{normalize}-{bid}-{name}-{t}",
+                                      marks=() if fast else pytest.mark.slow))
+    return cases
+
+
 @pytest.mark.filterwarnings("ignore::RuntimeWarning")       # numpy in the interpreter on NaN
-@pytest.mark.parametrize("t", [0, 5, 64, 69])
-@pytest.mark.parametrize("name", ["q", "k", "v", "g"])
-@pytest.mark.parametrize("bad", [float("nan"), float("inf")], ids=["nan", "inf"])
-@pytest.mark.parametrize("impl,normalize", [("naive", False), ("naive", True),
-                                            ("torch", False), ("torch", True),
-                                            ("triton", False), ("triton", True)])
+@pytest.mark.parametrize("impl,normalize,bad,name,t", _nonfinite_grid())
 def test_nonfinite_input_is_causal(impl, normalize, bad, name, t, checks):
     """issue 10 §3: NaN at t poisons outputs < t. A NaN/+inf in q, k, v or g at token t of
     batch row 0, head 0 leaves every output before t (and all of row 1 and head 1, and their

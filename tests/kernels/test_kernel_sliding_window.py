@@ -4,6 +4,8 @@ a cached window == one call, GQA, and the argument checks."""
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 import torch
 from memarch.kernels import sliding_window_attn
@@ -69,6 +71,15 @@ def cases(W):
 
 
 GRID = [c for W in (1, 16, 64) for c in cases(W)]
+# `make test` runs these (issue 27 item 6), `-m slow` the rest of GRID: sinks with T = 4W,
+# chunked prefill over a cache (Tq < Tk, q_offset > 0) at W = 16 and across the 64-key
+# block at W = 64, and a one-token query at W = 1.
+FAST_GRID = [(16, 3, 64, 64, 0), (16, 2, 17, 32, 47), (64, 2, 65, 128, 191), (1, 0, 1, 1, 2)]
+
+
+def split_slow(cases, fast):
+    """Every case of `cases`; those not in `fast` are marked slow (same ids as before)."""
+    return [c if c in fast else pytest.param(*c, marks=pytest.mark.slow) for c in cases]
 
 
 def check_impl(checks, impl, W, S, Tq, Tk, off, H=4, Hkv=2, D=16, tol=1e-4):
@@ -82,17 +93,17 @@ def check_impl(checks, impl, W, S, Tq, Tk, off, H=4, Hkv=2, D=16, tol=1e-4):
         checks.close(g[n], rg[n], atol=tol * 5, rtol=tol * 5, msg=f"{tag} d{n}")
 
 
-@pytest.mark.parametrize("W,S,Tq,Tk,off", GRID)
+@pytest.mark.parametrize("W,S,Tq,Tk,off", split_slow(GRID, FAST_GRID))
 def test_torch_vs_naive_fp32(W, S, Tq, Tk, off, checks):
     check_impl(checks, "torch", W, S, Tq, Tk, off)
 
 
-@pytest.mark.parametrize("W,S,Tq,Tk,off", GRID)
+@pytest.mark.parametrize("W,S,Tq,Tk,off", split_slow(GRID, FAST_GRID))
 def test_triton_vs_naive_fp32(W, S, Tq, Tk, off, checks):
     check_impl(checks, "triton", W, S, Tq, Tk, off)
 
 
-@pytest.mark.parametrize("D", [100, 160])
+@pytest.mark.parametrize("D", [100, pytest.param(160, marks=pytest.mark.slow)])  # fast: BD = 128
 def test_triton_wide_heads(D, checks):
     """Head dims that select the other block configurations (BD = 128, 256), S > BS sinks."""
     t = make(1, 40, 40, 2, 1, D, 20, torch.float32)
@@ -105,7 +116,9 @@ def test_triton_wide_heads(D, checks):
 
 
 @pytest.mark.parametrize("impl", ["torch", "triton"])
-@pytest.mark.parametrize("W,S,Tq,Tk,off", [(16, 3, 64, 64, 0), (64, 2, 65, 128, 191)])
+@pytest.mark.parametrize("W,S,Tq,Tk,off", [(16, 3, 64, 64, 0),             # fast: the first
+                                           pytest.param(64, 2, 65, 128, 191,
+                                                        marks=pytest.mark.slow)])
 def test_fp16_vs_naive(impl, W, S, Tq, Tk, off, checks):
     """Error vs the fp32 naive reference <= 2x plain PyTorch's fp16 error (masked SDPA)."""
     t = make(1, Tq, Tk, 4, 2, 32, S, torch.float16)
@@ -143,8 +156,10 @@ def plain_fp16(q, k, v, window, q_offset, sink_k=None, sink_v=None, sink_q=None)
     return (s.softmax(-1) @ vals).transpose(1, 2)
 
 
-@pytest.mark.parametrize("impl", ["naive", "torch", "triton"])
-@pytest.mark.parametrize("W,S", [(1, 0), (16, 2), (5, 3)])
+@pytest.mark.parametrize("impl,W,S", [         # fast: every impl at W = 16; naive/torch at all W
+    pytest.param(impl, W, S, id=f"{W}-{S}-{impl}",
+                 marks=pytest.mark.slow if impl == "triton" and W != 16 else ())
+    for W, S in [(1, 0), (16, 2), (5, 3)] for impl in ["naive", "torch", "triton"]])
 def test_chunked_prefill_equals_one_call(impl, W, S, checks):
     """Prefill in chunks, each over [last W-1 cached keys, new keys] with q_offset, == one call;
     sinks are the keys of positions 0..S-1 (the sink_q default, q)."""
@@ -209,11 +224,23 @@ def test_argument_errors(bad, match, checks):
 _CLEAN: dict = {}
 
 
+def _nonfinite_grid():
+    """impl x bad x name x t, ids as the stacked parametrisation gave them. Fast: NaN in each
+    of q, k, v, sink_q, sink_k, sink_v at t = 64 (the first token of the second 64-block;
+    sink 64 % 3 = 1), for each impl; every other (bad, t) is slow."""
+    cases = []
+    for impl in ["naive", "torch", "triton"]:
+        for (bad, bid), name, t in itertools.product(
+                [(float("nan"), "nan"), (float("inf"), "inf")],
+                ["q", "k", "v", "sink_q", "sink_k", "sink_v"], [0, 5, 64, 69]):
+            fast = t == 64 and bid == "nan"
+            cases.append(pytest.param(impl, bad, name, t, id=f"{impl}-{bid}-{name}-{t}",
+                                      marks=() if fast else pytest.mark.slow))
+    return cases
+
+
 @pytest.mark.filterwarnings("ignore::RuntimeWarning")       # numpy in the interpreter on NaN
-@pytest.mark.parametrize("t", [0, 5, 64, 69])
-@pytest.mark.parametrize("name", ["q", "k", "v", "sink_q", "sink_k", "sink_v"])
-@pytest.mark.parametrize("bad", [float("nan"), float("inf")], ids=["nan", "inf"])
-@pytest.mark.parametrize("impl", ["naive", "torch", "triton"])
+@pytest.mark.parametrize("impl,bad,name,t", _nonfinite_grid())
 def test_nonfinite_input_is_causal(impl, bad, name, t, checks):
     """issue 10 §3: NaN at t poisons outputs < t. A NaN/+inf in one element of q, k, v or
     sink_q at token t (sink_k, sink_v: sink t % S) of batch row 0 leaves every output that does
@@ -247,8 +274,9 @@ def test_nonfinite_input_is_causal(impl, bad, name, t, checks):
                 f"{tag}: every output that sees the bad value is non-finite")
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
-@pytest.mark.parametrize("D", [16, 32, 64, 128, 256])
+@pytest.mark.parametrize("D,dtype", [              # fast: D = 16 in each dtype class
+    pytest.param(D, dtype, id=f"{D}-dtype{i}", marks=() if D == 16 else pytest.mark.slow)
+    for D in [16, 32, 64, 128, 256] for i, dtype in enumerate([torch.float32, torch.float16])])
 def test_triton_every_tile_config(dtype, D, checks):
     """Every TILES cell of triton_swa (the four kernels at their tiles for this dtype class
     and BD, so every distinct (BM, BN) pair of the table) against naive: 150 keys span

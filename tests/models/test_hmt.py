@@ -103,7 +103,7 @@ def run_split(model, ids, sizes):
 
 @pytest.mark.parametrize("mode", ["causal", "paper"])
 @pytest.mark.parametrize("backbone", list(BACKBONES))
-@pytest.mark.parametrize("T", [32, 37])
+@pytest.mark.parametrize("T", [pytest.param(32, marks=pytest.mark.slow), 37])  # fast: 37
 def test_matches_reference(backbone, mode, T, checks):
     model = hmt(backbone, recall_query=mode, n_memories=2)
     ids = torch.randint(0, V, (2, T))
@@ -116,7 +116,7 @@ def test_matches_reference(backbone, mode, T, checks):
 
 
 @pytest.mark.parametrize("backbone", ["attention", "based", "memory"])
-@pytest.mark.parametrize("T", [40, 45])
+@pytest.mark.parametrize("T", [pytest.param(40, marks=pytest.mark.slow), 45])  # fast: 45
 def test_causal_streams_exactly(backbone, T, checks):
     """One call == segment by segment == odd chunks straddling every boundary == token by
     token, for the logits and the final state, at lengths that are and are not multiples
