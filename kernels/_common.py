@@ -59,7 +59,11 @@ def check(cond: bool, op: str, msg: str) -> None:
 
 
 def check_float(op: str, **tensors) -> None:
+    """Each tensor given must be a floating-point tensor or None (``TypeError`` naming it)."""
     for name, t in tensors.items():
+        if t is not None and not isinstance(t, torch.Tensor):
+            raise TypeError(f"{op}: {name} must be a floating-point tensor or None, got "
+                            f"{_got(t)}")
         if t is not None and not t.is_floating_point():
             raise TypeError(f"{op}: {name} must be a floating-point tensor, got {t.dtype}")
 

@@ -75,7 +75,7 @@ def _int(fn: str, name: str, value, *, minimum: int | None = None,
 
 def _real(fn: str, name: str, value) -> float:
     try:
-        if isinstance(value, (str, bytes)):
+        if isinstance(value, (str, bytes, bool)):     # True is not temperature 1.0
             raise TypeError
         return float(value)
     except (TypeError, ValueError):

@@ -14,6 +14,7 @@ import torch
 
 from .._common import (
     check,
+    check_bool,
     check_float,
     check_number,
     check_qkv_g,
@@ -94,6 +95,7 @@ def delta_rule(q, k, v, beta, *, g=None, scale=None, initial_state=None,
     B, T, H, K, V = check_qkv_g(OP, q, k, v, g, beta=beta)
     check_range(OP, "beta", beta, 0.0, 2.0, why="the write is stable iff beta_t "
                 "||k_t||^2 in [0, 2]; outside, the state grows without bound")
+    check_bool(OP, "output_final_state", output_final_state)
     S0 = _unpack_state(initial_state, B, H, K, V)
     scale = K ** -0.5 if scale is None else check_number(
         OP, "scale", scale, minimum=0, min_open=True,

@@ -12,7 +12,8 @@ from typing import NamedTuple
 
 import torch
 
-from .._common import check, check_float, check_qkv_g, check_triton, pick_impl
+from .._common import (check, check_bool, check_float, check_number, check_qkv_g, check_triton,
+                       pick_impl)
 from .naive import linear_attn_naive
 from .torch_chunk import chunk_linear_attn
 
@@ -42,8 +43,9 @@ def _unpack_state(initial_state, normalize: bool, B: int, H: int, K: int, V: int
     check_float(OP, **{"initial_state.S": S0})
     if normalize:
         check(z0 is not None, OP, "initial_state.z [B, H, K] is required when normalize=True")
-        check(tuple(z0.shape) == (B, H, K), OP,
-              f"initial_state.z must have shape [B, H, K] = {[B, H, K]}, got {list(z0.shape)}")
+        check(isinstance(z0, torch.Tensor) and tuple(z0.shape) == (B, H, K), OP,
+              f"initial_state.z must have shape [B, H, K] = {[B, H, K]}, got "
+              f"{list(z0.shape) if isinstance(z0, torch.Tensor) else type(z0).__name__}")
         check_float(OP, **{"initial_state.z": z0})
     else:
         check(z0 is None, OP, "initial_state.z must be None when normalize=False")
@@ -96,9 +98,13 @@ def linear_attn(q, k, v, *, g=None, scale=None, normalize: bool = False, eps: fl
         o2, _ = linear_attn(q, k, v, g=g, normalize=True, initial_state=st)  # continues
     """
     B, T, H, K, V = check_qkv_g(OP, q, k, v, g)
-    check(eps >= 0, OP, f"eps must be >= 0, got {eps}")
+    normalize = check_bool(OP, "normalize", normalize)
+    check_bool(OP, "output_final_state", output_final_state)
+    eps = check_number(OP, "eps", eps, minimum=0)
     S0, z0 = _unpack_state(initial_state, normalize, B, H, K, V)
-    scale = K ** -0.5 if scale is None else float(scale)
+    scale = K ** -0.5 if scale is None else check_number(
+        OP, "scale", scale, minimum=0, min_open=True,
+        expected="a number > 0 or None (None: K^-0.5)")
     impl = pick_impl(OP, impl, q)
 
     if impl == "triton" and T == 0:       # nothing to launch: what the torch path returns

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from .._common import check, check_float, check_triton, pick_impl
+from .._common import check, check_float, check_int, check_number, check_triton, pick_impl
 from .naive import sliding_window_naive
 from .torch_chunk import sliding_window_torch
 
@@ -72,8 +72,7 @@ def sliding_window_attn(q, k, v, *, window: int, q_offset: int = 0, sink_k=None,
     check_float(OP, q=q, k=k, v=v, sink_k=sink_k, sink_v=sink_v, sink_q=sink_q)
     check(isinstance(window, int) and not isinstance(window, bool) and window >= 1, OP,
           f"window must be an int >= 1, got {window!r}")
-    check(isinstance(q_offset, int) and q_offset >= 0, OP, f"q_offset must be an int >= 0, got "
-          f"{q_offset!r}")
+    check_int(OP, "q_offset", q_offset, minimum=0)
     B, Tq, H, D = q.shape
     Tk, Hkv = k.shape[1], k.shape[2]
     check(tuple(k.shape) == (B, Tk, Hkv, D), OP, f"k must have shape [B, Tk, Hkv, D] with B={B}, "
@@ -86,8 +85,10 @@ def sliding_window_attn(q, k, v, *, window: int, q_offset: int = 0, sink_k=None,
     check(Tq >= 1, OP, "q must have at least one token")
     check((sink_k is None) == (sink_v is None), OP, "sink_k and sink_v must be given together")
     check(sink_q is None or sink_k is not None, OP, "sink_q given without sink_k / sink_v")
-    dtypes = {t.dtype for t in (q, k, v, sink_k, sink_v, sink_q) if t is not None}
-    check(len(dtypes) == 1, OP, f"all inputs must share a dtype, got {sorted(map(str, dtypes))}")
+    given = {n: t.dtype for n, t in (("q", q), ("k", k), ("v", v), ("sink_k", sink_k),
+                                      ("sink_v", sink_v), ("sink_q", sink_q)) if t is not None}
+    check(len(set(given.values())) == 1, OP, "all inputs must share a dtype, got "
+          + ", ".join(f"{n}: {d}" for n, d in given.items()))
     if sink_k is not None:
         S = sink_k.shape[1] if sink_k.dim() == 4 else -1
         check(sink_k.dim() == 4 and tuple(sink_k.shape) == (B, S, Hkv, D) and S >= 1, OP,
@@ -101,7 +102,9 @@ def sliding_window_attn(q, k, v, *, window: int, q_offset: int = 0, sink_k=None,
               f"{list(q.shape)}, got {list(sink_q.shape)}")
     for name, t in (("k", k), ("v", v), ("sink_k", sink_k), ("sink_v", sink_v), ("sink_q", sink_q)):
         check(t is None or t.device == q.device, OP, f"{name} must be on q's device {q.device}")
-    scale = D ** -0.5 if scale is None else float(scale)
+    scale = D ** -0.5 if scale is None else check_number(
+        OP, "scale", scale, minimum=0, min_open=True,
+        expected="a number > 0 or None (None: D^-0.5)")
     impl = pick_impl(OP, impl, q)
     args = (q, k, v, window, q_offset, sink_k, sink_v, sink_q, scale)
     if impl == "naive":

@@ -185,6 +185,11 @@ class Attention(Mixer):
                       + 2 * n_persistent * n_kv_heads * head_dim_,
                       {"d_model": d_model, "n_heads": n_heads, "head_dim": head_dim,
                        "n_persistent": n_persistent})
+        if window is not None:              # the window cache: W - 1 entries + the sinks
+            check_scalars("Attention", "state scalars per sequence",
+                          2 * n_kv_heads * head_dim_ * (window - 1 + n_sinks),
+                          {"window": window, "n_sinks": n_sinks, "n_kv_heads": n_kv_heads,
+                           "head_dim": head_dim_})
         self.n_heads, self.n_kv_heads = n_heads, n_kv_heads
         self.head_dim = d_model // n_heads if head_dim is None else head_dim
         self.window, self.n_sinks = window, n_sinks

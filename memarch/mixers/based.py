@@ -52,6 +52,8 @@ class BasedLinearAttention(LinearAttention):
     def __init__(self, d_model: int, *, layer_idx: int | None = None, n_heads: int = 16,
                  feature_dim: int = 16, eps: float = 1e-12, taylor_form: str = "unique",
                  impl: str = "auto"):
+        check_int("BasedLinearAttention", "n_heads", n_heads, minimum=1)   # None is not 16
+        check_int("BasedLinearAttention", "feature_dim", feature_dim, minimum=1)
         super().__init__(d_model, layer_idx=layer_idx, n_heads=n_heads, feature_dim=feature_dim,
                          feature_map="taylor", normalize=True, gated=False, eps=eps,
                          taylor_form=taylor_form, impl=impl)

@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from memarch.kernels._common import check_int
+from memarch.mixers.base import MAX_SCALARS
 
 __all__ = ["FeatureMap", "TaylorFeatureMap", "make_feature_map", "FEATURE_MAPS"]
 
@@ -48,6 +49,10 @@ class TaylorFeatureMap(nn.Module):
     def __init__(self, head_dim: int, form: str = "unique"):
         super().__init__()
         check_int("TaylorFeatureMap", "head_dim", head_dim, minimum=1)
+        if 3 * head_dim * (head_dim + 1) // 2 > MAX_SCALARS:   # its index buffers: refuse first
+            raise ValueError(f"TaylorFeatureMap: head_dim={head_dim} would make "
+                             f"{head_dim * (head_dim + 1) // 2:.3g} quadratic features (index "
+                             f"buffers of more than {MAX_SCALARS:.3g} entries): lower head_dim")
         if not isinstance(form, str) or form not in ("full", "unique"):
             raise ValueError(f"TaylorFeatureMap: form must be 'full' or 'unique', got {form!r}")
         d = head_dim

@@ -82,7 +82,7 @@ from memarch.mixers.base import (
     check_positive_int,
     check_scalars,
 )
-from memarch.mixers.short_conv import causal_conv_step
+from memarch.modules.conv import causal_conv_step
 from memarch.modules.norm import RMSNorm
 
 __all__ = ["MoM", "MoMLinearState", "MoMState"]
@@ -146,7 +146,10 @@ class MoM(Mixer):
         if v_dim != int(v_dim):
             raise ValueError(f"{name}: expand_v must be {expected}, got expand_v={expand_v!r}")
         check_int(name, "conv_size", conv_size, minimum=0)
-        check_number(name, "aux_loss_coef", aux_loss_coef, minimum=0)
+        # aux_loss <= aux_loss_coef * n_memories, computed in fp32: keep it finite there
+        check_number(name, "aux_loss_coef", aux_loss_coef, minimum=0,
+                     maximum=torch.finfo(torch.float32).max / n_memories,
+                     expected="a number >= 0 (with aux_loss_coef * n_memories finite in fp32)")
         check_bool(name, "shared_memory", shared_memory)
         check_number(name, "norm_eps", norm_eps, minimum=0, min_open=True)
         check_choice(name, "impl", impl, IMPLS)

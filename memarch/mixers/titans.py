@@ -78,7 +78,6 @@ MAC, MAG and MAL: see ``MemoryAsContext``, ``MemoryAsGate``; MAL is the layer st
 from __future__ import annotations
 
 import inspect
-import itertools
 import math
 from collections.abc import Mapping
 from typing import NamedTuple
@@ -99,7 +98,7 @@ from memarch.mixers.base import (
     check_positive_int,
     check_scalars,
 )
-from memarch.mixers.short_conv import causal_conv_step
+from memarch.modules.conv import causal_conv_step
 from memarch.modules.norm import RMSNorm
 from memarch.modules.rotary import apply_rotary
 
@@ -107,6 +106,7 @@ __all__ = ["NeuralMemory", "NeuralMemoryState", "MemoryAsContext", "MemoryAsCont
            "MemoryAsGate", "MemoryAsGateState"]
 
 _L2_EPS = 1e-12
+MAX_DEPTH = 64           # NeuralMemory(depth=...): layers of the memory MLP
 _NORM_EPS = 1e-6
 
 
@@ -249,28 +249,39 @@ class NeuralMemory(Mixer):
         own = "NeuralMemory"
         n_heads = max(1, d_model // 64) if n_heads is None else n_heads
         check_positive_int(own, "n_heads", n_heads)
+        if head_dim is None and n_heads > d_model:
+            raise ValueError(f"{own}: n_heads={n_heads} must be <= d_model={d_model} (head_dim "
+                             f"= d_model // n_heads), or give head_dim")
         head_dim = d_model // n_heads if head_dim is None else head_dim
         check_positive_int(own, "head_dim", head_dim)
-        check_positive_int(own, "depth", depth)
+        # the paper's memories have 1-4 layers; each layer is a Parameter per head, so a depth in
+        # the millions would build millions of modules before any size check could fire
+        check_int(own, "depth", depth, minimum=1, maximum=MAX_DEPTH)
         check_positive_int(own, "expansion", expansion)
         check_positive_int(own, "chunk_size", chunk_size)
         check_int(own, "conv_size", conv_size, minimum=0)
         check_bool(own, "momentum", momentum)
         check_bool(own, "forgetting", forgetting)
         check_bool(own, "residual_norm", residual_norm)
-        max_lr = check_number(own, "max_lr", max_lr, minimum=0, min_open=True)
+        max_lr = check_number(own, "max_lr", max_lr, minimum=0, min_open=True,  # fp32-finite
+                              maximum=torch.finfo(torch.float32).max,
+                              expected="a number > 0 (finite in fp32)")
         for name, val, hi in (("theta_init", theta_init, max_lr), ("eta_init", eta_init, 1.0),
                               ("alpha_init", alpha_init, 1.0)):
             check_number(own, name, val, minimum=0, maximum=hi, min_open=True, max_open=True)
         check_choice(own, "gates", gates, ("token", "chunk"))
         max_grad_norm = check_number(own, "max_grad_norm", max_grad_norm, minimum=0,
                                      min_open=True, none_ok=True)
-        widths = [head_dim] + [head_dim * expansion] * (depth - 1) + [head_dim]
-        n_mem = n_heads * sum(a * b for a, b in itertools.pairwise(widths))
+        # the memory MLP's weights (widths Dh -> Dh e -> ... -> Dh), counted without building
+        # the list of widths (depth = 10**12 must be refused, not a MemoryError)
+        hid = head_dim * expansion
+        n_mem = n_heads * (head_dim * head_dim if depth == 1
+                           else 2 * head_dim * hid + (depth - 2) * hid * hid)
         HD = n_heads * head_dim
         args = {"d_model": d_model, "n_heads": n_heads, "head_dim": head_dim, "depth": depth,
                 "expansion": expansion}
-        check_scalars(own, "parameters", n_mem + 5 * d_model * HD + 3 * HD * conv_size, args)
+        check_scalars(own, "parameters", n_mem + 5 * d_model * HD + 3 * HD * conv_size,
+                      {**args, "conv_size": conv_size})
         check_scalars(own, "state scalars per sequence",
                       2 * n_mem + n_heads * (chunk_size - 1) * (2 * head_dim + 3)
                       + max(conv_size - 1, 0) * 3 * HD,
@@ -570,6 +581,10 @@ class MemoryAsGate(Mixer):
                               rope_base=rope_base)
         self.memory = NeuralMemory(d_model, layer_idx=layer_idx,
                                    **_memory_kwargs("MemoryAsGate", memory))
+        # the window cache is allocated at the first call: refuse a huge window here
+        check_scalars("MemoryAsGate", "state scalars per sequence",
+                      self.attn.state_size(window) + self.memory.state_size(window),
+                      {"window": window, "d_model": d_model})
         self.gate = _NormGate(d_model)
 
     def init_own_parameters(self) -> None:

@@ -39,7 +39,8 @@ from typing import Any
 
 import torch
 
-from memarch.models.hf import (HFConfigError, _dtype, build_from_hf_parts,
+from memarch.kernels._common import check_int, check_number
+from memarch.models.hf import (MAX_LAYERS, HFConfigError, _dtype, build_from_hf_parts,
                                check_attention_overrides, hf_to_memarch_config)
 
 __all__ = ["from_gguf", "read_gguf", "gguf_to_hf", "GGUFError", "GGUF_ARCHITECTURES"]
@@ -92,21 +93,50 @@ def gguf_to_hf(reader) -> dict:
     def meta(key, default=...):
         return _field(reader, f"{arch}.{key}", default)
 
-    for key in ("expert_count", "expert_used_count"):
-        if meta(key, 0):
-            raise GGUFError(f"from_gguf: {arch}.{key}={meta(key)}: mixtures of experts are "
-                            "not supported")
-    heads, kv = meta("attention.head_count"), meta("attention.head_count_kv", None)
-    for key, v in (("attention.head_count", heads), ("attention.head_count_kv", kv)):
+    def meta_int(key, default=..., *, minimum=1, maximum=None):
+        """An int metadata value (strict: no bool, float or string), None if absent and
+        ``default`` is None."""
+        v = meta(key, default)
         if isinstance(v, list):
             raise GGUFError(f"from_gguf: per-layer {arch}.{key} {v[:4]}... is not supported")
-    d = meta("embedding_length")
-    head_dim = meta("attention.key_length", d // heads)
-    if meta("attention.value_length", head_dim) != head_dim:
+        try:
+            return check_int("from_gguf", f"{arch}.{key}", v, minimum=minimum,
+                             maximum=maximum, none_ok=default is None)
+        except ValueError as e:
+            raise GGUFError(str(e)) from None
+
+    def meta_number(key, default=..., **kw):
+        try:
+            return check_number("from_gguf", f"{arch}.{key}", meta(key, default), **kw)
+        except ValueError as e:
+            raise GGUFError(str(e)) from None
+
+    for key in ("expert_count", "expert_used_count"):
+        if meta_int(key, 0, minimum=0):
+            raise GGUFError(f"from_gguf: {arch}.{key}={meta(key)}: mixtures of experts are "
+                            "not supported")
+    heads, kv = meta_int("attention.head_count"), meta_int("attention.head_count_kv", None)
+    d = meta_int("embedding_length")
+    if kv is not None and heads % kv:
+        raise GGUFError(f"from_gguf: {arch}.attention.head_count_kv={kv} must divide "
+                        f"{arch}.attention.head_count={heads}")
+    if meta("attention.key_length", None) is None and d % heads:
+        raise GGUFError(f"from_gguf: {arch}.attention.head_count={heads} must divide "
+                        f"{arch}.embedding_length={d} (or the file must give "
+                        f"{arch}.attention.key_length)")
+    head_dim = meta_int("attention.key_length", d // heads)
+    if head_dim % 2:                            # RoPE rotates pairs
+        given = (f"{arch}.attention.key_length={head_dim}"
+                 if meta("attention.key_length", None) is not None else
+                 f"{arch}.embedding_length={d} // {arch}.attention.head_count={heads} = "
+                 f"{head_dim}")
+        raise GGUFError(f"from_gguf: the head dimension must be even (RoPE rotates pairs), "
+                        f"got {given}")
+    value_length = meta_int("attention.value_length", head_dim)
+    if value_length != head_dim:
         raise GGUFError(f"from_gguf: {arch}.attention.value_length "
-                        f"{meta('attention.value_length')} != key_length {head_dim} is not "
-                        "supported")
-    rot = meta("rope.dimension_count", head_dim)
+                        f"{value_length} != key_length {head_dim} is not supported")
+    rot = meta_int("rope.dimension_count", head_dim)
     if rot != head_dim:
         raise GGUFError(f"from_gguf: partial rotary embeddings ({arch}.rope.dimension_count="
                         f"{rot} of head dim {head_dim}) are not supported")
@@ -114,22 +144,25 @@ def gguf_to_hf(reader) -> dict:
         raise GGUFError("from_gguf: the rope_freqs tensor (per-frequency RoPE factors, as "
                         "Llama-3.1 files store their llama3 scaling) is not supported")
     kind = meta("rope.scaling.type", "none")
-    if kind not in ("none", "linear"):
+    if not isinstance(kind, str) or kind not in ("none", "linear"):
         raise GGUFError(f"from_gguf: {arch}.rope.scaling.type {kind!r} is not supported "
                         "(none, linear)")
-    factor = meta("rope.scaling.factor", 1.0)
+    factor = meta_number("rope.scaling.factor", 1.0, minimum=0, min_open=True)
     scaling = ({"rope_type": "linear", "factor": float(factor)}
                if kind == "linear" and factor != 1.0 else None)
     emb = next((t for t in reader.tensors if t.name == "token_embd.weight"), None)
-    vocab = meta("vocab_size", None) or (int(emb.shape[-1]) if emb is not None else None)
+    vocab = meta_int("vocab_size", None) or (int(emb.shape[-1]) if emb is not None else None)
     hf = {"model_type": arch, "vocab_size": vocab, "hidden_size": d,
-          "intermediate_size": meta("feed_forward_length"),
-          "num_hidden_layers": meta("block_count"), "num_attention_heads": heads,
+          "intermediate_size": meta_int("feed_forward_length"),
+          "num_hidden_layers": meta_int("block_count", maximum=MAX_LAYERS),
+          "num_attention_heads": heads,
           "num_key_value_heads": kv or heads, "head_dim": head_dim,
-          "rms_norm_eps": float(meta("attention.layer_norm_rms_epsilon")),
-          "rope_theta": float(meta("rope.freq_base", 10000.0)), "rope_scaling": scaling,
+          "rms_norm_eps": meta_number("attention.layer_norm_rms_epsilon", minimum=0,
+                                      min_open=True),
+          "rope_theta": meta_number("rope.freq_base", 10000.0, minimum=1, min_open=True),
+          "rope_scaling": scaling,
           "tie_word_embeddings": not any(t.name == "output.weight" for t in reader.tensors),
-          "max_position_embeddings": meta("context_length", None)}
+          "max_position_embeddings": meta_int("context_length", None)}
     if arch == "qwen2":
         hf["use_sliding_window"] = False
     return hf

@@ -140,6 +140,7 @@ class HMT(HubMixin, nn.Module):
                                 f"{type(backbone).__name__}")
         check_positive_int("HMT", "segment_len", segment_len)
         L = segment_len
+        summary_given = summary_len is not None
         if summary_len is None:
             summary_len = max(1, int(round(L * 0.5)))
         for name, v, lo, hi in (("sensory_len", sensory_len, 0, L),
@@ -164,7 +165,9 @@ class HMT(HubMixin, nn.Module):
         check_positive_int("HMT", "recall_dim", recall_dim)
         check_scalars("HMT", "state scalars per sequence (without the backbone's)",
                       (n_memories + 1) * D + max(sensory_len, summary_len),
-                      {"n_memories": n_memories, "d_model": D})
+                      {"n_memories": n_memories, "d_model": D, "sensory_len": sensory_len,
+                       **({"summary_len": summary_len} if summary_given
+                          else {"segment_len": segment_len})})
         check_scalars("HMT", "parameters of its own", 2 * D * recall_dim,
                       {"recall_dim": recall_dim, "d_model": D})
         self.backbone = backbone

@@ -96,10 +96,6 @@ class MemLM(HubMixin, nn.Module):
                  d_hidden: int | None = None, tie_embeddings: bool = True,
                  norm_eps: float = 1e-6, init_std: float = 0.02, mlp_bias: bool = False):
         super().__init__()
-        self.init_kwargs = dict(vocab_size=vocab_size, d_model=d_model, mixers=dict(mixers),
-                                layer_pattern=list(layer_pattern), d_hidden=d_hidden,
-                                tie_embeddings=tie_embeddings, norm_eps=norm_eps,
-                                init_std=init_std, mlp_bias=mlp_bias)
         check_positive_int("MemLM", "vocab_size", vocab_size)
         check_positive_int("MemLM", "d_model", d_model)
         check_number("MemLM", "norm_eps", norm_eps, minimum=0, min_open=True)
@@ -113,16 +109,22 @@ class MemLM(HubMixin, nn.Module):
             check_scalars("MemLM", "parameters per MLP", 3 * d_model * d_hidden,
                           {"d_model": d_model, "d_hidden": d_hidden})
         if not isinstance(mixers, Mapping) or not mixers:
-            raise ValueError("MemLM: mixers must be a non-empty mapping of slot name -> factory")
-        if isinstance(layer_pattern, str) or not layer_pattern:
+            raise ValueError("MemLM: mixers must be a non-empty mapping of slot name -> factory, "
+                             f"got {mixers!r}")
+        if (isinstance(layer_pattern, (str, bytes)) or not isinstance(layer_pattern, Sequence)
+                or not layer_pattern):
             raise ValueError(
                 "MemLM: layer_pattern must be a non-empty list of slot names from "
-                f"mixers={sorted(mixers)}, got {layer_pattern!r}")
-        unknown = [n for n in layer_pattern if n not in mixers]
+                f"mixers={sorted(map(str, mixers))}, got {layer_pattern!r}")
+        unknown = [n for n in layer_pattern if not isinstance(n, str) or n not in mixers]
         if unknown:
             raise ValueError(
                 f"MemLM: layer_pattern names unknown mixer slots {unknown}; "
-                f"known slots (keys of mixers): {sorted(mixers)}")
+                f"known slots (keys of mixers): {sorted(map(str, mixers))}")
+        self.init_kwargs = dict(vocab_size=vocab_size, d_model=d_model, mixers=dict(mixers),
+                                layer_pattern=list(layer_pattern), d_hidden=d_hidden,
+                                tie_embeddings=tie_embeddings, norm_eps=norm_eps,
+                                init_std=init_std, mlp_bias=mlp_bias)
         self.vocab_size, self.d_model = vocab_size, d_model
         self.layer_pattern = list(layer_pattern)
         self.embed = nn.Embedding(vocab_size, d_model)
