@@ -92,7 +92,7 @@ bench-quick: setup
 	$(PY) benchmarks/update_readme.py
 
 lint: setup
-	$(PY) -m ruff check memarch kernels eval tests
+	$(PY) -m ruff check memarch kernels eval tests benchmarks train.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -107,8 +107,8 @@ RECURRENT_WHY = (f"not measured above T={RECURRENT_MAX_T}: fla's token-loop refe
 
 # Why memarch is slower where it is (ratio < 1), keyed by (group, case) or (group, case,
 # pass); written from torch.profiler runs of these calls (see the report in the rows).
-_GUARD = ("non-finite guard: memarch's ops keep causality for NaN/inf input (DESIGN.md, "
-          "Kernels), so they run isfinite/all/where passes over k, v (and beta, g) that fla's "
+_GUARD = ("non-finite guard: memarch's ops keep causality for NaN/inf input "
+          "(docs/design.md#the-nan-rule), so they run isfinite/all/where passes over k, v (and beta, g) that fla's "
           "reference code does not")
 REASONS: dict[tuple, str] = {
     ("attention", "SDPA causal / Attention full"): (

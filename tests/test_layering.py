@@ -35,7 +35,8 @@ def test_kernels_import_nothing_else_from_memarch(checks):
     bad = [m for m in mods if m.startswith("memarch.") and not m.startswith("memarch.kernels")]
     checks.true(not bad, f"memarch.kernels pulled in {bad}")
     # and statically: no file under kernels/ names another memarch module
-    for path in sorted((ROOT / "kernels").rglob("*.py")):
+    for path in sorted([*(ROOT / "kernels").rglob("*.py"),
+                        *(ROOT / "memarch" / "kernels").rglob("*.py")]):
         for node in ast.walk(ast.parse(path.read_text())):
             names = ([a.name for a in node.names] if isinstance(node, ast.Import)
                      else [node.module or ""] if isinstance(node, ast.ImportFrom) and not node.level
@@ -48,7 +49,11 @@ def test_kernels_import_nothing_else_from_memarch(checks):
 def test_namespace_maps_repo_folders(checks):
     import memarch.eval
     import memarch.kernels
-    checks.true(Path(memarch.kernels.__file__).parent == ROOT / "kernels", "kernels/ folder")
+    import memarch.kernels.linear_attention
+    checks.true(Path(memarch.kernels.__file__).parent == ROOT / "memarch" / "kernels",
+                "memarch/kernels/ folder")
+    checks.true(Path(memarch.kernels.linear_attention.__file__).parent
+                == ROOT / "kernels" / "linear_attention", "the ops in kernels/<package>/")
     checks.true(Path(memarch.eval.__file__).parent == ROOT / "eval", "eval/ folder")
     checks.true(Path(memarch.__file__).parent == ROOT / "memarch", "memarch/ folder")
 

@@ -144,8 +144,8 @@ def tolerance(dtype: str, kind: str, torch_err: dict | None) -> float:
 
 def decode_calls(op: str) -> int | None:
     """The decode-kernel launch counter of an op's Triton module (None: it has none)."""
-    mod = {"linear_attn": "memarch.kernels.linear_attn.triton_chunk",
-           "delta_rule": "memarch.kernels.delta_rule.triton_chunk"}.get(op)
+    mod = {"linear_attn": "memarch.kernels.linear_attention.triton_chunk",
+           "delta_rule": "memarch.kernels.gated_delta_rule.triton_chunk"}.get(op)
     return importlib.import_module(mod).DECODE_CALLS if mod else None
 
 

@@ -11,7 +11,15 @@ from __future__ import annotations
 
 import torch
 
-from .._common import check, check_float, check_int, check_number, check_triton, pick_impl
+from .._common import (
+    MAX_SCALE,
+    check,
+    check_float,
+    check_int,
+    check_number,
+    check_triton,
+    pick_impl,
+)
 from .naive import sliding_window_naive
 from .torch_chunk import sliding_window_torch
 
@@ -52,8 +60,8 @@ def sliding_window_attn(q, k, v, *, window: int, q_offset: int = 0, sink_k=None,
         o [B, Tq, H, D] in q's dtype. The op is stateless: the caller keeps the last W-1
         keys/values (and the sinks) as its cache.
 
-    Non-finite input: every implementation keeps causality for any input (DESIGN.md,
-    Kernels). A NaN/inf in q, k, v or the sinks changes no output that does not see it (in
+    Non-finite input: every implementation keeps causality for any input
+    (docs/design.md#the-nan-rule). A NaN/inf in q, k, v or the sinks changes no output that does not see it (in
     particular none before its position), and every output that sees it (a visible key with
     a non-finite score or value row) is NaN, not finite-but-wrong. Forward only: gradients
     make no such promise.
@@ -76,13 +84,14 @@ def sliding_window_attn(q, k, v, *, window: int, q_offset: int = 0, sink_k=None,
     B, Tq, H, D = q.shape
     Tk, Hkv = k.shape[1], k.shape[2]
     check(tuple(k.shape) == (B, Tk, Hkv, D), OP, f"k must have shape [B, Tk, Hkv, D] with B={B}, "
-          f"D={D}, got {list(k.shape)}")
+          f"D={D} (from q's shape {list(q.shape)}), got {list(k.shape)}")
     check(tuple(v.shape) == tuple(k.shape), OP, f"v must have k's shape {list(k.shape)}, got "
           f"{list(v.shape)}")
     check(Hkv >= 1 and H % Hkv == 0, OP, f"q heads ({H}) must be a multiple of k/v heads ({Hkv})")
+    check(Tq >= 1, OP, f"q must have at least one token (Tq >= 1), got shape {list(q.shape)}")
     check(Tq <= Tk <= q_offset + Tq, OP, f"need Tq <= Tk <= q_offset + Tq (keys end at the last "
-          f"query and start at position >= 0), got Tq={Tq}, Tk={Tk}, q_offset={q_offset}")
-    check(Tq >= 1, OP, "q must have at least one token")
+          f"query and start at position >= 0), got q's Tq={Tq}, k's Tk={Tk}, "
+          f"q_offset={q_offset}")
     check((sink_k is None) == (sink_v is None), OP, "sink_k and sink_v must be given together")
     check(sink_q is None or sink_k is not None, OP, "sink_q given without sink_k / sink_v")
     given = {n: t.dtype for n, t in (("q", q), ("k", k), ("v", v), ("sink_k", sink_k),
@@ -103,8 +112,8 @@ def sliding_window_attn(q, k, v, *, window: int, q_offset: int = 0, sink_k=None,
     for name, t in (("k", k), ("v", v), ("sink_k", sink_k), ("sink_v", sink_v), ("sink_q", sink_q)):
         check(t is None or t.device == q.device, OP, f"{name} must be on q's device {q.device}")
     scale = D ** -0.5 if scale is None else check_number(
-        OP, "scale", scale, minimum=0, min_open=True,
-        expected="a number > 0 or None (None: D^-0.5)")
+        OP, "scale", scale, minimum=0, min_open=True, maximum=MAX_SCALE,
+        expected="a number in (0, 1e6] or None (None: D^-0.5; larger ones overflow fp32)")
     impl = pick_impl(OP, impl, q)
     args = (q, k, v, window, q_offset, sink_k, sink_v, sink_q, scale)
     if impl == "naive":

@@ -11,7 +11,7 @@ Scores that need a second query (``sink_q`` other than q: StreamingLLM's cache p
 share the softmax by concatenating heads: [q, sink_q] . [k, 0] = q . k for band keys and
 [q, sink_q] . [0, sink_k] = sink_q . sink_k for sinks.
 
-Non-finite input (DESIGN.md, Kernels; same semantics as naive.py). A masked entry inside
+Non-finite input (docs/design.md#the-nan-rule; as naive.py). A masked entry inside
 SDPA meets its value with weight 0, and 0 * NaN = NaN, so the guard is: when an input is not
 known finite (``known_finite``: one reduction per input; the usual case skips the rest),
 the calls see finite copies (non-finite entries zeroed, identical elsewhere, so every

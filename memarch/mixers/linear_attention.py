@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from memarch.kernels.linear_attn import linear_attn
+from memarch.kernels import linear_attn
 from memarch.mixers.base import (
     IMPLS,
     Mixer,

@@ -28,8 +28,8 @@ reference repositories pack each memory's tokens into its own sequence, run the 
 there (across memory boundaries: a token's window holds other tokens routed to the same
 memory, and in training even the neighbouring memory's tokens) and sort tokens with an
 unstable sort; memarch follows the paper's definition of the memories as recurrences over
-the tokens routed to them and keeps the conv a per-token feature of x (the issue's choice),
-so routing never changes what a token writes, only where.
+the tokens routed to them and keeps the conv a per-token feature of x (a choice, see
+docs/design.md#mixture-of-memories), so routing never changes what a token writes, only where.
 
 Implementation: the masked form. All M + 1 memories run over the whole timeline as M + 1
 groups of heads in one kernel call; an unrouted token is an exact identity step (selected,
@@ -68,8 +68,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from memarch.kernels.delta_rule import delta_rule
-from memarch.kernels.linear_attn import linear_attn
+from memarch.kernels import delta_rule, linear_attn
 from memarch.mixers.base import (
     IMPLS,
     Mixer,

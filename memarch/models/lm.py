@@ -84,7 +84,7 @@ class MemLM(HubMixin, nn.Module):
         d_hidden: SwiGLU hidden width (None: 8/3 d_model rounded; 0: no MLP).
         tie_embeddings: share the input embedding and the output head.
         norm_eps: RMSNorm epsilon.
-        init_std: std of the normal init of linear and embedding weights.
+        init_std: std of the normal init of linear and embedding weights, in [0, 1].
         mlp_bias: biases in the SwiGLU's three projections (Llama's ``mlp_bias``).
 
     ``init_kwargs`` keeps the constructor's arguments (``memarch.hub`` writes them as
@@ -99,7 +99,7 @@ class MemLM(HubMixin, nn.Module):
         check_positive_int("MemLM", "vocab_size", vocab_size)
         check_positive_int("MemLM", "d_model", d_model)
         check_number("MemLM", "norm_eps", norm_eps, minimum=0, min_open=True)
-        check_number("MemLM", "init_std", init_std, minimum=0)
+        check_number("MemLM", "init_std", init_std, minimum=0, maximum=1.0)   # a weight std
         check_int("MemLM", "d_hidden", d_hidden, minimum=0, none_ok=True)
         check_bool("MemLM", "mlp_bias", mlp_bias)
         check_bool("MemLM", "tie_embeddings", tie_embeddings)

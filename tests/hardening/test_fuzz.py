@@ -1,4 +1,4 @@
-"""Issue 29, build item 2: property-based fuzzing of every public constructor and entry point.
+"""Hardening: property-based fuzzing of every public constructor and entry point.
 
 For each (entry point, argument) pair, hypothesis draws a value for that one argument (the
 others stay at a valid small default) from the argument classes that broke things before:
@@ -408,7 +408,7 @@ def _bad_tensor(t, c):
     if c["kind"] == "shape":
         return torch.randn(*c["shape"])
     if c["kind"] == "rank":
-        return torch.randn(*([2] * c["rank"]))
+        return torch.randn(*([2] * c["rank"])) if c["rank"] else torch.tensor(1.0)
     if c["kind"] == "empty":
         return t[:, :0]
     t = t.clone()

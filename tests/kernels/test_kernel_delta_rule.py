@@ -19,7 +19,7 @@ DIMS = ((16, 24, 2), (40, 16, 3))                     # K, V, H: K != V, H = 3 o
 GRID = [(T, K, V, H, use_g, init) for T, (K, V, H), use_g, init
         in itertools.product(TS, DIMS, (False, True), (False, True))]
 
-# `make test` runs a few cases of each grid (issue 27 item 6: the interpreter makes the whole
+# `make test` runs a few cases of each grid (the interpreter makes the whole
 # grid minutes long); `-m slow` runs the rest. FAST_GRID: T = 65 (across the 32- and 64-token
 # chunk edges) with g and the initial state (so its gradient) on; T = 1 with everything off
 # and the other dims (K > V, H = 3).
@@ -239,7 +239,7 @@ def split_and_resume(checks, impl, use_g, T, splits):
     pytest.param(20, 128, False, True, marks=pytest.mark.slow)])
 def test_triton_decode_kernel_matches_naive(K, V, use_g, init, checks):
     """T == 1 without grad goes through the fused one-token decode kernel."""
-    from memarch.kernels.delta_rule import triton_chunk
+    from memarch.kernels.gated_delta_rule import triton_chunk
     q, k, v, beta, g, S0 = make(2, 1, 3, K, V, torch.float32, use_g, init)
     calls = triton_chunk.DECODE_CALLS
     with torch.no_grad():
@@ -285,8 +285,8 @@ def _spy(monkeypatch, module, name, seen):
 
 def test_auto_picks_torch_on_cpu_and_honours_env(monkeypatch, checks):
     from memarch.kernels import _common
-    from memarch.kernels.delta_rule import triton_chunk
-    op = importlib.import_module("memarch.kernels.delta_rule")       # the module, not the op
+    from memarch.kernels.gated_delta_rule import triton_chunk
+    op = importlib.import_module("memarch.kernels.gated_delta_rule")   # the op's package
     seen: list = []
     _spy(monkeypatch, op, "chunk_delta_rule", seen)
     _spy(monkeypatch, op, "delta_rule_naive", seen)

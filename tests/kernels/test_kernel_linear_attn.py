@@ -15,7 +15,7 @@ TS, KS, VS = (1, 63, 64, 65, 200), (16, 60, 153), (16, 64)
 GRID = list(itertools.product(TS, KS, VS, (False, True), (False, True), (False, True)))
 EPS = 1e-6
 
-# `make test` runs a few cases of each grid (issue 27 item 6: the interpreter makes the whole
+# `make test` runs a few cases of each grid (the interpreter makes the whole
 # grid minutes long); `-m slow` runs the rest. FAST_GRID covers T = 1 and T = 65 (across the
 # 64-token chunk edge) and 63, K = 60 and 153 (not powers of two; 153 > 128: two K tiles),
 # V = 16 and 64, each of g / normalize / initial state on and off; init=True checks the
@@ -213,7 +213,7 @@ def test_split_and_resume_equals_one_call(impl, use_g, normalize, checks):
                                                  (60, 16, True, False)])
 def test_triton_decode_kernel_matches_naive(K, V, use_g, normalize, checks):
     """T == 1 without grad goes through the fused one-token decode kernel."""
-    from memarch.kernels.linear_attn import triton_chunk
+    from memarch.kernels.linear_attention import triton_chunk
     q, k, v, g, st = make(2, 1, 3, K, V, torch.float32, use_g, normalize, True)
     calls = triton_chunk.DECODE_CALLS
     with torch.no_grad():
@@ -303,7 +303,7 @@ def _nonfinite_grid():
 @pytest.mark.filterwarnings("ignore::RuntimeWarning")       # numpy in the interpreter on NaN
 @pytest.mark.parametrize("impl,normalize,bad,name,t", _nonfinite_grid())
 def test_nonfinite_input_is_causal(impl, normalize, bad, name, t, checks):
-    """issue 10 §3: NaN at t poisons outputs < t. A NaN/+inf in q, k, v or g at token t of
+    """The NaN rule (docs/design.md#the-nan-rule): NaN at t poisons no output < t. A NaN/+inf in q, k, v or g at token t of
     batch row 0, head 0 leaves every output before t (and all of row 1 and head 1, and their
     final states) equal to the clean call's; outputs that see token t (q: only t; k, v, g: all
     of t..T-1) are non-finite, not silently finite. g = +inf is a positive gate: ValueError."""
@@ -347,7 +347,7 @@ def test_nonfinite_input_is_causal(impl, normalize, bad, name, t, checks):
 
 @pytest.mark.parametrize("impl", ["naive", "torch", "triton"])
 def test_positive_gate_raises(impl, checks):
-    """issue 10 §5: a gate g > 0 (exp(g) > 1) is not a decay; the op says so, naming g."""
+    """A gate g > 0 (exp(g) > 1) is not a decay; the op says so, naming g."""
     q, k, v, g, _ = make(1, 5, 1, 8, 4, torch.float32, True, False, False)
     g = g.clone()
     g[0, 2, 0] = 0.5

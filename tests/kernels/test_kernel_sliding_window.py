@@ -71,7 +71,7 @@ def cases(W):
 
 
 GRID = [c for W in (1, 16, 64) for c in cases(W)]
-# `make test` runs these (issue 27 item 6), `-m slow` the rest of GRID: sinks with T = 4W,
+# `make test` runs these (the fast share), `-m slow` the rest of GRID: sinks with T = 4W,
 # chunked prefill over a cache (Tq < Tk, q_offset > 0) at W = 16 and across the 64-key
 # block at W = 64, and a one-token query at W = 1.
 FAST_GRID = [(16, 3, 64, 64, 0), (16, 2, 17, 32, 47), (64, 2, 65, 128, 191), (1, 0, 1, 1, 2)]
@@ -242,7 +242,7 @@ def _nonfinite_grid():
 @pytest.mark.filterwarnings("ignore::RuntimeWarning")       # numpy in the interpreter on NaN
 @pytest.mark.parametrize("impl,bad,name,t", _nonfinite_grid())
 def test_nonfinite_input_is_causal(impl, bad, name, t, checks):
-    """issue 10 §3: NaN at t poisons outputs < t. A NaN/+inf in one element of q, k, v or
+    """The NaN rule (docs/design.md#the-nan-rule): NaN at t poisons no output < t. A NaN/+inf in one element of q, k, v or
     sink_q at token t (sink_k, sink_v: sink t % S) of batch row 0 leaves every output that does
     not see it equal to the clean call's: all outputs before t, after the window, row 1, the
     other head for q. Every output that sees it is non-finite (never finite-but-wrong)."""

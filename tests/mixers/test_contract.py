@@ -101,7 +101,7 @@ def test_batch_rows_are_independent_and_selectable(checks):
 @pytest.mark.parametrize("bad", [float("nan"), float("inf")], ids=["nan", "inf"])
 @pytest.mark.parametrize("name", list(CASES))
 def test_non_finite_input_is_causal(name, bad, checks):
-    """Issue 10 §3 probe: a non-finite value at token t changes no output before t (masks
+    """The NaN rule: a non-finite value at token t changes no output before t (masks
     select, never multiply by zero), and leaves the other batch rows untouched. For NaN,
     one call and token-by-token streaming also agree after t (NaN where NaN)."""
     case = CASES[name]

@@ -89,7 +89,7 @@ def reference(m: MoM, x: torch.Tensor, state: MoMState | None = None):
 
 
 VARIANTS = list(itertools.product(("gated_delta", "linear"), (True, False), (1, 2)))
-# `make test` runs two variants (issue 27 item 6): each cell, shared memory on and off,
+# `make test` runs two variants (the fast share): each cell, shared memory on and off,
 # top-1 and top-2; `-m slow` runs the other six.
 FAST_VARIANTS = [("gated_delta", True, 2), ("linear", False, 1)]
 SPLIT_VARIANTS = [v if v in FAST_VARIANTS else pytest.param(*v, marks=pytest.mark.slow)

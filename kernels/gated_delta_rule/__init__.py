@@ -1,9 +1,9 @@
-"""``delta_rule``: the gated delta rule with a recurrent state.
+"""``memarch.kernels.gated_delta_rule``: the package of the op ``delta_rule``, the gated delta
+rule with a recurrent state.
 
 The equations, shapes, state and implementations are in ``delta_rule``'s own docstring
-(``help(memarch.kernels.delta_rule)`` shows it: the function shadows this module's name in
-``memarch.kernels``). The implementations live in ``naive.py``, ``torch_chunk.py`` and
-``triton_chunk.py`` beside this file.
+(``help(memarch.kernels.delta_rule)``). The implementations live in ``naive.py``,
+``torch_chunk.py`` and ``triton_chunk.py`` beside this file.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import warnings
 import torch
 
 from .._common import (
+    MAX_SCALE,
     check,
     check_bool,
     check_float,
@@ -98,8 +99,8 @@ def delta_rule(q, k, v, beta, *, g=None, scale=None, initial_state=None,
     check_bool(OP, "output_final_state", output_final_state)
     S0 = _unpack_state(initial_state, B, H, K, V)
     scale = K ** -0.5 if scale is None else check_number(
-        OP, "scale", scale, minimum=0, min_open=True,
-        expected="a number > 0 or None (None: K^-0.5)")
+        OP, "scale", scale, minimum=0, min_open=True, maximum=MAX_SCALE,
+        expected="a number in (0, 1e6] or None (None: K^-0.5; larger ones overflow fp32)")
     asked = impl
     impl = pick_impl(OP, impl, q)
     if impl == "triton" and T == 0:       # nothing to launch: what the torch path returns

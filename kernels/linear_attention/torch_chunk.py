@@ -10,7 +10,7 @@ The intra-chunk terms of all chunks are one batched matmul; only the [K, V] chun
 are a loop over chunks. Normalisation appends a column of ones to v: that column of the
 state is z and that column of the output is the denominator (scale q_t) . z_t.
 
-Causality for any input (DESIGN.md, Kernels): masks select (``torch.where``), never multiply,
+Causality for any input (docs/design.md#the-nan-rule): masks select (``torch.where``), never multiply,
 so a non-finite q/k/v/g at token s changes no output before s. The intra-chunk matmul A @ v
 runs on sanitised values v0 = where(isfinite(v), v, 0) (a zero weight times a NaN value is
 NaN), and the visible coefficients A[t, s] of a token s whose value row is non-finite are set

@@ -13,7 +13,7 @@ ENV_VAR = "MEMARCH_KERNEL_IMPL"
 TRITON_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
 GUARD = True
-"""The ops' non-finite guard (DESIGN.md, Kernels: a NaN/inf at token t changes no earlier
+"""The ops' non-finite guard (docs/design.md#the-nan-rule: a NaN/inf at token t changes no earlier
 output). ``False`` is for benchmarks only (``python -m benchmarks inference`` measures the
 guard's share of a forward with it): the ops then skip the guard, and non-finite input
 breaks causality. Never set it elsewhere."""
@@ -124,6 +124,11 @@ def _got(value) -> str:
         text = text[:57] + "..."
     return f"{text} ({type(value).__name__})" if isinstance(value, str) or not isinstance(
         value, (int, float)) else text
+
+
+# the largest ``scale`` an op takes: a scale is about D^-0.5 (1 for BASED); 1e6 leaves room
+# for any real use while keeping q k^T (or q S) far from fp32's overflow at ~3e38
+MAX_SCALE = 1e6
 
 
 def check_bool(owner: str, name: str, value) -> bool:

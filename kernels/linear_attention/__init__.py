@@ -1,9 +1,9 @@
-"""``linear_attn``: (gated, optionally normalised) linear attention with a recurrent state.
+"""``memarch.kernels.linear_attention``: the package of the op ``linear_attn``, (gated,
+optionally normalised) linear attention with a recurrent state.
 
 The equations, shapes, state and implementations are in ``linear_attn``'s own docstring
-(``help(memarch.kernels.linear_attn)`` shows it: the function shadows this module's name in
-``memarch.kernels``). The implementations live in ``naive.py``, ``torch_chunk.py`` and
-``triton_chunk.py`` beside this file.
+(``help(memarch.kernels.linear_attn)``). The implementations live in ``naive.py``,
+``torch_chunk.py`` and ``triton_chunk.py`` beside this file.
 """
 
 from __future__ import annotations
@@ -12,8 +12,16 @@ from typing import NamedTuple
 
 import torch
 
-from .._common import (check, check_bool, check_float, check_number, check_qkv_g, check_triton,
-                       pick_impl)
+from .._common import (
+    MAX_SCALE,
+    check,
+    check_bool,
+    check_float,
+    check_number,
+    check_qkv_g,
+    check_triton,
+    pick_impl,
+)
 from .naive import linear_attn_naive
 from .torch_chunk import chunk_linear_attn
 
@@ -86,7 +94,7 @@ def linear_attn(q, k, v, *, g=None, scale=None, normalize: bool = False, eps: fl
     check would cost a host sync per call (a positive gate then overflows to inf/NaN). A NaN
     gate is not rejected: like any non-finite q, k, v or g at token t, it changes no output
     before t and makes the outputs from t on (and the final state) non-finite; every
-    implementation keeps this causality (DESIGN.md, Kernels).
+    implementation keeps this causality (docs/design.md#the-nan-rule).
 
     Example (CPU, tiny sizes)::
 
@@ -103,8 +111,8 @@ def linear_attn(q, k, v, *, g=None, scale=None, normalize: bool = False, eps: fl
     eps = check_number(OP, "eps", eps, minimum=0)
     S0, z0 = _unpack_state(initial_state, normalize, B, H, K, V)
     scale = K ** -0.5 if scale is None else check_number(
-        OP, "scale", scale, minimum=0, min_open=True,
-        expected="a number > 0 or None (None: K^-0.5)")
+        OP, "scale", scale, minimum=0, min_open=True, maximum=MAX_SCALE,
+        expected="a number in (0, 1e6] or None (None: K^-0.5; larger ones overflow fp32)")
     impl = pick_impl(OP, impl, q)
 
     if impl == "triton" and T == 0:       # nothing to launch: what the torch path returns

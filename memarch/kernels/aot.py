@@ -69,8 +69,8 @@ def compile_usage(fn, types: dict, constexprs: dict, num_warps: int, cc: int,
 
 def configs(full: bool = False):
     """(name, fn, types, constexprs, num_warps) of every build the dispatchers can launch."""
-    from .delta_rule import triton_chunk as triton_dr
-    from .linear_attn import triton_chunk
+    from .gated_delta_rule import triton_chunk as triton_dr
+    from .linear_attention import triton_chunk
     from .sliding_window import triton_swa
     for mod in (triton_chunk, triton_swa, triton_dr):
         yield from mod.aot_configs(full)
