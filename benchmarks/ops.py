@@ -26,6 +26,7 @@ import sys
 from pathlib import Path
 
 import torch
+
 from memarch.kernels import delta_rule, linear_attn, sliding_window_attn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))

@@ -18,8 +18,8 @@ Writes ``benchmarks/results/probes.json`` (meta + one row per probe) and ``probe
 
 The hardening cases (round two) are in the table too (``*29_probes``, ``models``,
 ``hub``, ``convert``, ``overrides`` and the ``cli/*`` rows of ``cli29_probes``), set up as
-tests/hardening/test_hardening_*.py set them up. ``all_probes()`` builds the whole table (cheaply: the
-fixtures are made in TMP when a probe first needs them) and ``run_probe`` runs one:
+tests/hardening/test_hardening_*.py set them up. ``all_probes()`` builds the whole table
+(cheaply: the fixtures are made in TMP when a probe first needs them) and ``run_probe`` runs one:
 tests/hardening/test_probes.py runs the table as tests.
 """
 
@@ -56,17 +56,17 @@ ENV = {**os.environ, "TRITON_INTERPRET": "1", "HF_HUB_OFFLINE": "1", "HF_DATASET
 os.environ.update({k: ENV[k] for k in ("TRITON_INTERPRET", "HF_HUB_OFFLINE",
                                         "HF_DATASETS_OFFLINE", "WANDB_MODE")})
 
-from memarch.kernels import linear_attn, sliding_window_attn
-
-from memarch.generation import generate, sample_next, stream
-from memarch.mixers import Attention, BaseConv, BasedLinearAttention, LinearAttention, ShortConv
-from memarch.models import MemLM
+from memarch.generation import generate, sample_next, stream  # noqa: E402
+from memarch.kernels import linear_attn, sliding_window_attn  # noqa: E402
+from memarch.mixers import Attention, BaseConv, BasedLinearAttention, LinearAttention, ShortConv  # noqa: E402
+from memarch.models import MemLM  # noqa: E402
 
 RAW = (AttributeError, IndexError, KeyError, ZeroDivisionError, RuntimeError, AssertionError,
        NameError, UnboundLocalError, NotImplementedError, StopIteration, RecursionError)
 REPO_DIRS = tuple(str(ROOT / d) for d in ("memarch", "eval", "kernels", "train.py"))
 TMP = Path(tempfile.mkdtemp(prefix="memarch_probes_"))
-atexit.register(shutil.rmtree, TMP, True)       # also when imported (tests/hardening/test_probes.py)
+# also when imported (tests/hardening/test_probes.py)
+atexit.register(shutil.rmtree, TMP, True)
 SETUP_LOCK = threading.Lock()
 D = 32
 

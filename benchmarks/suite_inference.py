@@ -746,6 +746,7 @@ def train_memory_rows(T: int, t: int) -> list[dict]:
 
 def guard_rows(t: int, reps: int) -> list[dict]:
     import suite_peers as sp
+
     from memarch.kernels import delta_rule, linear_attn
     cm = importlib.import_module("memarch.kernels._common")
     T = GUARD_T

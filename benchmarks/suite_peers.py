@@ -108,8 +108,8 @@ RECURRENT_WHY = (f"not measured above T={RECURRENT_MAX_T}: fla's token-loop refe
 # Why memarch is slower where it is (ratio < 1), keyed by (group, case) or (group, case,
 # pass); written from torch.profiler runs of these calls (see the report in the rows).
 _GUARD = ("non-finite guard: memarch's ops keep causality for NaN/inf input "
-          "(docs/design.md#the-nan-rule), so they run isfinite/all/where passes over k, v (and beta, g) that fla's "
-          "reference code does not")
+          "(docs/design.md#the-nan-rule), so they run isfinite/all/where passes over k, v "
+          "(and beta, g) that fla's reference code does not")
 REASONS: dict[tuple, str] = {
     ("attention", "SDPA causal / Attention full"): (
         "the same SDPA kernel (outputs identical) plus what the layer does around it: the "
@@ -258,8 +258,8 @@ def _torch_version():
 
 def attention_cases(device, compile_flex=True):
     import torch.nn.functional as F
-    from memarch.kernels import sliding_window_attn
 
+    from memarch.kernels import sliding_window_attn
     from memarch.mixers import Attention
     impl = "torch" if device == "cpu" else "auto"
 
@@ -346,7 +346,6 @@ def _la_inputs(T, device, dtype, kind):
 
 def fla_cases(device):
     from memarch.kernels import delta_rule, linear_attn
-
     from memarch.mixers.feature_maps import TaylorFeatureMap
     impl = "torch" if device == "cpu" else "triton"
     t = lambda x: x.transpose(1, 2)                                 # noqa: E731

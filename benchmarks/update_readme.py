@@ -34,8 +34,8 @@ BENCH = ROOT / "benchmarks"
 RESULTS = BENCH / "results"
 if str(BENCH) not in sys.path:
     sys.path.insert(0, str(BENCH))
-import common  # noqa: I001
-from common import SUITES
+import common  # noqa: I001, E402
+from common import SUITES  # noqa: E402
 FILES = (ROOT / "README.md", BENCH / "README.md")      # the files whose blocks are generated
 BLOCK = re.compile(r"<!-- bench:([\w-]+) -->\n(.*?)\n?<!-- /bench:\1 -->", re.DOTALL)
 

@@ -19,12 +19,12 @@ dense-trained model evaluated with a window and sinks); the weights then load st
 proof that no parameter shape changed, and ``Loaded.config`` is the changed config.
 
 Digest: checkpoints written by memarch's training (``memarch.lit.io.AtomicCheckpointIO``,
-through ``with_digest``; not FSDP's sharded folders) record a SHA-256 of every tensor they hold (the weights, the
-optimizer state, the RNG and carried states) under ``"memarch_digest"``, and ``read`` (so
-``load``, resuming with ``ckpt_path=`` and ``memarch.eval``) recomputes it and refuses a file
-whose tensors changed after it was written (``CheckpointError`` naming the tensors, e.g.
-``state_dict/net.embed.weight``). A checkpoint without a digest (older ones, or written by
-other tools) loads as before.
+through ``with_digest``; not FSDP's sharded folders) record a SHA-256 of every tensor they
+hold (the weights, the optimizer state, the RNG and carried states) under
+``"memarch_digest"``, and ``read`` (so ``load``, resuming with ``ckpt_path=`` and
+``memarch.eval``) recomputes it and refuses a file whose tensors changed after it was written
+(``CheckpointError`` naming the tensors, e.g. ``state_dict/net.embed.weight``). A checkpoint
+without a digest (older ones, or written by other tools) loads as before.
 """
 
 from __future__ import annotations

@@ -288,7 +288,8 @@ def sample_next(logits: torch.Tensor, *, temperature: float = 0.0, top_k: int | 
     return _sample(logits, temperature, top_k, top_p, generator)
 
 
-def stream(model, ids: torch.Tensor | Sequence, *, state: Any = None, max_new_tokens: int | None = None,
+def stream(model, ids: torch.Tensor | Sequence, *, state: Any = None,
+           max_new_tokens: int | None = None,
            chunk_size: int | None = 2048, temperature: float = 0.0, top_k: int | None = None,
            top_p: float | None = None, stop_tokens: Sequence[int] = (), pad_id: int | None = None,
            min_new_tokens: int = 0, generator: torch.Generator | None = None,

@@ -32,7 +32,8 @@ class Checks:
         for i, (x, y) in enumerate(zip(a, e)):
             assert x.shape == y.shape, f"{msg}[{i}]: shape {tuple(x.shape)} vs {tuple(y.shape)}"
             if x.is_floating_point():
-                torch.testing.assert_close(x, y, atol=atol, rtol=rtol, msg=lambda m: f"{msg}[{i}]: {m}")
+                torch.testing.assert_close(x, y, atol=atol, rtol=rtol,
+                                           msg=lambda m: f"{msg}[{i}]: {m}")
             else:
                 assert torch.equal(x, y), f"{msg}[{i}]: {x} vs {y}"
             self.n += 1

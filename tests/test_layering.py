@@ -8,7 +8,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-
 ROOT = Path(__file__).resolve().parents[1]
 HEAVY = ["lightning", "pytorch_lightning", "hydra", "omegaconf", "wandb", "triton"]
 
@@ -48,8 +47,9 @@ def test_kernels_import_nothing_else_from_memarch(checks):
 
 def test_namespace_maps_repo_folders(checks):
     import memarch.eval
-    import memarch.kernels
     import memarch.kernels.linear_attention
+
+    import memarch.kernels
     checks.true(Path(memarch.kernels.__file__).parent == ROOT / "memarch" / "kernels",
                 "memarch/kernels/ folder")
     checks.true(Path(memarch.kernels.linear_attention.__file__).parent

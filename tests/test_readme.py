@@ -40,7 +40,7 @@ BENCH_README = ROOT / "benchmarks" / "README.md"
 DOCS = (README, BENCH_README)
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-import update_readme
+import update_readme  # noqa: E402
 
 # Percentages that are not measured results, with why. Anything else in either file outside
 # generated blocks must live in a results file (and so in a block).

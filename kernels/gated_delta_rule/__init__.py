@@ -77,11 +77,12 @@ def delta_rule(q, k, v, beta, *, g=None, scale=None, initial_state=None,
 
     Errors and non-finite input: ``g > 0`` and a finite beta outside [0, 2] raise
     ValueError when they are not on a CUDA device (on CUDA they are not checked: a host sync
-    per call); so does a ``scale`` that is not a finite number > 0. A token t whose k, v, beta or g holds
-    a non-finite value changes no output before t, and every output from t on (and the final
-    state) is NaN: each later output reads the state that token wrote. Every implementation
-    does this the same way: such tokens are replaced by a no-op write (k = v = beta = g = 0)
-    and the outputs that follow them are set to NaN. A non-finite q_t only affects o_t.
+    per call); so does a ``scale`` that is not a finite number > 0. A token t whose k, v, beta
+    or g holds a non-finite value changes no output before t, and every output from t on (and
+    the final state) is NaN: each later output reads the state that token wrote. Every
+    implementation does this the same way: such tokens are replaced by a no-op write
+    (k = v = beta = g = 0) and the outputs that follow them are set to NaN. A non-finite q_t
+    only affects o_t.
 
     Example (CPU, tiny sizes)::
 

@@ -1,4 +1,5 @@
-"""Linear attention in chunked matmul form (PyTorch; the CPU path, autograd gives the backward).
+"""Linear attention in chunked matmul form (PyTorch; the CPU path, autograd gives the
+backward).
 
 Tokens are grouped in chunks of C. Inside chunk n, with b_t = sum_{s<=t in chunk} g_s and
 H_n the state before the chunk (fp32 throughout):
@@ -10,13 +11,14 @@ The intra-chunk terms of all chunks are one batched matmul; only the [K, V] chun
 are a loop over chunks. Normalisation appends a column of ones to v: that column of the
 state is z and that column of the output is the denominator (scale q_t) . z_t.
 
-Causality for any input (docs/design.md#the-nan-rule): masks select (``torch.where``), never multiply,
-so a non-finite q/k/v/g at token s changes no output before s. The intra-chunk matmul A @ v
-runs on sanitised values v0 = where(isfinite(v), v, 0) (a zero weight times a NaN value is
-NaN), and the visible coefficients A[t, s] of a token s whose value row is non-finite are set
-to NaN, so every output that sees s is NaN rather than finite-but-wrong. That guard runs only
-when v is not known finite (``known_finite``: one reduction; the usual case skips it). The chunk states take
-the raw values: they only reach later chunks, and the final state after a NaN may be NaN.
+Causality for any input (docs/design.md#the-nan-rule): masks select (``torch.where``), never
+multiply, so a non-finite q/k/v/g at token s changes no output before s. The intra-chunk
+matmul A @ v runs on sanitised values v0 = where(isfinite(v), v, 0) (a zero weight times a NaN
+value is NaN), and the visible coefficients A[t, s] of a token s whose value row is non-finite
+are set to NaN, so every output that sees s is NaN rather than finite-but-wrong. That guard
+runs only when v is not known finite (``known_finite``: one reduction; the usual case skips
+it). The chunk states take the raw values: they only reach later chunks, and the final state
+after a NaN may be NaN.
 """
 
 from __future__ import annotations

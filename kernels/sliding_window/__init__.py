@@ -61,10 +61,10 @@ def sliding_window_attn(q, k, v, *, window: int, q_offset: int = 0, sink_k=None,
         keys/values (and the sinks) as its cache.
 
     Non-finite input: every implementation keeps causality for any input
-    (docs/design.md#the-nan-rule). A NaN/inf in q, k, v or the sinks changes no output that does not see it (in
-    particular none before its position), and every output that sees it (a visible key with
-    a non-finite score or value row) is NaN, not finite-but-wrong. Forward only: gradients
-    make no such promise.
+    (docs/design.md#the-nan-rule). A NaN/inf in q, k, v or the sinks changes no output that
+    does not see it (in particular none before its position), and every output that sees it
+    (a visible key with a non-finite score or value row) is NaN, not finite-but-wrong. Forward
+    only: gradients make no such promise.
 
     Example (CPU, tiny sizes)::
 

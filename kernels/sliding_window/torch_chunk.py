@@ -4,8 +4,8 @@ Queries are cut in blocks of Bq; block [a, a+Bq) can see only the Bq + W - 1 key
 its last query (and the sinks), so each block is one ``scaled_dot_product_attention`` call
 over those keys with a boolean mask: the band j in (i - W, i], and sink s visible iff
 s <= p_i - W. Work is O(T (W + Bq)), never a T x T mask. With autograd recording each block
-is recomputed in the backward (activation checkpointing per block), so nothing of size [T, W] is kept between forward and
-backward: training memory is O(T), as full attention's.
+is recomputed in the backward (activation checkpointing per block), so nothing of size [T, W]
+is kept between forward and backward: training memory is O(T), as full attention's.
 
 Scores that need a second query (``sink_q`` other than q: StreamingLLM's cache positions)
 share the softmax by concatenating heads: [q, sink_q] . [k, 0] = q . k for band keys and

@@ -2,7 +2,8 @@
 
 Loss = next-token cross-entropy over labels != -100 (+ aux_loss_weight * the model's
 aux_loss, the sum of the mixers' aux losses, each already scaled by its mixer, e.g. MoM's
-``aux_loss_coef``; so ``aux_loss_weight`` defaults to 1; logged apart as train/aux_loss). AdamW with a weight-decay split (no decay for norms, biases, embeddings), a
+``aux_loss_coef``; so ``aux_loss_weight`` defaults to 1; logged apart as train/aux_loss).
+AdamW with a weight-decay split (no decay for norms, biases, embeddings), a
 warmup + cosine schedule, optional ``torch.compile``. With ``stateful=True`` the detached
 model state is carried from one step to the next (truncated BPTT over the segments served
 by ``memarch.data.StreamSegments``) and saved in checkpoints, so resume is exact.

@@ -8,8 +8,8 @@ naming the group. Values are checked strictly (``memarch.overrides.value_fits``)
 an int where a bool is meant (``...memory.residual_norm=no``) and a bool where a number is
 meant are refused; Titans MAG / MAC's ``memory`` dict is checked against ``NeuralMemory``,
 and an ``impl`` against the kernel implementations. The data are set up at start-up
-(``setup_data``, in ``run``) and a memory longer than the training sequence (a Titans chunk, a MAC or
-HMT segment over ``data.dataset.seq_len``) is refused (``check_memory_lengths``), before
+(``setup_data``, in ``run``) and a memory longer than the training sequence (a Titans chunk, a
+MAC or HMT segment over ``data.dataset.seq_len``) is refused (``check_memory_lengths``), before
 training. Resuming (``ckpt_path=...``) refuses a model config that differs from the
 checkpoint's unless ``+allow_config_change=true``, and a checkpoint whose tensors do not
 match their recorded digest (``memarch.checkpoint``).

@@ -6,7 +6,8 @@ recall-throughput tradeoff", 2402.18668): Taylor linear attention + gated short 
 second-order Taylor map phi (phi(q) . phi(k) = 1 + s + s^2/2, s = q . k / sqrt(16)); v keeps
 the head dim; normalised causal linear attention
 
-    y_t = phi(q_t) S_t / (phi(q_t) . z_t + eps),  S_t = S_{t-1} + phi(k_t) v_t^T,  z_t = z_{t-1} + phi(k_t)
+    y_t = phi(q_t) S_t / (phi(q_t) . z_t + eps),
+    S_t = S_{t-1} + phi(k_t) v_t^T,  z_t = z_{t-1} + phi(k_t)
 
 with eps = 1e-12 (BASED's value; the denominator is >= t/2 since 1 + s + s^2/2 >= 1/2).
 Defaults follow BASED's reference configs: 16 heads, feature_dim 16. We use the

@@ -45,7 +45,8 @@ class ShortConv(Mixer):
         check_scalars("ShortConv", "parameters", d_model * (kernel_size + 1), args)
         if not isinstance(activation, (str, type(None))) or activation not in _ACTS:
             raise ValueError(
-                f"ShortConv: activation must be one of {sorted(map(str, _ACTS))}, got {activation!r}")
+                f"ShortConv: activation must be one of {sorted(map(str, _ACTS))}, "
+                f"got {activation!r}")
         self.kernel_size = kernel_size
         self.activation = activation
         self.weight = nn.Parameter(torch.empty(d_model, 1, kernel_size))  # depthwise

@@ -40,8 +40,14 @@ from typing import Any
 import torch
 
 from memarch.kernels._common import check_int, check_number
-from memarch.models.hf import (MAX_LAYERS, HFConfigError, _dtype, build_from_hf_parts,
-                               check_attention_overrides, hf_to_memarch_config)
+from memarch.models.hf import (
+    MAX_LAYERS,
+    HFConfigError,
+    _dtype,
+    build_from_hf_parts,
+    check_attention_overrides,
+    hf_to_memarch_config,
+)
 
 __all__ = ["from_gguf", "read_gguf", "gguf_to_hf", "GGUFError", "GGUF_ARCHITECTURES"]
 

@@ -37,8 +37,8 @@ naming it; so does an ``auto_map`` (custom modeling code, never run). Metadata (
 transformers class's default (``FAMILY_DEFAULTS``). Differences that remain: RoPE angles
 are computed in fp64 (transformers: fp32, which drifts by ~1e-3 rad at positions near 1e5,
 so long contexts differ slightly; ours are the exact angles), and RMSNorm multiplies its
-weight before the cast back to the input dtype (transformers after), so bf16/fp16 runs differ by rounding;
-fp32 logits agree to ~1e-6 at short positions (tested to 1e-5).
+weight before the cast back to the input dtype (transformers after), so bf16/fp16 runs differ
+by rounding; fp32 logits agree to ~1e-6 at short positions (tested to 1e-5).
 
 Reading a directory needs ``safetensors`` only (``config.json`` plus ``model.safetensors``
 or a sharded ``model.safetensors.index.json``), never ``transformers``, and runs no code from

@@ -133,7 +133,8 @@ class MemLM(HubMixin, nn.Module):
             mixer = mixers[name](d_model=d_model, layer_idx=i)
             if not isinstance(mixer, Mixer):
                 raise TypeError(
-                    f"MemLM: mixers[{name!r}] must build a memarch Mixer, got {type(mixer).__name__}")
+                    f"MemLM: mixers[{name!r}] must build a memarch Mixer, "
+                    f"got {type(mixer).__name__}")
             blocks.append(Block(mixer, d_model, d_hidden=d_hidden, norm_eps=norm_eps,
                                 mlp_bias=mlp_bias))
         self.blocks = nn.ModuleList(blocks)

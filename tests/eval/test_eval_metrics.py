@@ -28,7 +28,8 @@ def _eq(checks, actual, expected, msg="", tol=0.0):
 
 
 def test_normalisation(checks):
-    # lower -> drop punctuation -> articles -> whitespace: "the cat sat on a mat" -> "cat sat on mat"
+    # lower -> drop punctuation -> articles -> whitespace:
+    # "the cat sat on a mat" -> "cat sat on mat"
     checks.true(M.normalize_answer("The  Cat, sat on a mat!") == "cat sat on mat")
     # "An apple's (red)" -> "an apples red" -> "apples red"; "theatre"/"Anna" keep their letters
     checks.true(M.normalize_answer("An apple's (red)") == "apples red")
@@ -52,7 +53,8 @@ def test_qa_f1(checks):
 def test_score_example_max_over_answers_and_first_line(checks):
     # "barack obama" vs "obama": P = 1/2, R = 1 -> 2/3; vs "barack hussein obama": P = 1, R = 2/3
     # -> 0.8; vs "michelle": 0 -> max = 0.8
-    s = M.score_example("qa_f1_score", "Barack Obama", ["Obama", "Barack Hussein Obama", "Michelle"])
+    s = M.score_example("qa_f1_score", "Barack Obama",
+                        ["Obama", "Barack Hussein Obama", "Michelle"])
     _eq(checks, s, 0.8, tol=1e-12)
     # first_line: lstrip("\n") then line 0 -> "Paris" vs "London" = 0; all lines: 2/3
     _eq(checks, M.score_example("qa_f1_score", "\n\nParis\nLondon", ["London"], first_line=True), 0)
@@ -284,7 +286,8 @@ def test_property_classification(checks):
     pool = ["a", "ab", "abc", "b", "bc", "c", "abcd", "cd"]
     for _ in range(300):
         classes = rng.sample(pool, rng.randint(1, len(pool)))
-        pred, gold = "".join(rng.choice("abcd ") for _ in range(rng.randint(0, 8))), rng.choice(classes)
+        pred, gold = ("".join(rng.choice("abcd ") for _ in range(rng.randint(0, 8))),
+                      rng.choice(classes))
         hits = [c for c in classes if c in pred]
         for c in hits:  # the official loop: removes from the list it iterates over
             if c in gold and c != gold:
@@ -297,7 +300,8 @@ def test_property_chinese(checks):
     import jieba
 
     rng = random.Random(4)
-    pieces = ["我们", "今天", "去", "北京", "。", "，", "天气", "很好", "的", "学习", " ", ".", "AI"]
+    pieces = ["我们", "今天", "去", "北京", "。", "，", "天气", "很好", "的", "学习",
+              " ", ".", "AI"]
 
     def zh():
         return "".join(rng.choice(pieces) for _ in range(rng.randint(0, 10)))
@@ -316,7 +320,8 @@ def test_property_chinese(checks):
         joined = [" ".join(jieba.cut(t, cut_all=False)) for t in (p, g)]
         _eq(checks, M.rouge_zh_score(p, g), _ref_rouge_l(*joined), f"{p!r} / {g!r}", 1e-12)
         n = rng.randint(0, 3)
-        _eq(checks, M.retrieval_zh_score(p + "段落3", f"段落{n}"), _ref_digit_share(p + "3", str(n)))
+        _eq(checks, M.retrieval_zh_score(p + "段落3", f"段落{n}"),
+            _ref_digit_share(p + "3", str(n)))
 
 
 # ------------------------------------------------ the official scorer's own dependencies

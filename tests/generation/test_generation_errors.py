@@ -7,9 +7,9 @@ import math
 
 import pytest
 import torch
+from lm_helpers import hybrid_lm
 
 from memarch.generation import generate, sample_next, stream
-from lm_helpers import hybrid_lm
 
 INF = float("inf")
 
@@ -46,7 +46,8 @@ def test_stop_tokens_and_pad_id_outside_vocabulary(checks):
             generate(m, ids, 3, stop_tokens=bad)
         checks.n += 1
     for pad in (61, -1):
-        with pytest.raises(ValueError, match=rf"pad_id must be a token id in \[0, V=61\).*got {pad}"):
+        with pytest.raises(ValueError,
+                           match=rf"pad_id must be a token id in \[0, V=61\).*got {pad}"):
             generate(m, ids, 3, stop_tokens=[5], pad_id=pad)
         checks.n += 1
     # no vocab_size attribute: V from the first logits, checked before the first token
@@ -86,7 +87,8 @@ def test_nan_or_all_minus_inf_logits_raise_per_step(checks):
                                              r"rows \[1, 2\].*NaN"):
             next(it)
     all_inf = Scripted(lambda k: torch.full((2, 4), -INF))
-    with pytest.raises(ValueError, match=r"non-finite logits at step 0 for rows \[0, 1\].*all -inf"):
+    with pytest.raises(ValueError,
+                       match=r"non-finite logits at step 0 for rows \[0, 1\].*all -inf"):
         generate(all_inf, ids[:2], 3)
     for logits in (torch.tensor([[0.0, float("nan")]]), torch.tensor([[1.0, 2.0], [-INF, -INF]])):
         for t in (0.0, 1.0):
@@ -105,7 +107,8 @@ def test_inf_entries_with_finite_ones_are_fine(checks):
     checks.true(set(s.tolist()) == {0, 2}, "-inf tokens are never drawn")
     y = torch.tensor([[0.0, INF, 5.0, INF]]).repeat(200, 1)
     s = sample_next(y, temperature=1.0, top_k=3, top_p=0.9, generator=g)
-    checks.true(set(s.tolist()) <= {1, 3} and len(set(s.tolist())) == 2, "+inf entries share the mass")
+    checks.true(set(s.tolist()) <= {1, 3} and len(set(s.tolist())) == 2,
+                "+inf entries share the mass")
     checks.equal(sample_next(y[:2]), torch.ones(2, dtype=torch.long), "greedy takes the first +inf")
     z = torch.tensor([[3e38, 1e38, -3e38]]).repeat(50, 1)
     s = sample_next(z, temperature=1e-30, generator=g)
@@ -149,13 +152,15 @@ def test_count_and_sampling_arguments(checks):
     m = hybrid_lm().eval()
     ids = torch.randint(0, 61, (1, 4))
     cases = [
-        (dict(max_new_tokens=2.5), TypeError, r"stream: max_new_tokens must be an int or None, got 2.5"),
+        (dict(max_new_tokens=2.5), TypeError,
+         r"stream: max_new_tokens must be an int or None, got 2.5"),
         (dict(max_new_tokens="3"), TypeError, r"max_new_tokens must be an int or None"),
         (dict(max_new_tokens=True), TypeError, r"max_new_tokens must be an int or None"),
         (dict(max_new_tokens=-1), ValueError, r"max_new_tokens must be >= 0 or None, got -1"),
         (dict(min_new_tokens=-1), ValueError, r"min_new_tokens must be >= 0, got -1"),
         (dict(min_new_tokens=None), TypeError, r"min_new_tokens must be an int"),
-        (dict(temperature=math.nan), ValueError, r"temperature must be a finite number >= 0, got nan"),
+        (dict(temperature=math.nan), ValueError,
+         r"temperature must be a finite number >= 0, got nan"),
         (dict(temperature=INF), ValueError, r"temperature must be a finite number >= 0, got inf"),
         (dict(temperature=-0.5), ValueError, r"temperature must be a finite number >= 0"),
         (dict(temperature="hot"), TypeError, r"temperature must be a real number"),

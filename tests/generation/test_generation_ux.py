@@ -6,13 +6,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from lm_helpers import hybrid_lm
 from torch.utils import _pytree as pytree
 
 from memarch.generation import DecodeStep, GenerationOutput, generate, prefill, stream
 from memarch.mixers.base import MixerOutput
 from memarch.models.lm import LMOutput
 from memarch.state import summary
-from lm_helpers import hybrid_lm
 
 
 class Recorder(torch.nn.Module):

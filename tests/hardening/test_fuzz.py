@@ -31,11 +31,11 @@ import pytest
 import torch
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
-from memarch.kernels import delta_rule, linear_attn, sliding_window_attn
 
 from memarch import generation as gen
 from memarch import mixers as mx
 from memarch.config import instantiate
+from memarch.kernels import delta_rule, linear_attn, sliding_window_attn
 from memarch.mixers.base import MAX_SCALARS
 from memarch.models import HMT, MemLM
 from memarch.models.gguf import gguf_to_hf
@@ -504,7 +504,8 @@ def _gen_call(lm, fn, arg, value):
     *_gen_params("prefill", ["chunk_size", "state"])])
 def test_generation_arguments(lm, fn, arg, n, monkeypatch):
     monkeypatch.setattr(gen, "_compiled", lambda model: model)   # compile=True: the flag only
-    owner = {"generate": gen.generate if arg == "max_new_tokens" else gen.stream, "stream": gen.stream, "sample_next": gen.sample_next,
+    owner = {"generate": gen.generate if arg == "max_new_tokens" else gen.stream,
+             "stream": gen.stream, "sample_next": gen.sample_next,
              "prefill": gen.prefill}[fn]
     kind = _kind(owner, arg)
 

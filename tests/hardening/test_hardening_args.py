@@ -10,9 +10,9 @@ from functools import partial
 import pytest
 import torch
 import torch.nn.functional as F
-from memarch.kernels import delta_rule
 
 from memarch import mixers as mx
+from memarch.kernels import delta_rule
 from memarch.models import HMT, MemLM
 
 D = 32

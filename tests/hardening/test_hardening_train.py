@@ -5,7 +5,6 @@ probe it reproduces."""
 
 from __future__ import annotations
 
-
 import lightning.pytorch as pl
 import pytest
 import torch

@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:
     sys.path.append(str(ROOT))
 
-from benchmarks import probes
+from benchmarks import probes  # noqa: E402
 
 # in-process probes measured over ~1 s on one thread (pytest --durations): a transformers
 # reference model. (The first probe that imports Lightning, "flipped bytes in embed.weight",

@@ -12,6 +12,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+
 from memarch.kernels import LinearAttnState, delta_rule
 
 TS = (1, 63, 64, 65, 150)             # chunks of 32 (triton; torch at K, V <= 32), 64 (torch)
@@ -284,8 +285,9 @@ def _spy(monkeypatch, module, name, seen):
 
 
 def test_auto_picks_torch_on_cpu_and_honours_env(monkeypatch, checks):
-    from memarch.kernels import _common
     from memarch.kernels.gated_delta_rule import triton_chunk
+
+    from memarch.kernels import _common
     op = importlib.import_module("memarch.kernels.gated_delta_rule")   # the op's package
     seen: list = []
     _spy(monkeypatch, op, "chunk_delta_rule", seen)

@@ -9,6 +9,7 @@ import itertools
 import pytest
 import torch
 import torch.nn.functional as F
+
 from memarch.kernels import LinearAttnState, linear_attn
 
 TS, KS, VS = (1, 63, 64, 65, 200), (16, 60, 153), (16, 64)
@@ -303,10 +304,11 @@ def _nonfinite_grid():
 @pytest.mark.filterwarnings("ignore::RuntimeWarning")       # numpy in the interpreter on NaN
 @pytest.mark.parametrize("impl,normalize,bad,name,t", _nonfinite_grid())
 def test_nonfinite_input_is_causal(impl, normalize, bad, name, t, checks):
-    """The NaN rule (docs/design.md#the-nan-rule): NaN at t poisons no output < t. A NaN/+inf in q, k, v or g at token t of
-    batch row 0, head 0 leaves every output before t (and all of row 1 and head 1, and their
-    final states) equal to the clean call's; outputs that see token t (q: only t; k, v, g: all
-    of t..T-1) are non-finite, not silently finite. g = +inf is a positive gate: ValueError."""
+    """The NaN rule (docs/design.md#the-nan-rule): NaN at t poisons no output < t. A NaN/+inf
+    in q, k, v or g at token t of batch row 0, head 0 leaves every output before t (and all of
+    row 1 and head 1, and their final states) equal to the clean call's; outputs that see token
+    t (q: only t; k, v, g: all of t..T-1) are non-finite, not silently finite. g = +inf is a
+    positive gate: ValueError."""
     q, k, v, g, st = make(2, NONFINITE_T, 2, 16, 16, torch.float32, True, normalize, True)
     x = {"q": q, "k": k, "v": v, "g": g}
     if name == "g" and bad > 0:

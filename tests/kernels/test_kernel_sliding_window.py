@@ -8,8 +8,8 @@ import itertools
 
 import pytest
 import torch
-from memarch.kernels import sliding_window_attn
 
+from memarch.kernels import sliding_window_attn
 
 
 def make(B, Tq, Tk, H, Hkv, D, S, dtype, sink_q=True, seed=0):
@@ -242,10 +242,11 @@ def _nonfinite_grid():
 @pytest.mark.filterwarnings("ignore::RuntimeWarning")       # numpy in the interpreter on NaN
 @pytest.mark.parametrize("impl,bad,name,t", _nonfinite_grid())
 def test_nonfinite_input_is_causal(impl, bad, name, t, checks):
-    """The NaN rule (docs/design.md#the-nan-rule): NaN at t poisons no output < t. A NaN/+inf in one element of q, k, v or
-    sink_q at token t (sink_k, sink_v: sink t % S) of batch row 0 leaves every output that does
-    not see it equal to the clean call's: all outputs before t, after the window, row 1, the
-    other head for q. Every output that sees it is non-finite (never finite-but-wrong)."""
+    """The NaN rule (docs/design.md#the-nan-rule): NaN at t poisons no output < t. A NaN/+inf
+    in one element of q, k, v or sink_q at token t (sink_k, sink_v: sink t % S) of batch row 0
+    leaves every output that does not see it equal to the clean call's: all outputs before t,
+    after the window, row 1, the other head for q. Every output that sees it is non-finite
+    (never finite-but-wrong)."""
     T, W, S, H = 70, 16, 3, 1                     # two query/key blocks of 64 in torch/triton
     x = make(2, T, T, H, 1, 16, S, torch.float32)
     if impl not in _CLEAN:

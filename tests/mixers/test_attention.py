@@ -6,11 +6,11 @@ import math
 
 import pytest
 import torch
+from mixer_cases import CASES, D_MODEL, run_chunks
+from reference import _rope, streaming_attention_ref
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from memarch.mixers import Attention
-from mixer_cases import CASES, D_MODEL, run_chunks
-from reference import _rope, streaming_attention_ref
 
 ATTN_CASES = [n for n, c in CASES.items() if c.cls is Attention]
 

@@ -9,8 +9,13 @@ import pytest
 import torch
 
 from memarch.generation import generate
-from memarch.mixers import (Attention, BaseConv, BasedLinearAttention, LinearAttention,
-                            TaylorFeatureMap)
+from memarch.mixers import (
+    Attention,
+    BaseConv,
+    BasedLinearAttention,
+    LinearAttention,
+    TaylorFeatureMap,
+)
 from memarch.models import MemLM
 
 

@@ -8,10 +8,10 @@ import zlib
 
 import pytest
 import torch
+from mixer_cases import CASES, D_MODEL, run_chunks
 
 from memarch import mixers as mx
 from memarch import state as st
-from mixer_cases import CASES, D_MODEL, run_chunks
 
 TOL = {torch.float32: 1e-5, torch.float64: 1e-10}
 

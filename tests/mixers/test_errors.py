@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 import torch
+from lm_helpers import hybrid_lm
+from mixer_cases import CASES, D_MODEL
 
 from memarch.mixers import Attention, ShortConv
 from memarch.models import MemLM
-from lm_helpers import hybrid_lm
-from mixer_cases import CASES, D_MODEL
 
 
 @pytest.mark.parametrize("name", list(CASES))

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
+from reference import _rope, short_conv_ref
 
 from memarch.mixers import ShortConv
 from memarch.modules import RMSNorm, Rotary, SwiGLU, apply_rotary
-from reference import _rope, short_conv_ref
 
 
 @pytest.mark.parametrize("kw", [dict(kernel_size=4), dict(kernel_size=3, activation=None,

@@ -13,9 +13,10 @@ import itertools
 import pytest
 import torch
 import torch.nn.functional as F
+from mixer_cases import run_chunks
+
 from memarch.kernels import delta_rule, linear_attn
 from memarch.mixers import MoM, MoMState
-from mixer_cases import run_chunks
 
 D = 32
 

@@ -11,11 +11,11 @@ import itertools
 
 import pytest
 import torch
+from lm_helpers import hybrid_lm
+from mixer_cases import CASES, D_MODEL
 
 from memarch import mixers as mx
 from memarch import state as st
-from lm_helpers import hybrid_lm
-from mixer_cases import CASES, D_MODEL
 
 N = 11  # tokens before the state is handed over (past windows of 8 and conv widths)
 

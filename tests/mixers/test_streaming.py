@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import pytest
 import torch
+from lm_helpers import streaming_lm
 
 from memarch import state as st
 from memarch.generation import stream
-from lm_helpers import streaming_lm
 
 
 def _footprint(state):

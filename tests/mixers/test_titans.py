@@ -9,12 +9,12 @@ import functools
 
 import pytest
 import torch
+from titans_reference import reference_neural_memory
 
 from memarch import mixers as mx
 from memarch import state as st
 from memarch.mixers.titans import memory_apply
 from memarch.models import MemLM
-from titans_reference import reference_neural_memory
 
 TOL = 1e-8
 

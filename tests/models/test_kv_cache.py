@@ -7,11 +7,11 @@ decoding agree exactly (litgpt's test_kv_cache)."""
 from __future__ import annotations
 
 import torch
+from lm_helpers import hybrid_lm
+from mixer_cases import D_MODEL
 
 from memarch import mixers as mx
 from memarch.generation import generate
-from lm_helpers import hybrid_lm
-from mixer_cases import D_MODEL
 
 
 @torch.no_grad()

@@ -6,12 +6,12 @@ from functools import partial
 
 import pytest
 import torch
+from lm_helpers import hybrid_lm
 
 from memarch import state as st
 from memarch.generation import generate, sample_next, stream
 from memarch.mixers import Attention
 from memarch.models import MemLM
-from lm_helpers import hybrid_lm
 
 
 @pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-5), (torch.float64, 1e-10)],

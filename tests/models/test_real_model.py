@@ -13,10 +13,11 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from hf_helpers import import_transformers
+
 from memarch.checkpoint import TOKENIZER_KEY, load
-from memarch.convert import CONVERTED_KEY, main as convert_main
+from memarch.convert import CONVERTED_KEY
+from memarch.convert import main as convert_main
 from memarch.data.text import KJV, read_text
 from memarch.generation import generate
 from memarch.models import from_hf

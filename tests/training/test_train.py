@@ -14,16 +14,14 @@ import torch
 from hydra.errors import ConfigCompositionException
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
-
 from torch.utils.data import default_collate
+from train_helpers import ROOT, TINY, compose_cfg, experiments
 
 from memarch import state as st
 from memarch.checkpoint import load
 from memarch.data import StreamSegments
 from memarch.lit.module import NonFiniteLossError
 from memarch.lit.train import build, run
-from train_helpers import ROOT, TINY, compose_cfg, experiments
-
 
 # titans_mac_125m's one step at full size (seq_len 1024, 12 layers) takes ~20 s here: slow
 _SLOW_EXPERIMENTS = {"titans_mac_125m"}
@@ -130,7 +128,8 @@ def test_loggers(logger, pattern, tmp_path, monkeypatch, checks):
     run(compose_cfg([*over, f"logger={logger}", "trainer.max_steps=2", "validate_at_end=false"],
                     tmp_path))
     found = list(tmp_path.glob(pattern))
-    checks.true(bool(found), f"{logger}: nothing matches {pattern} in {list(tmp_path.rglob('*'))[:20]}")
+    checks.true(bool(found),
+                f"{logger}: nothing matches {pattern} in {list(tmp_path.rglob('*'))[:20]}")
 
 
 def test_unknown_config_keys_fail(tmp_path, checks):

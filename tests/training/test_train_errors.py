@@ -10,11 +10,11 @@ import time
 import pytest
 import torch
 from hydra.utils import instantiate
+from train_helpers import TINY, compose_cfg, train_py_exit
 
 from memarch.data.text import DataError
 from memarch.lit.module import LitLM, LossBlowUpError
 from memarch.lit.train import ConfigError, check_config, config_diff, run
-from train_helpers import TINY, compose_cfg, train_py_exit
 
 
 @pytest.mark.parametrize("override,pattern", [
