@@ -73,7 +73,7 @@ class Haystack:
                 raise FileNotFoundError(f"{param}: file not found: {p} (give a text file, "
                                         "e.g. memarch/data/corpora/kjv.txt.xz, or None for the "
                                         "generated filler)")
-            from memarch.data.text import read_text       # plain, .xz or .gz
+            from memarch.data.text import read_text  # plain, .xz or .gz
             self.source = re.sub(r"\s+", " ", read_text(p)).strip()
             if not self.source:
                 raise ValueError(f"{param}: {p} holds no text")

@@ -25,7 +25,6 @@ from torch.utils.data import Dataset
 
 from memarch.data.tokenizers import load_tokenizer
 
-
 # The King James Bible (public domain, 4.4 MB of UTF-8, one verse a line), shipped xz-compressed
 # (1 MB): the long real text of memarch's perplexity, StreamingLLM and real-model checks, which a
 # fresh clone has. Every text reader here takes .xz / .gz files as they are.

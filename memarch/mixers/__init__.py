@@ -16,8 +16,13 @@ from memarch.mixers.linear_attention import LinearAttention, LinearAttentionStat
 from memarch.mixers.mom import MoM, MoMState
 from memarch.mixers.short_conv import ShortConv, ShortConvState
 from memarch.mixers.titans import (
-    MemoryAsContext, MemoryAsContextState, MemoryAsGate, MemoryAsGateState, NeuralMemory,
-    NeuralMemoryState)
+    MemoryAsContext,
+    MemoryAsContextState,
+    MemoryAsGate,
+    MemoryAsGateState,
+    NeuralMemory,
+    NeuralMemoryState,
+)
 
 __all__ = [
     "Mixer", "MixerOutput",

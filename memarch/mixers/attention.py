@@ -78,11 +78,26 @@ from torch import nn
 
 from memarch.kernels import known_finite
 from memarch.kernels.sliding_window import sliding_window_attn
-from memarch.mixers.base import (IMPLS, Mixer, MixerOutput, check_bool, check_choice, check_int,
-                                 check_input_like_params, check_number, check_positive_int,
-                                 check_scalars)
-from memarch.modules.rotary import (Rotary, apply_rotary, check_rope_scaling, full_width, rotate,
-                                    rotation_matrix)
+from memarch.mixers.base import (
+    IMPLS,
+    Mixer,
+    MixerOutput,
+    check_bool,
+    check_choice,
+    check_input_like_params,
+    check_int,
+    check_number,
+    check_positive_int,
+    check_scalars,
+)
+from memarch.modules.rotary import (
+    Rotary,
+    apply_rotary,
+    check_rope_scaling,
+    full_width,
+    rotate,
+    rotation_matrix,
+)
 
 __all__ = ["Attention", "KVCacheState", "SinkWindowState"]
 

@@ -26,7 +26,6 @@ import math
 import torch
 from torch import nn
 
-
 ROPE_SCALING_KEYS = {
     "default": (),
     "linear": ("factor",),
