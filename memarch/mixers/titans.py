@@ -29,7 +29,10 @@ back-propagated error), so with A_t = prod_{s<=t} (1 - alpha_s), E_t = prod_{s<=
 computed from log-space segment sums (no division, no cumulative product underflow).
 The per-layer gradients are explicit (closed form back-propagation through the MLP, its
 SiLU and the optional norm), and autograd trains the outer model through them: the
-second-order path through the memory update, as in the paper.
+second-order path through the memory update, as in the paper. The update over complete
+chunks is the op ``memarch.kernels.neural_memory.neural_memory_update`` (this closed form in
+its ``torch_chunk.py``, the token-by-token spec in ``naive.py``); ``scan`` keeps the pending
+tokens of the incomplete chunk and their reads.
 
 Memory: an MLP per head, ``depth`` layers of widths head_dim -> head_dim*expansion -> ...
 -> head_dim with SiLU between layers (depth 1: a linear matrix memory). ``residual_norm``
@@ -86,6 +89,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from memarch.kernels.neural_memory import memory_apply, neural_memory_update
 from memarch.mixers.attention import Attention, _finite_kv
 from memarch.mixers.base import (
     Mixer,
@@ -102,6 +106,8 @@ from memarch.modules.conv import causal_conv_step
 from memarch.modules.norm import RMSNorm
 from memarch.modules.rotary import apply_rotary
 
+# memory_apply (a read M(x)) lives with the update op in memarch.kernels.neural_memory; it
+# stays importable from here
 __all__ = ["NeuralMemory", "NeuralMemoryState", "MemoryAsContext", "MemoryAsContextState",
            "MemoryAsGate", "MemoryAsGateState"]
 
@@ -119,91 +125,6 @@ def _silu_conv(u: torch.Tensor, conv: torch.Tensor, w: torch.Tensor | None, ct):
     conv [B, K-1, C] the window. Returns (out [B, T, C] in ct, the new window)."""
     u = F.silu(u).to(ct)
     return (u, conv) if w is None else causal_conv_step(u, conv, w.to(ct))
-
-
-def _rms(u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Parameter-free RMS norm: (u / r, r) with r = sqrt(mean(u^2) + eps)."""
-    r = torch.sqrt(u.pow(2).mean(-1, keepdim=True) + _NORM_EPS)
-    return u / r, r
-
-
-def _silu_grad(z: torch.Tensor) -> torch.Tensor:
-    s = torch.sigmoid(z)
-    return s * (1 + z * (1 - s))
-
-
-def memory_apply(ws, x: torch.Tensor, residual_norm: bool) -> torch.Tensor:
-    """M(x) for weights ``ws`` (per layer [B, H, d_in, d_out]) and x [B, H, N, d]."""
-    h = x
-    for i, w in enumerate(ws):
-        h = h @ w
-        if i < len(ws) - 1:
-            h = F.silu(h)
-    return x + _rms(h)[0] if residual_norm else h
-
-
-def memory_grads(ws, k: torch.Tensor, v: torch.Tensor, residual_norm: bool,
-                 q: torch.Tensor | None = None):
-    """Per-token gradients of ||M(k_t) - v_t||^2 w.r.t. every layer, in factored form:
-    the gradient of layer i for token t is ``xs[i][..., t, :]^T deltas[i][..., t, :]``.
-    k, v: [B, H, N, d]; q [B, H, M, d] (optional) rides along the forward pass, giving the
-    reads M(q) from the same weights. Returns (xs, deltas, reads), xs/deltas lists of
-    [B, H, N, d_in_i] / [B, H, N, d_out_i], reads [B, H, M, d] or None."""
-    L, N = len(ws), k.shape[2]
-    x0 = k if q is None else torch.cat([k, q], 2)                 # one pass for both
-    xs, zs, h = [k], [], x0
-    for i, w in enumerate(ws):
-        z = h @ w
-        zs.append(z[:, :, :N])
-        if i < L - 1:
-            h = F.silu(z)
-            xs.append(h[:, :, :N])
-        else:
-            h = z
-    reads = None
-    if q is not None:
-        hq = h[:, :, N:]
-        reads = q + _rms(hq)[0] if residual_norm else hq
-    h = h[:, :, :N]
-    if residual_norm:
-        n, r = _rms(h)
-        g = 2 * (k + n - v)                                     # d loss / d pred
-        d = (g - n * (g * n).mean(-1, keepdim=True)) / r        # through the RMS norm
-    else:
-        d = 2 * (h - v)
-    deltas = [None] * L
-    for i in reversed(range(L)):
-        deltas[i] = d
-        if i:
-            d = (d @ ws[i].transpose(-1, -2)) * _silu_grad(zs[i - 1])
-    return xs, deltas, reads
-
-
-def _segsum(x: torch.Tensor) -> torch.Tensor:
-    """x [..., C] -> [..., C, C] with out[t, u] = sum_{u < s <= t} x_s for t >= u, else -inf.
-    Built by masking then cumsum (no subtraction, so no inf - inf)."""
-    C = x.shape[-1]
-    xx = x[..., :, None].expand(*x.shape, C)                    # [..., s, u] = x_s
-    strict = torch.ones(C, C, dtype=torch.bool, device=x.device).tril(-1)
-    ss = torch.where(strict, xx, 0).cumsum(-2)                  # sum over u < s <= t
-    return torch.where(strict | torch.eye(C, dtype=torch.bool, device=x.device), ss,
-                       float("-inf"))
-
-
-def _suffix(x: torch.Tensor) -> torch.Tensor:
-    """x [..., C] -> [..., C]: out[t] = sum_{s > t} x_s."""
-    rev = x.flip(-1).cumsum(-1).flip(-1)
-    return torch.cat([rev[..., 1:], torch.zeros_like(x[..., :1])], -1)
-
-
-class _Coefs(NamedTuple):
-    """The closed-form coefficients of the update (see the module docstring), for n
-    complete chunks (shapes below) or, split along dim 2, for one chunk."""
-    c: torch.Tensor       # [B, H, n, C] weight of each token's gradient in M_C
-    d: torch.Tensor       # [B, H, n, C] weight of each token's gradient in S_C (or None)
-    a_end: torch.Tensor   # [B, H, n] A_C
-    b: torch.Tensor       # [B, H, n] sum_t (A_C / A_t) E_t (or None)
-    e_end: torch.Tensor   # [B, H, n] E_C (or None)
 
 
 class NeuralMemoryState(NamedTuple):
@@ -364,50 +285,25 @@ class NeuralMemory(Mixer):
         y = self.out_norm(y.transpose(1, 2)).reshape(B, T, H * Dh).to(x.dtype)
         return self.o_proj(y * F.silu(self.out_gate(x)))
 
-    def _coefs(self, g: torch.Tensor) -> _Coefs:
-        """g [B, H, n, C, 3] gate logits of n complete chunks -> update coefficients."""
+    def _gates(self, g: torch.Tensor):
+        """g [B, H, n, C, 3] gate logits of n complete chunks -> the op's gates: theta (step
+        size), log eta (None without momentum), log(1 - alpha) (None without forgetting)."""
         theta = self.max_lr * torch.sigmoid(g[..., 0])                     # [B, H, n, C]
-        la = (F.logsigmoid(-g[..., 2]) if self.forgetting
-              else torch.zeros_like(theta))                                # log(1 - alpha)
-        LA = _suffix(la)                                                   # log A_C / A_t
-        a_end = la.sum(-1).exp()
-        if not self.momentum:
-            return _Coefs(theta * LA.exp(), None, a_end, None, None)
-        le = F.logsigmoid(g[..., 1])                                       # log eta
-        seg = _segsum(le)                                                  # [.., t, u]
-        c = theta * torch.exp(LA[..., :, None] + seg).sum(-2)
-        b = torch.exp(LA + le.cumsum(-1)).sum(-1)
-        return _Coefs(c, theta * _suffix(le).exp(), a_end, b, le.sum(-1).exp())
-
-    def _update(self, ws, mom, k, v, cf: _Coefs, q=None):
-        """Weights and momentum after a complete chunk (keys/values k, v [B, H, C, Dh],
-        its coefficients ``cf``: c, d [B, H, C], a_end, b, e_end [B, H]), and the reads of
-        q [B, H, M, Dh] (or None) with the chunk's starting weights."""
-        xs, deltas, reads = memory_grads(ws, k, v, self.residual_norm, q)
-        c, d = cf.c, cf.d
-        if self.max_grad_norm is not None:      # per-token gradient norm, all layers
-            sq = sum(x.pow(2).sum(-1) * e.pow(2).sum(-1) for x, e in zip(xs, deltas))
-            f = (self.max_grad_norm / sq.sqrt().clamp_min(1e-30)).clamp(max=1.0)
-            c = c * f
-            d = None if d is None else d * f
-        a = cf.a_end[:, :, None, None]
-        new_w, new_m = [], []
-        for i, (w, x, e) in enumerate(zip(ws, xs, deltas)):
-            gw = x.transpose(-1, -2) @ (e * c[..., None])                  # [B, H, din, dout]
-            if mom is None:
-                new_w.append(a * w - gw)
-            else:
-                new_w.append(a * w + cf.b[:, :, None, None] * mom[i] - gw)
-                new_m.append(cf.e_end[:, :, None, None] * mom[i]
-                             - x.transpose(-1, -2) @ (e * d[..., None]))
-        return tuple(new_w), (None if mom is None else tuple(new_m)), reads
+        log_eta = F.logsigmoid(g[..., 1]) if self.momentum else None
+        log_keep = F.logsigmoid(-g[..., 2]) if self.forgetting else None
+        return theta, log_eta, log_keep
 
     def scan(self, state: NeuralMemoryState, q, k, v, g):
         """The memory over new tokens: reads of q and writes of (k, v) with gate logits g.
 
         q [B, H, T, Dh] or None (write only), k, v [B, H, T, Dh], g [B, H, T, 3] (ct).
         Returns the reads [B, H, T, Dh] (None if q is None) and the new memory fields
-        (weights, momentum, pend_k, pend_v, pend_g)."""
+        (weights, momentum, pend_k, pend_v, pend_g).
+
+        The complete chunks go to the op ``neural_memory_update`` (one call for the chunks
+        whose reads are all new tokens, one more for a first chunk that completes pending
+        tokens: its reads are only the new ones); the incomplete chunk's tokens stay
+        pending and its new queries read the last weights (``read``)."""
         B, H, T, Dh = k.shape
         C = self.chunk_size
         n = int(state.pos[0]) % C                                          # pending tokens
@@ -416,32 +312,36 @@ class NeuralMemory(Mixer):
         g = torch.cat([state.pend_g[:, :, :n], g], 2)
         total = n + T
         nfull = total // C
-        if self.gates == "chunk" and nfull:
-            gm = g[:, :, :nfull * C].unflatten(2, (nfull, C)).mean(3, keepdim=True)
-            gfull = gm.expand(B, H, nfull, C, 3)
-        else:
-            gfull = g[:, :, :nfull * C].unflatten(2, (nfull, C))
-        # Split once (split/unbind have one cheap backward; slicing inside the loop would
-        # make each chunk's backward fill a full-size zero gradient: O(T^2 / C) work).
-        n_chunks = (total + C - 1) // C
-        if nfull:
-            cfs = [_Coefs(*parts) for parts in zip(*[
-                [None] * nfull if t is None else t.unbind(2) for t in self._coefs(gfull)])]
-            ks, vs = k[:, :, :nfull * C].split(C, 2), v[:, :, :nfull * C].split(C, 2)
-        qs = [None] * n_chunks
-        if q is not None:       # the new tokens' queries, cut at the chunk boundaries
-            sizes = [min((j + 1) * C, total) - max(j * C, n) for j in range(n_chunks)]
-            it = iter(q.split([z for z in sizes if z > 0], 2))
-            qs = [next(it) if z > 0 else None for z in sizes]
         ws, mom = state.weights, state.momentum
         reads = []
-        for j in range(n_chunks):
-            if j < nfull:
-                ws, mom, r = self._update(ws, mom, ks[j], vs[j], cfs[j], qs[j])
+        if nfull:
+            gfull = g[:, :, :nfull * C].unflatten(2, (nfull, C))           # [B, H, nf, C, 3]
+            if self.gates == "chunk":
+                gfull = gfull.mean(3, keepdim=True).expand(B, H, nfull, C, 3)
+            theta, log_eta, log_keep = self._gates(gfull)
+            kf = k[:, :, :nfull * C].unflatten(2, (nfull, C))              # [B, H, nf, C, Dh]
+            vf = v[:, :, :nfull * C].unflatten(2, (nfull, C))
+            first = 1 if n else 0            # a first chunk that completes pending tokens
+            sizes = [first, nfull - first]
+            parts = [t.split(sizes, 2) if t is not None else (None, None)
+                     for t in (kf, vf, theta, log_eta, log_keep)]
+            if q is not None:   # the new tokens' queries: first chunk, full chunks, the rest
+                qsz = [first * (C - n), (nfull - first) * C]
+                q1, qm, q = q.split([*qsz, T - sum(qsz)], 2)
+                qparts = (q1.unsqueeze(2), qm.unflatten(2, (nfull - first, C)))
             else:
-                r = None if qs[j] is None else self.read(ws, qs[j])
-            if r is not None:
-                reads.append(r)
+                qparts = (None, None)
+            for j in range(2):
+                if not sizes[j]:
+                    continue
+                r, ws, mom = neural_memory_update(
+                    qparts[j], *(p[j] for p in parts), weights=ws, momentum=mom,
+                    residual_norm=self.residual_norm, max_grad_norm=self.max_grad_norm,
+                    impl="torch")
+                if r is not None:
+                    reads.append(r.flatten(2, 3))
+        if q is not None and q.shape[2]:
+            reads.append(self.read(ws, q))
         r = total - nfull * C                                              # new pending
         pad = C - 1 - r
 
@@ -634,11 +534,11 @@ class MemoryAsContext(Mixer):
         o   = RMSNorm(y) * sigmoid(RMSNorm(M*(y)))            the paper's normalised gate
 
     Causality. Read literally, the paper's segment-level equations let token i see h_j and
-    the memory's read of y_j for j > i. So (DESIGN.md) attention sees h_j only for j <= i,
-    and M*(y) is the memory's own causal pass over y: each y_t is read with the weights from
-    before its update chunk and then stored. The memory's update chunk C defaults to N, so
-    it updates exactly at segment ends and "the memory before the segment" is its last
-    completed state; with another C the state keeps the segment-start weights.
+    the memory's read of y_j for j > i. So (docs/design.md#titans) attention sees h_j only
+    for j <= i, and M*(y) is the memory's own causal pass over y: each y_t is read with the
+    weights from before its update chunk and then stored. The memory's update chunk C
+    defaults to N, so it updates exactly at segment ends and "the memory before the segment"
+    is its last completed state; with another C the state keeps the segment-start weights.
     titans-pytorch's MAC writes the memory before attending (its issue #32); we attend first.
 
     h is the memory's full output (read, norm, gate by x, projection) at width d_model; h_j
