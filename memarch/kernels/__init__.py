@@ -6,9 +6,9 @@ Each op's implementations live in the repository's top-level ``kernels/<package>
 ``torch_chunk.py`` (chunked PyTorch, the CPU path) and ``triton_*.py`` (GPU, where one pays;
 imported lazily: ``import memarch.kernels`` does not import triton). This folder
 (``memarch/kernels/``) holds what the ops share (argument checks, the non-finite guard,
-Triton helpers, the ahead-of-time build check ``aot``). The op functions are named apart from their packages, so
-``import memarch.kernels.linear_attention as m`` gives the package and ``linear_attn`` the
-function. The top-level ``kernels/`` has no ``__init__.py``: from the repository root,
+Triton helpers, the ahead-of-time build check ``aot``). The op functions are named apart
+from their packages, so ``import memarch.kernels.linear_attention as m`` gives the package
+and ``linear_attn`` the function. The top-level ``kernels/`` has no ``__init__.py``: from the repository root,
 ``import kernels`` finds the PyPI package of that name (transformers imports it), not ours.
 This package imports nothing from the rest of ``memarch``.
 
