@@ -8,9 +8,9 @@ imported lazily: ``import memarch.kernels`` does not import triton). This folder
 (``memarch/kernels/``) holds what the ops share (argument checks, the non-finite guard,
 Triton helpers, the ahead-of-time build check ``aot``). The op functions are named apart
 from their packages, so ``import memarch.kernels.linear_attention as m`` gives the package
-and ``linear_attn`` the function. The top-level ``kernels/`` has no ``__init__.py``: from the repository root,
-``import kernels`` finds the PyPI package of that name (transformers imports it), not ours.
-This package imports nothing from the rest of ``memarch``.
+and ``linear_attn`` the function. The top-level ``kernels/`` has no ``__init__.py``: from
+the repository root, ``import kernels`` finds the PyPI package of that name (transformers
+imports it), not ours. This package imports nothing from the rest of ``memarch``.
 
 Ops:
     linear_attn(q, k, v, *, g, scale, normalize, eps, initial_state, output_final_state, impl)
