@@ -226,7 +226,8 @@ def compiled_kernels() -> list[dict]:
     try:
         from triton.runtime.jit import JITFunction
         mods = [importlib.import_module(f"memarch.kernels.{m}") for m in (
-            "linear_attn.triton_chunk", "sliding_window.triton_swa", "delta_rule.triton_chunk")]
+            "linear_attention.triton_chunk", "sliding_window.triton_swa",
+            "gated_delta_rule.triton_chunk")]
     except ImportError:
         return rows
     for mod in mods:

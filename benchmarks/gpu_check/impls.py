@@ -142,6 +142,6 @@ def bench_ops(D: int) -> list[str]:
 
 
 def max_triton_dim(op: str) -> int:
-    mod = {"linear_attn": "linear_attn", "delta_rule": "delta_rule",
+    mod = {"linear_attn": "linear_attention", "delta_rule": "gated_delta_rule",
            "sliding_window_attn": "sliding_window"}[op]
     return importlib.import_module(f"memarch.kernels.{mod}").MAX_TRITON_DIM

@@ -101,7 +101,7 @@ def delta_rule(q, k, v, beta, *, g=None, scale=None, initial_state=None,
     S0 = _unpack_state(initial_state, B, H, K, V)
     scale = K ** -0.5 if scale is None else check_number(
         OP, "scale", scale, minimum=0, min_open=True, maximum=MAX_SCALE,
-        expected="a number in (0, 1e6] or None (None: K^-0.5; larger ones overflow fp32)")
+        expected="a number > 0 or None (None: K^-0.5), at most 1e6 (larger ones overflow fp32)")
     asked = impl
     impl = pick_impl(OP, impl, q)
     if impl == "triton" and T == 0:       # nothing to launch: what the torch path returns

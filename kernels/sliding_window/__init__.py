@@ -113,7 +113,7 @@ def sliding_window_attn(q, k, v, *, window: int, q_offset: int = 0, sink_k=None,
         check(t is None or t.device == q.device, OP, f"{name} must be on q's device {q.device}")
     scale = D ** -0.5 if scale is None else check_number(
         OP, "scale", scale, minimum=0, min_open=True, maximum=MAX_SCALE,
-        expected="a number in (0, 1e6] or None (None: D^-0.5; larger ones overflow fp32)")
+        expected="a number > 0 or None (None: D^-0.5), at most 1e6 (larger ones overflow fp32)")
     impl = pick_impl(OP, impl, q)
     args = (q, k, v, window, q_offset, sink_k, sink_v, sink_q, scale)
     if impl == "naive":
