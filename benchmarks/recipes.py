@@ -273,8 +273,9 @@ def main(argv=None):
         new.update({r["name"]: r for r in json.loads(Path(f).read_text())["rows"]})
     for name in [] if a.merge else (a.only or RECIPES):
         row = run_recipe(name)
-        # each row keeps its own machine
-        row.update(common.meta("cpu", torch.get_num_threads(), command=common.script_command()))
+        # each row keeps its own machine; its "command" stays the recipe's (what a user types)
+        row.update({k: v for k, v in common.meta("cpu", torch.get_num_threads()).items()
+                    if k != "command"})
         new[name] = row
         print(f"{name}: held-out accuracy {100 * row['val_acc']:.1f} % after "
               f"{row['global_step']} steps, {row['train_s']:.0f} s", flush=True)
