@@ -1176,17 +1176,6 @@ def _shard_outside(shard):
     return from_hf(d)
 
 
-def _flip_safetensors(path: Path, tensor: str) -> None:
-    import struct
-    data = bytearray(path.read_bytes())
-    n = struct.unpack("<Q", data[:8])[0]
-    b, e = json.loads(data[8:8 + n])[tensor]["data_offsets"]
-    mid = 8 + n + (b + e) // 2
-    for i in range(mid, mid + 4):
-        data[i] ^= 0x01
-    path.write_bytes(bytes(data))
-
-
 def _corrupt_pretrained(tensor):
     from memarch.hub import from_pretrained, save_pretrained
     torch.manual_seed(0)
@@ -1194,7 +1183,9 @@ def _corrupt_pretrained(tensor):
                   layer_pattern=["attn", "attn"])
     d = TMP / f"pretrained_{time.time_ns()}"
     save_pretrained(model, d)
-    _flip_safetensors(d / "model.safetensors", tensor)
+    _tests_path()
+    from file_helpers import flip_safetensors  # tests/helpers
+    flip_safetensors(d / "model.safetensors", tensor)
     return from_pretrained(d)
 
 

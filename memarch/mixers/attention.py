@@ -84,7 +84,6 @@ from memarch.mixers.base import (
     MixerOutput,
     check_bool,
     check_choice,
-    check_input_like_params,
     check_int,
     check_number,
     check_positive_int,
@@ -277,7 +276,6 @@ class Attention(Mixer):
 
     # -- forward -----------------------------------------------------------------------
     def _forward(self, x: torch.Tensor, state) -> MixerOutput:
-        check_input_like_params(self._owner(), x, self)
         B, T, _ = x.shape
         H, Hkv, Dh = self.n_heads, self.n_kv_heads, self.head_dim
         q = self.q_proj(x).view(B, T, H, Dh)

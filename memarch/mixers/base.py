@@ -118,6 +118,9 @@ class Mixer(nn.Module, abc.ABC):
 
     d_model: int
     layer_idx: int | None
+    # True for a mixer that casts its weights to x's dtype (ShortConv): x's dtype may then
+    # differ from the parameters'
+    weights_follow_input: bool = False
 
     def __init__(self, d_model: int, *, layer_idx: int | None = None):
         super().__init__()
@@ -171,6 +174,7 @@ class Mixer(nn.Module, abc.ABC):
                                     dtype=self.state_dtype(x.dtype))
         elif not getattr(_TRUST, "on", False):
             self._check_state(x, state)
+        check_input_like_params(self._owner(), x, self, dtype=not self.weights_follow_input)
         return self._forward(x, state)
 
     # -- validation ----------------------------------------------------------------

@@ -37,7 +37,6 @@ from memarch.mixers.base import (
     Mixer,
     MixerOutput,
     check_bool,
-    check_input_like_params,
     check_int,
     check_scalars,
 )
@@ -90,7 +89,6 @@ class BaseConv(Mixer):
         return self.conv.state_size(seq_len)
 
     def _forward(self, x: torch.Tensor, state: ShortConvState) -> MixerOutput:
-        check_input_like_params(self._owner(), x, self)
         u1, u2 = self.in_proj(x).chunk(2, dim=-1)                        # [B, T, d_inner] x2
         c = self.conv(u1, state)
         y = self.out_proj(F.silu(c.y) * u2)                              # [B, T, D]

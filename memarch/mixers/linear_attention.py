@@ -29,7 +29,6 @@ from memarch.mixers.base import (
     MixerOutput,
     check_bool,
     check_choice,
-    check_input_like_params,
     check_number,
     check_positive_int,
     check_scalars,
@@ -118,7 +117,6 @@ class LinearAttention(Mixer):
         return n * self.head_dim + (n if self.normalize else 0)
 
     def _forward(self, x: torch.Tensor, state: LinearAttentionState) -> MixerOutput:
-        check_input_like_params(self._owner(), x, self)
         B, T, _ = x.shape
         H = self.n_heads
         q = self.phi(self.q_proj(x).view(B, T, H, self.feature_dim))    # [B, T, H, F]

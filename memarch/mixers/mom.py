@@ -75,7 +75,6 @@ from memarch.mixers.base import (
     MixerOutput,
     check_bool,
     check_choice,
-    check_input_like_params,
     check_int,
     check_number,
     check_positive_int,
@@ -233,7 +232,6 @@ class MoM(Mixer):
         return self.aux_loss_coef * M * (f * P).sum()
 
     def _forward(self, x: torch.Tensor, state: MoMState) -> MixerOutput:
-        check_input_like_params(self._owner(), x, self)
         B, T, _ = x.shape
         H, K, V, M = self.n_heads, self.head_dim, self.v_dim, self.n_memories
         E = M + int(self.shared_memory)

@@ -20,7 +20,6 @@ from memarch.mixers.base import (
     Mixer,
     MixerOutput,
     check_bool,
-    check_input_like_params,
     check_int,
     check_scalars,
 )
@@ -36,6 +35,8 @@ class ShortConvState(NamedTuple):
 
 
 class ShortConv(Mixer):
+    weights_follow_input = True          # the conv runs in x's dtype (F.conv1d on w.to(x))
+
     def __init__(self, d_model: int, *, layer_idx: int | None = None, kernel_size: int = 4,
                  activation: str | None = "silu", bias: bool = True):
         super().__init__(d_model, layer_idx=layer_idx)
@@ -64,7 +65,6 @@ class ShortConv(Mixer):
         return (self.kernel_size - 1) * self.d_model
 
     def _forward(self, x: torch.Tensor, state: ShortConvState) -> MixerOutput:
-        check_input_like_params(self._owner(), x, self, dtype=False)   # weights follow x
         B, T, D = x.shape
         K = self.kernel_size
         xx = torch.cat([state.conv, x], dim=1)                    # [B, K-1+T, D]

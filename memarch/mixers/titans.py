@@ -96,7 +96,6 @@ from memarch.mixers.base import (
     MixerOutput,
     check_bool,
     check_choice,
-    check_input_like_params,
     check_int,
     check_number,
     check_positive_int,
@@ -377,7 +376,6 @@ class NeuralMemory(Mixer):
 
     # -- forward -----------------------------------------------------------------------
     def _forward(self, x: torch.Tensor, state: NeuralMemoryState) -> MixerOutput:
-        check_input_like_params(self._owner(), x, self)
         if x.shape[0] > 1 and not bool((state.pos == state.pos[0]).all()):
             return _per_row(self, x, state)
         B, T, _ = x.shape
@@ -507,7 +505,6 @@ class MemoryAsGate(Mixer):
         self.memory.check_positions(state.memory, self._owner(), "memory.")
 
     def _forward(self, x: torch.Tensor, state: MemoryAsGateState) -> MixerOutput:
-        check_input_like_params(self._owner(), x, self)
         a = self.attn._forward(x, state.attn)
         m = self.memory._forward(x, state.memory)
         return MixerOutput(self.gate(a.y, m.y),
@@ -661,7 +658,6 @@ class MemoryAsContext(Mixer):
         self.memory.check_positions(state.memory, self._owner(), "memory.")
 
     def _forward(self, x: torch.Tensor, state: MemoryAsContextState) -> MixerOutput:
-        check_input_like_params(self._owner(), x, self)
         if x.shape[0] > 1 and not bool((state.pos == state.pos[0]).all()):
             return _per_row(self, x, state)
         N, T = self.segment_len, x.shape[1]

@@ -7,13 +7,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import struct
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
+from file_helpers import flip_safetensors
 from hf_helpers import ROOT, hf_model, import_transformers
 
 from memarch.convert import main
@@ -241,17 +241,6 @@ def test_tokenizer_may_be_a_gguf(hf_dir, tmp_path, capsys, checks):
 
 
 # -- 6. save_pretrained folders carry a digest ---------------------------------------------
-def _flip(path: Path, tensor: str) -> None:
-    """Flip the bits of a few bytes inside ``tensor``'s data in a safetensors file."""
-    data = bytearray(path.read_bytes())
-    n = struct.unpack("<Q", data[:8])[0]
-    b, e = json.loads(data[8:8 + n])[tensor]["data_offsets"]
-    mid = 8 + n + (b + e) // 2
-    for i in range(mid, mid + 4):
-        data[i] ^= 0x01
-    path.write_bytes(bytes(data))
-
-
 @pytest.mark.parametrize("tensor", ["embed.weight", "blocks.1.mlp.w2.weight"])
 def test_corrupted_save_pretrained_folder_is_refused(tmp_path, tensor, checks):
     from functools import partial
@@ -264,7 +253,7 @@ def test_corrupted_save_pretrained_folder_is_refused(tmp_path, tensor, checks):
     meta = json.loads((tmp_path / "m" / "config.json").read_text())["memarch"]
     checks.true(tensor in meta["sha256"], f"digest recorded: {sorted(meta['sha256'])}")
     from_pretrained(tmp_path / "m")                          # intact: loads
-    _flip(tmp_path / "m" / "model.safetensors", tensor)
+    flip_safetensors(tmp_path / "m" / "model.safetensors", tensor)
     with pytest.raises(PretrainedError, match=rf"{tensor}.*sha256|sha256.*{tensor}"):
         from_pretrained(tmp_path / "m")
     # a folder without a digest (older memarch) still loads, corrupted or not
