@@ -205,7 +205,7 @@ class Attention(Mixer):
                           {"window": window, "n_sinks": n_sinks, "n_kv_heads": n_kv_heads,
                            "head_dim": head_dim_})
         self.n_heads, self.n_kv_heads = n_heads, n_kv_heads
-        self.head_dim = d_model // n_heads if head_dim is None else head_dim
+        self.head_dim = head_dim_
         self.window, self.n_sinks = window, n_sinks
         self.sink_positions = sink_positions
         self.n_persistent = n_persistent

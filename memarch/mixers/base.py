@@ -172,7 +172,9 @@ class Mixer(nn.Module, abc.ABC):
         if state is None:
             state = self.init_state(x.shape[0], device=x.device,
                                     dtype=self.state_dtype(x.dtype))
-        elif not getattr(_TRUST, "on", False):
+        elif getattr(_TRUST, "on", False):       # generation's own steps: checked once
+            return self._forward(x, state)
+        else:
             self._check_state(x, state)
         check_input_like_params(self._owner(), x, self, dtype=not self.weights_follow_input)
         return self._forward(x, state)
