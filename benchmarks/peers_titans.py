@@ -53,8 +53,6 @@ PEER_PINS = {   # what the install command above puts in .bench-deps (recorded i
 }
 CONFIG = {"d_model": 256, "n_heads": 4, "head_dim": 64, "depth": 2, "expansion": 4,
           "chunk_size": 64, "momentum": True, "forgetting": True, "batch": 1, "dtype": "float32"}
-INSTALL = ("pip install --no-deps --target .bench-deps "
-           + " ".join(f"{k}=={v}" for k, v in PEER_PINS.items()))
 
 
 # ----------------------------------------------------------------------------- the sides
@@ -142,8 +140,6 @@ def make_peer(c=CONFIG, batch_size=None):
 
 PEER = "titans-pytorch"                  # the headline peer: its defaults
 PEER_MATCHED = "titans-pytorch batch_size=64"
-SIDES = {"memarch": make_memarch, PEER: make_peer,
-         PEER_MATCHED: lambda c=CONFIG: make_peer(c, batch_size=c["chunk_size"])}
 
 
 # ----------------------------------------------------------------------------- titans_cpu.json

@@ -433,13 +433,6 @@ def test_real_model_command_runs(cmd, assigns, converted):
     _check(_run(cmd, assigns, converted, timeout=1800), cmd)
 
 
-@pytest.mark.parametrize("cmd", [pytest.param(c, id=c[:70]) for c, comment, _ in README_COMMANDS
-                                 if MARKER.search(comment)])
-def test_marked_command_is_skipped_by_its_marker(cmd):
-    comment = next(m for c, m, _ in README_COMMANDS if c == cmd)
-    pytest.skip(f"README marks it: {MARKER.search(comment).group(0)}")
-
-
 # -- the rest -------------------------------------------------------------------------------
 def test_ops_profiler_prints_no_usdt_lines():
     """The CPU peak-memory probe of the benchmarks (``common.peak_bytes``, the profiler's

@@ -37,7 +37,6 @@ from memarch.lit.io import AtomicCheckpointIO
 from memarch.lit.module import ConfigError, LitLM
 from memarch.models.hf import resolve_hf_configs
 from memarch.overrides import (
-    annotation_leaves,
     describe_leaves,
     kwarg_leaves,
     kwargs_owner,
@@ -56,7 +55,6 @@ _GROUPS = ("model", "data", "optim", "sched", "trainer", "logger", "callbacks")
 # -- config checks ---------------------------------------------------------------------
 # the strict checker is memarch.overrides' (shared with model_overrides): no truthy strings or
 # ints where a bool is meant, no bools where a number is meant
-_leaves, _describe = annotation_leaves, describe_leaves
 
 
 def check_value(key: str, value: Any, leaves: list | None, *, default: Any = None) -> None:

@@ -152,7 +152,7 @@ class MoM(Mixer):
         check_number(name, "norm_eps", norm_eps, minimum=0, min_open=True)
         check_choice(name, "impl", impl, IMPLS)
         H, K, V = n_heads, head_dim, int(v_dim)
-        E = n_memories + int(shared_memory)
+        E = n_memories + int(shared_memory)                       # memories with a state
         C = H * K + E * H * (K + V)
         args = {"d_model": d_model, "n_heads": n_heads, "head_dim": head_dim,
                 "expand_v": expand_v, "n_memories": n_memories, "conv_size": conv_size}
@@ -164,9 +164,7 @@ class MoM(Mixer):
         self.n_memories, self.topk, self.cell = n_memories, topk, cell
         self.shared_memory, self.aux_loss_coef = shared_memory, float(aux_loss_coef)
         self.conv_size, self.impl = conv_size, impl
-        H, K, V = n_heads, head_dim, self.v_dim
-        E = n_memories + int(self.shared_memory)                 # memories with a state
-        self.n_channels = H * K + E * H * (K + V)                 # q | k per memory | v
+        self.n_channels = C                                       # q | k per memory | v
         self.router = nn.Linear(d_model, n_memories, bias=False)
         self.qkv_proj = nn.Linear(d_model, self.n_channels, bias=False)
         self.a_proj = nn.Linear(d_model, E * H, bias=False)       # decay input per memory

@@ -57,15 +57,15 @@ from typing import Any, Mapping
 import torch
 
 from memarch.config import instantiate, read_json_object
+from memarch.kernels._common import IMPLS
 
 __all__ = ["from_hf", "hf_to_memarch_config", "read_hf_config", "resolve_hf_configs",
-           "HFConfigError", "FAMILIES", "ATTENTION_OVERRIDES", "ATTENTION_IMPLS"]
+           "HFConfigError", "FAMILIES", "ATTENTION_OVERRIDES"]
 
 FAMILIES = ("llama", "mistral", "qwen2")
 # Attention kwargs that change no parameter shape: what ``from_hf`` may override
 ATTENTION_OVERRIDES = ("window", "n_sinks", "sink_positions", "block_size", "impl")
 # the implementations of ``memarch.kernels.sliding_window_attn`` (``Attention(impl=...)``)
-ATTENTION_IMPLS = ("auto", "naive", "torch", "triton")
 log = logging.getLogger(__name__)
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16,
           "float64": torch.float64}
@@ -216,15 +216,16 @@ def _windows(hf: dict, family: str, n_layers: int) -> list[int | None]:
 
 def check_attention_overrides(overrides: Mapping[str, Any], owner: str = "from_hf") -> None:
     """Refuse an unknown override name (TypeError) or an ``impl`` that is not one of
-    ``ATTENTION_IMPLS`` (ValueError); ``Attention`` checks the other values itself."""
+    ``IMPLS`` (the kernels' implementations; ValueError); ``Attention`` checks the other
+    values itself."""
     bad = sorted(set(overrides) - set(ATTENTION_OVERRIDES))
     if bad:
         raise TypeError(f"{owner}: unknown attention override(s) {bad}; allowed (no parameter "
                         f"shape changes): {list(ATTENTION_OVERRIDES)}")
     impl = overrides.get("impl", "auto")
-    if not isinstance(impl, str) or impl not in ATTENTION_IMPLS:
+    if not isinstance(impl, str) or impl not in IMPLS:
         raise ValueError(f"{owner}: attention override impl={impl!r} is not an "
-                         f"implementation; allowed: {', '.join(map(repr, ATTENTION_IMPLS))}")
+                         f"implementation; allowed: {', '.join(map(repr, IMPLS))}")
 
 
 MAX_LAYERS = 10_000

@@ -82,7 +82,7 @@ def test_eval_without_a_checkpoint_says_so(tmp_path):
     assert not (tmp_path / "o").exists()
 
 
-def test_a_full_disk_is_named_and_the_old_file_kept(tmp_path, monkeypatch):
+def test_a_full_disk_is_named_and_the_old_file_kept(tmp_path):
     """Probe: disk full while saving gave ``[enforce fail at inline_container.cc:672]
     unexpected pos`` with nothing saying what happened."""
     path = tmp_path / "last.ckpt"

@@ -12,6 +12,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from grids import split_slow
 
 from memarch.kernels import LinearAttnState, delta_rule
 
@@ -27,9 +28,6 @@ GRID = [(T, K, V, H, use_g, init) for T, (K, V, H), use_g, init
 FAST_GRID = [(65, 16, 24, 2, True, True), (1, 40, 16, 3, False, False)]
 
 
-def split_slow(cases, fast):
-    """Every case of `cases`; those not in `fast` are marked slow (same ids as before)."""
-    return [c if c in fast else pytest.param(*c, marks=pytest.mark.slow) for c in cases]
 
 
 def make(B, T, H, K, V, dtype, use_g, init, seed=0):

@@ -9,6 +9,7 @@ import itertools
 import pytest
 import torch
 import torch.nn.functional as F
+from grids import split_slow
 
 from memarch.kernels import LinearAttnState, linear_attn
 
@@ -25,9 +26,6 @@ FAST_GRID = [(65, 60, 16, True, True, True), (1, 16, 16, False, False, True),
              (63, 153, 64, True, False, False), (64, 16, 64, False, True, False)]
 
 
-def split_slow(cases, fast):
-    """Every case of `cases`; those not in `fast` are marked slow (same ids as before)."""
-    return [c if c in fast else pytest.param(*c, marks=pytest.mark.slow) for c in cases]
 
 
 

@@ -8,6 +8,7 @@ import itertools
 
 import pytest
 import torch
+from grids import split_slow
 
 from memarch.kernels import sliding_window_attn
 
@@ -77,9 +78,6 @@ GRID = [c for W in (1, 16, 64) for c in cases(W)]
 FAST_GRID = [(16, 3, 64, 64, 0), (16, 2, 17, 32, 47), (64, 2, 65, 128, 191), (1, 0, 1, 1, 2)]
 
 
-def split_slow(cases, fast):
-    """Every case of `cases`; those not in `fast` are marked slow (same ids as before)."""
-    return [c if c in fast else pytest.param(*c, marks=pytest.mark.slow) for c in cases]
 
 
 def check_impl(checks, impl, W, S, Tq, Tk, off, H=4, Hkv=2, D=16, tol=1e-4):

@@ -249,12 +249,10 @@ def test_a_mistyped_key_names_the_closest_one_before_hydra(override, want, tmp_p
     assert f"+{override.split('=')[0]}=" in code, code       # how to add a key on purpose
 
 
-def test_resuming_a_finished_run_says_how_to_train_further(tmp_path, monkeypatch):
+def test_resuming_a_finished_run_says_how_to_train_further(tmp_path):
     """A first-hour friction: the printed resume command of a finished run did nothing
     ("max_steps=600 reached") and left an empty outputs folder; it is refused at start-up,
     naming the step and the command that trains further."""
-    from train_helpers import TINY, compose_cfg
-
     from memarch.lit.train import ConfigError, check_resume
     ck = tmp_path / "last.ckpt"
     torch.save({"global_step": 6, "loops": {}, "state_dict": {}}, ck)
