@@ -93,6 +93,21 @@ RECIPES = {
                         "python train.py experiment=titans_mag_tiny"),
     "titans_mac_tiny": (["experiment=titans_mac_tiny"],
                         "python train.py experiment=titans_mac_tiny"),
+    # MAC's variants, one change each (the findings' protocol: benchmarks/README.md)
+    "titans_mac_tiny_nohgate": _recipe("titans_mac_tiny", "model.mixers.titans.h_gate=false"),
+    "titans_mac_tiny_800": _recipe("titans_mac_tiny", "trainer.max_steps=800"),
+    "titans_mac_tiny_chunk4": _recipe("titans_mac_tiny", "model.mixers.titans.memory.chunk_size=4"),
+    "titans_mac_tiny_raw": _recipe("titans_mac_tiny",
+                                   "+model.mixers.titans.memory.read_after_write=true"),
+    "titans_mac_tiny_nohgate_raw": _recipe("titans_mac_tiny", "model.mixers.titans.h_gate=false",
+                                           "+model.mixers.titans.memory.read_after_write=true"),
+    "titans_mac_tiny_nohgate_800": _recipe("titans_mac_tiny", "model.mixers.titans.h_gate=false",
+                                           "trainer.max_steps=800"),
+    "titans_mac_tiny_nohgate_wide": _recipe("titans_mac_tiny", "model.mixers.titans.h_gate=false",
+                                            "model.d_model=128"),
+    "titans_mac_tiny_nohgate_chunk4": _recipe("titans_mac_tiny",
+                                              "model.mixers.titans.h_gate=false",
+                                              "model.mixers.titans.memory.chunk_size=4"),
     "mom_gdn_tiny": RECIPE_MOM["mom_gdn_tiny"],
     "mom_gdn_tiny_1mem": RECIPE_MOM["mom_gdn_tiny_1mem"],
     "mom_gdn_tiny_1mem_5x": (["experiment=mom_gdn_tiny", *_ONE_MEMORY,
@@ -103,16 +118,10 @@ RECIPES = {
     "mom_gdn_tiny_noshared": (["experiment=mom_gdn_tiny", "model.mixers.mom.shared_memory=false"],
                               "python train.py experiment=mom_gdn_tiny "
                               "model.mixers.mom.shared_memory=false"),
-    **{f"{name}_seed{sd}": ([*RECIPE_MOM[name][0], f"seed={sd}"],
-                            f"{RECIPE_MOM[name][1]} seed={sd}")
-       for name in ("mom_gdn_tiny", "mom_gdn_tiny_1mem", "mom_gdn_tiny_1mem_shared")
-       for sd in (1, 2)},
     "hmt_attention_tiny": _recipe("hmt_attention_tiny"),
     "hmt_attention_tiny_nomem": _recipe("hmt_attention_tiny", _NO_MEMORY),
     "hmt_attention_tiny_4pairs": _recipe("hmt_attention_tiny", _4_PAIRS),
     "hmt_attention_tiny_4pairs_nomem": _recipe("hmt_attention_tiny", _4_PAIRS, _NO_MEMORY),
-    "hmt_attention_tiny_seed1": _recipe("hmt_attention_tiny", "seed=1"),
-    "hmt_attention_tiny_seed2": _recipe("hmt_attention_tiny", "seed=2"),
     "hmt_sinks_tiny": _recipe("hmt_sinks_tiny"),
     "hmt_sinks_tiny_nomem": _recipe("hmt_sinks_tiny", _NO_MEMORY),
     "mom_linear_tiny": (["experiment=mom_linear_tiny"],
@@ -121,6 +130,34 @@ RECIPES = {
                              "python train.py experiment=mom_linear_tiny "
                              + " ".join(_ONE_MEMORY)),
 }
+
+
+SEEDS = (0, 1, 2)            # the findings' protocol: every row behind a finding, 3 seeds
+
+
+def resolve(name: str) -> tuple[str, int]:
+    """A row name -> (recipe, seed): ``NAME`` is seed 0 (the configs' seed), ``NAME_seedS``
+    the same recipe with ``seed=S``."""
+    base, sep, sd = name.rpartition("_seed")
+    if sep and sd.isdigit() and base in RECIPES:
+        return base, int(sd)
+    if name not in RECIPES:
+        raise SystemExit(f"unknown recipe {name!r}; known: {', '.join(RECIPES)} "
+                         "(each also as NAME_seedS)")
+    return name, 0
+
+
+def row_name(recipe: str, seed: int) -> str:
+    return recipe if seed == 0 else f"{recipe}_seed{seed}"
+
+
+def recipe_of(name: str) -> tuple[list[str], str]:
+    """(Hydra overrides, command) of a row name, seed included."""
+    base, seed = resolve(name)
+    over, cmd = RECIPES[base]
+    if seed == 0:
+        return over, cmd
+    return [*over, f"seed={seed}"], f"{'python train.py' if cmd == 'make train' else cmd} seed={seed}"
 
 
 def compose(overrides, out_dir):
@@ -138,7 +175,8 @@ def run_recipe(name) -> dict:
 
     from memarch.lit.train import run
 
-    overrides, command = RECIPES[name]
+    overrides, command = recipe_of(name)
+    recipe, seed = resolve(name)
     seen = {}
 
     class _Probe(pl.Callback):                   # reads the task's chance level and size
@@ -163,7 +201,7 @@ def run_recipe(name) -> dict:
         res = run(cfg, extra_callbacks=[_Probe()])
         seconds = time.perf_counter() - t0
     chance = seen.get("chance")
-    return {"name": name, "command": command,
+    return {"name": name, "recipe": recipe, "seed": seed, "command": command,
             "task": task,
             "experiment": overrides[0].split("=", 1)[1] if overrides else "hybrid_tiny",
             "val_acc": round(float(res["val/acc"]), 4),
@@ -244,10 +282,82 @@ def render_hmt(data) -> str:
     return "\n".join(lines) + "\n"
 
 
+# The findings behind the memory blocks' claims, each decided on all seeds (SEEDS):
+# (claim, block recipe, baseline recipe, margin). "reproduced": the block beats the baseline
+# by the margin in the mean over seeds AND in its worst seed (per-seed differences: the same
+# seed gives both models the same training and held-out data); "partly": in some seeds;
+# "not reproduced": in none. A finding with fewer than 3 seeds of either row is not judged.
+FINDINGS = [
+    ("Titans MAC recalls past the attention window (long-range MQAR, 2 layers, window 16)",
+     "titans_mac_tiny", "swa_longrange_tiny_2l", 0.20),
+    ("Titans MAG recalls past the attention window (long-range MQAR, 2 layers, window 16)",
+     "titans_mag_tiny", "swa_longrange_tiny_2l", 0.20),
+    ("Titans MAL recalls past the attention window (long-range MQAR, 4 layers, window 16)",
+     "titans_mal_tiny", "swa_longrange_tiny", 0.20),
+    ("MoM: 4 memories (top-2, shared) recall better than one memory of the same size "
+     "(MQAR, 8 pairs in 64 tokens)", "mom_gdn_tiny", "mom_gdn_tiny_1mem", 0.05),
+    ("HMT carries context past the segment the backbone sees (long-range MQAR, 2 pairs)",
+     "hmt_attention_tiny", "hmt_attention_tiny_nomem", 0.20),
+    ("HMT carries context past the segment the backbone sees (long-range MQAR, 4 pairs)",
+     "hmt_attention_tiny_4pairs", "hmt_attention_tiny_4pairs_nomem", 0.20),
+]
+
+
+def seed_rows(rows: dict, recipe: str) -> dict[int, dict]:
+    """seed -> row of a recipe, for the protocol's seeds that were run."""
+    return {sd: rows[row_name(recipe, sd)] for sd in SEEDS if row_name(recipe, sd) in rows}
+
+
+def judge(rows: dict, block: str, base: str, margin: float) -> dict:
+    """One finding on all seeds: accuracies per seed, mean / min / max of each row, the
+    per-seed gains, and the verdict (see FINDINGS)."""
+    on, off = seed_rows(rows, block), seed_rows(rows, base)
+    seeds = sorted(set(on) & set(off))
+    acc = lambda rs: [rs[sd]["val_acc"] for sd in seeds]
+    gains = [on[sd]["val_acc"] - off[sd]["val_acc"] for sd in seeds]
+    out = {"block": block, "baseline": base, "margin": margin, "seeds": seeds,
+           "block_acc": acc(on), "baseline_acc": acc(off), "gains": gains,
+           "met": sum(g >= margin for g in gains)}
+    if len(seeds) < len(SEEDS):
+        out["verdict"] = "not judged"
+    elif sum(gains) / len(gains) >= margin and min(gains) >= margin:
+        out["verdict"] = "reproduced"
+    else:
+        out["verdict"] = "partly reproduced" if out["met"] else "not reproduced"
+    return out
+
+
+def _spread(xs) -> str:
+    if not xs:
+        return "—"
+    if len(xs) == 1:
+        return f"{100 * xs[0]:.1f} % (1 seed)"
+    return f"{100 * sum(xs) / len(xs):.1f} % ({100 * min(xs):.1f}–{100 * max(xs):.1f})"
+
+
+def render_findings(data) -> str:
+    """The findings table: each claim's block and baseline over the protocol's seeds (mean,
+    min–max), the per-seed gains, and the verdict decided on all seeds."""
+    rows = {r["name"]: r for r in data["rows"]}
+    lines = ["| claim | block | baseline | block accuracy, mean (min–max) | baseline | gain "
+             "per seed (points) | goal | verdict |", "|---|---|---|---:|---:|---:|---:|---|"]
+    for claim, block, base, margin in FINDINGS:
+        j = judge(rows, block, base, margin)
+        gains = ", ".join(f"{100 * g:+.1f}" for g in j["gains"]) or "—"
+        lines.append(f"| {claim} | `{block}` | `{base}` | {_spread(j['block_acc'])} | "
+                     f"{_spread(j['baseline_acc'])} | {gains} | +{100 * margin:.0f} | "
+                     f"**{j['verdict']}** (goal met in {j['met']} of {len(j['seeds'])} "
+                     "seeds) |")
+    return "\n".join(lines) + "\n"
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    ap.add_argument("--only", choices=list(RECIPES), action="append",
-                    help="run only this recipe (repeatable); other rows of --out are kept")
+    ap.add_argument("--only", action="append", metavar="NAME",
+                    help="run only this recipe (repeatable; NAME_seedS: with seed=S); other "
+                         "rows of --out are kept")
+    ap.add_argument("--seeds", type=int, nargs="+", default=None,
+                    help="run each --only recipe with these seeds (rows NAME, NAME_seed1, ...)")
     ap.add_argument("--out", default=str(RESULTS / "recipes_cpu.json"))
     ap.add_argument("--threads", type=int, default=None,
                     help="torch intra-op threads (default: torch's, as `make train` uses); the "
@@ -271,7 +381,12 @@ def main(argv=None):
     new = {}
     for f in a.merge or ():
         new.update({r["name"]: r for r in json.loads(Path(f).read_text())["rows"]})
-    for name in [] if a.merge else (a.only or RECIPES):
+    names = list(a.only or RECIPES)
+    for n in names:
+        resolve(n)                                   # unknown names fail before any run
+    if a.seeds:
+        names = [row_name(resolve(n)[0], sd) for n in names for sd in a.seeds]
+    for name in [] if a.merge else names:
         row = run_recipe(name)
         # each row keeps its own machine; its "command" stays the recipe's (what a user types)
         row.update({k: v for k, v in common.meta("cpu", torch.get_num_threads()).items()
@@ -283,7 +398,7 @@ def main(argv=None):
     keep = (a.only or a.merge) and out.exists()
     rows = {r["name"]: r for r in json.loads(out.read_text())["rows"]} if keep else {}
     rows.update(new)
-    order = [n for n in RECIPES if n in rows]
+    order = sorted(rows, key=lambda n: (list(RECIPES).index(resolve(n)[0]), resolve(n)[1]))
     data = {"meta": common.meta("cpu", torch.get_num_threads(),
                                 command=common.script_command()),
             "rows": [rows[n] for n in order]}

@@ -12,10 +12,10 @@ from __future__ import annotations
 import torch
 
 from .._common import check, check_bool, check_float, check_number, check_range, pick_impl
-from .naive import neural_memory_naive
-from .torch_chunk import memory_apply, neural_memory_chunk
+from .naive import neural_memory_naive, read_after_write_naive
+from .torch_chunk import memory_apply, neural_memory_chunk, read_after_write
 
-__all__ = ["memory_apply", "neural_memory_update"]
+__all__ = ["memory_apply", "neural_memory_update", "read_after_write", "read_after_write_naive"]
 
 OP = "neural_memory_update"
 

@@ -78,3 +78,18 @@ def neural_memory_naive(q, k, v, theta, log_eta, log_keep, ws, mom, residual_nor
     if q is not None:
         y = torch.stack(reads, 2) if reads else q.new_zeros(q.shape, dtype=ct)
     return y, tuple(M), (None if S is None else tuple(S))
+
+
+def read_after_write_naive(q, k, v, theta, log_eta, log_keep, ws, mom, residual_norm: bool,
+                           max_grad_norm: float | None):
+    """The spec of ``torch_chunk.read_after_write``: one chunk token by token; token t reads
+    with M_t, the weights after its own write (every gradient at the chunk's starting
+    weights). Shapes as there; any depth."""
+    L, Lq = k.shape[2], q.shape[2]
+    reads = []
+    for t in range(L - Lq, L):        # the first t + 1 tokens as one chunk: M_t
+        one = lambda z: None if z is None else z[:, :, None, :t + 1]
+        _, M, _ = neural_memory_naive(None, one(k), one(v), one(theta), one(log_eta),
+                                      one(log_keep), ws, mom, residual_norm, max_grad_norm)
+        reads.append(_apply(M, q[:, :, t - (L - Lq)][:, :, None], residual_norm))
+    return torch.cat(reads, 2)

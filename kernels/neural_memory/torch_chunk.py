@@ -177,3 +177,60 @@ def neural_memory_chunk(q, k, v, theta, log_eta, log_keep, ws, mom, residual_nor
         reads.append(r)
     y = None if q is None else torch.stack(reads, 2) if reads else q.new_zeros(q.shape)
     return y, ws, mom
+
+
+def read_after_write(q, k, v, theta, log_eta, log_keep, ws, mom, residual_norm: bool,
+                     max_grad_norm: float | None):
+    """Reads after each token's own write, for ONE chunk (complete or not) of a linear
+    (depth-1) memory: token t reads M_t(q_t), M_t the weights after tokens 1..t of the chunk
+    (gradients at the chunk's starting weights M_0, as the update), i.e. the paper's
+    M*_t(y_t) made causal per token. With A, E, c as in the module docstring, inside the
+    chunk (t, u, s <= L):
+
+        q_t M_t = A_t q_t M_0 + b_t q_t S_0 - sum_{u <= t} c_{t,u} (q_t . k_u) delta_u
+        b_t     = sum_{s <= t} (A_t / A_s) E_s,
+        c_{t,u} = theta_u sum_{u <= s <= t} (A_t / A_s)(E_s / E_u)   (momentum; without it
+                  c_{t,u} = theta_u A_t / A_u and b = 0)
+
+    (a causal [L, L] attention-like form; at t = L it is the update's M_C). q [B, H, L', Dh]
+    the queries of the chunk's last L' tokens, k, v [B, H, L, Dh], theta, log_eta, log_keep
+    [B, H, L] (logs None when off), ws (one layer [B, H, Dh, Dh]), mom (or None). Returns the
+    reads [B, H, L', Dh]."""
+    if len(ws) != 1:
+        raise ValueError("read_after_write: a linear memory (depth 1) only, got "
+                         f"{len(ws)} layers")
+    L, Lq = k.shape[2], q.shape[2]
+    # the NaN rule: a non-finite token poisons its own and later reads, never earlier ones
+    # (0 * nan in the causal matmuls would): compute on zeroed tokens, then mark
+    bad = ~(k.isfinite().all(-1) & v.isfinite().all(-1) & theta.isfinite())   # [B, H, L]
+    for t in (log_eta, log_keep):
+        if t is not None:
+            bad = bad | ~t.isfinite()
+    if bool(bad.any()):
+        z = lambda t: None if t is None else torch.where(bad if t.dim() == 3 else bad[..., None],
+                                                         0.0, t)
+        y = read_after_write(q, z(k), z(v), z(theta), z(log_eta), z(log_keep), ws, mom,
+                             residual_norm, max_grad_norm)
+        seen = bad.cummax(-1).values[..., L - Lq:, None]                    # [B, H, L', 1]
+        return torch.where(seen, float("nan"), y)
+    xs, deltas, _ = memory_grads(ws, k, v, residual_norm)
+    x, dlt = xs[0], deltas[0]                                          # [B, H, L, Dh]
+    la = torch.zeros_like(theta) if log_keep is None else log_keep
+    segA = _segsum(la)                                                 # [B, H, t, s]
+    if log_eta is None:
+        c = theta[..., None, :] * segA.exp()                           # [B, H, t, u]
+        b = None
+    else:
+        segE = _segsum(log_eta)                                        # [B, H, s, u]
+        # both factors are products of gates in (0, 1]: exp of sums <= 0, no overflow
+        c = theta[..., None, :] * (segA.exp() @ segE.exp())            # [B, H, t, u]
+        b = torch.exp(segA + log_eta.cumsum(-1)[..., None, :]).sum(-1)  # [B, H, t]
+    if max_grad_norm is not None:                       # per-token gradient norm, as update
+        f = (max_grad_norm / (x.pow(2).sum(-1) * dlt.pow(2).sum(-1)).sqrt()
+             .clamp_min(1e-30)).clamp(max=1.0)
+        c = c * f[..., None, :]
+    c, a = c[..., L - Lq:, :], la.cumsum(-1).exp()[..., L - Lq:, None]  # the queried tokens
+    pre = a * (q @ ws[0]) - (c * (q @ x.transpose(-1, -2))) @ dlt       # [B, H, L', Dh]
+    if b is not None and mom is not None:
+        pre = pre + b[..., L - Lq:, None] * (q @ mom[0])
+    return q + _rms(pre)[0] if residual_norm else pre

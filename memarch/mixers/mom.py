@@ -4,7 +4,7 @@ shared memory sees every token, and the reads are mixed by the routing weights.
 
 Per token x_t (heads h = 1..H; memories m = 1..M, plus the shared memory m = 0):
 
-    p_t       = softmax(W_r x_t)                      [M]   router (fp32)
+    p_t       = softmax(W_r x_t)                      [M]   router (fp32; route_by="token")
     R_t, w_t  = top-k of p_t, w_t renormalised to sum to 1
     q_t       = act(conv(W_q x))_t                    shared by every memory
     k^m_t     = act(conv(W_k^m x))_t,  v^m_t = act(conv(W_v^m x))_t     own projections
@@ -31,6 +31,35 @@ unstable sort; memarch follows the paper's definition of the memories as recurre
 the tokens routed to them and keeps the conv a per-token feature of x (a choice, see
 docs/design.md#mixture-of-memories), so routing never changes what a token writes, only where.
 
+Routing by keys and queries (``route_by="key_query"``). With ``route_by="token"`` (the
+paper's, the default) one routing of x_t picks the memories token t writes AND reads. On a
+recall task the association k_i -> v_i is written at the value token while the query reads
+at a later occurrence of the key token: two different x, so the routing may write the pair
+into one memory and read it from another (``benchmarks/mom_routing.py`` measures this).
+``route_by="key_query"`` routes each side by features of the space where the memories match
+keys to queries, with the same router matrix W_r [M, H K] (no bias):
+
+    r^q_t     = l2(q_t)                  [H K]  the shared query, L2-normalised per head
+    r^k_t     = l2(k^0_t)                [H K]  the shared memory's key (shared_memory on), or
+              = l2(act(conv(W_rk x))_t)  [H K]  an extra key channel group in the conv'd
+                                                projection (shared_memory off)
+    p^w_t = softmax(W_r r^k_t), R^w_t, w^w_t = top-k      write routing   [M]
+    p^r_t = softmax(W_r r^q_t), R^r_t, w^r_t = top-k      read routing    [M]
+    S^m_t = (step of the cell with token t's k^m, v^m, g^m, beta^m)   if m in R^w_t
+          = S^m_{t-1}                                                  otherwise
+    o_t   = sum_{m in R^r_t} w^{r,m}_t (scale q_t^T S^m_t) + scale q_t^T S^0_t
+
+(l2 per head in both cells; q, k enter the cells as with "token"). A memory m receives the
+writes of the tokens whose write routing selects it and serves the reads of the tokens whose
+read routing selects it: a memory no token writes keeps its state bitwise, and reads may
+still select it. When q_t matches the key a pair was written with, both routings see the same
+direction, so a query is routed where its association was written. The write routing is a
+hard selection (as with "token", where the routing weights only mix the reads): W_r learns
+from the read mix and from the balance loss, which for "key_query" is the mean of the loss
+over the write routing (p^w, R^w) and over the read routing (p^r, R^r). With shared_memory
+off the extra channels (H K) grow the conv state: C = H K + (M + 1) H (K + V) with the
+shared memory, H K + M H (K + V) + H K without (then the last H K channels are W_rk's).
+
 Implementation: the masked form. All M + 1 memories run over the whole timeline as M + 1
 groups of heads in one kernel call; an unrouted token is an exact identity step (selected,
 never multiplied by zero), so a memory that no token of the call reaches keeps its state
@@ -52,8 +81,9 @@ scales by the unnormalised probability).
 State ``MoMState(S [B, M, H, K, V], shared [B, H, K, V] | None, conv [B, conv_size-1, C] |
 None, pos [B])`` (``MoMLinearState``, the same fields, for ``cell="linear"``: each cell
 refuses the other's state): the memories, the shared memory and the window of the last conv_size - 1
-q/k/v projections (C = H K + (M + 1) H (K + V) with the shared memory). fp32 (fp64 for fp64
-input); constant size.
+q/k/v projections (C = H K + (M + 1) H (K + V) with the shared memory, H K + M H (K + V)
+without, plus H K routing-key channels for ``route_by="key_query"`` without the shared
+memory). fp32 (fp64 for fp64 input); constant size.
 
 Defaults are the paper's (MoM repo ``training/configs/mom.json``): 4 memories, top-2, a
 shared memory, gated delta cell, 4 heads, conv 4, aux loss scale 0.01, expand_v 1.
@@ -86,6 +116,7 @@ from memarch.modules.norm import RMSNorm
 __all__ = ["MoM", "MoMLinearState", "MoMState"]
 
 CELLS = ("gated_delta", "linear")
+ROUTE_BY = ("token", "key_query")
 _L2_EPS = 1e-6
 
 
@@ -117,13 +148,16 @@ class MoM(Mixer):
         conv_size: width of the causal conv on q/k/v (paper: 4); 0 = none.
         norm_eps: eps of the output RMSNorm.
         impl: kernel implementation ("auto", "torch", "naive", "triton").
+        route_by: "token" (paper: the router reads x_t, and one routing picks the memories a
+            token writes and reads) or "key_query" (writes routed by the token's key, reads
+            by its query, through one router W_r [M, H K]; module docstring).
     """
 
     def __init__(self, d_model: int, *, layer_idx: int | None = None, n_heads: int = 4,
                  head_dim: int | None = None, expand_v: float = 1.0, n_memories: int = 4,
                  topk: int = 2, cell: str = "gated_delta", shared_memory: bool = True,
                  aux_loss_coef: float = 0.01, conv_size: int = 4, norm_eps: float = 1e-6,
-                 impl: str = "auto"):
+                 impl: str = "auto", route_by: str = "token"):
         super().__init__(d_model, layer_idx=layer_idx)
         name = type(self).__name__
         check_positive_int(name, "n_heads", n_heads)
@@ -151,21 +185,25 @@ class MoM(Mixer):
         check_bool(name, "shared_memory", shared_memory)
         check_number(name, "norm_eps", norm_eps, minimum=0, min_open=True)
         check_choice(name, "impl", impl, IMPLS)
+        check_choice(name, "route_by", route_by, ROUTE_BY)
         H, K, V = n_heads, head_dim, int(v_dim)
         E = n_memories + int(shared_memory)                       # memories with a state
-        C = H * K + E * H * (K + V)
+        # key_query without the shared memory: an own routing-key channel group (H K)
+        R = H * K if route_by == "key_query" and not shared_memory else 0
+        C = H * K + E * H * (K + V) + R
+        router_in = d_model if route_by == "token" else H * K
         args = {"d_model": d_model, "n_heads": n_heads, "head_dim": head_dim,
                 "expand_v": expand_v, "n_memories": n_memories, "conv_size": conv_size}
-        check_scalars(name, "parameters", d_model * (C + n_memories + 2 * E * H + 2 * H * V)
-                      + C * conv_size, args)
+        check_scalars(name, "parameters", d_model * (C + 2 * E * H + 2 * H * V)
+                      + router_in * n_memories + C * conv_size, args)
         check_scalars(name, "state scalars per sequence", E * H * K * V
                       + max(conv_size - 1, 0) * C, args)
         self.n_heads, self.head_dim, self.v_dim = n_heads, head_dim, int(v_dim)
         self.n_memories, self.topk, self.cell = n_memories, topk, cell
         self.shared_memory, self.aux_loss_coef = shared_memory, float(aux_loss_coef)
-        self.conv_size, self.impl = conv_size, impl
-        self.n_channels = C                                       # q | k per memory | v
-        self.router = nn.Linear(d_model, n_memories, bias=False)
+        self.conv_size, self.impl, self.route_by = conv_size, impl, route_by
+        self.n_channels = C                         # q | k per memory | v per memory | [rk]
+        self.router = nn.Linear(router_in, n_memories, bias=False)   # W_r [M, D | H K]
         self.qkv_proj = nn.Linear(d_model, self.n_channels, bias=False)
         self.a_proj = nn.Linear(d_model, E * H, bias=False)       # decay input per memory
         self.b_proj = nn.Linear(d_model, E * H, bias=False) if cell == "gated_delta" else None
@@ -212,13 +250,60 @@ class MoM(Mixer):
 
     # -- math ---------------------------------------------------------------------------
     def route(self, x: torch.Tensor):
-        """x [B, T, D] -> (probs [B, T, M] fp32, routed [B, T, M] bool, weights [B, T, M]
+        """Router input [B, T, D] (x, route_by="token") or [B, T, H K] (a routing feature,
+        "key_query") -> (probs [B, T, M] fp32, routed [B, T, M] bool, weights [B, T, M]
         renormalised over the top-k, 0 elsewhere)."""
         probs = torch.softmax(self.router(x).float(), dim=-1)             # [B, T, M]
         w, idx = probs.topk(self.topk, dim=-1)                              # [B, T, k]
         w = w / w.sum(-1, keepdim=True)
         routed = torch.zeros_like(probs, dtype=torch.bool).scatter(-1, idx, True)
         return probs, routed, torch.zeros_like(probs).scatter(-1, idx, w)
+
+    def routings(self, x: torch.Tensor, state: MoMState | None = None):
+        """The routings of the tokens of x [B, T, D] from ``state`` (None: a fresh start):
+        ``(write, read)``, each ``route``'s (probs, routed, weights) [B, T, M]. For
+        route_by="token" both are ``route(x)`` (the same tuple); for "key_query" the write
+        routing is by the tokens' keys r^k and the read routing by their queries r^q, which
+        depend on the conv window, so a call continuing a sequence needs its state."""
+        self._check_input(x)
+        if state is not None:
+            self._check_state(x, state)
+        if self.route_by == "token":
+            r = self.route(x)
+            return r, r
+        if state is None:
+            state = self.init_state(x.shape[0], device=x.device,
+                                    dtype=self.state_dtype(x.dtype))
+        q, k, _, rk, _ = self._features(x, state.conv)
+        return self._key_query_routings(x, q, k, rk)
+
+    def _features(self, x: torch.Tensor, conv: torch.Tensor | None):
+        """q [B, T, 1, H, K], k [B, T, E, H, K], v [B, T, E, H, V], the routing keys
+        [B, T, H, K] | None and the new conv window, in the state dtype (before L2)."""
+        B, T, _ = x.shape
+        H, K, V, M = self.n_heads, self.head_dim, self.v_dim, self.n_memories
+        E = M + int(self.shared_memory)
+        ct = self.state_dtype(x.dtype)
+        u = self.qkv_proj(x).to(ct)                                          # [B, T, C]
+        if self.conv_weight is not None:
+            u, conv = causal_conv_step(u, conv, self.conv_weight.to(ct))
+        u = F.silu(u)
+        a, b = H * K, H * K + E * H * K
+        q = u[..., :a].view(B, T, 1, H, K)                                   # shared query
+        k = u[..., a:b].view(B, T, E, H, K)
+        v = u[..., b:b + E * H * V].view(B, T, E, H, V)
+        c = b + E * H * V
+        rk = u[..., c:].view(B, T, H, K) if self.n_channels > c else None   # own routing key
+        return q, k, v, rk, conv
+
+    def _key_query_routings(self, x, q, k, rk):
+        """route_by="key_query": (write routing by l2(k^0 | rk), read routing by l2(q)),
+        features [B, T, H K] in x's dtype through the one router."""
+        B, T = x.shape[:2]
+        key = k[:, :, self.n_memories] if rk is None else rk                # [B, T, H, K]
+        def feat(t):
+            return F.normalize(t, dim=-1, eps=_L2_EPS).reshape(B, T, -1).to(x.dtype)
+        return self.route(feat(key)), self.route(feat(q[:, :, 0]))
 
     def balance_loss(self, probs: torch.Tensor, routed: torch.Tensor) -> torch.Tensor | None:
         """Switch-style load balancing over the call's tokens (module docstring)."""
@@ -234,19 +319,20 @@ class MoM(Mixer):
         H, K, V, M = self.n_heads, self.head_dim, self.v_dim, self.n_memories
         E = M + int(self.shared_memory)
         ct = self.state_dtype(x.dtype)
-        u = self.qkv_proj(x).to(ct)                                          # [B, T, C]
-        conv = state.conv
-        if self.conv_weight is not None:
-            u, conv = causal_conv_step(u, conv, self.conv_weight.to(ct))
-        u = F.silu(u)
-        q = u[..., :H * K].view(B, T, 1, H, K)                               # shared query
-        k = u[..., H * K:H * K + E * H * K].view(B, T, E, H, K)
-        v = u[..., H * K + E * H * K:].view(B, T, E, H, V)
+        q, k, v, rk, conv = self._features(x, state.conv)
 
-        probs, routed, w = self.route(x)                                     # [B, T, M]
+        if self.route_by == "token":
+            probs, routed, w = self.route(x)                                 # [B, T, M]
+            routed_r, aux = routed, self.balance_loss(probs, routed)
+        else:
+            (probs, routed, _), (probs_r, routed_r, w) = self._key_query_routings(x, q, k, rk)
+            aux = self.balance_loss(probs, routed)                           # write routing
+            if aux is not None:
+                aux = (aux + self.balance_loss(probs_r, routed_r)) / 2      # and read routing
         on = torch.ones(B, T, E - M, dtype=torch.bool, device=x.device)
-        live = torch.cat([routed, on], -1)[..., None]                        # [B, T, E, 1]
-        mix = torch.cat([w, on.to(w.dtype)], -1).to(ct)                      # [B, T, E]
+        live = torch.cat([routed, on], -1)[..., None]                        # [B, T, E, 1] write
+        read = live if routed_r is routed else torch.cat([routed_r, on], -1)[..., None]
+        mix = torch.cat([w, on.to(w.dtype)], -1).to(ct)                      # [B, T, E] read
         g = -self.A_log.to(ct).exp() * F.softplus(
             self.a_proj(x).to(ct).view(B, T, E, H) + self.dt_bias.to(ct))    # [B, T, E, H]
         S0 = state.S if state.shared is None else torch.cat([state.S, state.shared[:, None]], 1)
@@ -268,14 +354,14 @@ class MoM(Mixer):
             o, (S, _) = linear_attn(_heads(q), _heads(k), _heads(v), g=_heads(g),
                                     initial_state=S0.flatten(1, 2), output_final_state=True,
                                     impl=self.impl)
-        o = o.view(B, T, E, H, V)
+        o = o.view(B, T, E, H, V)                    # q_t^T S^m_t for every memory m
         S = S.view(B, E, H, K, V)
-        o = torch.where(live[..., None], o * mix[..., None, None], 0.0).sum(2)   # [B, T, H, V]
+        o = torch.where(read[..., None], o * mix[..., None, None], 0.0).sum(2)   # [B, T, H, V]
         y = self.o_norm(o) * F.silu(self.g_proj(x).to(ct).view(B, T, H, V))
         y = self.o_proj(y.reshape(B, T, H * V).to(x.dtype))
         new = type(state)(S[:, :M], S[:, M] if self.shared_memory else None, conv,
                           state.pos + T)
-        return MixerOutput(y, new, self.balance_loss(probs, routed))
+        return MixerOutput(y, new, aux)
 
 
 def _heads(t: torch.Tensor) -> torch.Tensor:

@@ -89,7 +89,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from memarch.kernels.neural_memory import memory_apply, neural_memory_update
+from memarch.kernels.neural_memory import memory_apply, neural_memory_update, read_after_write
 from memarch.mixers.attention import Attention, _finite_kv
 from memarch.mixers.base import (
     Mixer,
@@ -156,6 +156,12 @@ class NeuralMemory(Mixer):
         theta_init, eta_init, alpha_init: the gates' values at initialisation (the gate
             projection's biases; its weights start small): 0 < theta_init < max_lr,
             0 < eta_init < 1, 0 < alpha_init < 1.
+        read_after_write: False (default): token t reads the weights from before its update
+            chunk (the paper's parallel form for the reads M*(q)). True: token t reads M_t,
+            the weights after its own write (tokens 1..t of its chunk, their gradients at
+            the chunk's start): the paper's o_t = y_t * M*_t(y_t) of MAC, causal per token
+            (``memarch.kernels.neural_memory.read_after_write``). Linear memory (depth 1)
+            and per-token gates only.
     """
 
     def __init__(self, d_model: int, *, layer_idx: int | None = None,
@@ -164,7 +170,8 @@ class NeuralMemory(Mixer):
                  forgetting: bool = True, max_lr: float = 0.1, gates: str = "token",
                  conv_size: int = 4, residual_norm: bool = False,
                  max_grad_norm: float | None = None, theta_init: float = 1e-3,
-                 eta_init: float = 0.5, alpha_init: float = 1e-3):
+                 eta_init: float = 0.5, alpha_init: float = 1e-3,
+                 read_after_write: bool = False):
         super().__init__(d_model, layer_idx=layer_idx)
         own = "NeuralMemory"
         n_heads = max(1, d_model // 64) if n_heads is None else n_heads
@@ -190,6 +197,12 @@ class NeuralMemory(Mixer):
                               ("alpha_init", alpha_init, 1.0)):
             check_number(own, name, val, minimum=0, maximum=hi, min_open=True, max_open=True)
         check_choice(own, "gates", gates, ("token", "chunk"))
+        check_bool(own, "read_after_write", read_after_write)
+        if read_after_write and (depth != 1 or gates != "token"):
+            raise ValueError(f"{own}: read_after_write=True needs depth=1 and gates='token' "
+                             f"(a closed form for the linear memory; a partial chunk's "
+                             f"chunk-mean gates would change as it fills), got depth={depth}, "
+                             f"gates={gates!r}")
         max_grad_norm = check_number(own, "max_grad_norm", max_grad_norm, minimum=0,
                                      min_open=True, none_ok=True)
         # the memory MLP's weights (widths Dh -> Dh e -> ... -> Dh), counted without building
@@ -211,7 +224,7 @@ class NeuralMemory(Mixer):
         self.momentum, self.forgetting = momentum, forgetting
         self.max_lr, self.gates = max_lr, gates
         self.conv_size, self.residual_norm = conv_size, residual_norm
-        self.max_grad_norm = max_grad_norm
+        self.max_grad_norm, self.read_after_write = max_grad_norm, read_after_write
         self.theta_init, self.eta_init, self.alpha_init = theta_init, eta_init, alpha_init
         H, Dh = n_heads, head_dim
         self.qkv_proj = nn.Linear(d_model, 3 * H * Dh, bias=False)
@@ -313,7 +326,26 @@ class NeuralMemory(Mixer):
         nfull = total // C
         ws, mom = state.weights, state.momentum
         reads = []
-        if nfull:
+        after = self.read_after_write and q is not None
+        if after:
+            # chunk by chunk (complete or the open one): reads after each token's own write,
+            # from the chunk's starting weights; then the complete chunk's update
+            for c0 in range(0, total, C):
+                c1 = min(c0 + C, total)
+                kc, vc, gc = k[:, :, c0:c1], v[:, :, c0:c1], g[:, :, c0:c1]
+                theta, log_eta, log_keep = self._gates(gc)                   # [B, H, L]
+                lo = max(c0, n)                                   # the new tokens read
+                reads.append(read_after_write(q[:, :, lo - n:c1 - n], kc, vc, theta, log_eta,
+                                              log_keep, ws, mom, self.residual_norm,
+                                              self.max_grad_norm))
+                if c1 - c0 == C:
+                    one = lambda t: None if t is None else t.unsqueeze(2)
+                    _, ws, mom = neural_memory_update(
+                        None, one(kc), one(vc), one(theta), one(log_eta), one(log_keep),
+                        weights=ws, momentum=mom, residual_norm=self.residual_norm,
+                        max_grad_norm=self.max_grad_norm, impl="torch")
+            q = q[:, :, T:]                                                  # all read
+        if nfull and not after:
             gfull = g[:, :, :nfull * C].unflatten(2, (nfull, C))           # [B, H, nf, C, 3]
             if self.gates == "chunk":
                 gfull = gfull.mean(3, keepdim=True).expand(B, H, nfull, C, 3)
@@ -538,8 +570,10 @@ class MemoryAsContext(Mixer):
     is its last completed state; with another C the state keeps the segment-start weights.
     titans-pytorch's MAC writes the memory before attending (its issue #32); we attend first.
 
-    h is the memory's full output (read, norm, gate by x, projection) at width d_model; h_j
-    and x_j share the segment-local RoPE position j; the N_p persistent tokens are learned,
+    h is the memory's full output (read, norm, gate by x, projection) at width d_model
+    (``h_gate=False``: read, norm, projection, without the gate SiLU(x W_g), whose small
+    initial values shrink h; an option, not the paper's, which does not say how h is
+    brought to width d_model); h_j and x_j share the segment-local RoPE position j; the N_p persistent tokens are learned,
     position-free key/value pairs (``Attention(n_persistent=N_p)``, whose projections and
     persistent pairs this mixer uses).
 
@@ -550,6 +584,8 @@ class MemoryAsContext(Mixer):
         n_persistent: N_p.
         rope_base: RoPE base.
         memory: kwargs of the ``NeuralMemory`` (its chunk_size defaults to segment_len).
+        h_gate: gate the reads h by SiLU(x W_g) as the memory's own output (default);
+            False: h = W_o RMSNorm(M*(q)).
     State: memory state, the conv window of h's queries, the current segment's keys/values
     of x and h (N - 1 entries each), positions: constant size.
     """
@@ -557,10 +593,11 @@ class MemoryAsContext(Mixer):
     def __init__(self, d_model: int, *, layer_idx: int | None = None,
                  n_heads: int | None = None, n_kv_heads: int | None = None,
                  segment_len: int = 128, n_persistent: int = 4, rope_base: float = 10000.0,
-                 memory: dict | None = None):
+                 memory: dict | None = None, h_gate: bool = True):
         super().__init__(d_model, layer_idx=layer_idx)
         check_positive_int("MemoryAsContext", "segment_len", segment_len)
-        self.segment_len = segment_len
+        check_bool("MemoryAsContext", "h_gate", h_gate)
+        self.segment_len, self.h_gate = segment_len, h_gate
         self.attn = Attention(d_model, layer_idx=layer_idx, n_heads=n_heads,
                               n_kv_heads=n_kv_heads, n_persistent=n_persistent,
                               rope_base=rope_base)
@@ -616,7 +653,11 @@ class MemoryAsContext(Mixer):
         B, T, _ = x.shape
         u, conv = _silu_conv(self.h_proj(x), conv, self.h_conv_weight, ct)  # [B, T, Hm Dhm]
         q = _l2(u.view(B, T, mem.n_heads, mem.head_dim).transpose(1, 2))  # [B, Hm, T, Dhm]
-        return mem.output(mem.read(ws, q), x), conv
+        r = mem.read(ws, q)                                                 # [B, Hm, T, Dhm]
+        if self.h_gate:
+            return mem.output(r, x), conv
+        r = mem.out_norm(r.transpose(1, 2)).reshape(B, T, -1).to(x.dtype)  # [B, T, Hm Dhm]
+        return mem.o_proj(r), conv
 
     def _attend(self, x, h, a0, state):
         """Attention of x's tokens at segment positions a0.. over [p, h_j, x_j : j <= i]."""

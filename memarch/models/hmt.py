@@ -10,13 +10,38 @@ further back reaches it only through memory embeddings. For segment n:
     Y   = BBM([P_n, E[H_{n-1}[L-k:]], E[H_n], P_n])      # (3) augmented pass
     logits(H_n) = head(Y[1+k : 1+k+L]),  m_n = Y[-1]     #     m_n enters the cache
 
+With ``E = num_mem_embed`` memory embeddings per segment (a count; ``E[...]`` with brackets
+stays the token embedding), default 1: the equations above, which are this form with
+E = 1 (the code has one path for every E). T, m_init, S_n, P_n and m_n are E vectors each
+([E, D]) and the cache M holds the E embeddings of each of the last N segments ([N*E, D],
+newest last):
+
+    S_n = BBM([T, E[q_n], T])[-E:]                      # (1) [E, D]: the E trailing T slots
+    P_n = softmax((S_n W_q)(M W_k)^T / sqrt(d_h)) M     # (2) [E, D]: E queries, each over
+                                                         #     all N*E cached embeddings
+    Y   = BBM([P_n, E[H_{n-1}[L-k:]], E[H_n], P_n])      # (3) [E + k + L + E, D]
+    logits(H_n) = head(Y[E+k : E+k+L]),  m_n = Y[-E:]    #     m_n ([E, D]) enters the cache
+
+This is HMT-pytorch's ``MemoryCell(num_mem_tokens=E)`` (RMT's memory tokens): an ``[E, D]``
+``memory`` parameter read at the first E positions and written from the last E
+(``hidden_states[-1][:, -num_mem_tokens:]``), the memory state placed before and after the
+segment; its ``RecurrentWrapper`` appends the E written embeddings of every segment to
+``memory_seq`` (``torch.cat(..., dim=1)``) and its ``CrossAttentionMemory`` attends each of
+the E queries ``q_mem [B, E, D]`` over all cached entries (no per-slot recall). Departures,
+for E > 1 only (HMT-pytorch's ``main.py`` fixes ``memory_size = 1``): its summary prompt
+``mem`` stays one vector, so its E queries would be the trailing prompt slot plus the
+hidden states of the last E-1 summarised tokens; memarch learns E prompt slots T on each
+side and reads the E trailing ones. Its ``ltm_context`` counts cached entries; memarch's
+``n_memories`` counts segments (N*E entries).
+
 * ``BBM(x)`` is the backbone on input embeddings: its final-norm hidden states
   (``MemLM.forward_embeds``; HF's ``hidden_states[-1]``). Each pass starts from a fresh
   backbone state, so the backbone's positions restart at every segment.
-* ``T [D]``: the learned segment-summarisation prompt, at both ends of the summary pass as in
+* ``T [E, D]``: the learned segment-summarisation prompt, at both ends of the summary pass as in
   the paper's equation (HMT-pytorch puts its summary prompt first and its initial memory
-  embedding last). ``m_init [D]``: the learned memory of the first segment (HMT-pytorch's
-  ``init_pre_memory_state``). Both start as N(0, std(E)) like HMT-pytorch's.
+  embedding last). ``m_init [E, D]``: the learned memory of the first segment (HMT-pytorch's
+  ``init_pre_memory_state``). Both start as N(0, std of the token embeddings) like
+  HMT-pytorch's.
 * The augmented pass ends with ``P_n`` as the paper's equation; HMT-pytorch's
   ``MemoryCell`` ends it with ``m_init`` (its ``suf_memory_state`` is never passed).
 * Recall (the paper's equation): queries and keys are projected to ``d_h = recall_dim``
@@ -25,10 +50,10 @@ further back reaches it only through memory embeddings. For segment n:
   divides by ``d_h`` instead when ``d_model >= 4096`` in training but not in generation (its
   ``long_mem_cross_attn_vanilla.py``, the one ``language_modeling.py`` imports, always uses
   the square root); memarch does not. The cache
-  ``M`` holds the memory embeddings of the last ``N = n_memories`` segments (fewer at the
-  start: only those that exist are attended). ``n_memories = 0``: no cache, no recall,
-  ``P_n = m_init`` always (the same segmentation and sensory memory without HMT's memory:
-  the ablation baseline).
+  ``M`` holds the memory embeddings of the last ``N = n_memories`` segments, E per
+  segment (fewer at the start: only those that exist are attended). ``n_memories = 0``: no
+  cache, no recall, ``P_n = m_init`` always (the same segmentation and sensory memory
+  without HMT's memory: the ablation baseline).
 * Sensory memory: the last ``k = sensory_len`` tokens of segment n-1, embedded again (exactly
   the embeddings the paper carries; the state keeps their token ids).
 * ``q_n``, the tokens the summary reads (``recall_query``):
@@ -95,10 +120,12 @@ RECALL_QUERIES = ("causal", "paper")
 
 
 class HMTState(NamedTuple):
-    cache: torch.Tensor     # [B, N, D] memory embeddings of the last N segments, newest last
+    cache: torch.Tensor     # [B, N*E, D] memory embeddings of the last N segments (E per
+                            # segment, E = num_mem_embed), oldest first, newest last
     recent: torch.Tensor    # [B, R] int64: the last R = max(k, h) tokens seen
-    prompt: torch.Tensor    # [B, D] P_n of the open segment (zeros at a segment boundary)
-    backbone: tuple         # backbone state over [P_n, sensory, the open segment so far]
+    prompt: torch.Tensor    # [B, E*D] P_n of the open segment, its E vectors flattened (so
+                            # E = 1 keeps the [B, D] layout); zeros at a segment boundary
+    backbone: tuple         # backbone state over [P_n (E), sensory, the open segment so far]
     pos: torch.Tensor       # [B] int64 tokens seen
 
 
@@ -107,12 +134,18 @@ class HMT(HubMixin, nn.Module):
         backbone: a ``MemLM`` (any mixers; ``forward_embeds``, ``embed``, ``head``).
         segment_len: L, tokens per segment.
         sensory_len: k <= L, tokens of the previous segment prepended (sensory memory).
-        n_memories: N >= 0, cached memory embeddings recalled from (0: no memory).
+        n_memories: N >= 0, segments whose memory embeddings are cached and recalled from
+            (0: no memory).
         summary_len: h in [1, L], tokens the summary reads (default round(L / 2), the
             paper's ``sum_fraction = 0.5``).
         recall_dim: d_h of the recall projections (default d_model).
         recall_query: ``"causal"`` (default) or ``"paper"``; see the module docstring.
         bptt_segments: segments per backpropagation window (None: the whole call).
+            ``memarch.lit.callbacks.HMTTwoStageBPTT`` trains with a shorter window first
+            (the paper's two-stage training).
+        num_mem_embed: E >= 1, memory embeddings per segment (HMT-pytorch's / RMT's
+            ``num_mem_tokens``): m_init, T, P_n and m_n are E vectors and the cache holds
+            N*E; see the module docstring. Default 1: the paper's single embedding.
         d_model: the backbone's width, checked when given (None: taken from the backbone);
             ``configs/model/hmt.yaml`` sets the backbone's width from it, so
             ``model.d_model=...`` sizes HMT as it sizes a ``MemLM``.
@@ -127,13 +160,14 @@ class HMT(HubMixin, nn.Module):
                  n_memories: int, summary_len: int | None = None,
                  recall_dim: int | None = None, recall_query: str = "causal",
                  bptt_segments: int | None = None, d_model: int | None = None,
-                 freeze_backbone: bool = False):
+                 freeze_backbone: bool = False, num_mem_embed: int = 1):
         super().__init__()
         self.init_kwargs = dict(backbone=backbone, segment_len=segment_len,
                                 sensory_len=sensory_len, n_memories=n_memories,
                                 summary_len=summary_len, recall_dim=recall_dim,
                                 recall_query=recall_query, bptt_segments=bptt_segments,
-                                d_model=d_model, freeze_backbone=freeze_backbone)
+                                d_model=d_model, freeze_backbone=freeze_backbone,
+                                num_mem_embed=num_mem_embed)
         for attr in ("embed", "head", "forward_embeds", "init_state", "state_size"):
             if not hasattr(backbone, attr):
                 raise TypeError(f"HMT: backbone must be a memarch MemLM (with {attr!r}), got "
@@ -152,6 +186,8 @@ class HMT(HubMixin, nn.Module):
         check_int("HMT", "bptt_segments", bptt_segments, minimum=1, none_ok=True,
                   expected="a positive int or None")
         check_bool("HMT", "freeze_backbone", freeze_backbone)
+        check_positive_int("HMT", "num_mem_embed", num_mem_embed)
+        E = num_mem_embed
         check_int("HMT", "d_model", d_model, minimum=1, none_ok=True,
                   expected="a positive int or None")
         if freeze_backbone:
@@ -164,23 +200,24 @@ class HMT(HubMixin, nn.Module):
             recall_dim = D
         check_positive_int("HMT", "recall_dim", recall_dim)
         check_scalars("HMT", "state scalars per sequence (without the backbone's)",
-                      (n_memories + 1) * D + max(sensory_len, summary_len),
-                      {"n_memories": n_memories, "d_model": D, "sensory_len": sensory_len,
+                      (n_memories + 1) * E * D + max(sensory_len, summary_len),
+                      {"n_memories": n_memories, "num_mem_embed": E, "d_model": D,
+                       "sensory_len": sensory_len,
                        **({"summary_len": summary_len} if summary_given
                           else {"segment_len": segment_len})})
-        check_scalars("HMT", "parameters of its own", 2 * D * recall_dim,
-                      {"recall_dim": recall_dim, "d_model": D})
+        check_scalars("HMT", "parameters of its own", 2 * D * recall_dim + 2 * E * D,
+                      {"recall_dim": recall_dim, "num_mem_embed": E, "d_model": D})
         self.backbone = backbone
         self.segment_len, self.sensory_len, self.n_memories = L, sensory_len, n_memories
         self.summary_len, self.recall_dim, self.recall_query = summary_len, recall_dim, recall_query
-        self.bptt_segments = bptt_segments
+        self.bptt_segments, self.num_mem_embed = bptt_segments, E
         self.vocab_size, self.d_model = backbone.vocab_size, D
         causal_query = recall_query == "causal" and n_memories > 0
         self.n_recent = max(sensory_len, summary_len if causal_query else 0)
         std = float(backbone.embed.weight.detach().float().std())
-        self.init_memory = nn.Parameter(torch.randn(D) * std)                  # m_init [D]
+        self.init_memory = nn.Parameter(torch.randn(E, D) * std)               # m_init [E, D]
         if n_memories > 0:
-            self.summary_prompt = nn.Parameter(torch.randn(D) * std)           # T [D]
+            self.summary_prompt = nn.Parameter(torch.randn(E, D) * std)        # T [E, D]
             self.wq = nn.Linear(D, recall_dim, bias=False)
             self.wk = nn.Linear(D, recall_dim, bias=False)
         else:
@@ -193,6 +230,15 @@ class HMT(HubMixin, nn.Module):
         log.info("HMT: %s extra parameters (%.2f %% of the backbone's %s)",
                  f"{n_extra:,}", 100 * self.extra_fraction, f"{n_bb:,}")
 
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        """Checkpoints from before ``num_mem_embed`` hold m_init and T as [D]: read them as
+        the [1, D] of ``num_mem_embed=1`` (the same values)."""
+        for name in ("init_memory", "summary_prompt"):
+            v = state_dict.get(prefix + name)
+            if isinstance(v, torch.Tensor) and v.dim() == 1 and self.num_mem_embed == 1:
+                state_dict[prefix + name] = v[None]
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
     def extra_parameters(self) -> list[nn.Parameter]:
         """The parameters HMT adds to its backbone (m_init, T, W_q, W_k)."""
         return [p for n, p in self.named_parameters() if not n.startswith("backbone.")]
@@ -200,20 +246,20 @@ class HMT(HubMixin, nn.Module):
     # -- state -------------------------------------------------------------------------
     def init_state(self, batch_size: int, *, device=None, dtype=None) -> HMTState:
         dtype = dtype or self.backbone.embed.weight.dtype
-        B, D = batch_size, self.d_model
+        B, D, E = batch_size, self.d_model, self.num_mem_embed
         return HMTState(
-            torch.zeros(B, self.n_memories, D, device=device, dtype=dtype),
+            torch.zeros(B, self.n_memories * E, D, device=device, dtype=dtype),
             torch.zeros(B, self.n_recent, device=device, dtype=torch.long),
-            torch.zeros(B, D, device=device, dtype=dtype),
+            torch.zeros(B, E * D, device=device, dtype=dtype),
             self.backbone.init_state(B, device=device, dtype=dtype),
             torch.zeros(B, device=device, dtype=torch.long))
 
     def state_size(self, seq_len: int) -> int:
         """Floating-point state scalars per sequence after ``seq_len`` tokens."""
-        r = seq_len % self.segment_len
+        r, E = seq_len % self.segment_len, self.num_mem_embed
         inside = 0 if r == 0 else (
-            1 + (self.sensory_len if seq_len >= self.segment_len else 0) + r)
-        return (self.n_memories + 1) * self.d_model + self.backbone.state_size(inside)
+            E + (self.sensory_len if seq_len >= self.segment_len else 0) + r)
+        return (self.n_memories + 1) * E * self.d_model + self.backbone.state_size(inside)
 
     def _check_state(self, state, B: int) -> None:
         """Structure, shapes and integer dtypes as ``init_state`` builds them (the backbone's
@@ -246,22 +292,23 @@ class HMT(HubMixin, nn.Module):
 
     # -- the three steps -----------------------------------------------------------------
     def summarize(self, q_ids: torch.Tensor):
-        """S_n = BBM([T, E[q], T])[-1] for q [B, h] -> ([B, D], aux)."""
-        B = q_ids.shape[0]
-        T = self.summary_prompt.to(self.backbone.embed.weight.dtype)[None, None].expand(B, 1, -1)
-        x = torch.cat([T, self.backbone.embed(q_ids), T], 1)                   # [B, h+2, D]
+        """S_n = BBM([T, E[q], T])[-E:] for q [B, h] -> ([B, E, D], aux)."""
+        B, E = q_ids.shape[0], self.num_mem_embed
+        T = self.summary_prompt.to(self.backbone.embed.weight.dtype)[None].expand(B, E, -1)
+        x = torch.cat([T, self.backbone.embed(q_ids), T], 1)                   # [B, h+2E, D]
         h, _, aux = self.backbone.forward_embeds(x, None)
-        return h[:, -1], aux
+        return h[:, -E:], aux
 
     def recall(self, s: torch.Tensor, memories: torch.Tensor):
-        """Cross-attention of the summary s [B, D] over memories [B, n, D] (n >= 1):
-        returns (P [B, D], attention weights [B, n])."""
-        q = self.wq(s)                                                          # [B, d_h]
+        """Cross-attention of the summary s [B, E, D] (E queries; or one, [B, D]) over
+        memories [B, n, D] (n >= 1): returns (P [B, E, D] (or [B, D]), attention weights
+        [B, E, n] (or [B, n]))."""
+        q = self.wq(s)                                                          # [B, E, d_h]
         k = self.wk(memories)                                                   # [B, n, d_h]
-        scores = torch.einsum("bd,bnd->bn", q, k) / math.sqrt(self.recall_dim)
+        scores = torch.einsum("b...d,bnd->b...n", q, k) / math.sqrt(self.recall_dim)
         w = F.softmax(scores.to(torch.promote_types(scores.dtype, torch.float32)),
-                      dim=-1).to(memories.dtype)                                # [B, n]
-        return torch.einsum("bn,bnd->bd", w, memories), w
+                      dim=-1).to(memories.dtype)                                # [B, E, n]
+        return torch.einsum("b...n,bnd->b...d", w, memories), w
 
     # -- forward -----------------------------------------------------------------------
     def forward(self, ids: torch.Tensor, state: HMTState | None = None) -> LMOutput:
@@ -275,8 +322,8 @@ class HMT(HubMixin, nn.Module):
             self._check_state(state, B)
             p0 = self._position(state)
         ids = ids.long()
-        L, k, h, N, R = (self.segment_len, self.sensory_len, self.summary_len,
-                         self.n_memories, self.n_recent)
+        L, k, h, N, R, E = (self.segment_len, self.sensory_len, self.summary_len,
+                            self.n_memories, self.n_recent, self.num_mem_embed)
         end = p0 + n_tok
         ext = torch.cat([state.recent, ids], 1)          # ext[:, j]: position p0 - R + j
 
@@ -298,7 +345,9 @@ class HMT(HubMixin, nn.Module):
             for i, b in enumerate(group):
                 summaries[b] = s[i * B:(i + 1) * B]
 
-        cache, prompt, bstate = state.cache, state.prompt, state.backbone
+        cache, bstate = state.cache, state.backbone                 # [B, N*E, D]
+        D = self.d_model
+        prompt = state.prompt.reshape(B, E, D)                          # P_n [B, E, D]
         logits, t = [], p0
         while t < end:
             n, off = divmod(t, L)
@@ -308,25 +357,25 @@ class HMT(HubMixin, nn.Module):
                 if t in summaries:
                     if self.bptt_segments is not None and n % self.bptt_segments == 0:
                         cache = cache.detach()
-                    prompt, _ = self.recall(summaries[t], cache[:, N - min(n, N):])
+                    prompt, _ = self.recall(summaries[t], cache[:, (N - min(n, N)) * E:])
                 else:
-                    prompt = self.init_memory.to(dtype)[None].expand(B, -1).clone()
+                    prompt = self.init_memory.to(dtype)[None].expand(B, -1, -1).clone()
                 bstate = None
-                parts.append(prompt[:, None])
+                parts.append(prompt)                     # [B, E, D]
                 if n > 0 and k > 0:
                     parts.append(bb.embed(tokens(t - k, t)))
             n_pre = sum(x.shape[1] for x in parts)
             parts.append(bb.embed(tokens(t, t + take)))
             closes = off + take == L
             if closes:
-                parts.append(prompt[:, None])
+                parts.append(prompt)
             x = torch.cat(parts, 1)
             y, bstate, a = bb.forward_embeds(x, bstate)                      # (3) [B, *, D]
             aux.add(a, x.shape[1])
             logits.append(bb.head(y[:, n_pre:n_pre + take]))                # [B, take, V]
-            if closes:                                   # m_n = Y[-1] enters the cache
+            if closes:                                   # m_n = Y[-E:] enters the cache
                 if N > 0:
-                    cache = torch.cat([cache[:, 1:], y[:, -1:]], 1)
+                    cache = torch.cat([cache[:, E:], y[:, -E:]], 1)
                 bstate = None
             t += take
         if end % L == 0:                                 # at a boundary: nothing is open
@@ -336,8 +385,8 @@ class HMT(HubMixin, nn.Module):
         out = (torch.cat(logits, 1) if logits else
                torch.zeros(B, 0, self.vocab_size, device=ids.device, dtype=dtype))
         sd = state.cache.dtype                           # autocast: keep the state's dtype
-        new = HMTState(cache.to(sd), ext[:, ext.shape[1] - R:], prompt.to(sd), bstate,
-                       state.pos + n_tok)
+        new = HMTState(cache.to(sd), ext[:, ext.shape[1] - R:], prompt.reshape(B, E * D).to(sd),
+                       bstate, state.pos + n_tok)
         return LMOutput(out, new, aux.value())
 
 

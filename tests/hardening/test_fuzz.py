@@ -188,7 +188,7 @@ MIXER_ARGS = {
                         "eps", "taylor_form", "impl"],
     "BasedLinearAttention": ["n_heads", "feature_dim", "eps", "taylor_form", "impl"],
     "MoM": ["n_heads", "head_dim", "expand_v", "n_memories", "topk", "cell", "shared_memory",
-            "aux_loss_coef", "conv_size", "norm_eps", "impl"],
+            "aux_loss_coef", "conv_size", "norm_eps", "impl", "route_by"],
     "NeuralMemory": ["n_heads", "head_dim", "depth", "expansion", "chunk_size", "momentum",
                      "forgetting", "max_lr", "gates", "conv_size", "residual_norm",
                      "max_grad_norm", "theta_init", "eta_init", "alpha_init"],
@@ -307,7 +307,7 @@ def test_memlm_arguments(arg, n):
 
 HMT_BASE = dict(segment_len=3, sensory_len=1, n_memories=2)
 HMT_ARGS = ["segment_len", "sensory_len", "n_memories", "summary_len", "recall_dim",
-            "recall_query", "bptt_segments", "d_model", "freeze_backbone"]
+            "recall_query", "bptt_segments", "d_model", "freeze_backbone", "num_mem_embed"]
 
 
 @pytest.mark.parametrize("n", PROFILES)

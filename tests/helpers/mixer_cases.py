@@ -85,6 +85,20 @@ CASES.update({
     "titans_mac_snapshot": Case(
         mx.MemoryAsContext, dict(n_heads=4, n_kv_heads=2, segment_len=6, n_persistent=1,
                                  memory=dict(n_heads=2, chunk_size=4, max_lr=0.3)), [3, 4, 6]),
+    # reads after each token's own write (linear memory), and MAC's h without the x-gate
+    "neural_memory_read_after_write": Case(
+        mx.NeuralMemory, dict(n_heads=2, depth=1, chunk_size=5, max_lr=0.3,
+                              read_after_write=True), [3, 5]),
+    "titans_mac_read_after_write_no_hgate": Case(
+        mx.MemoryAsContext, dict(n_heads=2, segment_len=6, n_persistent=2, h_gate=False,
+                                 memory=dict(n_heads=2, depth=1, max_lr=0.3,
+                                             read_after_write=True)), [3, 6]),
+    "titans_mac_read_after_write_snapshot": Case(
+        mx.MemoryAsContext, dict(n_heads=2, segment_len=6, n_persistent=1,
+                                 memory=dict(n_heads=2, depth=1, chunk_size=4, max_lr=0.3,
+                                             read_after_write=True,
+                                             residual_norm=True, max_grad_norm=0.5)),
+        [3, 4, 6]),
     "titans_mag": Case(mx.MemoryAsGate, dict(n_heads=2, window=6, n_persistent=2,
                                              memory=dict(n_heads=2, chunk_size=5, max_lr=0.3)),
                        [3, 5, 6]),
@@ -100,4 +114,11 @@ CASES.update({
                                                 cell="linear"), [3, 4, 64]),
     "mom_linear_top2_noconv": Case(mx.MoM, dict(n_heads=4, n_memories=3, topk=2, cell="linear",
                                                 shared_memory=False, conv_size=0), [64]),
+    # route_by="key_query": writes routed by the shared key, reads by the query; without the
+    # shared memory by its own routing-key channels (a wider conv state)
+    "mom_gdn_shared_top2_key_query": Case(mx.MoM, dict(n_heads=2, n_memories=3, topk=2,
+                                                       route_by="key_query"), [3, 4, 64]),
+    "mom_linear_top1_key_query_own_key": Case(
+        mx.MoM, dict(n_heads=2, n_memories=3, topk=1, cell="linear", shared_memory=False,
+                     route_by="key_query"), [3, 4, 64]),
 })

@@ -149,3 +149,47 @@ def test_argument_errors(over, name, checks):
         neural_memory_update(a.pop("q"), a.pop("k"), a.pop("v"), a.pop("theta"),
                              a.pop("log_eta"), a.pop("log_keep"), **a)
     checks.true(name in str(e.value) and "neural_memory_update" in str(e.value), str(e.value))
+
+
+# read_after_write: one chunk (or its last L' tokens) of a linear memory, token t reading M_t
+# (B, H, L, L', Dh, residual_norm, momentum, forgetting, max_grad_norm)
+RAW = [(2, 2, 5, 5, 4, False, True, True, None), (1, 3, 7, 3, 5, True, True, True, 0.3),
+       (2, 1, 4, 4, 3, False, False, True, 0.2), (1, 2, 6, 1, 4, True, True, False, None),
+       (1, 1, 3, 2, 5, False, False, False, None)]
+
+
+@pytest.mark.parametrize("case", RAW)
+@pytest.mark.parametrize("dtype, atol", [(torch.float64, 1e-10), (torch.float32, 2e-5)])
+def test_read_after_write_matches_naive(case, dtype, atol, checks):
+    """The closed form against the token loop (weights after each token's own write), reads
+    and the gradients of every input; and it differs from the read with the chunk's starting
+    weights (so the test can fail)."""
+    from memarch.kernels.neural_memory import read_after_write, read_after_write_naive
+    B, H, L, Lq, Dh, rn, mom, fg, mgn = case
+    _, k, v, theta, le, lk, ws, ms, kw = make(B, H, 1, L, 0, Dh, 1, rn, mom, fg, mgn, dtype)
+    one = lambda t: None if t is None else t[:, :, 0]
+    k, v, theta, le, lk = map(one, (k, v, theta, le, lk))
+    q = F.normalize(torch.randn(B, H, Lq, Dh, generator=torch.Generator().manual_seed(3))
+                    .to(dtype), dim=-1)
+    inputs = [t.requires_grad_() for t in leaves((q, k, v, theta, le, lk, ws, ms))]
+    res = []
+    for fn in (read_after_write_naive, read_after_write):
+        y = fn(q, k, v, theta, le, lk, ws, ms, **kw)
+        loss = (y * torch.randn(y.shape, generator=torch.Generator().manual_seed(1),
+                                dtype=y.dtype)).sum()
+        grads = torch.autograd.grad(loss, inputs, allow_unused=True)
+        res.append((y, [torch.zeros_like(x) if g is None else g for g, x in zip(grads, inputs)]))
+    (yn, gn), (yt, gt) = res
+    checks.close(yt, yn, atol=atol, rtol=atol, msg="reads after write")
+    checks.close(gt, gn, atol=atol, rtol=atol, msg="grads (q, k, v, gates, weights, momentum)")
+    before = memory_apply(ws, q, rn)
+    checks.true((yt - before).abs().max() > 1e-3, "differs from the chunk-start read")
+
+
+def test_read_after_write_refuses_deep_memory():
+    from memarch.kernels.neural_memory import read_after_write
+    _, k, v, theta, le, lk, ws, ms, kw = make(1, 1, 1, 3, 0, 4, 2, False, True, True, None,
+                                              torch.float64)
+    with pytest.raises(ValueError, match="depth 1"):
+        read_after_write(k[:, :, 0], k[:, :, 0], v[:, :, 0], theta[:, :, 0], le[:, :, 0],
+                         lk[:, :, 0], ws, ms, **kw)

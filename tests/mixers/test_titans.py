@@ -12,6 +12,7 @@ import torch
 from titans_reference import reference_neural_memory
 
 from memarch import mixers as mx
+from memarch.mixers import titans
 from memarch import state as st
 from memarch.mixers.titans import memory_apply
 from memarch.models import MemLM
@@ -271,3 +272,75 @@ def test_mac_reads_the_memory_from_before_the_segment(checks):
     y4, y5 = m(x).y, m(x3).y
     checks.close(y5[:, 6:12], y4[:, 6:12], atol=1e-12,
                  msg="without memory writes segment 1 does not see segment 0")
+
+
+def test_neural_memory_read_after_write_reference(checks):
+    """NeuralMemory(read_after_write=True) against a reference built from the naive ops:
+    chunk by chunk, each token reads the weights after its own write (read_after_write_naive),
+    then the chunk's update (neural_memory_naive); T = 13 over chunks of 5 (a partial last
+    chunk), fp64."""
+    from memarch.kernels.neural_memory import neural_memory_update, read_after_write_naive
+    torch.manual_seed(0)
+    m = mx.NeuralMemory(24, n_heads=2, depth=1, chunk_size=5, max_lr=0.3,
+                        read_after_write=True).double()
+    x = torch.randn(2, 13, 24, dtype=torch.float64)
+    st = m.init_state(2, dtype=torch.float64)
+    q, k, v, _ = m.qkv(x, st.conv, torch.float64)
+    g = m.gate_proj(x).view(2, 13, 3, 2).permute(0, 3, 1, 2)
+    ws, mom, reads = st.weights, st.momentum, []
+    for c0 in range(0, 13, 5):
+        sl = slice(c0, min(c0 + 5, 13))
+        theta, le, lk = m._gates(g[:, :, sl])
+        reads.append(read_after_write_naive(q[:, :, sl], k[:, :, sl], v[:, :, sl], theta, le,
+                                            lk, ws, mom, False, None))
+        if sl.stop - sl.start == 5:
+            _, ws, mom = neural_memory_update(
+                None, k[:, :, None, sl], v[:, :, None, sl], theta[:, :, None], le[:, :, None],
+                lk[:, :, None], weights=ws, momentum=mom, impl="naive")
+    want = m.output(torch.cat(reads, 2), x)
+    out = m(x)
+    checks.close(out.y, want, atol=1e-10, rtol=1e-10, msg="reads after write")
+    checks.close(out.state.weights, ws, atol=1e-10, rtol=1e-10, msg="final weights")
+    m.read_after_write = False
+    checks.true((m(x).y - out.y).abs().max() > 1e-3, "differs from the chunk-start reads")
+
+
+def test_mac_h_gate_off_reads_without_the_gate(checks):
+    """h_gate=False: h = W_o RMSNorm(M*(q)), no SiLU(x W_g); the default keeps the gate."""
+    torch.manual_seed(0)
+    x = torch.randn(2, 6, 32)
+    outs = {}
+    for gate in (True, False):
+        torch.manual_seed(1)
+        m = mx.MemoryAsContext(32, n_heads=2, segment_len=6, n_persistent=2, h_gate=gate,
+                               memory=dict(depth=1))
+        st = m.init_state(2)
+        mem = m.memory
+        with torch.no_grad():
+            mem.memory_init[0].normal_()            # a memory that returns something
+            st = st._replace(memory=st.memory._replace(
+                weights=(mem.memory_init[0].expand(2, -1, -1, -1).clone(),)))
+        h, _ = m._h(x, st.hconv, st.memory.weights, torch.float32)
+        u, _ = titans._silu_conv(m.h_proj(x), st.hconv, m.h_conv_weight, torch.float32)
+        qh = titans._l2(u.view(2, 6, mem.n_heads, mem.head_dim).transpose(1, 2))
+        r = mem.read(st.memory.weights, qh)
+        want = mem.output(r, x) if gate else mem.o_proj(
+            mem.out_norm(r.transpose(1, 2)).reshape(2, 6, 32))
+        checks.close(h, want, atol=1e-6, rtol=1e-6, msg=f"h, h_gate={gate}")
+        outs[gate] = h
+    checks.true((outs[True] - outs[False]).abs().max() > 1e-3, "the gate changes h")
+
+
+@pytest.mark.parametrize("kw, name", [
+    (dict(read_after_write=True, depth=2), "read_after_write"),
+    (dict(read_after_write=True, depth=1, gates="chunk"), "read_after_write"),
+    (dict(read_after_write="yes", depth=1), "read_after_write"),
+])
+def test_read_after_write_refused(kw, name):
+    with pytest.raises((ValueError, TypeError), match=name):
+        mx.NeuralMemory(32, n_heads=2, **kw)
+
+
+def test_mac_h_gate_refused():
+    with pytest.raises((ValueError, TypeError), match="h_gate"):
+        mx.MemoryAsContext(32, n_heads=2, segment_len=6, h_gate="no")

@@ -61,32 +61,34 @@ def hmt(backbone="attention", dtype=torch.float64, **kw):
 
 
 def reference(model: HMT, ids: torch.Tensor):
-    """The paper's loop, written from the equations (no state, no streaming): returns the
-    logits [B, T, V] and the memory embeddings of every complete segment."""
-    bb, L, k, h, N = (model.backbone, model.segment_len, model.sensory_len,
-                      model.summary_len, model.n_memories)
+    """The paper's loop, written from the equations (no state, no streaming), with
+    E = num_mem_embed memory embeddings per segment (E queries, each over all N*E cached
+    ones): returns the logits [B, T, V] and the memory embeddings [B, E, D] of every
+    complete segment."""
+    bb, L, k, h, N, Em = (model.backbone, model.segment_len, model.sensory_len,
+                          model.summary_len, model.n_memories, model.num_mem_embed)
     B, T = ids.shape
     E = bb.embed
     logits, memories = [], []
     for n, a in enumerate(range(0, T, L)):
         seg = ids[:, a:a + L]
         if n == 0 or N == 0:
-            P = model.init_memory.expand(B, -1)
+            P = model.init_memory.expand(B, Em, -1)                              # [B, E, D]
         else:
             q = ids[:, a - h:a] if model.recall_query == "causal" else seg[:, :h]
-            Tp = model.summary_prompt.expand(B, 1, -1)
-            S = bb.forward_embeds(torch.cat([Tp, E(q), Tp], 1))[0][:, -1]       # [B, D]
-            M = torch.stack(memories[-N:], 1)                                    # [B, n, D]
-            w = F.softmax((model.wq(S)[:, None] * model.wk(M)).sum(-1)
-                          / math.sqrt(model.recall_dim), -1)
-            P = (w[..., None] * M).sum(1)
+            Tp = model.summary_prompt.expand(B, Em, -1)
+            S = bb.forward_embeds(torch.cat([Tp, E(q), Tp], 1))[0][:, -Em:]     # [B, E, D]
+            M = torch.cat(memories[-N:], 1)                                      # [B, nE, D]
+            w = F.softmax((model.wq(S)[:, :, None] * model.wk(M)[:, None]).sum(-1)
+                          / math.sqrt(model.recall_dim), -1)                     # [B, E, nE]
+            P = (w[..., None] * M[:, None]).sum(2)
         sens = E(ids[:, a - k:a]) if n > 0 else E(ids[:, :0])
-        x = torch.cat([P[:, None], sens, E(seg)] + ([P[:, None]] if seg.shape[1] == L else []), 1)
+        x = torch.cat([P, sens, E(seg)] + ([P] if seg.shape[1] == L else []), 1)
         y = bb.forward_embeds(x)[0]
-        pre = 1 + sens.shape[1]
+        pre = Em + sens.shape[1]
         logits.append(bb.head(y[:, pre:pre + seg.shape[1]]))
         if seg.shape[1] == L:
-            memories.append(y[:, -1])
+            memories.append(y[:, -Em:])
     return torch.cat(logits, 1), memories
 
 
@@ -101,27 +103,29 @@ def run_split(model, ids, sizes):
     return torch.cat(out, 1), state
 
 
+@pytest.mark.parametrize("E", [1, 3])
 @pytest.mark.parametrize("mode", ["causal", "paper"])
 @pytest.mark.parametrize("backbone", list(BACKBONES))
 @pytest.mark.parametrize("T", [pytest.param(32, marks=pytest.mark.slow), 37])  # fast: 37
-def test_matches_reference(backbone, mode, T, checks):
-    model = hmt(backbone, recall_query=mode, n_memories=2)
+def test_matches_reference(backbone, mode, T, E, checks):
+    model = hmt(backbone, recall_query=mode, n_memories=2, num_mem_embed=E)
     ids = torch.randint(0, V, (2, T))
     out = model(ids)
     ref, memories = reference(model, ids)
     checks.close(out.logits, ref, atol=1e-12, rtol=1e-12, msg="logits")
-    cache = torch.stack(memories[-2:], 1)
+    cache = torch.cat(memories[-2:], 1)                                  # [B, 2E, D]
     checks.close(out.state.cache, cache, atol=1e-12, rtol=1e-12, msg="cache")
     checks.equal(out.state.pos, torch.full((2,), T), "pos")
 
 
+@pytest.mark.parametrize("E", [1, 3])
 @pytest.mark.parametrize("backbone", ["attention", "based", "memory"])
 @pytest.mark.parametrize("T", [pytest.param(40, marks=pytest.mark.slow), 45])  # fast: 45
-def test_causal_streams_exactly(backbone, T, checks):
+def test_causal_streams_exactly(backbone, T, E, checks):
     """One call == segment by segment == odd chunks straddling every boundary == token by
     token, for the logits and the final state, at lengths that are and are not multiples
-    of the segment length."""
-    model = hmt(backbone, n_memories=3)
+    of the segment length; with one and with E = 3 memory embeddings per segment."""
+    model = hmt(backbone, n_memories=3, num_mem_embed=E)
     ids = torch.randint(0, V, (2, T))
     full = model(ids)
     for sizes in ([8], [5], [3, 7, 0, 1], [1]):
@@ -130,10 +134,11 @@ def test_causal_streams_exactly(backbone, T, checks):
         checks.close(state, full.state, atol=1e-10, rtol=0, msg=f"state {sizes}")
 
 
+@pytest.mark.parametrize("E", [1, 3])
 @pytest.mark.parametrize("backbone", ["based", "sinks"])
 @pytest.mark.parametrize("T", [32, 37])
-def test_paper_streams_at_segment_granularity(backbone, T, checks):
-    model = hmt(backbone, recall_query="paper")
+def test_paper_streams_at_segment_granularity(backbone, T, E, checks):
+    model = hmt(backbone, recall_query="paper", num_mem_embed=E)
     ids = torch.randint(0, V, (2, T))
     full = model(ids)
     for sizes in ([8], [16, 8]):
@@ -232,7 +237,7 @@ def test_recall_in_the_forward_uses_the_summary_and_the_cache(checks):
     s, _ = model.summarize(ids[:, 4:8])                 # last half of segment 0
     checks.close(seen[0][0], s, atol=1e-12, msg="summary of segment 1")
     checks.true(seen[0][1].shape[1] == 1 and len(seen) == 1, "one memory at segment 1")
-    checks.close(out.state.cache[:, -1], reference(model, ids[:, :16])[1][-1], atol=1e-12,
+    checks.close(out.state.cache[:, -1:], reference(model, ids[:, :16])[1][-1], atol=1e-12,
                  msg="m_1")
 
 
@@ -319,10 +324,11 @@ def test_state_does_not_alias_parameters(checks):
                 and state.prompt.stride(0) != 0, "a copy of m_init")
 
 
+@pytest.mark.parametrize("E", [1, 3])
 @pytest.mark.parametrize("backbone", list(BACKBONES))
 @pytest.mark.parametrize("T", [0, 5, 8, 13, 16, 21])
-def test_state_size_counts_the_state(backbone, T, checks):
-    model = hmt(backbone, n_memories=3)
+def test_state_size_counts_the_state(backbone, T, E, checks):
+    model = hmt(backbone, n_memories=3, num_mem_embed=E)
     state = model(torch.randint(0, V, (1, T))).state if T else model.init_state(1)
     checks.true(model.state_size(T) == st.float_numel(state),
                 f"state_size({T}) = {model.state_size(T)} vs {st.float_numel(state)}")
@@ -346,6 +352,7 @@ def test_extra_parameters_and_their_share(checks):
     ({"bptt_segments": 0}, "bptt_segments must be a positive int"),
     ({"recall_dim": 0}, "recall_dim must be a positive int"),
     ({"d_model": 7}, "d_model=7 differs from the backbone's d_model=16"),
+    ({"num_mem_embed": 0}, "num_mem_embed must be a positive int"),
 ])
 def test_bad_arguments(kw, pattern, checks):
     with pytest.raises(ValueError, match=pattern):
@@ -457,3 +464,112 @@ def test_evaluation_harness_takes_hmt(tmp_path, checks):
     out = mq.run_mqar(m, tmp_path, lengths=[128], num_kv_pairs=2, gap=72, n_per_length=4,
                       batch_size=4)
     checks.true(0 <= out["score"] <= 100, f"{out['score']}")
+
+
+# -- num_mem_embed: E memory embeddings per segment ------------------------------------------
+def test_num_mem_embed_1_is_the_default_and_runs_the_general_path(checks):
+    """num_mem_embed=1 gives bit for bit the logits, state and gradients of a model built
+    without it (same seed), and that path is the general one: m_init and T are [1, D], the
+    summary pass hands recall E = 1 queries [B, 1, D] and the cache grows by E = 1 per
+    segment (no special case for E = 1)."""
+    ids = torch.randint(0, V, (2, 29))
+    outs, grads = [], []
+    for kw in ({}, {"num_mem_embed": 1}):
+        torch.manual_seed(3)
+        model = hmt("based", n_memories=2, **kw)
+        seen = []
+        real = model.recall
+        model.recall = lambda s, m: seen.append((s.shape, m.shape)) or real(s, m)
+        out = model(ids)
+        out.logits.square().mean().backward()
+        outs.append(out)
+        grads.append([p.grad for p in model.parameters()])
+        D = model.d_model
+        checks.true(model.init_memory.shape == (1, D) and model.summary_prompt.shape == (1, D),
+                    "m_init and T are [E, D]")
+        checks.true([q for q, _ in seen] == [(2, 1, D)] * 3, f"E queries: {seen}")
+        checks.true([m[1] for _, m in seen] == [1, 2, 2], "one cached embedding per segment")
+    checks.equal(outs[1].logits, outs[0].logits, "logits")
+    for a, b in zip(st.tensors(outs[1].state), st.tensors(outs[0].state)):
+        checks.equal(a, b, "state")
+    checks.true(outs[0].state.prompt.shape == (2, 16), "E = 1 keeps the [B, D] prompt")
+    for a, b in zip(*grads):
+        checks.true(a is b is None or torch.equal(a, b), "gradients")
+
+
+def test_num_mem_embed_loads_checkpoints_from_before_it(checks):
+    """A state dict with m_init and T of shape [D] (before num_mem_embed) loads into
+    num_mem_embed=1 as [1, D] with the same values and logits."""
+    model = hmt("attention")
+    sd = {k: (v[0] if k in ("init_memory", "summary_prompt") else v)
+          for k, v in model.state_dict().items()}
+    checks.true(sd["init_memory"].shape == (16,), "old layout")
+    other = hmt("attention")
+    other.load_state_dict(sd)
+    ids = torch.randint(0, V, (1, 20))
+    checks.equal(other(ids).logits, model(ids).logits, "same model")
+
+
+def test_num_mem_embed_state_shapes_and_round_trip(checks):
+    """E = 3: the cache holds N*E embeddings, P_n is E vectors (flattened in the state), and
+    a state carried into a second call continues the first; a state of another E is
+    refused, naming the field and both shapes."""
+    model = hmt("attention", n_memories=2, num_mem_embed=3)
+    ids = torch.randint(0, V, (2, 21))
+    s0 = model.init_state(2)
+    checks.true(s0.cache.shape == (2, 6, 16) and s0.prompt.shape == (2, 48), "init_state")
+    a = model(ids[:, :13])
+    checks.true(a.state.cache.shape == (2, 6, 16) and a.state.prompt.shape == (2, 48),
+                "the state after a call")
+    b = model(ids[:, 13:], a.state)
+    full = model(ids)
+    checks.close(torch.cat([a.logits, b.logits], 1), full.logits, atol=1e-12, msg="continues")
+    checks.close(b.state, full.state, atol=1e-12, msg="state")
+    one = hmt("attention", n_memories=2).init_state(2)
+    with pytest.raises(ValueError, match=r"HMT: state field 'cache' has shape \(2, 2, 16\) but "
+                                         r"this configuration expects \(2, 6, 16\)"):
+        model(ids[:, :2], one._replace(recent=s0.recent))
+    with pytest.raises(ValueError, match=r"state field 'prompt' has shape \(2, 16\) but this "
+                                         r"configuration expects \(2, 48\)"):
+        model(ids[:, :2], s0._replace(prompt=one.prompt))
+    with pytest.raises(ValueError, match=r"state field 'cache' has shape \(2, 6\) but"):
+        model(ids[:, :2], s0._replace(cache=s0.cache[..., 0]))
+
+
+@pytest.mark.parametrize("value", [0, -1, True, "x", 1.5, None])
+def test_num_mem_embed_bad_values(value, checks):
+    with pytest.raises(ValueError, match=r"HMT: num_mem_embed must be a positive int, got "):
+        HMT(attention_lm(), segment_len=8, sensory_len=2, n_memories=2, num_mem_embed=value)
+    checks.true(True)
+
+
+@pytest.mark.parametrize("mode", ["causal", "paper"])
+def test_every_memory_embedding_reaches_the_cache_and_the_recall(mode, checks):
+    """E = 3: each of the E embeddings written by segment 0 (m_0 = Y[-E:]) is cached and
+    recalled: perturbing any one of them in the carried state changes the logits of
+    segments 1 and 2, and the loss of segment 2 has a gradient on every row of m_init and
+    on every one of the N*E cached embeddings it recalls from."""
+    E, L = 3, 8
+    model = hmt("attention", n_memories=2, num_mem_embed=E, recall_query=mode)
+    ids = torch.randint(0, V, (1, 3 * L))
+    with torch.no_grad():
+        first = model(ids[:, :L])                                # segment 0: writes m_0
+        base = model(ids[:, L:], first.state).logits
+        checks.true(bool((first.state.cache[:, -E:].std(1) > 0).all()), "E distinct slots")
+        for e in range(E):
+            cache = first.state.cache.clone()
+            cache[:, -E + e] += 0.5 * torch.randn_like(cache[:, -E + e])
+            moved = model(ids[:, L:], first.state._replace(cache=cache)).logits
+            d = (moved - base).abs().amax(-1)[0]
+            checks.true(bool((d > 1e-8).all()), f"slot {e}: the later logits move {d.tolist()}")
+    model.zero_grad()
+    out = model(ids)
+    out.logits[:, 2 * L:].sum().backward()
+    g = model.init_memory.grad.abs().amax(-1)                    # per row of m_init [E]
+    checks.true(bool((g > 0).all()), f"every row of m_init gets gradient: {g.tolist()}")
+    state = model(ids[:, :2 * L]).state                          # m_0 and m_1 cached
+    cache = state.cache.detach().requires_grad_(True)
+    model(ids[:, 2 * L:], state._replace(cache=cache)).logits.sum().backward()
+    g = cache.grad.abs().amax(-1)[0]                             # per cached embedding [N*E]
+    checks.true(g.shape == (2 * E,) and bool((g > 0).all()),
+                f"every cached embedding gets gradient: {g.tolist()}")
