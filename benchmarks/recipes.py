@@ -74,6 +74,11 @@ def _recipe(experiment: str, *overrides: str) -> tuple[list[str], str]:
 
 
 _NO_MEMORY, _4_PAIRS = "model.n_memories=0", "data.dataset.num_kv_pairs=4"   # HMT's rows
+_TWO_STAGE = ("+callbacks.hmt_two_stage._target_=memarch.lit.callbacks.HMTTwoStageBPTT",
+              "+callbacks.hmt_two_stage.steps=300", "+callbacks.hmt_two_stage.bptt_segments=2")
+# MoM on a crowded MQAR: 16 pairs in 64 tokens, 8 heads of key width 8, so one memory's
+# keys cannot hold the 16 pairs orthogonally (16 > 8), while 4 memories at top-2 hold 8 each
+_CROWDED = ("data.dataset.num_kv_pairs=16", "model.mixers.mom.n_heads=8")
 
 # name -> (Hydra overrides, the command a user types)
 RECIPES = {
@@ -105,6 +110,11 @@ RECIPES = {
                                            "trainer.max_steps=800"),
     "titans_mac_tiny_nohgate_wide": _recipe("titans_mac_tiny", "model.mixers.titans.h_gate=false",
                                             "model.d_model=128"),
+    "titans_mac_tiny_nohgate_1600": _recipe("titans_mac_tiny", "model.mixers.titans.h_gate=false",
+                                            "trainer.max_steps=1600"),
+    "titans_mac_tiny_nohgate_maxlr1": _recipe("titans_mac_tiny",
+                                              "model.mixers.titans.h_gate=false",
+                                              "+model.mixers.titans.memory.max_lr=1.0"),
     "titans_mac_tiny_nohgate_chunk4": _recipe("titans_mac_tiny",
                                               "model.mixers.titans.h_gate=false",
                                               "model.mixers.titans.memory.chunk_size=4"),
@@ -124,6 +134,17 @@ RECIPES = {
     "hmt_attention_tiny_4pairs_nomem": _recipe("hmt_attention_tiny", _4_PAIRS, _NO_MEMORY),
     "hmt_sinks_tiny": _recipe("hmt_sinks_tiny"),
     "hmt_sinks_tiny_nomem": _recipe("hmt_sinks_tiny", _NO_MEMORY),
+    "hmt_attention_tiny_4pairs_emb4": _recipe("hmt_attention_tiny", _4_PAIRS,
+                                              "model.num_mem_embed=4"),
+    "hmt_attention_tiny_4pairs_emb4_2stage": _recipe("hmt_attention_tiny", _4_PAIRS,
+                                                     "model.num_mem_embed=4", *_TWO_STAGE),
+    "mom_gdn_crowded": _recipe("mom_gdn_tiny", *_CROWDED),
+    "mom_gdn_crowded_1mem": _recipe("mom_gdn_tiny", *_CROWDED, *_ONE_MEMORY),
+    "mom_gdn_crowded_1mem_total": _recipe("mom_gdn_tiny", *_CROWDED, *_ONE_MEMORY,
+                                          "model.mixers.mom.head_dim=40",
+                                          "model.mixers.mom.expand_v=0.2"),
+    "mom_gdn_crowded_key_query": _recipe("mom_gdn_tiny", *_CROWDED,
+                                         "model.mixers.mom.route_by=key_query"),
     "mom_linear_tiny": (["experiment=mom_linear_tiny"],
                         "python train.py experiment=mom_linear_tiny"),
     "mom_linear_tiny_1mem": (["experiment=mom_linear_tiny", *_ONE_MEMORY],
@@ -132,6 +153,7 @@ RECIPES = {
 }
 
 
+CURVE_EVERY = 50             # a row's "curve": its mean training loss per 50 steps
 SEEDS = (0, 1, 2)            # the findings' protocol: every row behind a finding, 3 seeds
 
 
@@ -157,7 +179,8 @@ def recipe_of(name: str) -> tuple[list[str], str]:
     over, cmd = RECIPES[base]
     if seed == 0:
         return over, cmd
-    return [*over, f"seed={seed}"], f"{'python train.py' if cmd == 'make train' else cmd} seed={seed}"
+    cmd = "python train.py" if cmd == "make train" else cmd
+    return [*over, f"seed={seed}"], f"{cmd} seed={seed}"
 
 
 def compose(overrides, out_dir):
@@ -188,6 +211,23 @@ def run_recipe(name) -> dict:
             if hasattr(net, "extra_parameters"):           # HMT: what it adds
                 seen["extra_params"] = sum(p.numel() for p in net.extra_parameters())
                 seen["backbone_params"] = sum(p.numel() for p in net.backbone.parameters())
+            seen["curve"], self._acc = [], []
+
+        def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
+            loss = outputs["loss"] if isinstance(outputs, dict) else outputs
+            self._acc.append(float(loss))
+            if len(self._acc) == CURVE_EVERY:      # the training loss, mean per CURVE_EVERY
+                seen["curve"].append(round(sum(self._acc) / len(self._acc), 4))
+                self._acc = []
+
+        def on_fit_end(self, trainer, module):
+            from mom_routing import mom_layers, routing_stats
+            try:
+                mom_layers(module.net)
+            except ValueError:
+                return                                   # no MoM layer: no routing stats
+            batch = next(iter(trainer.datamodule.val_dataloader()))
+            seen["routing"] = routing_stats(module.net, batch)
 
     with tempfile.TemporaryDirectory(prefix=f"recipe_{name}_") as tmp:
         cfg = compose([*overrides, "trainer.enable_progress_bar=false"], tmp)
@@ -209,7 +249,8 @@ def run_recipe(name) -> dict:
             "chance": None if chance is None else round(float(chance), 4),
             "global_step": int(res["global_step"]), "params": seen.get("params"),
             "train_s": round(seconds, 1),
-            **{k: seen[k] for k in ("extra_params", "backbone_params") if k in seen}}
+            **{k: seen[k] for k in ("extra_params", "backbone_params", "curve", "routing")
+               if k in seen}}
 
 
 def _pct(x):
@@ -243,13 +284,15 @@ def render(data) -> str:
     return "\n".join(lines) + "\n"
 
 
-# HMT's table: (label, recipe with HMT, the same without its memory)
+# HMT's table: (label, recipe with HMT, the same without its memory); one line per seed run
 HMT_ROWS = [("attention", "hmt_attention_tiny", "hmt_attention_tiny_nomem"),
-            ("attention, seed 1", "hmt_attention_tiny_seed1", "hmt_attention_tiny_nomem"),
-            ("attention, seed 2", "hmt_attention_tiny_seed2", "hmt_attention_tiny_nomem"),
             ("window 16 + 4 sinks", "hmt_sinks_tiny", "hmt_sinks_tiny_nomem"),
             ("attention, 4 pairs", "hmt_attention_tiny_4pairs",
-             "hmt_attention_tiny_4pairs_nomem")]
+             "hmt_attention_tiny_4pairs_nomem"),
+            ("attention, 4 pairs, 4 memory embeddings", "hmt_attention_tiny_4pairs_emb4",
+             "hmt_attention_tiny_4pairs_nomem"),
+            ("attention, 4 pairs, 4 memory embeddings, two-stage",
+             "hmt_attention_tiny_4pairs_emb4_2stage", "hmt_attention_tiny_4pairs_nomem")]
 
 
 def render_hmt(data) -> str:
@@ -263,9 +306,12 @@ def render_hmt(data) -> str:
              "HMT's extra parameters | steps | train time (wall) |",
              "|---|---|---|---:|---:|---:|---:|---:|---:|---:|"]
     used = []
-    for label, on_name, off_name in HMT_ROWS:
-        on, off = rows.get(on_name), rows.get(off_name)
-        if on is None or off is None:
+    pairs = [(label + (f", seed {sd}" if sd else ""), on, off.get(sd))
+             for label, on_name, off_name in HMT_ROWS
+             for on, off in [(seed_rows(rows, on_name), seed_rows(rows, off_name))]
+             for sd, on in on.items()]
+    for label, on, off in pairs:
+        if off is None:
             continue
         used += [on, off]
         extra = (f"{on['extra_params']:,} ({100 * on['extra_params'] / on['backbone_params']:.1f} "
@@ -276,7 +322,8 @@ def render_hmt(data) -> str:
                      f"{on['train_s']:.0f} s ({on.get('threads')} thread(s)) |")
     where = sorted({f"{r.get('cpu')}, {r.get('threads')} thread(s), torch {r.get('torch')}"
                     for r in used})
-    lines += ["", "Without HMT's memory: the same command with `model.n_memories=0` (seed 0). "
+    lines += ["", "Without HMT's memory: the same command with `model.n_memories=0` (and the "
+              "same seed). "
               f"Machines: {'; '.join(where) or '—'} (runs with 1 thread shared the 2 cores "
               "with another run); raw rows in `benchmarks/results/recipes_cpu.json`."]
     return "\n".join(lines) + "\n"
@@ -348,6 +395,79 @@ def render_findings(data) -> str:
                      f"{_spread(j['baseline_acc'])} | {gains} | +{100 * margin:.0f} | "
                      f"**{j['verdict']}** (goal met in {j['met']} of {len(j['seeds'])} "
                      "seeds) |")
+    return "\n".join(lines) + "\n"
+
+
+# What was tried behind the findings that fell short: (title, baseline recipe, variants)
+TRIED = [
+    ("Titans MAC on long-range MQAR (window-only baseline: `swa_longrange_tiny_2l`)",
+     "swa_longrange_tiny_2l",
+     ["titans_mac_tiny", "titans_mac_tiny_raw", "titans_mac_tiny_nohgate",
+      "titans_mac_tiny_nohgate_raw", "titans_mac_tiny_nohgate_chunk4",
+      "titans_mac_tiny_nohgate_maxlr1", "titans_mac_tiny_nohgate_wide",
+      "titans_mac_tiny_nohgate_800", "titans_mac_tiny_nohgate_1600"]),
+    ("MoM on a crowded MQAR (16 pairs in 64 tokens, key width 8 per head)", None,
+     ["mom_gdn_crowded", "mom_gdn_crowded_key_query", "mom_gdn_crowded_1mem",
+      "mom_gdn_crowded_1mem_total"]),
+    ("HMT on long-range MQAR with 4 pairs", None,
+     ["hmt_attention_tiny_4pairs", "hmt_attention_tiny_4pairs_emb4",
+      "hmt_attention_tiny_4pairs_emb4_2stage", "hmt_attention_tiny_4pairs_nomem"]),
+]
+
+
+def _curve(r) -> str:
+    c = r.get("curve") or []
+    if len(c) < 2:
+        return "—"
+    mid = c[len(c) // 2]
+    return f"{c[0]:.2f} → {mid:.2f} → {c[-1]:.2f}"
+
+
+def render_tried(data) -> str:
+    """Every variant tried behind a finding: the change (its command's extra overrides),
+    accuracy per seed and mean, steps, the training-loss curve (first, middle and last
+    mean over CURVE_EVERY steps, seed 0), train time."""
+    rows = {r["name"]: r for r in data["rows"]}
+    out = []
+    for title, base, names in TRIED:
+        lines = [f"**{title}**", "", "| recipe | command | held-out accuracy per seed | mean "
+                 "(min–max) | steps | training loss (start → middle → end, seed 0) | train "
+                 "time, seed 0 |", "|---|---|---|---:|---:|---|---:|"]
+        for name in ([base] if base else []) + names:
+            runs = seed_rows(rows, name)
+            if not runs:
+                continue
+            first = runs[min(runs)]
+            per = ", ".join(f"{100 * r['val_acc']:.1f} % (seed {sd})" for sd, r in runs.items())
+            lines.append(f"| `{name}` | `{first['command']}` | {per} | "
+                         f"{_spread([r['val_acc'] for r in runs.values()])} | "
+                         f"{first['global_step']} | {_curve(runs.get(0, first))} | "
+                         f"{first['train_s']:.0f} s ({first.get('threads')} thread(s)) |")
+        out.append("\n".join(lines))
+    return "\n\n".join(out) + "\n"
+
+
+def render_routing(data) -> str:
+    """MoM's routing on held-out MQAR (``benchmarks/mom_routing.py``, recorded at the end of
+    each MoM recipe): per layer, the load per memory (writes), and how often the value token
+    (where a pair is written) and its later query share a memory, against uniform routing."""
+    lines = ["| recipe | seed | layer | route by | write load per memory | value & query: same "
+             "top-1 | value & query: top-k sets meet | chance (top-1 / top-k) | accuracy when "
+             "they meet / not |", "|---|---:|---:|---|---|---:|---:|---|---|"]
+    for r in data["rows"]:
+        rt = r.get("routing")
+        if not rt:
+            continue
+        for ly in rt["layers"]:
+            acc = " / ".join("—" if a is None else f"{100 * a:.1f} %"
+                             for a in (ly["accuracy_value_overlap"],
+                                       ly["accuracy_no_value_overlap"]))
+            lines.append(
+                f"| `{r['recipe']}` | {r['seed']} | {ly['layer']} | {ly['route_by']} | "
+                + " / ".join(f"{100 * x:.0f}" for x in ly["load"]) + " % | "
+                f"{100 * ly['value_top1_match']:.1f} % | {100 * ly['value_topk_overlap']:.1f} % | "
+                f"{100 * ly['chance_top1']:.1f} % / {100 * ly['chance_topk_overlap']:.1f} % | "
+                f"{acc} |")
     return "\n".join(lines) + "\n"
 
 

@@ -15,14 +15,23 @@ Titans (MAG), HMT and MoM, on two tasks:
 
 Every model has the same width (d_model 64), 2 layers, attention window 16 (HMT: segments of
 32 plus 8 sensory tokens) and the same steps, batch and seed on a task. Each is trained once
-per task through Hydra + ``memarch.lit.train.run`` (as benchmarks/recipes.py; the row's
-``command`` is what a user types), then evaluated on held-out streams (seed 1000) streamed
-through the model's state in chunks of the training length (``model(ids, state)`` chunk by
-chunk equals one call for every memarch model).
+per task and seed through Hydra + ``memarch.lit.train.run`` (as benchmarks/recipes.py; the
+row's ``command`` is what a user types), then evaluated on held-out streams (seed 1000, the
+same for every training seed) streamed through the model's state in chunks of the training
+length (``model(ids, state)`` chunk by chunk equals one call for every memarch model).
+
+Seeds (``--long-seeds``, default 0, the published rows): seed S trains with ``seed=S`` (the
+model's initialisation) and, for S != 0, ``data.seed=100+S`` (its own training streams; the
+configs' ``data.seed`` is 0 whatever ``seed`` is, and ``data.seed=S`` would train seed 1 on the
+validation streams, ``data.val_seed=1``). Rows are keyed by (model, task, length, dtype,
+seed): a run replaces the rows of the seeds it trains and keeps the others; a row without
+``seed`` (older JSON) is seed 0. The findings are decided on every seed present (see
+``render_findings``).
 
     python -m benchmarks long --threads 1                 # all models, both tasks
     python -m benchmarks long --quick                     # window, window+sinks on MQAR
     python -m benchmarks long --long-only titans --long-tasks mqar   # one model, merged
+    python -m benchmarks long --threads 1 --long-seeds 1 2           # seeds 1 and 2, merged
 
 ``--device cuda`` / ``--dtype bfloat16`` are accepted (best effort, untested: no GPU was lent):
 training adds ``trainer=gpu`` (bf16-mixed), evaluation runs on the device under autocast to
@@ -33,6 +42,7 @@ the run for the tests only; rows made with them are not the published ones.
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import sys
 import tempfile
@@ -45,7 +55,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import common  # noqa: E402
 
-KEY = ("model", "task", "length", "dtype")
+KEY = ("model", "task", "length", "dtype", "seed")
 THREADS = 1                     # the published rows: 1 torch thread (python -m benchmarks)
 
 MODELS = ("window", "sinks", "titans", "hmt", "mom")
@@ -53,7 +63,9 @@ LABELS = {"window": "window only", "sinks": "window + 4 sinks", "titans": "Titan
           "hmt": "HMT (attention backbone)", "mom": "MoM (gated delta)"}
 QUICK = (("window", "mqar"), ("sinks", "mqar"))
 WINDOW, SEGMENT, SENSORY, N_SINKS = 16, 32, 8, 4
-SEED, EVAL_SEED = 0, 1000
+SEED, EVAL_SEED = 0, 1000       # SEED: the default training seed (the published rows)
+DATA_SEED = 100                 # seed S != 0 trains on data.seed = DATA_SEED + S ...
+HELD_OUT = (1, EVAL_SEED)       # ... never on a held-out stream (data.val_seed, the evaluation)
 
 _SWA = ["'model.layer_pattern=[swa,swa]'", "model.mixers.swa.n_heads=2",
         f"model.mixers.swa.window={WINDOW}", "model.mixers.swa.n_persistent=4"]
@@ -92,16 +104,34 @@ def mqar_gap(L: int, pairs: int = 4) -> int:
     return L - 2 * pairs - 48
 
 
-def overrides(model: str, task: str, steps: int, device: str = "cpu") -> list[str]:
+def data_seed(seed: int) -> int:
+    """The training data's seed (``data.seed``) of training seed ``seed``: the configs' 0 for
+    seed 0, else ``DATA_SEED + seed``."""
+    return 0 if seed == 0 else DATA_SEED + seed
+
+
+def seed_arg(text: str) -> int:
+    """``--long-seeds`` values: seeds >= 0 whose training data is no held-out stream."""
+    seed = int(text)
+    if seed < 0 or data_seed(seed) in HELD_OUT:
+        raise argparse.ArgumentTypeError(
+            f"seed {seed}: seeds are >= 0 and not {HELD_OUT[-1] - DATA_SEED} (its training data "
+            f"seed {DATA_SEED} + S would be a held-out stream's, {HELD_OUT})")
+    return seed
+
+
+def overrides(model: str, task: str, steps: int, device: str = "cpu", seed: int = SEED
+              ) -> list[str]:
     """The Hydra overrides (shell-quoted as a user types them) of one training."""
     return ["'~experiment'", f"data={TASKS[task]['data']}", *MODEL_OVERRIDES[model],
             "model.d_model=64", f"trainer.max_steps={steps}",
-            f"trainer.val_check_interval={steps}", f"seed={SEED}",
+            f"trainer.val_check_interval={steps}", f"seed={seed}",
+            *([f"data.seed={data_seed(seed)}"] if seed else []),
             *(["trainer=gpu"] if device == "cuda" else [])]
 
 
-def command(model: str, task: str, steps: int, device: str = "cpu") -> str:
-    return " ".join(["python train.py", *overrides(model, task, steps, device)])
+def command(model: str, task: str, steps: int, device: str = "cpu", seed: int = SEED) -> str:
+    return " ".join(["python train.py", *overrides(model, task, steps, device, seed)])
 
 
 def _unquote(o: str) -> str:
@@ -109,21 +139,21 @@ def _unquote(o: str) -> str:
 
 
 # ----------------------------------------------------------------------------- training
-def train(model: str, task: str, steps: int, device: str = "cpu") -> tuple:
-    """Train one model on one task; (net, training record)."""
+def train(model: str, task: str, steps: int, device: str = "cpu", seed: int = SEED) -> tuple:
+    """Train one model on one task with one seed; (net, training record)."""
     from recipes import compose
 
     from memarch.lit.train import run as train_run
-    over = [_unquote(o) for o in overrides(model, task, steps, device)]
+    over = [_unquote(o) for o in overrides(model, task, steps, device, seed)]
     with tempfile.TemporaryDirectory(prefix=f"long_{model}_{task}_") as tmp:
         cfg = compose([*over, "trainer.enable_progress_bar=false"], tmp)
         t0 = time.perf_counter()
         res = train_run(cfg)
         seconds = time.perf_counter() - t0
     net = res["module"].net.eval()
-    rec = dict(command=command(model, task, steps, device), steps=int(res["global_step"]),
+    rec = dict(command=command(model, task, steps, device, seed), steps=int(res["global_step"]),
                train_s=round(seconds, 1), val_acc=round(float(res.get("val/acc", math.nan)), 4),
-               params=sum(p.numel() for p in net.parameters()), seed=SEED,
+               params=sum(p.numel() for p in net.parameters()), seed=seed,
                batch_size=int(cfg.data.batch_size))
     return net, rec
 
@@ -144,7 +174,7 @@ def mqar_examples(L: int, n: int, pairs: int = 4):
     """(ids [n, L], labels [n, L], depth [n, L]: the pair index of each query, -1 elsewhere)."""
     from memarch.data import MQAR
     ds = MQAR(seq_len=L, num_kv_pairs=pairs, num_keys=32, num_values=32, power_a=0.01,
-              gap=mqar_gap(L, pairs), seed=EVAL_SEED + SEED, split="test")
+              gap=mqar_gap(L, pairs), seed=EVAL_SEED, split="test")
     items = [ds[i] for i in range(n)]
     ids = torch.stack([x["input_ids"] for x in items])
     labels = torch.stack([x["labels"] for x in items])
@@ -159,7 +189,7 @@ def mqar_examples(L: int, n: int, pairs: int = 4):
 def passkey_examples(L: int, n: int):
     """(ids [n, L], labels [n, L], depth [n, L]: the needle's depth bin at the digits)."""
     from memarch.data import Passkey
-    ds = Passkey(seq_len=L, seed=EVAL_SEED + SEED, split="test")
+    ds = Passkey(seq_len=L, seed=EVAL_SEED, split="test")
     items = [ds[i] for i in range(n)]
     ids = torch.stack([x["input_ids"] for x in items])
     labels = torch.stack([x["labels"] for x in items])
@@ -221,6 +251,10 @@ def add_args(ap):
                    help="train/evaluate only these models; the other rows are kept")
     g.add_argument("--long-tasks", nargs="+", choices=list(TASKS), default=None,
                    help="tasks to run (default: both; --quick: mqar)")
+    g.add_argument("--long-seeds", nargs="+", type=seed_arg, default=(SEED,), metavar="S",
+                   help="train each model with these seeds (default: 0, the published rows; "
+                        "seed S != 0 also trains on data.seed=100+S); the rows of other seeds "
+                        "are kept and the findings are decided on all seeds present")
     # tiny settings for tests only (rows made with them are not the published ones)
     g.add_argument("--long-steps", type=int, default=None, help=argparse.SUPPRESS)
     g.add_argument("--long-lengths-mult", type=int, nargs="+", default=None,
@@ -229,7 +263,7 @@ def add_args(ap):
 
 
 def plan(args) -> list[tuple[str, str]]:
-    """(model, task) pairs this invocation runs."""
+    """(model, task) pairs this invocation runs (each with every seed of ``seeds(args)``)."""
     pairs = list(QUICK) if args.quick else [(m, t) for t in TASKS for m in TASKS[t]["models"]]
     if args.long_only:
         pairs = [(m, t) for m, t in pairs if m in args.long_only]
@@ -238,8 +272,27 @@ def plan(args) -> list[tuple[str, str]]:
     return pairs
 
 
+def seeds(args) -> list[int]:
+    """The training seeds of this invocation (``--long-seeds``; default: seed 0)."""
+    return list(dict.fromkeys(getattr(args, "long_seeds", None) or (SEED,)))
+
+
+def upgrade_old_rows(path: Path) -> bool:
+    """Rows written before the seed was part of ``KEY`` lack ``seed``: they are seed 0. Write
+    it into the results file, so that ``common.merge`` (which compares the key's values as
+    stored) replaces them with this run's seed-0 rows; True if the file changed."""
+    data = json.loads(path.read_text()) if path.exists() else None
+    if not data or all("seed" in r for r in data["rows"]):
+        return False
+    data["rows"] = [{**r, "seed": r.get("seed", 0)} for r in data["rows"]]
+    common.write_json(path, data)
+    return True
+
+
 def run(args) -> list[dict]:
     dtype = getattr(torch, args.dtype)
+    results = Path(getattr(args, "results", None) or common.RESULTS)
+    upgrade_old_rows(common.results_path("long", common.device_name(args.device), results))
     rows = []
     for model, task in plan(args):
         t = TASKS[task]
@@ -247,20 +300,56 @@ def run(args) -> list[dict]:
         lengths = ([t["train_len"] * m for m in args.long_lengths_mult]
                    if args.long_lengths_mult else list(t["lengths"]))
         n_eval = args.long_n_eval or t["n_eval"]
-        print(f"-- long: {model} on {task} ({steps} steps)", flush=True)
-        net, rec = train(model, task, steps, args.device)
-        net = net.to(args.device)
-        for r in evaluate(net, model, task, lengths, n_eval, args.device, dtype):
-            rows.append({**r, **rec, "threads": args.threads})
-            print(f"   {model:7s} {task:8s} L={r['length']:5d} acc {r['acc']:.3f} "
-                  f"by depth {r['by_depth']}", flush=True)
+        for seed in seeds(args):
+            print(f"-- long: {model} on {task} ({steps} steps, seed {seed})", flush=True)
+            net, rec = train(model, task, steps, args.device, seed)
+            net = net.to(args.device)
+            for r in evaluate(net, model, task, lengths, n_eval, args.device, dtype):
+                rows.append({**r, **rec, "threads": args.threads})
+                print(f"   {model:7s} {task:8s} L={r['length']:5d} seed {seed} acc "
+                      f"{r['acc']:.3f} by depth {r['by_depth']}", flush=True)
     return rows
 
 
 # ----------------------------------------------------------------------------- reading
+def seed_of(row: dict) -> int:
+    """A row's training seed (a row without ``seed``, from older JSON, is seed 0)."""
+    return row.get("seed", 0)
+
+
+def by_seed(data) -> dict:
+    """{(model, task, mult): {seed: row}}, seeds in increasing order."""
+    out: dict = {}
+    for r in sorted(data["rows"], key=seed_of):
+        out.setdefault((r["model"], r["task"], r["mult"]), {})[seed_of(r)] = r
+    return out
+
+
+def all_seeds(data) -> list[int]:
+    return sorted({seed_of(r) for r in data["rows"]})
+
+
+def _mean(xs) -> float:
+    xs = list(xs)
+    return sum(xs) / len(xs)
+
+
+def mean_row(rows: list[dict]) -> dict:
+    """One row standing for the rows of several seeds (same model, task and length): the
+    mean accuracy, accuracy by depth (same held-out data, so the same counts) and training
+    time; a single row is returned as it is."""
+    if len(rows) == 1:
+        return rows[0]
+    depth = list(zip(*(r["by_depth"] for r in rows))) if "by_depth" in rows[0] else None
+    return {**rows[0], "acc": _mean(r["acc"] for r in rows),
+            "train_s": _mean(r["train_s"] for r in rows), "seed": None,
+            "seeds": [seed_of(r) for r in rows],
+            **({"by_depth": [None if None in d else _mean(d) for d in depth]} if depth else {})}
+
+
 def table(data) -> dict:
-    """{(model, task, mult): row}"""
-    return {(r["model"], r["task"], r["mult"]): r for r in data["rows"]}
+    """{(model, task, mult): row}; with several seeds, their ``mean_row``."""
+    return {k: mean_row(list(v.values())) for k, v in by_seed(data).items()}
 
 
 def far_acc(row: dict) -> float:
@@ -283,7 +372,10 @@ def _pct(x) -> str:
 
 
 def render(data) -> str:
-    tab = table(data)
+    """The accuracy tables, one per task. With several seeds: a line per model and seed
+    ("Titans MAG, seed 1"), then the model's mean over its seeds (what the findings judge);
+    with seed 0 alone, the single-seed table as it always was."""
+    tab, seeded = table(data), by_seed(data)
     models = [m for m in MODELS if any(k[0] == m for k in tab)]
     out = []
     for task, t in TASKS.items():
@@ -291,10 +383,14 @@ def render(data) -> str:
         if not mults:
             continue
         any_row = next(r for k, r in tab.items() if k[1] == task)
+        task_seeds = sorted({s for k, v in seeded.items() if k[1] == task for s in v})
+        several = len(task_seeds) > 1
+        seeds_txt = (f"seeds {', '.join(map(str, task_seeds))} (a line per seed, then their "
+                     "mean)" if several else f"seed {task_seeds[0]}")
         head = (f"**{t['label']}**, trained at {any_row['train_len']} tokens, attention window "
                 f"{any_row['window']} (HMT: segments of {SEGMENT} + {SENSORY} sensory tokens), "
                 f"d_model 64, 2 layers, {any_row['steps']} steps, batch "
-                f"{any_row['batch_size']}, seed {any_row['seed']}; held-out accuracy (%) by "
+                f"{any_row['batch_size']}, {seeds_txt}; held-out accuracy (%) by "
                 "evaluation length, chance "
                 f"{_pct(any_row['chance'])} %")
         if task == "mqar":
@@ -305,77 +401,178 @@ def render(data) -> str:
                 "| model | " + " | ".join(f"L={any_row['train_len'] * m} ({m}x)" for m in mults)
                 + " | state at longest L | train time (wall) |",
                 "|---|" + "---:|" * (len(mults) + 2)]
-        for m in models:
-            rs = [tab.get((m, task, x)) for x in mults]
-            if not any(rs):
-                continue
+
+        def line(label, rs, far=None):
+            """``rs``: a row (or None) per length; ``far``: their far_acc (default: computed)."""
             r0 = next(r for r in rs if r)
             cells = []
-            for r in rs:
+            for i, r in enumerate(rs):
                 c = "-" if r is None else _pct(r["acc"])
                 if r is not None and task == "mqar":
-                    c += f" ({_pct(far_acc(r))})"
+                    c += f" ({_pct(far_acc(r) if far is None else far[i])})"
                 cells.append(c)
             last = next(r for r in reversed(rs) if r)
-            out.append(f"| {LABELS[m]} | " + " | ".join(cells)
-                       + f" | {common.fmt_num(last['state_size'])} | {r0['train_s']:.0f} s |")
+            return (f"| {label} | " + " | ".join(cells)
+                    + f" | {common.fmt_num(last['state_size'])} | {r0['train_s']:.0f} s |")
+
+        for m in models:
+            per = [seeded.get((m, task, x), {}) for x in mults]
+            ms = sorted({s for p in per for s in p})
+            if not ms:
+                continue
+            if not several:
+                out.append(line(LABELS[m], [tab.get((m, task, x)) for x in mults]))
+                continue
+            for sd in ms:
+                out.append(line(f"{LABELS[m]}, seed {sd}", [p.get(sd) for p in per]))
+            if len(ms) > 1:
+                far = [_mean(far_acc(r) for r in p.values()) if p and task == "mqar" else None
+                       for p in per]
+                out.append(line(f"{LABELS[m]}, mean of {len(ms)} seeds",
+                                [tab.get((m, task, x)) for x in mults], far))
         out.append("")
     cmds = {}
-    for r in data["rows"]:
+    for r in sorted(data["rows"], key=seed_of):
         cmds.setdefault((r["model"], r["task"]), r["command"])
     out.append("Training commands (evaluation: `python -m benchmarks long`):")
     out.append("")
     for (m, task), c in sorted(cmds.items(), key=lambda kv: (list(TASKS).index(kv[0][1]),
                                                               MODELS.index(kv[0][0]))):
         out.append(f"- {LABELS[m]}, {task}: `{c}`")
+    if len(all_seeds(data)) > 1:
+        out += ["", f"Seed S != 0: the same command with `seed=S data.seed={DATA_SEED}+S` (its "
+                f"own training data; the held-out streams are seed {EVAL_SEED} for every seed); "
+                "each row's command is in `benchmarks/results/long-cpu.json`."]
     return "\n".join(out) + "\n"
 
 
+# ----------------------------------------------------------------------------- findings
 def compare(data, model: str, base: str = "window") -> list[tuple]:
-    """[(task, mult, acc(model), acc(base))] at the far multiples where both were measured
-    (``far_acc``: MQAR pairs past the sinks)."""
-    tab = table(data)
+    """[(task, mult, {seed: far_acc(model)}, {seed: far_acc(base)})] at the far multiples
+    where both were measured, on the seeds both have (``far_acc``: MQAR pairs past the
+    sinks)."""
+    seeded = by_seed(data)
     out = []
     for task in TASKS:
         for m in FAR:
-            a, b = tab.get((model, task, m)), tab.get((base, task, m))
-            if a and b:
-                out.append((task, m, far_acc(a), far_acc(b)))
+            a, b = seeded.get((model, task, m), {}), seeded.get((base, task, m), {})
+            common_seeds = [s for s in a if s in b]
+            if common_seeds:
+                out.append((task, m, {s: far_acc(a[s]) for s in common_seeds},
+                            {s: far_acc(b[s]) for s in common_seeds}))
+    return out
+
+
+def learning(data, model: str) -> list[tuple]:
+    """[(task, {seed: 1x accuracy}, chance, {seed: 1x accuracy of the seeds below chance +
+    MARGIN})] of the tasks ``model`` was measured on at its training length."""
+    out = []
+    for (m, t, x), rs in sorted(by_seed(data).items()):
+        if m == model and x == 1:
+            chance = next(iter(rs.values()))["chance"]
+            accs = {s: r["acc"] for s, r in rs.items()}
+            out.append((t, accs, chance, {s: a for s, a in accs.items() if a < chance + MARGIN}))
     return out
 
 
 def unlearned(data, model: str) -> list[tuple]:
-    """[(task, acc, chance)] of the tasks ``model`` did not learn at its training length (1x
-    accuracy below chance + ``MARGIN``): there its far lengths say nothing about memory."""
-    return [(t, r["acc"], r["chance"]) for (m, t, x), r in sorted(table(data).items())
-            if m == model and x == 1 and r["acc"] < r["chance"] + MARGIN]
+    """[(task, {seed: acc}, chance)] of the tasks ``model`` did not learn at its training length
+    in any seed (1x accuracy below chance + ``MARGIN`` in the mean and in every seed): there
+    its far lengths say nothing about memory, and the task is not judged."""
+    return [(t, accs, c) for t, accs, c, low in learning(data, model) if len(low) == len(accs)]
 
 
-def _unlearned_note(name: str, bad: list[tuple]) -> str:
-    return (f"; {name} did not learn " + ", ".join(
-        f"{t} at its training length ({100 * a:.1f} % at 1x, chance {100 * c:.1f} %)"
+def unlearned_some(data, model: str) -> list[tuple]:
+    """[(task, {seed: acc of the seeds that did not learn it}, chance)] of the tasks ``model``
+    learned at its training length in some seeds only: judged on every seed (a seed that did
+    not learn is a seed where the finding fails)."""
+    return [(t, low, c) for t, accs, c, low in learning(data, model) if 0 < len(low) < len(accs)]
+
+
+def _acc(accs: dict, tag: bool) -> str:
+    """An accuracy over seeds: "92.6 %" (one seed; "92.6 % (seed 1 only)" when ``tag``), or the
+    mean with min–max: "92.6 % (90.1–95.0, 3 seeds)"."""
+    xs = list(accs.values())
+    out = f"{100 * _mean(xs):.1f} %"
+    if len(xs) > 1:
+        return out + f" ({100 * min(xs):.1f}–{100 * max(xs):.1f}, {len(xs)} seeds)"
+    return out + (f" (seed {next(iter(accs))} only)" if tag else "")
+
+
+def _tag(data) -> bool:
+    """Whether one-seed values name their seed: when the data holds more than seed 0."""
+    return all_seeds(data) != [0]
+
+
+def _unlearned_note(name: str, bad: list[tuple], tag: bool = False, some=()) -> str:
+    note = (f"; {name} did not learn " + ", ".join(
+        f"{t} at its training length ({_acc(a, tag)} at 1x, chance {100 * c:.1f} %)"
         for t, a, c in bad) + ", so those rows are not judged") if bad else ""
+    return note + "".join(
+        f"; {name} learned {t} at its training length in some seeds only (not in seed"
+        f"{'s' if len(low) > 1 else ''} {', '.join(map(str, low))}: "
+        f"{', '.join(f'{100 * a:.1f} %' for a in low.values())} at 1x, chance "
+        f"{100 * c:.1f} %), every seed is judged" for t, low, c in some)
 
 
-def _where(cs) -> str:
-    return ", ".join(f"{t} {m}x: {100 * a:.1f} % vs {100 * b:.1f} %" for t, m, a, b in cs)
+def _diffs(a: dict, b: dict) -> list[float]:
+    """Per-seed differences (the same seed's training data for both models)."""
+    return [a[s] - b[s] for s in a]
+
+
+def holds(diffs: list[float], ok) -> bool:
+    """The seeds' rule: ``ok`` holds in the mean over the seeds AND in the worst seed (every
+    seed); with one seed, in that seed."""
+    return bool(diffs) and ok(_mean(diffs)) and all(ok(d) for d in diffs)
+
+
+def _above(d: float) -> bool:
+    return d >= MARGIN
+
+
+def _same(d: float) -> bool:
+    return abs(d) < MARGIN
+
+
+def _where(cs, tag: bool = False, same: bool = False) -> str:
+    """The compared cells: "mqar 4x: 92.6 % vs 3.3 %"; with several seeds, each accuracy as
+    mean (min–max, n seeds) and the worst seed's difference, cells separated by ";"."""
+    several = any(len(a) > 1 for _, _, a, _ in cs)
+    parts = []
+    for t, m, a, b in cs:
+        p = f"{t} {m}x: {_acc(a, tag)} vs {_acc(b, tag)}"
+        if len(a) > 1:
+            ds = _diffs(a, b)
+            p += (f", per-seed gap up to {100 * max(map(abs, ds)):.1f} points" if same else
+                  f", worst seed {100 * min(ds):+.1f} points")
+        parts.append(p)
+    return ("; " if several else ", ").join(parts)
 
 
 def render_findings(data) -> str:
     """One sentence per paper finding, judged at the far lengths (4x and 16x the training
     length, both past the window) on both tasks, on ``far_acc`` (MQAR: the pairs past the
-    sink positions):
+    sink positions), on every seed present (a (task, length) is compared on the seeds both
+    models have; the difference is taken per seed, the same seed's training data):
 
     * Titans / HMT / MoM (memory beyond the window): reproduced if the model is at least
-      ``MARGIN`` (10 points) above window-only at every far (task, length) measured; partly
-      if at some; not reproduced otherwise.
+      ``MARGIN`` (10 points) above window-only at every far (task, length) measured, in the
+      mean over the seeds and in the worst seed; partly if at some (task, length) in some
+      seed; not reproduced otherwise.
     * StreamingLLM (sinks stabilise, they do not extend memory): reproduced if window + sinks
-      is within ``MARGIN`` of window-only at every far (task, length); partly if at some.
+      is within ``MARGIN`` of window-only at every far (task, length), in the mean and in
+      every seed; partly if at some (task, length) in some seed.
 
     A task the judged model (the memory model; for StreamingLLM, window + sinks) did not
-    learn at its training length (1x accuracy below chance + ``MARGIN``) is not judged: the
-    sentence names it, and with no task left the verdict is "not reproduced" (no evidence).
+    learn at its training length (1x accuracy below chance + ``MARGIN``) in any seed is not
+    judged: the sentence names it, and with no task left the verdict is "not reproduced" (no
+    evidence). A task it learned in some seeds only is judged on every seed (those seeds
+    fail the worst-seed rule) and the sentence names the seeds.
+
+    Accuracies read "92.6 %" with seed 0 alone, else mean (min–max, n seeds), or "(seed S
+    only)" where one seed was compared.
     """
+    tag = _tag(data)
     lines = []
     for m, name, claim in (
             ("titans", "Titans", "the neural memory recalls past the attention window, as in "
@@ -388,33 +585,38 @@ def render_findings(data) -> str:
         if not all_cs:
             continue
         cs = [c for c in all_cs if c[0] not in {t for t, _, _ in bad}]
-        above = [a - b >= MARGIN for _, _, a, b in cs]
-        v = common.verdict(bool(cs) and all(above), any(above))
+        ok = [holds(_diffs(a, b), _above) for _, _, a, b in cs]
+        some = [any(map(_above, _diffs(a, b))) for _, _, a, b in cs]
+        v = common.verdict(bool(cs) and all(ok), any(some))
         lines.append(f"- **{name}**: {v} at this scale that {claim}, {LABELS[m]} against "
-                     f"window only at 4x and 16x the training length: {_where(all_cs)}"
-                     f"{_unlearned_note(LABELS[m], bad)} (the long-context table and "
-                     "heatmap, `long-cpu.png`).")
+                     f"window only at 4x and 16x the training length: {_where(all_cs, tag)}"
+                     f"{_unlearned_note(LABELS[m], bad, tag, unlearned_some(data, m))} (the "
+                     "long-context table and heatmap, `long-cpu.png`).")
     all_cs, bad = compare(data, "sinks"), unlearned(data, "sinks")
     cs = [c for c in all_cs if c[0] not in {t for t, _, _ in bad}]
     if all_cs:
-        same = [abs(a - b) < MARGIN for _, _, a, b in cs]
-        v = common.verdict(bool(cs) and all(same), any(same))
-        inside = [(m, in_sinks(r)) for (mo, t, m), r in sorted(table(data).items())
+        ok = [holds(_diffs(a, b), _same) for _, _, a, b in cs]
+        some = [any(map(_same, _diffs(a, b))) for _, _, a, b in cs]
+        v = common.verdict(bool(cs) and all(ok), any(some))
+        inside = [(m, {s: in_sinks(r) for s, r in rs.items()})
+                  for (mo, t, m), rs in sorted(by_seed(data).items())
                   if mo == "sinks" and t == "mqar" and m in FAR]
+        note = _unlearned_note("window + 4 sinks", bad, tag, unlearned_some(data, "sinks"))
         held = ("; the pairs held in the sink positions reach "
-                + ", ".join(f"{m}x: {100 * a:.1f} %" for m, a in inside)
+                + ", ".join(f"{m}x: {_acc(a, tag)}" for m, a in inside)
                 + " (the sinks keep them in view)") if inside else ""
         lines.append(f"- **StreamingLLM sinks**: {v} at this scale that sinks, which keep "
                      "attention stable once the first tokens leave the window (2309.17453, "
                      "section 3), do not extend its memory, window + 4 sinks against window "
-                     f"only at 4x and 16x: {_where(all_cs)} (on MQAR: the pairs past the sink "
-                     f"positions){held}{_unlearned_note('window + 4 sinks', bad)} (the "
-                     "long-context table, `long-cpu-depth.png`).")
+                     f"only at 4x and 16x: {_where(all_cs, tag, same=True)} (on MQAR: the "
+                     f"pairs past the sink positions){held}{note} (the long-context table, "
+                     "`long-cpu-depth.png`).")
     return "\n".join(lines) + ("\n" if lines else "")
 
 
 def plot(data, stem: Path) -> list[Path]:
-    """One PNG: a panel per model, task x length multiple heatmap of the accuracy (%)."""
+    """One PNG: a panel per model, task x length multiple heatmap of the accuracy (%); with
+    several seeds, the mean over each model's seeds (``table``)."""
     plt = common.pyplot()
     tab = table(data)
     models = [m for m in MODELS if any(k[0] == m for k in tab)]
@@ -440,12 +642,17 @@ def plot(data, stem: Path) -> list[Path]:
     fig.colorbar(im, ax=axes[0].tolist(), shrink=0.8, label="accuracy")
     trained = ", ".join(f"{t} {TASKS[t]['train_len']}" for t in tasks)
     fig.suptitle(f"Accuracy (%) past the training length ({trained}) and the window "
-                 f"({WINDOW})", fontsize=10, y=1.04)
+                 f"({WINDOW}){_seeds_title(data)}", fontsize=10, y=1.04)
     path = Path(f"{stem}.png")
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
     return [path, *plot_depth(data, stem)]
+
+
+def _seeds_title(data) -> str:
+    seeds = all_seeds(data)
+    return f", mean of seeds {', '.join(map(str, seeds))}" if len(seeds) > 1 else ""
 
 
 def plot_depth(data, stem: Path) -> list[Path]:
@@ -481,6 +688,8 @@ def plot_depth(data, stem: Path) -> list[Path]:
                 ax.set_ylabel(f"{t}: " + ("pair index" if t == "mqar" else "needle depth (bin)"),
                               fontsize=8)
     fig.colorbar(im, ax=axes.ravel().tolist(), shrink=0.8, label="accuracy")
+    if _seeds_title(data):
+        fig.suptitle(f"Accuracy by depth{_seeds_title(data)}", fontsize=10)
     path = Path(f"{stem}-depth.png")
     fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)

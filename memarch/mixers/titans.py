@@ -573,9 +573,9 @@ class MemoryAsContext(Mixer):
     h is the memory's full output (read, norm, gate by x, projection) at width d_model
     (``h_gate=False``: read, norm, projection, without the gate SiLU(x W_g), whose small
     initial values shrink h; an option, not the paper's, which does not say how h is
-    brought to width d_model); h_j and x_j share the segment-local RoPE position j; the N_p persistent tokens are learned,
-    position-free key/value pairs (``Attention(n_persistent=N_p)``, whose projections and
-    persistent pairs this mixer uses).
+    brought to width d_model); h_j and x_j share the segment-local RoPE position j; the N_p
+    persistent tokens are learned, position-free key/value pairs
+    (``Attention(n_persistent=N_p)``, whose projections and persistent pairs this mixer uses).
 
     Args:
         d_model, layer_idx: as for every mixer.

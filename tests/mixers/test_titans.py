@@ -12,8 +12,8 @@ import torch
 from titans_reference import reference_neural_memory
 
 from memarch import mixers as mx
-from memarch.mixers import titans
 from memarch import state as st
+from memarch.mixers import titans
 from memarch.mixers.titans import memory_apply
 from memarch.models import MemLM
 
