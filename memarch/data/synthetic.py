@@ -38,15 +38,41 @@ def _generator(seed: int, index: int) -> torch.Generator:
     return torch.Generator().manual_seed((seed * 0x9E3779B1 + index) % (2 ** 63))
 
 
+def _check_curriculum(curriculum, n: int) -> list[tuple[int, int]]:
+    """[[until, pairs], ...] -> checked tuples (until increasing, 1 <= pairs <= n)."""
+    if curriculum is None:
+        return []
+    want = ("a list of [until, pairs] pairs with increasing until >= 1 and 1 <= pairs <= "
+            f"data.dataset.num_kv_pairs ({n})")
+    try:
+        out = [(u, p) for u, p in curriculum]
+    except (TypeError, ValueError):
+        raise ValueError(f"MQAR: data.dataset.curriculum must be {want}, got "
+                         f"{curriculum!r}") from None
+    last = 0
+    for u, p in out:
+        ok = all(isinstance(v, int) and not isinstance(v, bool) for v in (u, p))
+        if not ok or u <= last or not 1 <= p <= n:
+            raise ValueError(f"MQAR: data.dataset.curriculum must be {want}, got "
+                             f"{curriculum!r}")
+        last = u
+    return out
+
+
 class MQAR(Dataset):
     """Args: seq_len T, num_kv_pairs N (T >= 4N + gap), num_keys K >= N, num_values V >= N,
     power_a (zoology's gap power law; 1.0 = uniform), gap (filler tokens between the
     key-value block and the query region; 0 = zoology's layout), seed, size (virtual
-    length)."""
+    length), curriculum: a curriculum over the number of pairs for the training split,
+    ``[[until, pairs], ...]`` with increasing ``until``: training sequence i (the i-th the
+    training sees: step * batch_size + row) holds ``pairs`` pairs while i < ``until``, then
+    the next entry's, then N (e.g. ``[[6400, 4], [12800, 8]]`` with batch 32: 4 pairs for
+    200 steps, 8 for the next 200, then N). The held-out split always has N. Each sequence
+    keeps T tokens; fewer pairs leave more query slots."""
 
     def __init__(self, *, seq_len: int = 64, num_kv_pairs: int = 8, num_keys: int = 32,
                  num_values: int = 32, power_a: float = 0.01, gap: int = 0, seed: int = 0,
-                 split: str = "train", size: int = 2 ** 40):
+                 split: str = "train", size: int = 2 ** 40, curriculum: list | None = None):
         if num_kv_pairs < 1:
             raise ValueError(f"MQAR: data.dataset.num_kv_pairs must be >= 1, got {num_kv_pairs}")
         if not isinstance(gap, int) or isinstance(gap, bool) or gap < 0:
@@ -62,24 +88,36 @@ class MQAR(Dataset):
                              f"data.dataset.num_kv_pairs ({num_kv_pairs})")
         self.seq_len, self.n = seq_len, num_kv_pairs
         self.num_keys, self.num_values = num_keys, num_values
-        self.seed, self.size, self.gap = seed, size, gap
-        space = (seq_len - 2 * num_kv_pairs - gap) // 2              # query slots (>= N)
-        x = torch.arange(1, space + 1, dtype=torch.float64)
-        self.gap_p = power_a * x.pow(power_a - 1)                      # zoology's power law
+        self.seed, self.size, self.gap, self.power_a = seed, size, gap, power_a
+        self.curriculum = _check_curriculum(curriculum, num_kv_pairs) if split == "train" else []
+        self.gap_p = self._gap_p(num_kv_pairs)
         self.vocab_size = 1 + num_keys + num_values
         self.chance = 1.0 / num_values                     # accuracy of a uniform guess
 
     def __len__(self) -> int:
         return self.size
 
+    def _gap_p(self, n: int) -> torch.Tensor:
+        space = (self.seq_len - 2 * n - self.gap) // 2                  # query slots (>= n)
+        x = torch.arange(1, space + 1, dtype=torch.float64)
+        return self.power_a * x.pow(self.power_a - 1)                  # zoology's power law
+
+    def pairs_at(self, i: int) -> int:
+        """The number of pairs of sequence i (the curriculum's, else num_kv_pairs)."""
+        for until, pairs in self.curriculum:
+            if i < until:
+                return pairs
+        return self.n
+
     def __getitem__(self, i: int) -> dict:
         g = _generator(self.seed, i)
-        N, T = self.n, self.seq_len
+        N, T = self.pairs_at(i), self.seq_len
+        gap_p = self.gap_p if N == self.n else self._gap_p(N)
         keys = torch.randperm(self.num_keys, generator=g)[:N] + 1
         vals = torch.randperm(self.num_values, generator=g)[:N] + 1 + self.num_keys
         ids = torch.zeros(T, dtype=torch.long)
         ids[0:2 * N:2], ids[1:2 * N:2] = keys, vals
-        gaps = torch.multinomial(self.gap_p, N, replacement=False, generator=g)  # 0-based
+        gaps = torch.multinomial(gap_p, N, replacement=False, generator=g)  # 0-based
         qpos = 2 * N + self.gap + 2 * gaps
         ids[qpos] = keys
         labels = torch.full((T,), IGNORE_INDEX, dtype=torch.long)

@@ -21,9 +21,9 @@ def test_seed_names_and_commands():
     assert recipes.row_name("mom_gdn_tiny", 0) == "mom_gdn_tiny"
     assert recipes.row_name("mom_gdn_tiny", 1) == "mom_gdn_tiny_seed1"
     over, cmd = recipes.recipe_of("mom_gdn_tiny_1mem_seed2")
-    assert over[-1] == "seed=2" and cmd.endswith(" seed=2")
+    assert over[-2:] == ["seed=2", "data.seed=102"] and cmd.endswith(" seed=2 data.seed=102")
     assert cmd.startswith("python train.py experiment=mom_gdn_tiny ")
-    assert recipes.recipe_of("default_seed1")[1] == "python train.py seed=1"
+    assert recipes.recipe_of("default_seed1")[1] == "python train.py seed=1 data.seed=101"
     with pytest.raises(SystemExit, match="unknown recipe 'nope_seed1'"):
         recipes.resolve("nope_seed1")
 
