@@ -177,12 +177,13 @@ def test_recipes_results_name_the_machine_and_command():
         assert data["meta"].get(key) not in (None, ""), key
     import recipes
     names = {r["name"] for r in data["rows"]}
-    assert names == set(recipes.RECIPES), names
+    assert {recipes.resolve(n)[0] for n in names} == set(recipes.RECIPES), names
+    assert set(recipes.RECIPES) <= names                  # every recipe has its seed-0 row
     for r in data["rows"]:
         assert 0.0 <= r["val_acc"] <= 1.0 and r["global_step"] > 0, r
         for key in ("date", "cpu", "threads", "torch", "commit"):   # each row names its machine
             assert r.get(key) not in (None, ""), (r["name"], key)
-        assert r["command"] == recipes.RECIPES[r["name"]][1]
+        assert r["command"] == recipes.recipe_of(r["name"])[1], r["name"]
         block = "recipes_cpu__hmt" if r["name"].startswith("hmt_") else "recipes_cpu"
         # HMT's table names each run with its memory; the run without it adds one override
         command = r["command"].replace(" model.n_memories=0", "")
