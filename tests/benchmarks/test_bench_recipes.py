@@ -72,3 +72,21 @@ def test_two_step_mom_run_records_curve_and_routing(monkeypatch):
     assert len(row["curve"]) == 2 and all(x > 0 for x in row["curve"])
     layers = row["routing"]["layers"]
     assert len(layers) == 2 and row["routing"]["n_queries"] == 8 * 16
+
+
+def test_render_tried_and_routing(monkeypatch):
+    monkeypatch.setattr(recipes, "TRIED", [("T", "base", ["blk"])])
+    rows = [{"name": n, "command": f"cmd {n}", "global_step": 4, "train_s": 1.0, "threads": 1,
+             "curve": [3.0, 2.0, 1.0], **r}
+            for n, r in _rows([0.5, 0.3], [0.03, 0.04]).items()]
+    text = recipes.render_tried({"rows": rows})
+    assert "| `blk` | `cmd blk` | 50.0 % (seed 0), 30.0 % (seed 1) | 40.0 % (30.0–50.0) | 4 | " \
+           "3.00 → 2.00 → 1.00 |" in text
+    assert text.index("`base`") < text.index("`blk`")
+    layer = {"layer": 0, "route_by": "token", "load": [0.5, 0.5], "value_top1_match": 0.1,
+             "value_topk_overlap": 0.3, "chance_top1": 0.5, "chance_topk_overlap": 1.0,
+             "accuracy_value_overlap": 0.25, "accuracy_no_value_overlap": None}
+    routing = recipes.render_routing({"rows": [{"recipe": "r", "seed": 2,
+                                                "routing": {"layers": [layer]}}]})
+    assert "| `r` | 2 | 0 | token | 50 / 50 % | 10.0 % | 30.0 % | 50.0 % / 100.0 % | " \
+           "25.0 % / — |" in routing
