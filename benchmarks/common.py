@@ -349,3 +349,25 @@ def render_index(results: Path = RESULTS) -> str:
 
 def _minutes(seconds: float) -> str:
     return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.1f} min"
+
+
+# -- seeds (the findings' protocol) ----------------------------------------------------------
+DATA_SEED = 100          # training seed S != 0 trains on data.seed = DATA_SEED + S
+
+
+def data_seed(seed: int) -> int:
+    """The training data's seed (``data.seed``) of training seed ``seed``: the configs' 0 for
+    seed 0, else ``DATA_SEED + seed`` (small data seeds are the held-out streams')."""
+    return 0 if seed == 0 else DATA_SEED + seed
+
+
+def upgrade_old_rows(path: Path) -> bool:
+    """Rows written before the seed was part of a suite's key lack ``seed``: they are seed 0.
+    Write it into the results file, so that ``merge`` (which compares the key's values as
+    stored) replaces them with a new run's seed-0 rows; True if the file changed."""
+    data = json.loads(path.read_text()) if path.exists() else None
+    if not data or all("seed" in r for r in data["rows"]):
+        return False
+    data["rows"] = [{**r, "seed": r.get("seed", 0)} for r in data["rows"]]
+    write_json(path, data)
+    return True

@@ -184,7 +184,6 @@ RECIPES = {
 
 CURVE_EVERY = 50             # a row's "curve": its mean training loss per 50 steps
 SEEDS = (0, 1, 2)            # the findings' protocol: every row behind a finding, 3 seeds
-DATA_SEED = 100              # seed S != 0 trains on data.seed = DATA_SEED + S
 
 
 def resolve(name: str) -> tuple[str, int]:
@@ -205,15 +204,16 @@ def row_name(recipe: str, seed: int) -> str:
 
 def recipe_of(name: str) -> tuple[list[str], str]:
     """(Hydra overrides, command) of a row name, seed included: seed S != 0 sets ``seed=S``
-    (the model's initialisation) and ``data.seed=DATA_SEED+S`` (its own training stream; the
-    configs' ``data.seed`` is 0 whatever ``seed`` is, and small data seeds are the held-out
-    sets': ``data.val_seed`` 1). The held-out set is the same for every seed."""
+    (the model's initialisation) and ``data.seed=common.data_seed(S)`` = 100 + S (its own
+    training stream; the configs' ``data.seed`` is 0 whatever ``seed`` is, and small data
+    seeds are the held-out sets': ``data.val_seed`` 1). The held-out set is the same for
+    every seed."""
     base, seed = resolve(name)
     over, cmd = RECIPES[base]
     if seed == 0:
         return over, cmd
     cmd = "python train.py" if cmd == "make train" else cmd
-    extra = [f"seed={seed}", f"data.seed={DATA_SEED + seed}"]
+    extra = [f"seed={seed}", f"data.seed={common.data_seed(seed)}"]
     return [*over, *extra], " ".join([cmd, *extra])
 
 

@@ -42,7 +42,6 @@ the run for the tests only; rows made with them are not the published ones.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import sys
 import tempfile
@@ -64,7 +63,8 @@ LABELS = {"window": "window only", "sinks": "window + 4 sinks", "titans": "Titan
 QUICK = (("window", "mqar"), ("sinks", "mqar"))
 WINDOW, SEGMENT, SENSORY, N_SINKS = 16, 32, 8, 4
 SEED, EVAL_SEED = 0, 1000       # SEED: the default training seed (the published rows)
-DATA_SEED = 100                 # seed S != 0 trains on data.seed = DATA_SEED + S ...
+from common import DATA_SEED, data_seed, upgrade_old_rows  # noqa: E402  (seeds protocol)
+
 HELD_OUT = (1, EVAL_SEED)       # ... never on a held-out stream (data.val_seed, the evaluation)
 
 _SWA = ["'model.layer_pattern=[swa,swa]'", "model.mixers.swa.n_heads=2",
@@ -103,11 +103,6 @@ def mqar_gap(L: int, pairs: int = 4) -> int:
     training length's 128 - 2N - 72 = 48 tokens (N = 4), so keys are L - 56 tokens back."""
     return L - 2 * pairs - 48
 
-
-def data_seed(seed: int) -> int:
-    """The training data's seed (``data.seed``) of training seed ``seed``: the configs' 0 for
-    seed 0, else ``DATA_SEED + seed``."""
-    return 0 if seed == 0 else DATA_SEED + seed
 
 
 def seed_arg(text: str) -> int:
@@ -276,17 +271,6 @@ def seeds(args) -> list[int]:
     """The training seeds of this invocation (``--long-seeds``; default: seed 0)."""
     return list(dict.fromkeys(getattr(args, "long_seeds", None) or (SEED,)))
 
-
-def upgrade_old_rows(path: Path) -> bool:
-    """Rows written before the seed was part of ``KEY`` lack ``seed``: they are seed 0. Write
-    it into the results file, so that ``common.merge`` (which compares the key's values as
-    stored) replaces them with this run's seed-0 rows; True if the file changed."""
-    data = json.loads(path.read_text()) if path.exists() else None
-    if not data or all("seed" in r for r in data["rows"]):
-        return False
-    data["rows"] = [{**r, "seed": r.get("seed", 0)} for r in data["rows"]]
-    common.write_json(path, data)
-    return True
 
 
 def run(args) -> list[dict]:

@@ -64,7 +64,8 @@ THREADS = 1                     # the published rows: 1 torch thread (python -m 
 SEQ_LEN, PAIRS = 64, 4
 STEPS = 600
 SEED = 0            # the default training seed (the published rows)
-DATA_SEED = 100     # seed S != 0 trains on data.seed = DATA_SEED + S ...
+from common import DATA_SEED, data_seed, upgrade_old_rows  # noqa: E402  (seeds protocol)
+
 HELD_OUT = (1,)     # ... never on the held-out set (data.val_seed)
 NEAR = 0.9          # "near 100 %": held-out accuracy at least this
 MARGIN = 0.05       # a difference in accuracy smaller than this is a tie (one seed)
@@ -124,11 +125,6 @@ POINTS: dict[str, tuple[str, str, int, list[str]]] = {
     **{f"mom_m{m}": ("MoM", "n_memories", m, _mom(m)) for m in (1, 4)},
 }
 
-
-def data_seed(seed: int) -> int:
-    """The training data's seed (``data.seed``) of training seed ``seed``: the configs' 0 for
-    seed 0, else ``DATA_SEED + seed``."""
-    return 0 if seed == 0 else DATA_SEED + seed
 
 
 def seed_arg(text: str) -> int:
@@ -235,17 +231,6 @@ def seeds(args) -> list[int]:
     """The training seeds of this invocation (``--recall-seeds``; default: seed 0)."""
     return list(dict.fromkeys(getattr(args, "recall_seeds", None) or (SEED,)))
 
-
-def upgrade_old_rows(path: Path) -> bool:
-    """Rows written before the seed was part of ``KEY`` lack ``seed``: they are seed 0. Write
-    it into the results file, so that ``common.merge`` (which compares the key's values as
-    stored) replaces them with this run's seed-0 rows; True if the file changed."""
-    data = json.loads(path.read_text()) if path.exists() else None
-    if not data or all("seed" in r for r in data["rows"]):
-        return False
-    data["rows"] = [{**r, "seed": r.get("seed", 0)} for r in data["rows"]]
-    common.write_json(path, data)
-    return True
 
 
 def run(args) -> list[dict]:

@@ -133,17 +133,24 @@ def test_matches_token_loop_reference_fp64(cell, shared, topk, checks):
     checks.close(out2.state, s2, atol=1e-10, rtol=1e-10, msg=f"{cell} state resumed")
 
 
-@pytest.mark.parametrize("cell,shared,topk", SPLIT_VARIANTS)
-def test_streaming_contract(cell, shared, topk, checks):
-    """One call == chunks straddling the conv width and the 32/64-token kernel chunks ==
-    token by token (fp64)."""
-    m = build(cell=cell, shared_memory=shared, topk=topk)
+def check_chunks(m: MoM, checks) -> torch.Tensor:
+    """One call over 140 tokens == chunks straddling the conv width and the 32/64-token
+    kernel chunks == token by token (fp64): outputs and final state; returns the input."""
     x = torch.randn(2, 140, D, dtype=torch.float64)
     full = m(x)
     for lengths in ([3, 1, 60, 2, 70, 4], [64, 64, 12], [1] * 140):
         y, s = run_chunks(m, x, lengths)
         checks.close(y, full.y, atol=1e-10, rtol=1e-10, msg=f"{lengths[:3]} y")
         checks.close(s, full.state, atol=1e-10, rtol=1e-10, msg=f"{lengths[:3]} state")
+    return x
+
+
+@pytest.mark.parametrize("cell,shared,topk", SPLIT_VARIANTS)
+def test_streaming_contract(cell, shared, topk, checks):
+    """One call == chunks straddling the conv width and the 32/64-token kernel chunks ==
+    token by token (fp64)."""
+    m = build(cell=cell, shared_memory=shared, topk=topk)
+    check_chunks(m, checks)
 
 
 def forced(m: MoM, avoid: int, T: int = 40, B: int = 2):
@@ -377,12 +384,7 @@ def test_key_query_streaming_contract(cell, shared, topk, conv, checks):
     """One call == chunks straddling the conv width and the 32/64-token kernel chunks ==
     token by token (fp64); ``routings`` with the carried state == over the whole sequence."""
     m = build(cell=cell, shared_memory=shared, topk=topk, conv_size=conv, route_by="key_query")
-    x = torch.randn(2, 140, D, dtype=torch.float64)
-    full = m(x)
-    for lengths in ([3, 1, 60, 2, 70, 4], [64, 64, 12], [1] * 140):
-        y, s = run_chunks(m, x, lengths)
-        checks.close(y, full.y, atol=1e-10, rtol=1e-10, msg=f"{lengths[:3]} y")
-        checks.close(s, full.state, atol=1e-10, rtol=1e-10, msg=f"{lengths[:3]} state")
+    x = check_chunks(m, checks)
     whole = m.routings(x)
     s = m(x[:, :61]).state
     rest = m.routings(x[:, 61:], s)
