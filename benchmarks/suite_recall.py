@@ -367,6 +367,26 @@ def _holds_all(p: dict, ok) -> bool:
     return ok(p["val_acc"]) and all(ok(x) for x in p["accs"].values())
 
 
+def _seeds_of(pts) -> list[int]:
+    """The seeds the points have between them (a finding is judged on these)."""
+    return sorted({s for p in pts for s in p["accs"]})
+
+
+def _where(seeds_by_family: dict) -> str:
+    """", seeds 0, 1, 2" when every family has the same seeds, else which family has which:
+    ", seeds 0, 1, 2 for MoM; seed 0 only for attention, BASED"."""
+    groups: dict = {}
+    for fam, ss in seeds_by_family.items():
+        groups.setdefault(tuple(ss), []).append(fam)
+    def seeds_txt(ss):
+        return f"seeds {', '.join(map(str, ss))}" if len(ss) > 1 else f"seed {ss[0]} only"
+    if len(groups) == 1:
+        ss = next(iter(groups))
+        return "" if list(ss) == [SEED] else f", {seeds_txt(ss)}"
+    return ", " + "; ".join(f"{seeds_txt(ss)} for {', '.join(fs)}"
+                            for ss, fs in sorted(groups.items(), key=lambda g: -len(g[0])))
+
+
 def findings(data) -> dict:
     """The numbers and verdicts behind the findings sentences, decided on every seed present:
     a comparison of two points holds when it holds in the mean over the seeds both have AND in
@@ -397,6 +417,7 @@ def findings(data) -> dict:
         some = [r for r, js in zip(la, res) if any(j[1] for j in js)]
         top = attn[-1]
         out["based"] = dict(beaten=len(beaten), some=len(some) - len(beaten), n_la=len(la),
+                            seeds=_seeds_of([*la, *based, top]),
                             attn=top, best_la=max(la, key=lambda r: r["val_acc"]),
                             best_based=max(based, key=lambda r: r["val_acc"]),
                             verdict=common.verdict(
@@ -411,6 +432,7 @@ def findings(data) -> dict:
                if f not in rise and all(_holds_all(r, lambda x: x >= NEAR) for r in rs)]
         ok = len(rise) + len(sat)
         out["tradeoff"] = dict(rise=rise, sat=sat, n=len(fams),
+                               seeds={f: _seeds_of(rs) for f, rs in fams},
                                other=[f for f, _ in fams if f not in rise and f not in sat],
                                verdict=common.verdict(ok == len(fams) and bool(rise),
                                                       2 * ok >= len(fams)))
@@ -428,13 +450,12 @@ def render_findings(data) -> str:
     """The findings sentences (``findings``). Accuracies read "92.6 %" with seed 0 alone,
     else mean (min–max, n seeds), or "(seed S only)" for a single seed."""
     f = findings(data)
-    seeds = all_seeds(data) or [SEED]
-    tag = seeds != [0]
-    several = len(seeds) > 1
-    rule = " in the mean over the seeds and in every seed" if several else ""
+    tag = (all_seeds(data) or [SEED]) != [0]
+    every = " in the mean over the seeds and in every seed"
     lines = []
     if "based" in f:
         b = f["based"]
+        rule = every if len(b["seeds"]) > 1 else ""
         a, bl, bb = b["attn"], b["best_la"], b["best_based"]
         lines.append(
             f"**BASED** (2402.18668, figure 2: recall against state): {b['verdict']} at this "
@@ -453,8 +474,8 @@ def render_findings(data) -> str:
             parts.append(f"is saturated (>= {_pct(NEAR)}) in {', '.join(t['sat'])}")
         if t["other"]:
             parts.append(f"does not rise in {', '.join(t['other'])}")
-        where = (f", seeds {', '.join(map(str, seeds))}" if several
-                 else f", seed {seeds[0]} only" if tag else "")
+        rule = every if any(len(ss) > 1 for ss in t["seeds"].values()) else ""
+        where = _where(t["seeds"])
         lines.append(
             f"**Zoology / MQAR** (2312.04927, the MQAR sweeps: recall against model size): "
             f"{t['verdict']} at this scale: from the smallest to the largest state of each "

@@ -84,6 +84,18 @@ class LMDataModule(pl.LightningDataModule):
             start=lambda: (t.global_step * accum) if t is not None else 0)
         return DataLoader(ds, batch_sampler=sampler, num_workers=self.num_workers)
 
+    def task_changes(self) -> list[int]:
+        """The optimizer steps at which the training data's task changes: a curriculum's next
+        stage (``memarch.data.MQAR(curriculum=...)``) begins in the first step that holds one
+        of its sequences (step s holds sequences s * B * world * accumulation onwards). The
+        divergence guard restarts its loss window there (a new task, a new loss level)."""
+        self.setup()
+        t = self.trainer
+        world, accum = (t.world_size, t.accumulate_grad_batches) if t is not None else (1, 1)
+        per_step = self.batch_size * world * accum
+        return sorted({until // per_step
+                       for until, _ in getattr(self.train_ds, "curriculum", None) or []})
+
     def val_dataloader(self) -> DataLoader:
         return DataLoader(self.val_ds, batch_size=self.val_batch_size, shuffle=False,
                           num_workers=self.num_workers)

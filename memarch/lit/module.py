@@ -17,7 +17,9 @@ near zero is no blow-up). A step where either is above it is out of range; its v
 not enter the windows. Once ``divergence_window`` steps have been seen (the warm-up),
 ``divergence_patience`` consecutive out-of-range steps stop training with
 ``LossBlowUpError``. The weights are checked as well as the loss because a run whose weights
-explode (``optim.lr=1e3``) can saturate to a loss that looks normal.
+explode (``optim.lr=1e3``) can saturate to a loss that looks normal. Where the training data
+changes its task (a curriculum's next stage, ``LMDataModule.task_changes``), the loss window
+starts afresh, with its warm-up: the loss of a harder task is no blow-up.
 
 Every stop (a blow-up, a non-finite loss or gradient) names the last checkpoint saved
 before the training left its range, with its step (a checkpoint of step s holds the weights
@@ -90,6 +92,8 @@ class LitLM(pl.LightningModule):
         self._loss_window: deque[float] = deque(maxlen=divergence_window)  # normal losses
         self._weight_window: deque[float] = deque(maxlen=divergence_window)  # their max|w|
         self._seen = 0                                       # steps checked (warm-up)
+        self._task_changes: set[int] = set()    # steps where the training data's task changes
+        self._task_reset: int | None = None
         self._blowup_steps = 0                               # consecutive steps over it
         self._blowup_since: int | None = None                # step the blow-up began
         self._blowup_what: str | None = None                 # what left its range there
@@ -203,6 +207,11 @@ class LitLM(pl.LightningModule):
         if self.divergence_factor is None:
             self._good = self._latest_checkpoint()
             return
+        step = int(self.global_step)
+        if step in self._task_changes and self._task_reset != step:    # a new task's loss
+            self._task_reset = step
+            self._loss_window.clear()
+            self._seen, self._blowup_steps, self._blowup_since = 0, 0, None
         value, wmax = total.detach().float(), self._weights_max().to(total.device)
         if self._trainer is not None and self.trainer.world_size > 1:
             value = self.trainer.strategy.reduce(value, reduce_op="mean")
@@ -241,6 +250,10 @@ class LitLM(pl.LightningModule):
             f"step; {self._checkpoint_note(self.global_step)}. "
             "Lower optim.lr, raise sched.warmup_steps or check the data "
             "(module.divergence_factor/_window/_patience tune this guard).")
+
+    def on_train_start(self) -> None:
+        dm = getattr(self.trainer, "datamodule", None)
+        self._task_changes = set(dm.task_changes()) if hasattr(dm, "task_changes") else set()
 
     def on_before_optimizer_step(self, optimizer):
         norms = [p.grad.detach().norm() for p in self.parameters() if p.grad is not None]

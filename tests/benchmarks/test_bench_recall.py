@@ -222,6 +222,24 @@ def test_findings_on_all_seeds():
     assert t["rise"] == [] and t["verdict"] == "not reproduced"
 
 
+def test_findings_name_their_own_seeds():
+    """MoM re-run with 3 seeds, the rest of the sweep with seed 0 alone: each sentence says the
+    seeds its own rows have (no "in every seed" for a single-seed comparison)."""
+    la = [_row("linear attention", 64, 5000, 0.3)]
+    mom = _seeded("MoM", 1, 3000, [0.5, 0.4, 0.6]) + _seeded("MoM", 4, 12000, [0.2, 0.3, 0.1])
+    text = sr.render_findings(_data(ATTN + la + [_row("BASED", 16, 4000, 0.9)] + mom))
+    based, trade, m = text.strip().split("\n\n")
+    assert "in every seed" not in based and "87.5" not in based
+    assert "reaches 99.0 % (seed 0 only)" in based
+    assert trade.endswith("(a rise is more than 5 points in the mean over the seeds and in every "
+                          "seed; 2 families, seeds 0, 1, 2 for MoM; seed 0 only for "
+                          "attention).")
+    assert "seeds 0, 1, 2)." in m
+    assert sr._where({"attention": [0], "MoM": [0]}) == ""
+    assert sr._where({"attention": [1], "MoM": [1]}) == ", seed 1 only"
+    assert sr._where({"attention": [0, 1], "MoM": [0, 1]}) == ", seeds 0, 1"
+
+
 def test_old_rows_without_seed_are_seed_0(tmp_path):
     old = [_row("MoM", 1, 3000, 0.5), _row("MoM", 4, 12000, 0.8)]      # no "seed": seed 0
     new = [{**_row("MoM", 1, 3000, 0.5), "seed": 1}, {**_row("MoM", 4, 12000, 0.9), "seed": 1}]

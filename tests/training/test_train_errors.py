@@ -209,6 +209,23 @@ def test_loss_blowup_stops_and_names_the_last_good_checkpoint(tmp_path, monkeypa
                 "guard state saved in the checkpoint")
 
 
+def test_curriculum_stage_restarts_the_loss_window(tmp_path, monkeypatch, checks):
+    """Probe: a curriculum's next stage is a harder task with a higher loss, no blow-up (a
+    MAC recipe was stopped at its 1 -> 2 pairs switch). The same 1000x loss from step 8 on
+    that stops the run above trains on when a curriculum stage begins at step 8 (sequence
+    32, batch 4): the guard's loss window starts afresh there. ``task_changes`` is the first
+    step holding each stage's sequences."""
+    from memarch.lit.data import LMDataModule
+    stages = "data.dataset.curriculum=[[32,1],[50,2]]"
+    dm = instantiate(compose_cfg([*TINY, stages], tmp_path / "dm").data)
+    checks.true(dm.task_changes() == [8, 12], f"task changes {dm.task_changes()}")
+    checks.true(LMDataModule.task_changes(instantiate(compose_cfg(TINY, tmp_path / "n").data))
+                == [], "no curriculum: no change")
+    _blow_up(monkeypatch, range(8, 10 ** 6))
+    res = run(compose_cfg([*TINY, *GUARD, stages, "trainer.max_steps=30"], tmp_path / "run"))
+    checks.true(res["global_step"] == 30, f"stopped at {res['global_step']}")
+
+
 def test_loss_spikes_below_patience_or_in_warmup_do_not_stop(tmp_path, monkeypatch, checks):
     """Probe: spikes at steps 1-3 (warm-up: the window is not full) and 8-9 (2 steps, under
     divergence_patience=3) train on to max_steps."""
