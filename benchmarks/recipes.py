@@ -25,9 +25,11 @@ and run through ``memarch.lit.train.run``; checkpoints go to a temporary directo
   curriculum over the pairs): ``mom_gdn_crowded``, ``*_key_query`` (``route_by=key_query``),
   ``*_1mem`` (one memory of the same size), ``*_1mem_total`` (one memory of MoM's total
   state, keys of width 40), ``*_nocurriculum``; MoM rows also record routing statistics
-  (``benchmarks/mom_routing.py``)
+  (``benchmarks/mom_routing.py``); the same crowded as a layer (one head of key width 8 per
+  layer): ``mom_gdn_crowded_layer``, ``*_key_query``, ``*_1mem``, ``*_1mem_total``
 * Titans MAC's variants (one change each: ``h_gate=false``, ``read_after_write``, the
-  memory's chunk and ``max_lr``, width, steps) and the window-only baseline at 1600 steps
+  memory's chunk and ``max_lr``, width, steps, a curriculum over the pairs: ``*_curriculum``)
+  and the window-only baselines at 1600 steps (``swa_longrange_tiny_2l_1600``, ``*_curriculum``)
 * HMT on long-range MQAR cut into segments of 32 (the pairs in segment 0, the queries in
   segments 2 and 3): ``hmt_attention_tiny``, ``hmt_sinks_tiny`` and the same backbone and
   segmentation without HMT's memory (``*_nomem``: ``model.n_memories=0``); with 4 pairs
@@ -82,7 +84,11 @@ RECIPE_MOM = {
 def _recipe(experiment: str, *overrides: str) -> tuple[list[str], str]:
     """(Hydra overrides, the command a user types) of ``train.py experiment=... overrides``."""
     over = [f"experiment={experiment}", *overrides]
-    return over, " ".join(["python train.py", *over])
+    return over, " ".join(["python train.py", *(f"'{o}'" if "[" in o else o for o in over)])
+
+
+# long-range MQAR with a curriculum over the pairs: 1 pair for 200 steps, 2 for 200, then 4
+_PAIRS_CURRICULUM = "data.dataset.curriculum=[[6400,1],[12800,2]]"
 
 
 _NO_MEMORY, _4_PAIRS = "model.n_memories=0", "data.dataset.num_kv_pairs=4"   # HMT's rows
@@ -96,12 +102,18 @@ _CROWDED = ("data.dataset.num_kv_pairs=16", "model.mixers.mom.n_heads=8",
             "data.dataset.curriculum=[[4800,4],[9600,8]]")
 
 
+# ... and crowded as a layer: one head of key width 8 per layer, so the layer's one memory has
+# 8 key dimensions for 16 pairs (the two layers together 16), where the 8 heads above gave it 64
+_CROWDED_LAYER = (_CROWDED[0], "model.mixers.mom.n_heads=1", _CROWDED[2])
+_KEY_8 = "model.mixers.mom.head_dim=8"
+
+
 def _quoted(over: list[str]) -> str:
     return " ".join(f"'{o}'" if "[" in o else o for o in over)
 
 
-def _crowded(*extra: str) -> tuple[list[str], str]:
-    over = ["experiment=mom_gdn_tiny", *_CROWDED, *extra]
+def _crowded(*extra: str, task: tuple = _CROWDED) -> tuple[list[str], str]:
+    over = ["experiment=mom_gdn_tiny", *task, *extra]
     return over, "python train.py " + _quoted(over)
 
 # name -> (Hydra overrides, the command a user types)
@@ -145,6 +157,12 @@ RECIPES = {
                                                    "model.mixers.titans.h_gate=false",
                                                    "+model.mixers.titans.memory.max_lr=1.0",
                                                    "trainer.max_steps=1600"),
+    "titans_mac_tiny_nohgate_maxlr1_1600_curriculum": _recipe(
+        "titans_mac_tiny", "model.mixers.titans.h_gate=false",
+        "+model.mixers.titans.memory.max_lr=1.0", "trainer.max_steps=1600", _PAIRS_CURRICULUM),
+    "swa_longrange_tiny_2l_1600_curriculum": _recipe(
+        "swa_longrange_tiny", "model.layer_pattern=[swa,swa]", "trainer.max_steps=1600",
+        _PAIRS_CURRICULUM),
     "titans_mac_tiny_nohgate_chunk4": _recipe("titans_mac_tiny",
                                               "model.mixers.titans.h_gate=false",
                                               "model.mixers.titans.memory.chunk_size=4"),
@@ -174,6 +192,13 @@ RECIPES = {
     "mom_gdn_crowded_1mem_total": _crowded(*_ONE_MEMORY, "model.mixers.mom.head_dim=40",
                                            "model.mixers.mom.expand_v=0.2"),
     "mom_gdn_crowded_key_query": _crowded("model.mixers.mom.route_by=key_query"),
+    "mom_gdn_crowded_layer": _crowded(_KEY_8, task=_CROWDED_LAYER),
+    "mom_gdn_crowded_layer_key_query": _crowded(_KEY_8, "model.mixers.mom.route_by=key_query",
+                                                task=_CROWDED_LAYER),
+    "mom_gdn_crowded_layer_1mem": _crowded(_KEY_8, *_ONE_MEMORY, task=_CROWDED_LAYER),
+    "mom_gdn_crowded_layer_1mem_total": _crowded(*_ONE_MEMORY, "model.mixers.mom.head_dim=40",
+                                                 "model.mixers.mom.expand_v=0.2",
+                                                 task=_CROWDED_LAYER),
     "mom_linear_tiny": (["experiment=mom_linear_tiny"],
                         "python train.py experiment=mom_linear_tiny"),
     "mom_linear_tiny_1mem": (["experiment=mom_linear_tiny", *_ONE_MEMORY],
@@ -373,6 +398,9 @@ FINDINGS = [
      "titans_mac_tiny", "swa_longrange_tiny_2l", 0.20),
     ("Titans MAC, options that did most: `h_gate=false`, `memory.max_lr=1.0`, 1600 steps",
      "titans_mac_tiny_nohgate_maxlr1_1600", "swa_longrange_tiny_2l_1600", 0.20),
+    ("Titans MAC, the same with a curriculum over the pairs (1, then 2, then 4)",
+     "titans_mac_tiny_nohgate_maxlr1_1600_curriculum", "swa_longrange_tiny_2l_1600_curriculum",
+     0.20),
     ("Titans MAG recalls past the window (long-range MQAR, 2 layers)",
      "titans_mag_tiny", "swa_longrange_tiny_2l", 0.20),
     ("Titans MAL recalls past the window (long-range MQAR, 4 layers)",
@@ -451,10 +479,16 @@ TRIED = [
       "titans_mac_tiny_nohgate_raw", "titans_mac_tiny_nohgate_chunk4",
       "titans_mac_tiny_nohgate_maxlr1", "titans_mac_tiny_nohgate_wide",
       "titans_mac_tiny_nohgate_800", "titans_mac_tiny_nohgate_1600",
-      "titans_mac_tiny_nohgate_maxlr1_1600"]),
+      "titans_mac_tiny_nohgate_maxlr1_1600", "swa_longrange_tiny_2l_1600",
+      "titans_mac_tiny_nohgate_maxlr1_1600_curriculum",
+      "swa_longrange_tiny_2l_1600_curriculum"]),
     ("MoM on a crowded MQAR (16 pairs in 64 tokens, key width 8 per head)", None,
      ["mom_gdn_crowded_nocurriculum", "mom_gdn_crowded", "mom_gdn_crowded_key_query",
       "mom_gdn_crowded_1mem", "mom_gdn_crowded_1mem_total"]),
+    ("MoM on MQAR crowded for the whole layer (16 pairs in 64 tokens, one head of key width 8 "
+     "per layer)", None,
+     ["mom_gdn_crowded_layer", "mom_gdn_crowded_layer_key_query", "mom_gdn_crowded_layer_1mem",
+      "mom_gdn_crowded_layer_1mem_total"]),
     ("HMT on long-range MQAR with 4 pairs", None,
      ["hmt_attention_tiny_4pairs", "hmt_attention_tiny_4pairs_emb4",
       "hmt_attention_tiny_4pairs_emb4_2stage", "hmt_attention_tiny_4pairs_nomem"]),

@@ -239,8 +239,9 @@ def test_tiny_run(tmp_path):
         assert sum(r["n_by_depth"]) > 0 and 0 <= r["acc"] <= 1
     assert rows[0]["command"].endswith(" seed=0")
     assert rows[2]["command"].endswith(" seed=1 data.seed=101")
-    # HMT's state at a segment boundary: (memories + 1) x d_model, whatever the length
-    assert rows[0]["state_size"] == rows[1]["state_size"] == (4 + 1) * 64
+    # HMT's state at a segment boundary: (memories + 1) x embeddings x d_model, any length
+    assert S.MEM_EMBED == 4 and "model.num_mem_embed=4" in rows[0]["command"]
+    assert rows[0]["state_size"] == rows[1]["state_size"] == (4 + 1) * 4 * 64
     table = S.render(data)
     assert "| HMT (attention backbone), seed 1 |" in table
     assert "| HMT (attention backbone), mean of 2 seeds |" in table
@@ -248,3 +249,32 @@ def test_tiny_run(tmp_path):
     paths = S.plot(data, tmp_path / "long-cpu")
     assert [p.name for p in paths] == ["long-cpu.png", "long-cpu-depth.png"]
     assert all(p.exists() for p in paths)
+
+
+def test_hmt_trains_longer(monkeypatch, tmp_path):
+    """HMT's rows train MODEL_STEPS' 1000 steps, the others the task's 400 (--long-steps, the
+    tests' shrink, overrides both); the table's header says so."""
+    import argparse
+    trained = []
+
+    def fake_train(model, task, steps, device="cpu", seed=0):
+        trained.append((model, steps))
+        return torch.nn.Identity(), {"steps": steps}
+
+    monkeypatch.setattr(S, "train", fake_train)
+    monkeypatch.setattr(S, "evaluate", lambda *a, **k: [])
+    args = argparse.Namespace(dtype="float32", device="cpu", threads=1, quick=False,
+                              long_only=["window", "hmt"], long_tasks=["mqar"], long_steps=None,
+                              long_lengths_mult=None, long_n_eval=None, long_seeds=[0],
+                              results=str(tmp_path))
+    S.run(args)
+    assert trained == [("window", 400), ("hmt", 1000)]
+    trained.clear()
+    S.run(argparse.Namespace(**{**vars(args), "long_steps": 3}))
+    assert trained == [("window", 3), ("hmt", 3)]
+    assert S.MODEL_STEPS["hmt"] == 1000 and "trainer.max_steps=1000" in S.command("hmt", "mqar",
+                                                                                    1000)
+    tab = {("window", "mqar", 1): {"steps": 400}, ("hmt", "mqar", 1): {"steps": 1000},
+           ("titans", "mqar", 1): {"steps": 400}, ("window", "passkey", 1): {"steps": 400}}
+    assert S._steps_txt(tab, "mqar") == "400 steps (HMT (attention backbone): 1000)"
+    assert S._steps_txt(tab, "passkey") == "400 steps"
