@@ -33,9 +33,10 @@ and run through ``memarch.lit.train.run``; checkpoints go to a temporary directo
 * HMT on long-range MQAR cut into segments of 32 (the pairs in segment 0, the queries in
   segments 2 and 3): ``hmt_attention_tiny``, ``hmt_sinks_tiny`` and the same backbone and
   segmentation without HMT's memory (``*_nomem``: ``model.n_memories=0``); with 4 pairs
-  (``*_4pairs``), with 4 memory embeddings per segment (``*_emb4``) and HMT's two-stage
-  training (``*_2stage``); their rows also record HMT's extra parameters; they have their
-  own table (``--render-hmt``, README block ``recipes_cpu__hmt``), not the main one
+  (``*_4pairs``), with 4 memory embeddings per segment (``*_emb4``, also for 1500 steps:
+  ``*_emb4_1500`` against ``*_nomem_1500``) and HMT's two-stage training (``*_2stage``);
+  their rows also record HMT's extra parameters; they have their own table
+  (``--render-hmt``, README block ``recipes_cpu__hmt``), not the main one
 
 Seeds (the findings' protocol): ``--seeds 0 1 2`` runs each ``--only`` recipe with each
 seed; row ``NAME`` is seed 0 (the configs'), ``NAME_seedS`` the recipe's command with
@@ -184,6 +185,11 @@ RECIPES = {
     "hmt_sinks_tiny_nomem": _recipe("hmt_sinks_tiny", _NO_MEMORY),
     "hmt_attention_tiny_4pairs_emb4": _recipe("hmt_attention_tiny", _4_PAIRS,
                                               "model.num_mem_embed=4"),
+    "hmt_attention_tiny_4pairs_emb4_1500": _recipe("hmt_attention_tiny", _4_PAIRS,
+                                                   "model.num_mem_embed=4",
+                                                   "trainer.max_steps=1500"),
+    "hmt_attention_tiny_4pairs_nomem_1500": _recipe("hmt_attention_tiny", _4_PAIRS, _NO_MEMORY,
+                                                    "trainer.max_steps=1500"),
     "hmt_attention_tiny_4pairs_emb4_2stage": _recipe("hmt_attention_tiny", _4_PAIRS,
                                                      "model.num_mem_embed=4", *_TWO_STAGE),
     "mom_gdn_crowded": _crowded(),
@@ -351,7 +357,9 @@ HMT_ROWS = [("attention", "hmt_attention_tiny", "hmt_attention_tiny_nomem"),
             ("attention, 4 pairs, 4 memory embeddings", "hmt_attention_tiny_4pairs_emb4",
              "hmt_attention_tiny_4pairs_nomem"),
             ("attention, 4 pairs, 4 memory embeddings, two-stage",
-             "hmt_attention_tiny_4pairs_emb4_2stage", "hmt_attention_tiny_4pairs_nomem")]
+             "hmt_attention_tiny_4pairs_emb4_2stage", "hmt_attention_tiny_4pairs_nomem"),
+            ("attention, 4 pairs, 4 memory embeddings, 1500 steps",
+             "hmt_attention_tiny_4pairs_emb4_1500", "hmt_attention_tiny_4pairs_nomem_1500")]
 
 
 def render_hmt(data) -> str:
@@ -413,6 +421,8 @@ FINDINGS = [
      "hmt_attention_tiny", "hmt_attention_tiny_nomem", 0.20),
     ("HMT, 4 pairs, 4 memory embeddings per segment (`num_mem_embed=4`)",
      "hmt_attention_tiny_4pairs_emb4", "hmt_attention_tiny_4pairs_nomem", 0.20),
+    ("HMT, 4 pairs, 4 memory embeddings, 1500 steps",
+     "hmt_attention_tiny_4pairs_emb4_1500", "hmt_attention_tiny_4pairs_nomem_1500", 0.20),
 ]
 
 
@@ -491,7 +501,8 @@ TRIED = [
       "mom_gdn_crowded_layer_1mem_total"]),
     ("HMT on long-range MQAR with 4 pairs", None,
      ["hmt_attention_tiny_4pairs", "hmt_attention_tiny_4pairs_emb4",
-      "hmt_attention_tiny_4pairs_emb4_2stage", "hmt_attention_tiny_4pairs_nomem"]),
+      "hmt_attention_tiny_4pairs_emb4_2stage", "hmt_attention_tiny_4pairs_nomem",
+      "hmt_attention_tiny_4pairs_emb4_1500", "hmt_attention_tiny_4pairs_nomem_1500"]),
 ]
 
 
