@@ -70,27 +70,27 @@ ROOT = Path(__file__).resolve().parents[1]
 _ONE_MEMORY = ["model.mixers.mom.n_memories=1", "model.mixers.mom.topk=1",
                "model.mixers.mom.shared_memory=false"]
 
-# the MoM gated-delta set-ups that are also run with seeds 1 and 2
-RECIPE_MOM = {
-    "mom_gdn_tiny": (["experiment=mom_gdn_tiny"], "python train.py experiment=mom_gdn_tiny"),
-    "mom_gdn_tiny_1mem": (["experiment=mom_gdn_tiny", *_ONE_MEMORY],
-                          "python train.py experiment=mom_gdn_tiny " + " ".join(_ONE_MEMORY)),
-    "mom_gdn_tiny_1mem_shared": (["experiment=mom_gdn_tiny", *_ONE_MEMORY[:2]],
-                                 "python train.py experiment=mom_gdn_tiny "
-                                 + " ".join(_ONE_MEMORY[:2])),
-}
-
+def _quoted(over: list[str]) -> str:
+    return " ".join(f"'{o}'" if "[" in o else o for o in over)
 
 
 def _recipe(experiment: str, *overrides: str) -> tuple[list[str], str]:
-    """(Hydra overrides, the command a user types) of ``train.py experiment=... overrides``."""
+    """(Hydra overrides, the command a user types) of ``train.py experiment=... overrides``
+    (an override with a list in it is quoted for the shell)."""
     over = [f"experiment={experiment}", *overrides]
-    return over, " ".join(["python train.py", *(f"'{o}'" if "[" in o else o for o in over)])
+    return over, "python train.py " + _quoted(over)
 
+
+# the MoM gated-delta set-ups that are also run with seeds 1 and 2
+RECIPE_MOM = {
+    "mom_gdn_tiny": _recipe("mom_gdn_tiny"),
+    "mom_gdn_tiny_1mem": _recipe("mom_gdn_tiny", *_ONE_MEMORY),
+    "mom_gdn_tiny_1mem_shared": _recipe("mom_gdn_tiny", *_ONE_MEMORY[:2]),
+}
 
 # long-range MQAR with a curriculum over the pairs: 1 pair for 200 steps, 2 for 200, then 4
 _PAIRS_CURRICULUM = "data.dataset.curriculum=[[6400,1],[12800,2]]"
-
+_SWA_2L = "model.layer_pattern=[swa,swa]"       # the window-only baseline of MAG and MAC
 
 _NO_MEMORY, _4_PAIRS = "model.n_memories=0", "data.dataset.num_kv_pairs=4"   # HMT's rows
 _TWO_STAGE = ("+callbacks.hmt_two_stage._target_=memarch.lit.callbacks.HMTTwoStageBPTT",
@@ -99,46 +99,32 @@ _TWO_STAGE = ("+callbacks.hmt_two_stage._target_=memarch.lit.callbacks.HMTTwoSta
 # keys cannot hold the 16 pairs orthogonally (16 > 8), while 4 memories at top-2 hold 8 each
 # (a curriculum over the pairs: 4 for 150 steps, 8 for 150, then 16; without it MoM stayed
 # at chance for 1000 steps, see benchmarks/README.md)
-_CROWDED = ("data.dataset.num_kv_pairs=16", "model.mixers.mom.n_heads=8",
-            "data.dataset.curriculum=[[4800,4],[9600,8]]")
-
-
+_16_PAIRS, _PAIRS_4_8_16 = ("data.dataset.num_kv_pairs=16",
+                            "data.dataset.curriculum=[[4800,4],[9600,8]]")
+_CROWDED = (_16_PAIRS, "model.mixers.mom.n_heads=8", _PAIRS_4_8_16)
 # ... and crowded as a layer: one head of key width 8 per layer, so the layer's one memory has
 # 8 key dimensions for 16 pairs (the two layers together 16), where the 8 heads above gave it 64
-_CROWDED_LAYER = (_CROWDED[0], "model.mixers.mom.n_heads=1", _CROWDED[2])
+_CROWDED_LAYER = (_16_PAIRS, "model.mixers.mom.n_heads=1", _PAIRS_4_8_16)
 _KEY_8 = "model.mixers.mom.head_dim=8"
-
-
-def _quoted(over: list[str]) -> str:
-    return " ".join(f"'{o}'" if "[" in o else o for o in over)
+# one memory of MoM's total state (4 routed + 1 shared): keys 5x wider, values of width 8
+_TOTAL_STATE = (*_ONE_MEMORY, "model.mixers.mom.head_dim=40", "model.mixers.mom.expand_v=0.2")
 
 
 def _crowded(*extra: str, task: tuple = _CROWDED) -> tuple[list[str], str]:
-    over = ["experiment=mom_gdn_tiny", *task, *extra]
-    return over, "python train.py " + _quoted(over)
+    return _recipe("mom_gdn_tiny", *task, *extra)
+
 
 # name -> (Hydra overrides, the command a user types)
 RECIPES = {
     "default": ([], "make train"),
-    "based_tiny": (["experiment=based_tiny"], "python train.py experiment=based_tiny"),
-    "linear_attention_tiny": (["experiment=linear_attention_tiny"],
-                              "python train.py experiment=linear_attention_tiny"),
-    "swa_longrange_tiny": (["experiment=swa_longrange_tiny"],
-                           "python train.py experiment=swa_longrange_tiny"),
-    "swa_longrange_tiny_2l": (["experiment=swa_longrange_tiny", "model.layer_pattern=[swa,swa]",
-                               "trainer.max_steps=400"],
-                              "python train.py experiment=swa_longrange_tiny "
-                              "'model.layer_pattern=[swa,swa]' trainer.max_steps=400"),
-    "swa_longrange_tiny_2l_1600": (["experiment=swa_longrange_tiny",
-                                    "model.layer_pattern=[swa,swa]", "trainer.max_steps=1600"],
-                                   "python train.py experiment=swa_longrange_tiny "
-                                   "'model.layer_pattern=[swa,swa]' trainer.max_steps=1600"),
-    "titans_mal_tiny": (["experiment=titans_mal_tiny"],
-                        "python train.py experiment=titans_mal_tiny"),
-    "titans_mag_tiny": (["experiment=titans_mag_tiny"],
-                        "python train.py experiment=titans_mag_tiny"),
-    "titans_mac_tiny": (["experiment=titans_mac_tiny"],
-                        "python train.py experiment=titans_mac_tiny"),
+    "based_tiny": _recipe("based_tiny"),
+    "linear_attention_tiny": _recipe("linear_attention_tiny"),
+    "swa_longrange_tiny": _recipe("swa_longrange_tiny"),
+    "swa_longrange_tiny_2l": _recipe("swa_longrange_tiny", _SWA_2L, "trainer.max_steps=400"),
+    "swa_longrange_tiny_2l_1600": _recipe("swa_longrange_tiny", _SWA_2L, "trainer.max_steps=1600"),
+    "titans_mal_tiny": _recipe("titans_mal_tiny"),
+    "titans_mag_tiny": _recipe("titans_mag_tiny"),
+    "titans_mac_tiny": _recipe("titans_mac_tiny"),
     # MAC's variants, one change each (the findings' protocol: benchmarks/README.md)
     "titans_mac_tiny_nohgate": _recipe("titans_mac_tiny", "model.mixers.titans.h_gate=false"),
     "titans_mac_tiny_raw": _recipe("titans_mac_tiny",
@@ -162,21 +148,15 @@ RECIPES = {
         "titans_mac_tiny", "model.mixers.titans.h_gate=false",
         "+model.mixers.titans.memory.max_lr=1.0", "trainer.max_steps=1600", _PAIRS_CURRICULUM),
     "swa_longrange_tiny_2l_1600_curriculum": _recipe(
-        "swa_longrange_tiny", "model.layer_pattern=[swa,swa]", "trainer.max_steps=1600",
-        _PAIRS_CURRICULUM),
+        "swa_longrange_tiny", _SWA_2L, "trainer.max_steps=1600", _PAIRS_CURRICULUM),
     "titans_mac_tiny_nohgate_chunk4": _recipe("titans_mac_tiny",
                                               "model.mixers.titans.h_gate=false",
                                               "model.mixers.titans.memory.chunk_size=4"),
     "mom_gdn_tiny": RECIPE_MOM["mom_gdn_tiny"],
     "mom_gdn_tiny_1mem": RECIPE_MOM["mom_gdn_tiny_1mem"],
-    "mom_gdn_tiny_1mem_5x": (["experiment=mom_gdn_tiny", *_ONE_MEMORY,
-                              "model.mixers.mom.expand_v=5"],
-                             "python train.py experiment=mom_gdn_tiny " + " ".join(_ONE_MEMORY)
-                             + " model.mixers.mom.expand_v=5"),
+    "mom_gdn_tiny_1mem_5x": _recipe("mom_gdn_tiny", *_ONE_MEMORY, "model.mixers.mom.expand_v=5"),
     "mom_gdn_tiny_1mem_shared": RECIPE_MOM["mom_gdn_tiny_1mem_shared"],
-    "mom_gdn_tiny_noshared": (["experiment=mom_gdn_tiny", "model.mixers.mom.shared_memory=false"],
-                              "python train.py experiment=mom_gdn_tiny "
-                              "model.mixers.mom.shared_memory=false"),
+    "mom_gdn_tiny_noshared": _recipe("mom_gdn_tiny", "model.mixers.mom.shared_memory=false"),
     "hmt_attention_tiny": _recipe("hmt_attention_tiny"),
     "hmt_attention_tiny_nomem": _recipe("hmt_attention_tiny", _NO_MEMORY),
     "hmt_attention_tiny_4pairs": _recipe("hmt_attention_tiny", _4_PAIRS),
@@ -193,23 +173,17 @@ RECIPES = {
     "hmt_attention_tiny_4pairs_emb4_2stage": _recipe("hmt_attention_tiny", _4_PAIRS,
                                                      "model.num_mem_embed=4", *_TWO_STAGE),
     "mom_gdn_crowded": _crowded(),
-    "mom_gdn_crowded_nocurriculum": _recipe("mom_gdn_tiny", *_CROWDED[:2]),
+    "mom_gdn_crowded_nocurriculum": _recipe("mom_gdn_tiny", *_CROWDED[:2]),   # no curriculum
     "mom_gdn_crowded_1mem": _crowded(*_ONE_MEMORY),
-    "mom_gdn_crowded_1mem_total": _crowded(*_ONE_MEMORY, "model.mixers.mom.head_dim=40",
-                                           "model.mixers.mom.expand_v=0.2"),
+    "mom_gdn_crowded_1mem_total": _crowded(*_TOTAL_STATE),
     "mom_gdn_crowded_key_query": _crowded("model.mixers.mom.route_by=key_query"),
     "mom_gdn_crowded_layer": _crowded(_KEY_8, task=_CROWDED_LAYER),
     "mom_gdn_crowded_layer_key_query": _crowded(_KEY_8, "model.mixers.mom.route_by=key_query",
                                                 task=_CROWDED_LAYER),
     "mom_gdn_crowded_layer_1mem": _crowded(_KEY_8, *_ONE_MEMORY, task=_CROWDED_LAYER),
-    "mom_gdn_crowded_layer_1mem_total": _crowded(*_ONE_MEMORY, "model.mixers.mom.head_dim=40",
-                                                 "model.mixers.mom.expand_v=0.2",
-                                                 task=_CROWDED_LAYER),
-    "mom_linear_tiny": (["experiment=mom_linear_tiny"],
-                        "python train.py experiment=mom_linear_tiny"),
-    "mom_linear_tiny_1mem": (["experiment=mom_linear_tiny", *_ONE_MEMORY],
-                             "python train.py experiment=mom_linear_tiny "
-                             + " ".join(_ONE_MEMORY)),
+    "mom_gdn_crowded_layer_1mem_total": _crowded(*_TOTAL_STATE, task=_CROWDED_LAYER),
+    "mom_linear_tiny": _recipe("mom_linear_tiny"),
+    "mom_linear_tiny_1mem": _recipe("mom_linear_tiny", *_ONE_MEMORY),
 }
 
 

@@ -93,7 +93,6 @@ class LitLM(pl.LightningModule):
         self._weight_window: deque[float] = deque(maxlen=divergence_window)  # their max|w|
         self._seen = 0                                       # steps checked (warm-up)
         self._task_changes: set[int] = set()    # steps where the training data's task changes
-        self._task_reset: int | None = None
         self._blowup_steps = 0                               # consecutive steps over it
         self._blowup_since: int | None = None                # step the blow-up began
         self._blowup_what: str | None = None                 # what left its range there
@@ -207,9 +206,8 @@ class LitLM(pl.LightningModule):
         if self.divergence_factor is None:
             self._good = self._latest_checkpoint()
             return
-        step = int(self.global_step)
-        if step in self._task_changes and self._task_reset != step:    # a new task's loss
-            self._task_reset = step
+        if int(self.global_step) in self._task_changes:      # a new task: a new loss level
+            self._task_changes.discard(int(self.global_step))   # once (not per micro-batch)
             self._loss_window.clear()
             self._seen, self._blowup_steps, self._blowup_since = 0, 0, None
         value, wmax = total.detach().float(), self._weights_max().to(total.device)

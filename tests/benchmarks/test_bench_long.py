@@ -254,7 +254,7 @@ def test_tiny_run(tmp_path):
 def test_hmt_trains_longer(monkeypatch, tmp_path):
     """HMT's rows train MODEL_STEPS' 1000 steps, the others the task's 400 (--long-steps, the
     tests' shrink, overrides both); the table's header says so."""
-    import argparse
+    from benchmarks.__main__ import main
     trained = []
 
     def fake_train(model, task, steps, device="cpu", seed=0):
@@ -263,17 +263,13 @@ def test_hmt_trains_longer(monkeypatch, tmp_path):
 
     monkeypatch.setattr(S, "train", fake_train)
     monkeypatch.setattr(S, "evaluate", lambda *a, **k: [])
-    args = argparse.Namespace(dtype="float32", device="cpu", threads=1, quick=False,
-                              long_only=["window", "hmt"], long_tasks=["mqar"], long_steps=None,
-                              long_lengths_mult=None, long_n_eval=None, long_seeds=[0],
-                              results=str(tmp_path))
-    S.run(args)
+    argv = ["long", "--threads", "1", "--results", str(tmp_path), "--long-only", "window", "hmt",
+            "--long-tasks", "mqar", "--no-plots"]
+    main(argv)
     assert trained == [("window", 400), ("hmt", 1000)]
     trained.clear()
-    S.run(argparse.Namespace(**{**vars(args), "long_steps": 3}))
+    main([*argv, "--long-steps", "3"])
     assert trained == [("window", 3), ("hmt", 3)]
-    assert S.MODEL_STEPS["hmt"] == 1000 and "trainer.max_steps=1000" in S.command("hmt", "mqar",
-                                                                                    1000)
     tab = {("window", "mqar", 1): {"steps": 400}, ("hmt", "mqar", 1): {"steps": 1000},
            ("titans", "mqar", 1): {"steps": 400}, ("window", "passkey", 1): {"steps": 400}}
     assert S._steps_txt(tab, "mqar") == "400 steps (HMT (attention backbone): 1000)"
